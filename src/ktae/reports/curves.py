@@ -1,0 +1,152 @@
+"""Training curves: PNG plots of one or more runs' ``metrics.jsonl``, one subplot per metric.
+
+This is the project's one implementation of curve plotting: ``ktae train`` calls it for
+``RUN_DIR/curves.png`` and ``ktae viz`` calls it to compare runs on one plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+# Shown first, in this order, when the caller does not choose metrics; every other numeric
+# metric follows in alphabetical order.
+PREFERRED_METRICS = ("reward", "accuracy", "completion_length")
+# Logged bookkeeping, not training signals.
+_NOT_METRICS = frozenset({"step", "epoch", "time", "timestamp", "wall_time"})
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Read ``RUN_DIR/metrics.jsonl`` (or a metrics JSONL file given directly).
+
+    Returns one dict per logged step, sorted by ``"step"``; when a resumed run logged the
+    same step twice, the later record wins.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
+    by_step: dict[int, dict] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' key")
+            step = record["step"]
+            if isinstance(step, bool) or not isinstance(step, (int, float)):
+                raise ValueError(f"{path}:{line_number}: 'step' must be a number, got {step!r}")
+            by_step.setdefault(int(step), {}).update(record)
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
+    """Numeric metric names logged by any of the runs, preferred ones first."""
+    names = {
+        key
+        for records in records_per_run
+        for record in records
+        for key, value in record.items()
+        if key not in _NOT_METRICS and _is_number(value)
+    }
+    preferred = [name for name in PREFERRED_METRICS if name in names]
+    return preferred + sorted(names - set(preferred))
+
+
+def _default_labels(run_dirs: Sequence[Path]) -> list[str]:
+    # The folder name, or as many trailing path parts as it takes to tell runs apart.
+    resolved = [path.resolve() for path in run_dirs]
+    for depth in range(1, max(len(path.parts) for path in resolved) + 1):
+        labels = ["/".join(path.parts[-depth:]) for path in resolved]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(path) for path in run_dirs]
+
+
+def plot_runs(
+    run_dirs: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_png: str | os.PathLike,
+    metrics: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Plot the training curves of one or more runs into one PNG.
+
+    run_dirs: run folders (each holding ``metrics.jsonl``); a single path is accepted too.
+    out_png: where to write the PNG (written atomically: temp file, then ``os.replace``).
+    metrics: metric names to plot, one subplot each, against ``step``; default: every numeric
+        metric any run logged (reward, accuracy, completion_length first).
+    labels: one legend label per run; default: the run folders' names.
+    Returns ``out_png`` as a Path.
+    """
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    run_dirs = [Path(path) for path in run_dirs]
+    if not run_dirs:
+        raise ValueError("plot_runs needs at least one run folder")
+    if labels is None:
+        labels = _default_labels(run_dirs)
+    elif isinstance(labels, str) or len(labels) != len(run_dirs):
+        raise ValueError(f"labels must be a list of {len(run_dirs)} names, one per run, got {labels!r}")
+    records_per_run = [read_metrics(path) for path in run_dirs]
+    known = available_metrics(records_per_run)
+    if metrics is None:
+        metrics = known
+        if not metrics:
+            raise ValueError(f"no numeric metrics logged in {', '.join(str(p) for p in run_dirs)}")
+    else:
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        missing = [name for name in metrics if name not in known]
+        if missing:
+            raise ValueError(f"metric(s) {missing} not logged by any run; logged: {known}")
+
+    # The object-oriented Agg API: no pyplot global state, safe in threads and without a display.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, name in zip(axes, metrics):
+        for label, records in zip(labels, records_per_run):
+            points = [(r["step"], r[name]) for r in records if _is_number(r.get(name))]
+            if points:
+                steps, values = zip(*points)
+                axis.plot(steps, values, label=label, linewidth=1.4, marker="o" if len(points) < 30 else None,
+                          markersize=3)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("step", fontsize=9)
+        axis.grid(True, alpha=0.3)
+        axis.tick_params(labelsize=8)
+    for axis in axes[len(metrics):]:
+        axis.set_visible(False)
+    if len(run_dirs) > 1:
+        handles, names = axes[0].get_legend_handles_labels()
+        figure.legend(handles, names, loc="outside lower center", ncols=min(len(run_dirs), 4), fontsize=9)
+
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(suffix=".png", dir=out_png.parent, prefix=f".{out_png.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=110)
+        os.replace(temp_name, out_png)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return out_png

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from ktae.reports.curves import available_metrics, plot_runs, read_metrics
+
+
+def _write_run(run_dir, records):
+    run_dir.mkdir(parents=True)
+    with (run_dir / "metrics.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return run_dir
+
+
+def _colour_pixels(png, rgb):
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]
+    return int(np.sum(np.all(np.abs(image - np.array(rgb) / 255.0) < 0.02, axis=-1)))
+
+
+def test_read_metrics_sorts_steps_and_keeps_the_last_record_of_a_resumed_step(tmp_path):
+    run = _write_run(tmp_path / "run", [{"step": 2, "reward": 0.5}, {"step": 1, "reward": 0.1},
+                                        {"step": 2, "reward": 0.7, "accuracy": 0.3}])
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[1] == {"step": 2, "reward": 0.7, "accuracy": 0.3}
+
+
+def test_read_metrics_names_the_bad_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward": 1}\n{"step": 2, \n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        read_metrics(run)
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        read_metrics(tmp_path / "nowhere")
+
+
+def test_available_metrics_puts_preferred_first_and_skips_non_numbers():
+    records = [[{"step": 1, "loss": 1.0, "reward": 0.2, "note": "x", "epoch": 0.1, "ktae/strong_share": 0.3}],
+               [{"step": 1, "accuracy": 0.5, "flag": True}]]
+    assert available_metrics(records) == ["reward", "accuracy", "ktae/strong_share", "loss"]
+
+
+def test_plot_runs_draws_one_line_per_run(tmp_path):
+    steps = range(1, 21)
+    first = _write_run(tmp_path / "a" / "run", [{"step": s, "reward": s / 20, "accuracy": 0.5} for s in steps])
+    second = _write_run(tmp_path / "b" / "run", [{"step": s, "reward": 1 - s / 20} for s in steps])
+    out = plot_runs([first, second], tmp_path / "plots" / "curves.png")
+    assert out == tmp_path / "plots" / "curves.png" and out.stat().st_size > 0
+    # matplotlib's default cycle: C0 blue for the first run, C1 orange for the second.
+    assert _colour_pixels(out, (31, 119, 180)) > 100
+    assert _colour_pixels(out, (255, 127, 14)) > 100
+    assert not list(out.parent.glob(".*"))  # no temp file left behind
+
+    only_first = plot_runs([first], tmp_path / "one.png", metrics=["accuracy"])
+    assert _colour_pixels(only_first, (31, 119, 180)) > 100
+    assert _colour_pixels(only_first, (255, 127, 14)) == 0
+
+
+def test_plot_runs_rejects_unknown_metrics_and_bad_labels(tmp_path):
+    run = _write_run(tmp_path / "run", [{"step": 1, "reward": 1.0}])
+    with pytest.raises(ValueError, match="accuracy"):
+        plot_runs([run], tmp_path / "x.png", metrics=["accuracy"])
+    with pytest.raises(ValueError, match="labels"):
+        plot_runs([run], tmp_path / "x.png", labels=["a", "b"])
+    with pytest.raises(ValueError, match="at least one"):
+        plot_runs([], tmp_path / "x.png")
