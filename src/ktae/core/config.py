@@ -1,0 +1,82 @@
+"""KTAE options, validated once at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+ROLLOUT_ADVANTAGE_NAMES = ("grpo", "dr_grpo", "rloo")
+
+
+@dataclasses.dataclass(frozen=True)
+class KTAEConfig:
+    """Options of Key-token Advantage Estimation (``../shared/spec/KTAE.md``).
+
+    alpha, beta_ig: weights of the Fisher term F and of the information gain IG.
+    gamma_tf: weight of the term-frequency correction TF inside the direction x = h + gamma_tf * TF.
+    top: bound of the key-token value, |v| < top; ``top=0`` turns KTAE off.
+    correct_threshold: a rollout is correct when its score is strictly above this.
+    ignore_token_ids: token ids whose value is forced to 0 (pad and end-of-sequence ids).
+    rollout_advantage: the rollout-level base, one of "grpo", "dr_grpo", "rloo".
+    epsilon: added to the group's standard deviation in the GRPO normalisation.
+    """
+
+    alpha: float = 1.0
+    beta_ig: float = 1.0
+    gamma_tf: float = 1.0
+    top: float = 1.0
+    correct_threshold: float = 0.0
+    ignore_token_ids: tuple[int, ...] = ()
+    rollout_advantage: str = "grpo"
+    epsilon: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta_ig", "gamma_tf", "top", "correct_threshold", "epsilon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"KTAEConfig.{name} must be a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"KTAEConfig.{name} must be finite, got {value}")
+            object.__setattr__(self, name, float(value))
+        for name in ("alpha", "beta_ig", "top", "epsilon"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"KTAEConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.rollout_advantage not in ROLLOUT_ADVANTAGE_NAMES:
+            raise ValueError(
+                f"unknown rollout_advantage {self.rollout_advantage!r}; "
+                f"choose one of {', '.join(ROLLOUT_ADVANTAGE_NAMES)}"
+            )
+        ids = self.ignore_token_ids
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"KTAEConfig.ignore_token_ids must be a sequence of ints, got {ids!r}")
+        ids = tuple(ids)
+        for token_id in ids:
+            if isinstance(token_id, bool) or not isinstance(token_id, int) and not hasattr(token_id, "__index__"):
+                raise TypeError(f"KTAEConfig.ignore_token_ids must hold ints, got {token_id!r}")
+            if int(token_id) < 0:
+                raise ValueError(f"KTAEConfig.ignore_token_ids must be >= 0, got {int(token_id)}")
+        object.__setattr__(self, "ignore_token_ids", tuple(sorted({int(t) for t in ids})))
+
+    @property
+    def enabled(self) -> bool:
+        """False when the key-token term is identically 0 and KTAE reduces to the rollout-level advantage."""
+        return self.top != 0.0 and (self.alpha + self.beta_ig) != 0.0
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any] | None) -> KTAEConfig:
+        """Build from a mapping (a YAML or Hydra section), rejecting unknown keys by name."""
+        options = dict(options or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown KTAE option(s) {unknown}; known options: {sorted(known)}")
+        if "ignore_token_ids" in options and options["ignore_token_ids"] is not None:
+            options["ignore_token_ids"] = tuple(options["ignore_token_ids"])
+        elif "ignore_token_ids" in options:
+            options["ignore_token_ids"] = ()
+        return cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ignore_token_ids": list(self.ignore_token_ids)}

@@ -1,0 +1,79 @@
+"""Rollout-level advantages: one scalar per rollout from the scores of its group.
+
+Each estimator is a small pure function over dense group numbers, registered by name in
+``ROLLOUT_ADVANTAGES`` (the names ``KTAEConfig.rollout_advantage`` accepts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ktae.core.groups import dense_groups, validate_scores
+
+RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
+ROLLOUT_ADVANTAGES: dict[str, RolloutAdvantageFn] = {}
+
+
+def register_rollout_advantage(name: str) -> Callable[[RolloutAdvantageFn], RolloutAdvantageFn]:
+    def decorator(fn: RolloutAdvantageFn) -> RolloutAdvantageFn:
+        ROLLOUT_ADVANTAGES[name] = fn
+        return fn
+
+    return decorator
+
+
+def _group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
+
+
+@register_rollout_advantage("grpo")
+def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+    """GRPO: (s - mean_g) / (std_g + epsilon), Bessel-corrected std; a group of one uses mean 0, std 1.
+
+    scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64.
+    """
+    count = _group_sums(torch.ones_like(scores), group, num_groups)
+    mean = _group_sums(scores, group, num_groups) / count
+    centred = scores - mean[group]
+    var = _group_sums(centred * centred, group, num_groups) / (count - 1).clamp(min=1)
+    single = count == 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(var), var.sqrt())
+    return (scores - mean[group]) / (std[group] + epsilon)
+
+
+@register_rollout_advantage("dr_grpo")
+def dr_grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+    """Dr. GRPO: s - mean_g, no division by the standard deviation. [B] -> [B] float64."""
+    count = _group_sums(torch.ones_like(scores), group, num_groups)
+    mean = _group_sums(scores, group, num_groups) / count
+    return scores - mean[group]
+
+
+@register_rollout_advantage("rloo")
+def rloo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+    """RLOO: s - mean of the other rollouts of the group; a group of one keeps its score. [B] -> [B] float64."""
+    count = _group_sums(torch.ones_like(scores), group, num_groups)[group]
+    total = _group_sums(scores, group, num_groups)[group]
+    others = (total - scores) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, scores - others, scores)
+
+
+def compute_rollout_advantages(
+    scores: torch.Tensor,
+    group_index,
+    method: str = "grpo",
+    epsilon: float = 1e-6,
+) -> torch.Tensor:
+    """Rollout-level advantage of each rollout.
+
+    scores: [B] float (a rollout's total reward); group_index: [B] ints or hashable ids.
+    Returns float32 [B] on scores.device.
+    """
+    if method not in ROLLOUT_ADVANTAGES:
+        raise ValueError(f"unknown rollout advantage {method!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}")
+    scores = validate_scores(scores, None)
+    group, group_ids = dense_groups(group_index, scores.shape[0], scores.device)
+    return ROLLOUT_ADVANTAGES[method](scores.double(), group, len(group_ids), float(epsilon)).float()
