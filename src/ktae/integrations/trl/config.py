@@ -1,0 +1,293 @@
+"""`KTAEGRPOConfig`: TRL's `GRPOConfig` plus the algorithm switch (GRPO or DAPO) and the KTAE options.
+
+Every option is a flat dataclass field, as in TRL (``vllm_*``, ``epsilon_high``...), so the same names
+work as Python keyword arguments, command-line flags (`TrlParser`/`HfArgumentParser`) and YAML keys.
+``load_config`` reads a recipe YAML (``recipes/*.yaml``, ``docs/training.md``) into a config plus the
+few job keys (model, dataset, template, reward) that are not trainer options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import GRPOConfig
+
+from ktae.core.config import KTAEConfig
+
+ALGOS = ("grpo", "dapo")
+DYNAMIC_SAMPLING_METRICS = ("correct", "score")
+
+# Paper settings that `algo` fills in when the field is left unset (../shared/spec/RECIPES.md).
+GRPO_KL_COEF = 0.001
+DAPO_EPSILON_HIGH = 0.28
+# DAPO's overlong buffer, as a share of the response limit: 512 of 3072 tokens in the paper.
+DAPO_OVERLONG_BUFFER_SHARE = 512 / 3072
+
+# Top-level YAML keys of a recipe that describe the job, not the trainer (docs/training.md).
+JOB_KEYS = frozenset(
+    {
+        "model_name_or_path",
+        "dataset_name",
+        "dataset_config",
+        "dataset_train_split",
+        "dataset_test_split",
+        "template",
+        "reward",
+        "max_train_samples",
+        "torch_dtype",
+    }
+)
+
+_KTAE_DEFAULTS = KTAEConfig()
+
+
+@dataclass
+class KTAEGRPOConfig(GRPOConfig):
+    """Configuration of `KTAEGRPOTrainer`: every `trl.GRPOConfig` field, plus the fields below.
+
+    ``algo`` picks the paper's defaults for the fields left unset (``None``); a value you set wins:
+
+    | field | ``algo="grpo"`` | ``algo="dapo"`` |
+    | --- | --- | --- |
+    | ``beta`` (KL loss, k3 estimator) | 0.001 | 0.0 (no KL) |
+    | ``epsilon_high`` (clip-higher) | ``epsilon`` | 0.28 |
+    | ``dynamic_sampling`` | False | True |
+    | ``overlong_buffer_length`` | 0 (off) | max_completion_length / 6 |
+
+    Both keep TRL's default ``loss_type="dapo"`` (token-mean over the batch, as verl's default the
+    paper ran with). ``ktae_*`` fields mirror `ktae.KTAEConfig` field by field;
+    ``ktae_ignore_token_ids=None`` means the tokenizer's pad and end-of-sequence ids.
+    """
+
+    algo: str = field(
+        default="grpo",
+        metadata={"help": "Group-based RL algorithm: 'grpo' or 'dapo'. Fills in the defaults of the unset fields."},
+    )
+    ktae: bool = field(
+        default=True,
+        metadata={"help": "Replace the rollout-level advantage with the token-level KTAE advantage."},
+    )
+    ktae_alpha: float = field(default=_KTAE_DEFAULTS.alpha, metadata={"help": "KTAE weight of the Fisher term."})
+    ktae_beta_ig: float = field(
+        default=_KTAE_DEFAULTS.beta_ig, metadata={"help": "KTAE weight of the information gain term."}
+    )
+    ktae_gamma_tf: float = field(
+        default=_KTAE_DEFAULTS.gamma_tf, metadata={"help": "KTAE weight of the term-frequency correction."}
+    )
+    ktae_top: float = field(
+        default=_KTAE_DEFAULTS.top, metadata={"help": "Bound of the key-token bonus, |bonus| < top (0 = off)."}
+    )
+    ktae_correct_threshold: float = field(
+        default=_KTAE_DEFAULTS.correct_threshold,
+        metadata={"help": "A rollout is correct when its total reward is strictly above this."},
+    )
+    ktae_ignore_token_ids: list[int] | None = field(
+        default=None,
+        metadata={"help": "Token ids that get no bonus. None: the tokenizer's pad and end-of-sequence ids."},
+    )
+    ktae_rollout_advantage: str = field(
+        default=_KTAE_DEFAULTS.rollout_advantage,
+        metadata={"help": "Rollout-level base of the KTAE advantage: 'grpo', 'dr_grpo' or 'rloo'."},
+    )
+    ktae_epsilon: float = field(
+        default=_KTAE_DEFAULTS.epsilon, metadata={"help": "Added to the group std in the GRPO normalisation."}
+    )
+    ktae_log_rollouts_steps: int = field(
+        default=10,
+        metadata={"help": "Write sampled groups to <output_dir>/rollouts.jsonl every this many steps (0 = never)."},
+    )
+    ktae_log_rollouts_groups: int = field(
+        default=4, metadata={"help": "Number of whole groups written to rollouts.jsonl at each logging step."}
+    )
+    dynamic_sampling: bool | None = field(
+        default=None,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rollouts all score alike and generate more prompts "
+            "until the batch is full. None: on for algo='dapo'."
+        },
+    )
+    dynamic_sampling_metric: str = field(
+        default="correct",
+        metadata={
+            "help": "What 'alike' means: 'correct' (all correct or all incorrect, as in the paper) or 'score' "
+            "(all total rewards equal)."
+        },
+    )
+    max_num_gen_batches: int = field(
+        default=10,
+        metadata={"help": "Dynamic sampling: the most generation batches per training batch (verl's name)."},
+    )
+    overlong_buffer_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "DAPO overlong reward shaping: a linear penalty over the last this-many tokens before "
+            "max_completion_length (0 = off). None: 0 for grpo, max_completion_length/6 for dapo."
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=1.0, metadata={"help": "Penalty at the response limit of the overlong reward shaping."}
+    )
+    # Redefined from GRPOConfig so that `algo` can tell "unset" from a chosen value.
+    beta: float | None = field(
+        default=None,
+        metadata={"help": "KL loss coefficient (k3 estimator). None: 0.001 for grpo, 0.0 for dapo."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.ktae and self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(
+                f"KTAE compares the rollouts of a group: num_generations must be >= 2 with ktae on, "
+                f"got {self.num_generations}"
+            )
+        dapo = self.algo == "dapo"
+        if self.beta is None:
+            self.beta = 0.0 if dapo else GRPO_KL_COEF
+        if self.epsilon_high is None and dapo:
+            self.epsilon_high = DAPO_EPSILON_HIGH
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = dapo
+        if self.overlong_buffer_length is None:
+            limit = self.max_completion_length or 0
+            self.overlong_buffer_length = int(limit * DAPO_OVERLONG_BUFFER_SHARE) if dapo else 0
+        self._check_own_fields()
+        super().__post_init__()
+        if self.ktae:
+            self._check_ktae_compatibility()
+        if self.dynamic_sampling:
+            rows = self.per_device_train_batch_size * self.steps_per_generation
+            if rows % self.num_generations:
+                raise ValueError(
+                    "dynamic_sampling keeps whole groups on each process: per_device_train_batch_size * "
+                    f"steps_per_generation ({rows}) must be a multiple of num_generations ({self.num_generations})"
+                )
+
+    def _check_own_fields(self) -> None:
+        self.ktae_config(ignore_token_ids=())  # KTAEConfig validates every ktae_* value with a named error
+        if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
+            raise ValueError(
+                f"unknown dynamic_sampling_metric {self.dynamic_sampling_metric!r}; "
+                f"choose one of {', '.join(DYNAMIC_SAMPLING_METRICS)}"
+            )
+        for name, minimum in (("max_num_gen_batches", 1), ("ktae_log_rollouts_steps", 0), ("ktae_log_rollouts_groups", 1)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.overlong_buffer_length < 0 or (
+            self.overlong_buffer_length and self.overlong_buffer_length >= (self.max_completion_length or 0)
+        ):
+            raise ValueError(
+                f"overlong_buffer_length must be in [0, max_completion_length={self.max_completion_length}), "
+                f"got {self.overlong_buffer_length}"
+            )
+        if self.overlong_penalty_factor < 0:
+            raise ValueError(f"overlong_penalty_factor must be >= 0, got {self.overlong_penalty_factor}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    def _check_ktae_compatibility(self) -> None:
+        # With ktae on, the whole advantage (rollout-level base included) comes from the core estimator.
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "KTAE scores each rollout by its total reward: use multi_objective_aggregation='sum_then_normalize'"
+            )
+        if self.scale_rewards == "batch":
+            raise ValueError("scale_rewards='batch' has no KTAE counterpart; use 'group' or 'none' with ktae on")
+        if self.scale_rewards == "none" and self.ktae_rollout_advantage == "grpo":
+            raise ValueError(
+                "scale_rewards='none' with ktae on: set ktae_rollout_advantage='dr_grpo' (no std division), "
+                "the KTAE base that matches it"
+            )
+
+    def ktae_config(self, ignore_token_ids: Iterable[int]) -> KTAEConfig:
+        """The `KTAEConfig` of the ``ktae_*`` fields; ``ignore_token_ids`` is used when the field is None."""
+        options = {f.name: getattr(self, f"ktae_{f.name}") for f in dataclasses.fields(KTAEConfig)}
+        if options["ignore_token_ids"] is None:
+            options["ignore_token_ids"] = tuple(ignore_token_ids)
+        return KTAEConfig.from_dict(options)
+
+
+def _config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(KTAEGRPOConfig) if f.init}
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML/CLI value to the field's simple type (YAML reads ``1e-6`` as a string)."""
+    if value is None:
+        return None
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    simple = [t for t in options if t is not type(None)] if options else [annotation]
+    if len(simple) != 1 or simple[0] not in (bool, int, float, str):
+        return value
+    target = simple[0]
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if target is str:
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        converted = target(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {'an integer' if target is int else 'a number'}, got {value!r}") from None
+    if target is int and isinstance(value, float) and converted != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return converted
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    parsed = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return parsed
+
+
+def config_from_dict(
+    options: Mapping[str, Any], job_keys: Iterable[str] = JOB_KEYS
+) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
+    """Split a flat mapping into a `KTAEGRPOConfig` and the job keys; unknown keys raise a ValueError naming them."""
+    fields = _config_fields()
+    job_keys = frozenset(job_keys)
+    unknown = sorted(k for k in options if k not in fields and k not in job_keys)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
+            f"({', '.join(sorted(job_keys))})"
+        )
+    hints = typing.get_type_hints(KTAEGRPOConfig)
+    kwargs = {k: _coerce(k, v, hints.get(k)) for k, v in options.items() if k in fields}
+    job = {k: v for k, v in options.items() if k not in fields}
+    return KTAEGRPOConfig(**kwargs), job
+
+
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = (), job_keys: Iterable[str] = JOB_KEYS
+) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
+    """Read a recipe YAML (``yaml.safe_load``) and ``key=value`` overrides into a config and the job keys.
+
+    ``path=None`` starts from the defaults. Returns ``(KTAEGRPOConfig, {job key: value})``.
+    """
+    options: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
+        options.update(loaded or {})
+    options.update(parse_overrides(overrides))
+    return config_from_dict(options, job_keys)

@@ -1,0 +1,461 @@
+"""`KTAEGRPOTrainer`: TRL's `GRPOTrainer` with token-level KTAE advantages and DAPO's dynamic sampling.
+
+One generation round, top to bottom (``_generate_and_score_round``):
+
+1. TRL generates, scores and computes its rollout-level advantages (``super()._generate_and_score_completions``);
+   the rewards of the whole batch are gathered across processes on the way (``_calculate_rewards``).
+2. KTAE needs complete groups. Global row r belongs to group r // num_generations. When each process
+   holds whole groups (its row count is a multiple of num_generations) the process computes them
+   alone; otherwise the completions are padded and gathered, so every process sees every group.
+3. ``ktae.compute_ktae_advantages`` turns the rows into [B, T] advantages; each process keeps its
+   slice, which TRL's ``_compute_loss`` uses per token as it is.
+4. Metrics (``ktae/*``) go through TRL's ``_metrics``; every ``ktae_log_rollouts_steps`` steps whole
+   groups go to ``<output_dir>/rollouts.jsonl`` and the most credited and blamed tokens to
+   ``<output_dir>/key_tokens.jsonl``.
+
+With ``dynamic_sampling`` (DAPO), rounds repeat on extra prompt batches until every process has
+enough groups whose rollouts do not all score alike, at most ``max_num_gen_batches`` rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import IterableDataset
+from trl import GRPOTrainer
+
+from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
+from ktae.integrations.trl.config import KTAEGRPOConfig
+
+logger = logging.getLogger(__name__)
+
+ROLLOUTS_FILE = "rollouts.jsonl"
+KEY_TOKENS_FILE = "key_tokens.jsonl"
+STATE_FILE = "ktae_trainer_state.json"
+LARGE_BONUS = 0.5  # the "share of tokens whose bonus exceeds 0.5 in size" metric
+NUM_KEY_TOKENS = 10
+
+# How the generation outputs of several dynamic-sampling rounds are padded to one width.
+_RIGHT_PADDED = {"completion_ids", "completion_mask", "advantages", "old_per_token_logps",
+                 "ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask"}
+_LEFT_PADDED = {"prompt_ids", "prompt_mask"}
+
+
+@dataclass
+class GroupRows:
+    """Rows of complete groups that one process can see.
+
+    ids, mask: [R, T] completion ids and loss mask (bool); rows: [R] global row numbers;
+    local: [B] positions in these R rows of this process's own B rows.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rows: torch.Tensor
+    local: torch.Tensor
+
+
+def token_pieces(tokenizer, token_ids: list[int], context: int = 6) -> list[str]:
+    """Decoded text piece of each token; the pieces concatenate to the decoded text.
+
+    A token that ends inside a multi-byte character gets "" and the character goes to the token
+    that completes it. Decoding a few tokens of context keeps tokenizers that strip a leading
+    space at the start of a decode (SentencePiece) right.
+    """
+    pieces, done = [], 0
+    for end in range(1, len(token_ids) + 1):
+        start = max(0, done - context)
+        before = tokenizer.decode(token_ids[start:done], skip_special_tokens=False)
+        after = tokenizer.decode(token_ids[start:end], skip_special_tokens=False)
+        if after.endswith("\ufffd") and end < len(token_ids) or not after.startswith(before):
+            pieces.append("")
+            continue
+        pieces.append(after[len(before):])
+        done = end
+    return pieces
+
+
+def prompt_text(prompt: Any) -> str:
+    """A dataset prompt (string or chat messages) as one string."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def _pad_width(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    missing = width - tensor.shape[1]
+    return F.pad(tensor, (missing, 0) if left else (0, missing), value=value) if missing else tensor
+
+
+def concat_generation_batches(batches: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Stack the row-wise outputs of several generation rounds, padding prompts left and completions right.
+
+    ``num_items_in_batch`` is dropped (the caller recounts it); any other key (images) is unsupported.
+    """
+    unsupported = sorted(set().union(*batches) - _RIGHT_PADDED - _LEFT_PADDED - {"num_items_in_batch"})
+    if unsupported:
+        raise NotImplementedError(f"dynamic_sampling does not support batches with {unsupported} (multimodal inputs)")
+    merged = {}
+    for key in batches[0]:
+        if key == "num_items_in_batch":
+            continue
+        parts = [b[key] for b in batches]
+        if parts[0].dim() > 1:
+            width = max(p.shape[1] for p in parts)
+            value = pad_token_id if key in ("completion_ids", "prompt_ids") else 0
+            parts = [_pad_width(p, width, value, key in _LEFT_PADDED) for p in parts]
+        merged[key] = torch.cat(parts)
+    return merged
+
+
+class KTAEGRPOTrainer(GRPOTrainer):
+    """`trl.GRPOTrainer` for GRPO, DAPO, GRPO+KTAE and DAPO+KTAE; configure it with `KTAEGRPOConfig`.
+
+    Takes the arguments of `GRPOTrainer`. With ``overlong_buffer_length > 0`` (DAPO's default) the
+    overlong penalty (`ktae.rewards.make_overlong_penalty`) is appended to ``reward_funcs`` with weight 1.
+    """
+
+    _tag_names = ["trl", "grpo", "ktae"]
+    _name = "KTAE-GRPO"
+
+    def __init__(self, model, reward_funcs=None, args: KTAEGRPOConfig | None = None, *more, **kwargs):
+        if args is None:
+            args = KTAEGRPOConfig()
+        if not isinstance(args, KTAEGRPOConfig):
+            raise TypeError(f"KTAEGRPOTrainer needs a KTAEGRPOConfig, got {type(args).__name__}")
+        if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [reward_funcs]
+        reward_funcs = list(reward_funcs or [])
+        if args.overlong_buffer_length > 0:
+            from ktae.rewards import make_overlong_penalty
+
+            reward_funcs.append(
+                make_overlong_penalty(
+                    args.max_completion_length, args.overlong_buffer_length, args.overlong_penalty_factor
+                )
+            )
+            if args.reward_weights is not None:
+                args = copy.copy(args)  # leave the caller's config as it is
+                args.reward_weights = [*args.reward_weights, 1.0]
+        train_dataset = kwargs.get("train_dataset", more[0] if more else None)
+        if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
+            raise ValueError("dynamic_sampling draws extra prompts by index: it needs a map-style train_dataset")
+        super().__init__(model, reward_funcs or None, args, *more, **kwargs)
+        ignore = {self._tokenizer.pad_token_id, *self.eos_token_ids} - {None}
+        self.ktae_config = args.ktae_config(ignore_token_ids=sorted(ignore))
+        self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
+        self._gathered_rewards_per_func: torch.Tensor | None = None
+        self._ktae_seconds = 0.0
+        self._extra_batches_drawn = 0
+        self._extra_batch_indices: Iterator[list[int]] | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Scores and generation rounds
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards_per_func = rewards_per_func  # [N, num reward funcs], every process's rows
+        return rewards_per_func
+
+    def _gathered_scores(self) -> torch.Tensor:
+        """[N] total reward of every rollout of the round (all processes); NaN where no reward function scored."""
+        rewards = self._gathered_rewards_per_func
+        scores = (rewards * self.reward_weights.to(rewards.device)).nansum(dim=1)
+        return scores.masked_fill(torch.isnan(rewards).all(dim=1), float("nan"))
+
+    def _generate_and_score_completions(self, inputs):
+        if self.args.dynamic_sampling and self.model.training:
+            return self._generate_with_dynamic_sampling(inputs)
+        return self._generate_and_score_round(inputs)[0]
+
+    def _generate_and_score_round(self, inputs) -> tuple[dict[str, Any], torch.Tensor]:
+        """TRL's generation and scoring, then KTAE advantages, metrics and logs. Returns (batch, scores [N])."""
+        batch = super()._generate_and_score_completions(inputs)
+        scores = self._gathered_scores()
+        mode = "train" if self.model.training else "eval"
+        log_rollouts = mode == "train" and self._rollout_log_due()
+        if not (self.args.ktae or log_rollouts):
+            return batch, scores
+        started = time.perf_counter()
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
+        view = self._group_rows(batch["completion_ids"], mask, len(inputs))
+        view_scores = scores[view.rows]
+        if self.args.ktae:
+            advantages, bonus = self._ktae_advantages(view, view_scores, group_size)
+            batch["advantages"] = advantages[view.local, : batch["completion_ids"].shape[1]]
+            self._log_ktae_metrics(view, view_scores, bonus, mode)
+        else:  # TRL's rollout-level advantages, per token, for the rollout log
+            trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores):], device=scores.device)
+            advantages = trl_advantages[view.rows][:, None] * view.mask
+        if log_rollouts and self.accelerator.is_main_process:
+            self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores))
+        if self.args.ktae:
+            self._ktae_seconds += time.perf_counter() - started
+        return batch, scores
+
+    def _group_rows(self, completion_ids: torch.Tensor, mask: torch.Tensor, num_local: int) -> GroupRows:
+        """This process's rows when they form whole groups, else every process's rows (padded, gathered)."""
+        first_row = self.accelerator.process_index * num_local
+        local = torch.arange(num_local, device=completion_ids.device)
+        group_size = self.num_generations if self.model.training else self.num_generations_eval
+        # Every process holds the same number of rows, so all take the same branch (the gather is collective).
+        if num_local % group_size == 0:
+            return GroupRows(completion_ids, mask.bool(), first_row + local, local)
+        ids = self.accelerator.pad_across_processes(completion_ids, dim=1, pad_index=self._tokenizer.pad_token_id)
+        mask = self.accelerator.pad_across_processes(mask, dim=1, pad_index=0)
+        ids, mask = self.accelerator.gather(ids), self.accelerator.gather(mask)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        return GroupRows(ids, mask.bool(), rows, first_row + local)
+
+    def _ktae_advantages(
+        self, view: GroupRows, scores: torch.Tensor, group_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """KTAE advantages [R, T] of the view's rows and their key-token bonus (advantage minus rollout-level part).
+
+        Rollouts that no reward function scored (NaN) are left out of their group and get advantage 0, as in TRL.
+        """
+        scored = ~torch.isnan(scores)
+        groups = view.rows // group_size
+        advantages = torch.zeros(view.ids.shape, dtype=torch.float32, device=view.ids.device)
+        bonus = torch.zeros_like(advantages)
+        if scored.any():
+            ids, mask = view.ids[scored], view.mask[scored]
+            advantages[scored] = compute_ktae_advantages(
+                ids, mask, scores[scored], groups[scored], config=self.ktae_config
+            )
+            rollout = compute_rollout_advantages(
+                scores[scored], groups[scored], self.ktae_config.rollout_advantage, self.ktae_config.epsilon
+            )
+            bonus[scored] = (advantages[scored] - rollout[:, None]) * mask
+        return advantages, bonus
+
+    # ------------------------------------------------------------------------------------------
+    # Dynamic sampling (DAPO)
+
+    def _groups_alike(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores: [groups, group_size] -> [groups] bool, True where every rollout scores alike."""
+        if self.args.dynamic_sampling_metric == "correct":
+            scores = (scores > self.args.ktae_correct_threshold).float()
+        return (scores == scores[:, :1]).all(dim=1)
+
+    def _generate_with_dynamic_sampling(self, inputs):
+        """Generate rounds until each process has enough groups that do not all score alike.
+
+        Each process fills its own quota from its own groups (no rows move between processes), so
+        it stops when the process with the fewest has enough, or after ``max_num_gen_batches``
+        rounds; short groups are then filled with groups that all scored alike, and
+        ``dynamic_sampling/filler_group_share`` reports it.
+        """
+        group_size = self.num_generations
+        needed = len(inputs) // group_size
+        rounds, informative, alike = [], [], []  # (round number, local group number) in generation order
+        while True:
+            batch, scores = self._generate_and_score_round(inputs)
+            local = scores.view(-1, group_size)[self.accelerator.process_index * needed :][:needed]
+            for group, is_alike in enumerate(self._groups_alike(local).tolist()):
+                (alike if is_alike else informative).append((len(rounds), group))
+            rounds.append(batch)
+            have = torch.tensor([len(informative)], device=scores.device)
+            if self.accelerator.gather(have).min() >= needed or len(rounds) >= self.args.max_num_gen_batches:
+                break
+            inputs = self._next_extra_generation_batch()
+        chosen = (informative + alike)[:needed]
+        parts = []
+        for number, batch in enumerate(rounds):
+            rows = [row for r, g in chosen if r == number for row in range(g * group_size, (g + 1) * group_size)]
+            if rows:
+                index = torch.tensor(rows, device=scores.device)
+                parts.append({k: v if k == "num_items_in_batch" else v[index] for k, v in batch.items()})
+        merged = concat_generation_batches(parts, self._tokenizer.pad_token_id)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        filler = max(0, needed - len(informative))
+        if filler:
+            logger.warning(
+                "dynamic sampling: %d of %d groups on process %d still score alike after %d generation batches "
+                "(max_num_gen_batches); they train with little or no signal",
+                filler, needed, self.accelerator.process_index, len(rounds),
+            )
+        shares = self.accelerator.gather(torch.tensor([filler / needed], device=scores.device))
+        self._metrics["train"]["dynamic_sampling/gen_batches"].append(float(len(rounds)))
+        self._metrics["train"]["dynamic_sampling/filler_group_share"].append(shares.mean().item())
+        return merged
+
+    def _extra_index_batches(self) -> Iterator[list[int]]:
+        """Endless prompt indices for extra generation batches: this process's share of each, reshuffled every pass.
+
+        A stream of its own (seeded from ``args.seed``), so the main dataloader's order is untouched.
+        """
+        num_prompts = len(self.train_dataset)
+        per_process = self.args.per_device_train_batch_size * self.args.steps_per_generation // self.num_generations
+        per_batch = per_process * self.accelerator.num_processes
+        if num_prompts < per_batch:
+            raise ValueError(f"dynamic_sampling needs at least {per_batch} prompts, the dataset has {num_prompts}")
+        first = self.accelerator.process_index * per_process
+        for pass_number in itertools.count():
+            generator = torch.Generator().manual_seed(self.args.seed + 1 + pass_number)
+            order = torch.randperm(num_prompts, generator=generator).tolist()
+            for start in range(0, num_prompts - per_batch + 1, per_batch):
+                yield order[start + first : start + first + per_process]
+
+    def _next_extra_generation_batch(self) -> list[dict]:
+        if self._extra_batch_indices is None:
+            self._extra_batch_indices = self._extra_index_batches()
+            for _ in range(self._extra_batches_drawn):  # resume where the checkpointed run stopped
+                next(self._extra_batch_indices)
+        indices = next(self._extra_batch_indices)
+        self._extra_batches_drawn += 1
+        return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
+
+    # ------------------------------------------------------------------------------------------
+    # Metrics and logs
+
+    def _log_ktae_metrics(self, view: GroupRows, scores: torch.Tensor, bonus: torch.Tensor, mode: str) -> None:
+        """Share of tokens with |bonus| > 0.5 and mean bonus on correct/incorrect rollouts, over all processes."""
+        mask, bonus = view.mask[view.local], bonus[view.local]
+        correct = (scores[view.local] > self.ktae_config.correct_threshold)[:, None] & mask
+        incorrect = ~correct & mask
+        sums = torch.stack(
+            [
+                ((bonus.abs() > LARGE_BONUS) & mask).sum(), mask.sum(),
+                (bonus * correct).sum(), correct.sum(),
+                (bonus * incorrect).sum(), incorrect.sum(),
+            ]
+        ).double()
+        large, tokens, on_correct, n_correct, on_incorrect, n_incorrect = self.accelerator.reduce(
+            sums, reduction="sum"
+        ).tolist()
+        metrics = self._metrics[mode]
+        metrics["ktae/large_bonus_share"].append(large / max(tokens, 1.0))
+        metrics["ktae/bonus_mean_correct"].append(on_correct / n_correct if n_correct else float("nan"))
+        metrics["ktae/bonus_mean_incorrect"].append(on_incorrect / n_incorrect if n_incorrect else float("nan"))
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        output = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.ktae and self._step % self.current_gradient_accumulation_steps == 0:
+            step_time = self._metrics["train"]["step_time"][-1]
+            self._metrics["train"]["ktae/seconds"].append(self._ktae_seconds)
+            self._metrics["train"]["ktae/time_share"].append(self._ktae_seconds / step_time if step_time else 0.0)
+            self._ktae_seconds = 0.0
+        return output
+
+    def _rollout_log_due(self) -> bool:
+        """True when a multiple of ktae_log_rollouts_steps falls among the steps this generation serves."""
+        every = self.args.ktae_log_rollouts_steps
+        if every == 0:
+            return False
+        step = self.state.global_step
+        steps_per_round = max(
+            1, self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
+        )
+        return step == 0 or step // every > (step - steps_per_round) // every
+
+    def _write_rollout_logs(
+        self, view: GroupRows, scores: torch.Tensor, advantages: torch.Tensor, group_size: int, num_rows: int
+    ) -> None:
+        """Append the first ``ktae_log_rollouts_groups`` whole groups to rollouts.jsonl, key tokens to key_tokens.jsonl."""
+        step = self.state.global_step + 1  # these rollouts make the update that ends at this step
+        prompts = list(self._logs["prompt"])[-num_rows:]
+        groups = view.rows // group_size
+        logged = list(dict.fromkeys(groups.tolist()))[: self.args.ktae_log_rollouts_groups]
+        records = []
+        for position in torch.nonzero(torch.isin(groups, torch.tensor(logged, device=groups.device))).flatten():
+            mask = view.mask[position]
+            token_ids = view.ids[position][mask].tolist()
+            pieces = token_pieces(self._tokenizer, token_ids)
+            score = scores[position].item()
+            records.append(
+                {
+                    "step": step,
+                    "group": int(groups[position]),
+                    "prompt": prompt_text(prompts[int(view.rows[position])]),
+                    "response": "".join(pieces),
+                    "token_ids": token_ids,
+                    "tokens": pieces,
+                    "score": None if score != score else score,
+                    "correct": bool(score > self.ktae_config.correct_threshold),
+                    "advantages": advantages[position][mask].tolist(),
+                }
+            )
+        output_dir = Path(self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with open(output_dir / ROLLOUTS_FILE, "a") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+        if self.args.ktae:
+            self.ktae_key_tokens = self._key_tokens(view, scores, groups)
+            with open(output_dir / KEY_TOKENS_FILE, "a") as f:
+                f.write(json.dumps({"step": step, **self.ktae_key_tokens}) + "\n")
+
+    def _key_tokens(self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor) -> dict[str, list[dict]]:
+        """Tokens with the highest and lowest mean key-token value over the groups where they get one."""
+        scored = ~torch.isnan(scores)
+        values = compute_key_token_values(
+            view.ids[scored], view.mask[scored], scores[scored], groups[scored], config=self.ktae_config
+        )
+        nonzero = values.value != 0
+        tokens, inverse = torch.unique(values.token[nonzero], return_inverse=True)
+        count = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(inverse).double())
+        mean = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, values.value[nonzero]) / count
+        order = torch.argsort(mean, descending=True).tolist()
+
+        def describe(indices: list[int]) -> list[dict]:
+            return [
+                {
+                    "token": self._tokenizer.decode([int(tokens[i])], skip_special_tokens=False),
+                    "token_id": int(tokens[i]),
+                    "bonus": float(mean[i]),
+                    "groups": int(count[i]),
+                }
+                for i in indices
+            ]
+
+        credited = [i for i in order if mean[i] > 0][:NUM_KEY_TOKENS]
+        blamed = [i for i in reversed(order) if mean[i] < 0][:NUM_KEY_TOKENS]
+        return {"credited": describe(credited), "blamed": describe(blamed)}
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump({"extra_generation_batches": self._extra_batches_drawn}, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                self._extra_batches_drawn = json.load(f)["extra_generation_batches"]
+            self._extra_batch_indices = None
+        if self.accelerator.is_main_process:
+            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+                resumed_step = json.load(f)["global_step"]
+            self._drop_logs_after(resumed_step)
+
+    def _drop_logs_after(self, step: int) -> None:
+        """Remove log lines of steps after the checkpoint: the resumed run writes them again."""
+        for name in (ROLLOUTS_FILE, KEY_TOKENS_FILE):
+            path = Path(self.args.output_dir) / name
+            if not path.exists():
+                continue
+            kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+            temporary = path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(kept))
+            os.replace(temporary, path)
