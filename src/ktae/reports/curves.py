@@ -6,12 +6,14 @@ This is the project's one implementation of curve plotting: ``ktae train`` calls
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ktae.reports.files import write_atomic
 
 # Shown first, in this order, when the caller does not choose metrics; every other numeric
 # metric follows in alphabetical order.
@@ -112,41 +114,59 @@ def plot_runs(
         missing = [name for name in metrics if name not in known]
         if missing:
             raise ValueError(f"metric(s) {missing} not logged by any run; logged: {known}")
+    panels = {
+        name: {
+            label: [(r["step"], r[name]) for r in records if _is_number(r.get(name))]
+            for label, records in zip(labels, records_per_run)
+        }
+        for name in metrics
+    }
+    return plot_panels(panels, out_png)
 
+
+def plot_panels(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    out_png: str | os.PathLike,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Plot ``{panel title: {line label: [(step, value), ...]}}`` into one PNG, one subplot per panel.
+
+    ylim: a fixed y range for every panel (e.g. (0, 100) for percentages); default: automatic.
+    Lines keep the same colour in every panel; a legend is drawn when there is more than one.
+    Written atomically (temp file, then ``os.replace``). Returns ``out_png`` as a Path.
+    """
+    if not panels:
+        raise ValueError("nothing to plot")
     # The object-oriented Agg API: no pyplot global state, safe in threads and without a display.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    columns = min(3, len(metrics))
-    rows = math.ceil(len(metrics) / columns)
+    line_labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    colours = {label: f"C{index % 10}" for index, label in enumerate(line_labels)}
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for axis, name in zip(axes, metrics):
-        for label, records in zip(labels, records_per_run):
-            points = [(r["step"], r[name]) for r in records if _is_number(r.get(name))]
+    for axis, (title, lines) in zip(axes, panels.items()):
+        for label, points in lines.items():
             if points:
                 steps, values = zip(*points)
-                axis.plot(steps, values, label=label, linewidth=1.4, marker="o" if len(points) < 30 else None,
-                          markersize=3)
-        axis.set_title(name, fontsize=10)
+                axis.plot(steps, values, label=label, color=colours[label], linewidth=1.4,
+                          marker="o" if len(points) < 30 else None, markersize=3)
+        if ylim is not None:
+            axis.set_ylim(*ylim)
+        axis.set_title(title, fontsize=10)
         axis.set_xlabel("step", fontsize=9)
         axis.grid(True, alpha=0.3)
         axis.tick_params(labelsize=8)
-    for axis in axes[len(metrics):]:
+    for axis in axes[len(panels):]:
         axis.set_visible(False)
-    if len(run_dirs) > 1:
-        handles, names = axes[0].get_legend_handles_labels()
-        figure.legend(handles, names, loc="outside lower center", ncols=min(len(run_dirs), 4), fontsize=9)
+    if len(line_labels) > 1:
+        handles = [Line2D([], [], color=colours[label]) for label in line_labels]
+        figure.legend(handles, line_labels, loc="outside lower center", ncols=min(len(line_labels), 4), fontsize=9)
 
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(suffix=".png", dir=out_png.parent, prefix=f".{out_png.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
-        os.replace(temp_name, out_png)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return out_png
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return write_atomic(out_png, buffer.getvalue())

@@ -1,0 +1,257 @@
+"""Report builders: a key-token page over rollouts, and a run's overview across steps.
+
+``build_report`` turns rollouts (a JSONL file, verl's dump folder or a run folder) into one
+self-contained HTML page. ``build_run_report`` turns one or more run folders (``ktae train``'s
+layout, docs/reports.md) into a folder: ``index.html`` (training curves, key tokens over steps,
+one row per logged step) and one key-token page per step.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+from ktae import KTAEConfig
+from ktae.reports.curves import _default_labels, plot_panels, plot_runs
+from ktae.reports.files import write_atomic
+from ktae.reports.html import TOP_COUNT, page, render_key_token_report
+from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
+from ktae.reports.rollouts import (
+    Rollout,
+    TokenizedRollouts,
+    find_run_tokenizer,
+    load_rollouts,
+    load_tokenizer,
+    tokenize_rollouts,
+)
+
+
+def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list[str]]:
+    """The KTAE options a run trained with, from ``RUN_DIR/config.yaml``, and notes for the reader.
+
+    Reads the trainer's flat ``ktae_*`` keys (``KTAEGRPOConfig``) or a ``ktae`` mapping (verl's
+    ``algorithm.ktae``). Returns (None, []) when the run has no config file.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None, []
+    with path.open(encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of options")
+    fields = {f.name for f in dataclasses.fields(KTAEConfig)}
+    section = config.get("ktae")
+    if isinstance(section, dict):
+        options = dict(section)
+    else:
+        options = {key[5:]: value for key, value in config.items() if key.startswith("ktae_") and key[5:] in fields}
+    options = {key: value for key, value in options.items() if value is not None}
+    notes = []
+    if section is False:
+        notes.append("This run trained without KTAE; the colours show what KTAE would have credited and blamed.")
+    return KTAEConfig.from_dict(options), notes
+
+
+def _tokenizer(tokenizer, run_dir: Path | None):
+    """A tokenizer object from an object, a path or hub id, or the run's newest checkpoint."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    found = find_run_tokenizer(run_dir) if run_dir is not None else None
+    return load_tokenizer(found) if found is not None else None
+
+
+def _subset(data: TokenizedRollouts, indices: Sequence[int]) -> TokenizedRollouts:
+    return dataclasses.replace(
+        data,
+        rollouts=[data.rollouts[i] for i in indices],
+        token_ids=[data.token_ids[i] for i in indices],
+        texts=[data.texts[i] for i in indices],
+    )
+
+
+def _prepare(source, tokenizer, config, steps, ignore_token_ids):
+    """(tokenized rollouts, config, notices) for a file/folder/records ``source``."""
+    run_dir = Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
+    notices: list[str] = []
+    if config is None and run_dir is not None:
+        config, notices = run_ktae_config(run_dir)
+    if isinstance(source, (str, os.PathLike)):
+        rollouts = load_rollouts(source, steps)
+    else:
+        rollouts = [r for r in source if steps is None or r.step in set(steps)]
+        if not rollouts:
+            raise ValueError("no rollouts to report on")
+        if not all(isinstance(r, Rollout) for r in rollouts):
+            raise TypeError("rollouts must be ktae.reports.Rollout objects (see ktae.reports.parse_rollout)")
+    data = tokenize_rollouts(rollouts, _tokenizer(tokenizer, run_dir), ignore_token_ids)
+    return data, config or KTAEConfig(), notices + data.notices
+
+
+def build_report(
+    source: str | os.PathLike | Iterable[Rollout],
+    out_html: str | os.PathLike,
+    *,
+    tokenizer=None,
+    config: KTAEConfig | None = None,
+    steps: Iterable[int] | None = None,
+    ignore_token_ids: Iterable[int] | None = None,
+    title: str | None = None,
+    strong: float = STRONG_VALUE,
+) -> Path:
+    """Write a self-contained HTML key-token report of rollouts; returns its path.
+
+    source: a rollouts JSONL file, a folder of JSONL dumps (verl's ``rollout_data_dir``), a run
+        folder (its rollouts.jsonl, config.yaml and newest checkpoint's tokenizer), or Rollout objects.
+    tokenizer: a Hugging Face tokenizer, or its path or hub id; needed for text-only rollouts
+        (otherwise they are split into words) and to decode byte-level token ids.
+    config: KTAEConfig of the statistics; default: the run's config, else KTAEConfig().
+    steps: only the rollouts of these steps. ignore_token_ids: ids with no value (default: the
+        tokenizer's pad and end-of-sequence ids). strong: |v| threshold of the "strongly weighted" share.
+    """
+    data, config, notices = _prepare(source, tokenizer, config, steps, ignore_token_ids)
+    analysis = analyse(data, config)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "rollouts"
+    steps_seen = sorted({r.step for r in data.rollouts if r.step is not None})
+    subtitle = f"{name}" + (f" \u00b7 step{'s' if len(steps_seen) > 1 else ''} {', '.join(map(str, steps_seen))}" if steps_seen else "")
+    document = render_key_token_report(analysis, title or "KTAE key-token report", subtitle, notices, strong)
+    return write_atomic(out_html, document)
+
+
+@dataclasses.dataclass
+class StepSummary:
+    """What one logged step's rollouts show: counts, strongly weighted shares and top tokens."""
+
+    step: int | None
+    groups: int
+    rollouts: int
+    accuracy: float
+    shares: dict[str, float]
+    top: dict[str, list[dict]]
+    page: str
+
+
+def _summarise(step, analysis: KeyTokenAnalysis, page_name: str, strong: float) -> StepSummary:
+    return StepSummary(
+        step=step,
+        groups=len(analysis.group_keys),
+        rollouts=len(analysis.data.rollouts),
+        accuracy=float(analysis.correct.mean()),
+        shares=analysis.strong_shares(strong),
+        top=analysis.top_tokens(5),
+        page=page_name,
+    )
+
+
+def _png_img(path: Path, alt: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img class="curves" alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _steps_table(summaries: list[StepSummary], prefix: str, strong: float) -> str:
+    def tokens(entries):
+        return " ".join(f'<span class="tok">{html.escape(e["label"])}</span>' for e in entries) or "\u2013"
+
+    rows = "".join(
+        f'<tr><td><a href="{html.escape(prefix + s.page)}">{"all" if s.step is None else s.step}</a></td>'
+        f'<td class="num">{s.groups}</td><td class="num">{s.rollouts}</td><td class="num">{100 * s.accuracy:.0f}%</td>'
+        f'<td class="num">{100 * s.shares["strong"]:.1f}%</td><td class="num">{100 * s.shares["credited"]:.1f}%</td>'
+        f'<td class="num">{100 * s.shares["blamed"]:.1f}%</td><td>{tokens(s.top["credited"])}</td>'
+        f"<td>{tokens(s.top['blamed'])}</td></tr>"
+        for s in summaries
+    )
+    return (
+        f"<table><tr><th>step</th><th>groups</th><th>rollouts</th><th>correct</th><th>|v| &gt; {strong:g}</th>"
+        f"<th>v &gt; {strong:g}</th><th>v &lt; \u2212{strong:g}</th><th>most credited</th><th>most blamed</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def build_run_report(
+    run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    tokenizer=None,
+    config: KTAEConfig | None = None,
+    steps: Iterable[int] | None = None,
+    ignore_token_ids: Iterable[int] | None = None,
+    metrics: Sequence[str] | None = None,
+    strong: float = STRONG_VALUE,
+) -> Path:
+    """Write the report of one or more training runs into ``out_dir``; returns its index.html.
+
+    Per run: a key-token page per logged step of rollouts.jsonl (``step-N.html``, in a folder
+    per run when there are several). On the index: the training curves of all runs on one plot
+    (curves.png), the share of strongly weighted tokens over steps (key-tokens.png), and a table
+    of the steps with their most credited and blamed tokens. Options as in ``build_report``;
+    tokenizer and config default to each run's own.
+    """
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    run_dirs = [Path(path) for path in run_dirs]
+    if not run_dirs:
+        raise ValueError("build_run_report needs at least one run folder")
+    for path in run_dirs:
+        if not path.is_dir():
+            raise FileNotFoundError(f"no run folder at {path}")
+    labels = list(labels) if labels is not None else _default_labels(run_dirs)
+    if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be {len(run_dirs)} distinct names, one per run, got {labels}")
+    out_dir = Path(out_dir)
+    wanted = None if steps is None else sorted({int(s) for s in steps})
+
+    share_lines: dict[str, dict] = {f"% tokens with |v| > {strong:g}": {}, f"% with v > {strong:g} (credited)": {},
+                                    f"% with v < \u2212{strong:g} (blamed)": {}}
+    sections = []
+    for label, run_dir in zip(labels, run_dirs):
+        prefix = f"{label.replace('/', '_')}/" if len(run_dirs) > 1 else ""
+        notes: list[str] = []
+        summaries: list[StepSummary] = []
+        if (run_dir / "rollouts.jsonl").is_file():
+            data, run_config, notes = _prepare(run_dir, tokenizer, config, wanted, ignore_token_ids)
+            by_step: dict = {}
+            for index, rollout in enumerate(data.rollouts):
+                by_step.setdefault(rollout.step, []).append(index)
+            for step in sorted(by_step, key=lambda s: (s is None, s or 0)):
+                analysis = analyse(_subset(data, by_step[step]), run_config)
+                page_name = f"step-{'all' if step is None else step}.html"
+                title = f"{label} \u00b7 step {'(none)' if step is None else step}"
+                document = render_key_token_report(analysis, title, str(run_dir), notes, strong)
+                write_atomic(out_dir / prefix / page_name, document)
+                summaries.append(_summarise(step, analysis, page_name, strong))
+        else:
+            notes = [f"No rollouts.jsonl in {run_dir}: no key-token pages for this run."]
+        points = [(s.step, s.shares) for s in summaries if s.step is not None]
+        for lines, key in zip(share_lines.values(), ("strong", "credited", "blamed")):
+            lines[label] = [(step, 100 * shares[key]) for step, shares in points]
+        sections.append(
+            f"<h2>{html.escape(label)}</h2><p class=\"sub\">{html.escape(str(run_dir))}</p>"
+            + "".join(f'<p class="notice">{html.escape(n)}</p>' for n in notes)
+            + (_steps_table(summaries, prefix, strong) if summaries else "")
+        )
+
+    body = ["<h1>KTAE run report</h1>", f'<p class="sub">{html.escape(", ".join(labels))}</p>']
+    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / "metrics.jsonl").is_file()]
+    if with_metrics:
+        curves = plot_runs([p for _, p in with_metrics], out_dir / "curves.png", metrics, [l for l, _ in with_metrics])
+        body += ["<h2>Training curves</h2>", _png_img(curves, "training curves")]
+    else:
+        body.append('<p class="notice">No metrics.jsonl in the run folder(s): no training curves.</p>')
+    if any(points for lines in share_lines.values() for points in lines.values()):
+        shares_png = plot_panels(share_lines, out_dir / "key-tokens.png", ylim=(0, 100))
+        body += [
+            f"<h2>Strongly weighted tokens over steps</h2>"
+            f'<p class="sub">Share of response tokens whose key-token value exceeds {strong:g} in size, '
+            f"recomputed from the logged rollouts; top {TOP_COUNT // 2} tokens by total value in the tables.</p>",
+            _png_img(shares_png, "key tokens over steps"),
+        ]
+    body += sections
+    return write_atomic(out_dir / "index.html", page("KTAE run report", "\n".join(body)))

@@ -1,0 +1,201 @@
+"""Self-contained HTML pages: inline CSS and JS, data as compact JSON, nothing fetched.
+
+A key-token page carries, per group, a table of its (token) statistics and, per rollout, the
+row of each token packed as base64 little-endian integers; ``report.js`` renders a group when
+it is opened. Text from models is escaped in Python (``html.escape``) or in the page's JS.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from importlib import resources
+
+import numpy as np
+
+from ktae.reports.colours import DivergingScale
+from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis
+from ktae.reports.text import visible_whitespace
+
+TOP_COUNT = 10
+
+
+def _asset(name: str) -> str:
+    return resources.files("ktae.reports").joinpath(name).read_text(encoding="utf-8")
+
+
+def page(title: str, body: str, scale: DivergingScale | None = None, data: dict | None = None) -> str:
+    """A whole HTML document; with ``data`` it embeds the JSON and the key-token renderer."""
+    css = _asset("report.css") + ("\n" + scale.css() if scale else "")
+    script = ""
+    if data is not None:
+        # "<" escaped inside JSON strings, so no text can close the <script> element.
+        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+        script = (
+            f'<script type="application/json" id="ktae-data">{payload}</script>\n'
+            f"<script>{_asset('report.js')}</script>"
+        )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{css}</style></head>\n<body>\n{body}\n{script}\n</body></html>\n"
+    )
+
+
+def _rounded(values: np.ndarray, digits: int = 4) -> list[float]:
+    """Floats with ``digits`` significant digits: what a reader can use, at a fraction of the bytes."""
+    return [float(f"{x:.{digits}g}") for x in values.tolist()]
+
+
+def _pack(rows: np.ndarray, width: int) -> str:
+    return base64.b64encode(rows.astype(f"<u{width}").tobytes()).decode("ascii")
+
+
+def group_name(key: tuple, prompt: str) -> str:
+    step, group = key
+    text = "prompt " + prompt if group == prompt else f"group {group}"
+    text = " ".join(text.split())
+    text = text if len(text) <= 70 else text[:69] + "\u2026"
+    return text if step is None else f"step {step} \u00b7 {text}"
+
+
+def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: float = STRONG_VALUE) -> dict:
+    """The JSON the page's renderer reads: one entry per group (see module docstring)."""
+    stats, data = analysis.stats, analysis.data
+    buckets = scale.buckets(stats["value"])
+    occurrences = stats["occ_true"] + stats["occ_false"]
+    rows_by_group = np.split(np.argsort(stats["group"], kind="stable"), np.cumsum(np.bincount(stats["group"]))[:-1])
+    rollouts_by_group: list[list[int]] = [[] for _ in analysis.group_keys]
+    for rollout, group in enumerate(analysis.rollout_group.tolist()):
+        rollouts_by_group[group].append(rollout)
+    local = np.empty(stats["value"].size, dtype=np.int64)
+    groups = []
+    for group, (key, rows, members) in enumerate(zip(analysis.group_keys, rows_by_group, rollouts_by_group)):
+        rows = rows[np.argsort(-occurrences[rows], kind="stable")]  # frequent tokens first
+        local[rows] = np.arange(rows.size)
+        width = 1 if rows.size <= 1 << 8 else 2 if rows.size <= 1 << 16 else 4
+        text: list[str | None] = [None] * rows.size
+        rollouts = []
+        for rollout in members:
+            seq = local[analysis.row_of_token[rollout]]
+            exceptions = {}
+            for position, (row, piece) in enumerate(zip(seq.tolist(), data.texts[rollout])):
+                if text[row] is None:
+                    text[row] = piece
+                elif piece != text[row]:
+                    exceptions[position] = piece  # a token whose text depends on its neighbours (split UTF-8)
+            entry = {
+                "s": data.rollouts[rollout].score,
+                "c": bool(analysis.correct[rollout]),
+                "A": round(float(analysis.rollout_advantage[rollout]), 4),
+                "seq": _pack(seq, width),
+            }
+            if exceptions:
+                entry["x"] = exceptions
+            rollouts.append(entry)
+        token_ids = stats["token"][rows].tolist()
+        labels = {}
+        for index, (token_id, shown) in enumerate(zip(token_ids, text)):
+            label = data.labels.get(token_id, str(token_id))
+            if label != visible_whitespace(shown):
+                labels[index] = label
+        values = stats["value"][rows]
+        member_rows = np.concatenate([analysis.row_of_token[m] for m in members]) if members else np.zeros(0, int)
+        groups.append(
+            {
+                "name": group_name(key, data.rollouts[members[0]].prompt),
+                "prompt": data.rollouts[members[0]].prompt,
+                "nT": int(analysis.n_true[group]),
+                "nF": int(analysis.n_false[group]),
+                "strong": float(np.mean(np.abs(stats["value"][member_rows]) > strong)) if member_rows.size else 0.0,
+                "w": width,
+                "tok": {
+                    "text": text,
+                    "lx": labels,
+                    "id": token_ids,
+                    "a": stats["a"][rows].tolist(),
+                    "b": stats["b"][rows].tolist(),
+                    "p": _rounded(stats["p_value"][rows]),
+                    "F": _rounded(stats["fisher"][rows]),
+                    "IG": _rounded(stats["info_gain"][rows]),
+                    "h": _rounded(stats["h"][rows]),
+                    "TF": _rounded(stats["tf"][rows]),
+                    "v": _rounded(values),
+                    "k": buckets[rows].tolist(),
+                    "oT": stats["occ_true"][rows].tolist(),
+                    "oF": stats["occ_false"][rows].tolist(),
+                },
+                "rollouts": rollouts,
+            }
+        )
+    return {"topCount": TOP_COUNT, "ignore": list(analysis.config.ignore_token_ids), "groups": groups}
+
+
+def legend_html(scale: DivergingScale) -> str:
+    swatches = "".join(
+        f'<span style="background:{colour or "#ffffff"}" title="v \u2248 {value:+.2f}"></span>'
+        for value, colour in scale.legend()
+    )
+    return (
+        f'<div class="legend"><small>blamed</small><b>\u2212{scale.top:g}</b><span class="bar">{swatches}</span>'
+        f"<b>+{scale.top:g}</b><small>credited</small><small>\u00b7 token colour = key-token value v "
+        "(hover a token for a, b, c, d, p, F, IG, h, TF)</small></div>"
+    )
+
+
+def top_tokens_html(top: dict[str, list[dict]]) -> str:
+    """Tables of the tokens with the largest total credit and blame (sum of v over occurrences)."""
+
+    def table(title: str, entries: list[dict]) -> str:
+        rows = "".join(
+            f'<tr><td><span class="tok">{html.escape(e["label"])}</span></td><td class="num">{e["total"]:+.2f}</td>'
+            f'<td class="num">{e["occurrences"]}</td><td class="num">{e["groups"]}</td></tr>'
+            for e in entries
+        ) or '<tr><td colspan="4">none</td></tr>'
+        return (
+            f"<div><h3>{title}</h3><table><tr><th>token</th><th>total v</th><th>occurrences</th><th>groups</th></tr>"
+            f"{rows}</table></div>"
+        )
+
+    return f'<div class="tables">{table("Most credited overall", top["credited"])}{table("Most blamed overall", top["blamed"])}</div>'
+
+
+def config_html(analysis: KeyTokenAnalysis) -> str:
+    c = analysis.config
+    return (
+        f"\u03b1 = {c.alpha:g}, \u03b2 = {c.beta_ig:g}, \u03b3 = {c.gamma_tf:g}, top = {c.top:g}, "
+        f"correct when score &gt; {c.correct_threshold:g}, rollout advantage {html.escape(c.rollout_advantage)}, "
+        f"ignored token ids {html.escape(str(list(c.ignore_token_ids)) if c.ignore_token_ids else 'none')}"
+    )
+
+
+def render_key_token_report(
+    analysis: KeyTokenAnalysis,
+    title: str,
+    subtitle: str = "",
+    notices: list[str] = (),
+    strong: float = STRONG_VALUE,
+) -> str:
+    """The HTML of a key-token report over the analysed rollouts."""
+    scale = DivergingScale(top=analysis.config.top if analysis.config.top > 0 else 1.0)
+    shares = analysis.strong_shares(strong)
+    tokens = sum(ids.size for ids in analysis.data.token_ids)
+    mixed = int(np.sum((analysis.n_true > 0) & (analysis.n_false > 0)))
+    facts = (
+        f"<div class=\"facts\"><span><b>{len(analysis.group_keys)}</b> groups ({mixed} with correct and incorrect "
+        f"rollouts)</span><span><b>{len(analysis.data.rollouts)}</b> rollouts, <b>{int(analysis.correct.sum())}</b> "
+        f"correct</span><span><b>{tokens:,}</b> tokens</span><span>|v| &gt; {strong:g}: <b>{100 * shares['strong']:.1f}%</b>"
+        f" of tokens ({100 * shares['credited']:.1f}% credited, {100 * shares['blamed']:.1f}% blamed)</span></div>"
+    )
+    body = (
+        f"<h1>{html.escape(title)}</h1>"
+        + (f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "")
+        + "".join(f'<p class="notice">{html.escape(n)}</p>' for n in notices)
+        + facts
+        + f'<p class="sub">KTAE: {config_html(analysis)}. Statistics recomputed with ktae.compute_key_token_values.</p>'
+        + legend_html(scale)
+        + top_tokens_html(analysis.top_tokens(TOP_COUNT))
+        + '<h2>Groups</h2><div id="groups"></div><div id="tip"></div>'
+    )
+    return page(title, body, scale, key_token_data(analysis, scale, strong))

@@ -1,0 +1,146 @@
+"""Key-token values of rollouts recomputed with the project's estimator, and their summaries.
+
+Reports never trust numbers stored next to the rollouts: they recompute every (group, token)
+statistic with ``ktae.compute_key_token_values`` from the token ids, scores and groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+
+from ktae import KTAEConfig, compute_key_token_values, compute_rollout_advantages
+from ktae.reports.rollouts import TokenizedRollouts
+
+STRONG_VALUE = 0.5  # |v| above this is a strongly weighted token (the trainer logs the same share)
+
+
+@dataclasses.dataclass
+class KeyTokenAnalysis:
+    """Key-token values of a set of tokenized rollouts.
+
+    group_keys: the (step, group) of each dense group; rollout_group: [B] dense group of each
+    rollout; correct [B], rollout_advantage [B]; stats: one numpy array [K] per statistic
+    ("group", "token", "a", "b", "c", "d", "p_value", "fisher", "info_gain", "h", "tf", "value"),
+    plus "occ_true"/"occ_false" (occurrences in correct / incorrect rollouts); row_of_token[i]:
+    [T_i] the stats row of each token of rollout i; n_true, n_false [G].
+    """
+
+    data: TokenizedRollouts
+    config: KTAEConfig
+    group_keys: list[tuple[int | None, Hashable]]
+    rollout_group: np.ndarray
+    correct: np.ndarray
+    rollout_advantage: np.ndarray
+    stats: dict[str, np.ndarray]
+    row_of_token: list[np.ndarray]
+    n_true: np.ndarray
+    n_false: np.ndarray
+
+    def token_values(self) -> np.ndarray:
+        """Key-token value of every token of every rollout, concatenated. [sum T_i] float64."""
+        if not self.row_of_token:
+            return np.zeros(0)
+        return self.stats["value"][np.concatenate(self.row_of_token)]
+
+    def strong_shares(self, threshold: float = STRONG_VALUE) -> dict[str, float]:
+        """Share of all response tokens with v > threshold, v < -threshold, and |v| > threshold."""
+        values = self.token_values()
+        if not values.size:
+            return {"strong": 0.0, "credited": 0.0, "blamed": 0.0}
+        credited = float(np.mean(values > threshold))
+        blamed = float(np.mean(values < -threshold))
+        return {"strong": credited + blamed, "credited": credited, "blamed": blamed}
+
+    def top_tokens(self, count: int = 10) -> dict[str, list[dict]]:
+        """Tokens with the largest total credit (sum of v over their occurrences) and total blame.
+
+        Each entry: token id, label, total, occurrences, groups (where it occurs).
+        """
+        stats = self.stats
+        occurrences = stats["occ_true"] + stats["occ_false"]
+        tokens, inverse = np.unique(stats["token"], return_inverse=True)
+        total = np.bincount(inverse, weights=stats["value"] * occurrences, minlength=tokens.size)
+        total_occurrences = np.bincount(inverse, weights=occurrences, minlength=tokens.size)
+        groups = np.bincount(inverse, minlength=tokens.size)
+
+        def entries(order):
+            return [
+                {
+                    "token": int(tokens[i]),
+                    "label": self.data.labels.get(int(tokens[i]), str(int(tokens[i]))),
+                    "total": float(total[i]),
+                    "occurrences": int(total_occurrences[i]),
+                    "groups": int(groups[i]),
+                }
+                for i in order
+            ]
+
+        credited = [i for i in np.argsort(-total, kind="stable") if total[i] > 0][:count]
+        blamed = [i for i in np.argsort(total, kind="stable") if total[i] < 0][:count]
+        return {"credited": entries(credited), "blamed": entries(blamed)}
+
+
+def analyse(data: TokenizedRollouts, config: KTAEConfig | None = None) -> KeyTokenAnalysis:
+    """Recompute the key-token statistics of ``data`` with ``ktae.compute_key_token_values``.
+
+    Groups are (step, group) pairs, so group ids reused at every step stay apart. The config's
+    ignore_token_ids are extended with ``data.ignore_token_ids``.
+    """
+    config = config or KTAEConfig()
+    if data.ignore_token_ids:
+        config = dataclasses.replace(
+            config, ignore_token_ids=tuple(sorted(set(config.ignore_token_ids) | set(data.ignore_token_ids)))
+        )
+    numbers: dict[tuple, int] = {}
+    rollout_group = np.array(
+        [numbers.setdefault((r.step, r.group), len(numbers)) for r in data.rollouts], dtype=np.int64
+    )
+    group_keys = list(numbers)
+    lengths = np.array([ids.size for ids in data.token_ids], dtype=np.int64)
+    if not lengths.sum():
+        raise ValueError("the rollouts have no response tokens to report on")
+    flat_tokens = np.concatenate(data.token_ids)
+    responses = torch.zeros((len(lengths), int(lengths.max())), dtype=torch.int64)
+    mask = torch.arange(responses.shape[1])[None, :] < torch.as_tensor(lengths)[:, None]
+    responses[mask] = torch.as_tensor(flat_tokens)
+    scores = torch.tensor([r.score for r in data.rollouts], dtype=torch.float64)
+    group_index = torch.as_tensor(rollout_group)
+    values = compute_key_token_values(responses, mask, scores, group_index, config=config)
+    advantage = compute_rollout_advantages(scores, group_index, method=config.rollout_advantage, epsilon=config.epsilon)
+
+    names = ("group", "token", "a", "b", "c", "d", "p_value", "fisher", "info_gain", "h", "tf", "value")
+    stats = {name: getattr(values, name).cpu().numpy() for name in names}
+    stats["group"] = np.asarray(values.group_ids, dtype=np.int64)[stats["group"]]
+
+    # The stats row of every token: look its (group, token) key up among the rows' keys.
+    vocab = int(flat_tokens.max()) + 1
+    row_keys = stats["group"] * vocab + stats["token"]
+    order = np.argsort(row_keys, kind="stable")
+    flat_keys = np.repeat(rollout_group, lengths) * vocab + flat_tokens
+    found = np.minimum(np.searchsorted(row_keys[order], flat_keys), order.size - 1)
+    if not np.array_equal(row_keys[order][found], flat_keys):
+        raise RuntimeError("the estimator returned no statistics for some (group, token) pairs")
+    flat_rows = order[found]
+    correct = scores.numpy() > config.correct_threshold
+    flat_correct = np.repeat(correct, lengths)
+    stats["occ_true"] = np.bincount(flat_rows[flat_correct], minlength=row_keys.size)
+    stats["occ_false"] = np.bincount(flat_rows[~flat_correct], minlength=row_keys.size)
+    groups = len(group_keys)
+    n_true = np.bincount(rollout_group[correct], minlength=groups)
+    n_false = np.bincount(rollout_group[~correct], minlength=groups)
+    return KeyTokenAnalysis(
+        data=data,
+        config=config,
+        group_keys=group_keys,
+        rollout_group=rollout_group,
+        correct=correct,
+        rollout_advantage=advantage.numpy().astype(np.float64),
+        stats=stats,
+        row_of_token=np.split(flat_rows, np.cumsum(lengths)[:-1]),
+        n_true=n_true,
+        n_false=n_false,
+    )

@@ -1,0 +1,266 @@
+"""Reading sampled rollouts for reports, and turning each into token ids plus readable text.
+
+Accepted records (JSONL, one rollout per line), whichever trainer wrote them:
+- the TRL trainer's ``RUN_DIR/rollouts.jsonl`` (docs/reports.md): step, group, prompt,
+  response, token_ids, tokens, score, ...;
+- verl's ``trainer.rollout_data_dir`` dumps (``DIR/<step>.jsonl``): input, output, score, step,
+  text only and no group id, so rollouts of the same prompt text at a step form a group;
+- any JSONL with a prompt, a response (text, ``tokens`` pieces and/or ``token_ids``), a score
+  and, ideally, a group id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ktae.reports.text import detect_piece_style, merge_pieces, piece_label, tokenizer_piece_style
+
+# Accepted names of each field, in order of preference.
+PROMPT_KEYS = ("prompt", "input")
+RESPONSE_KEYS = ("response", "output", "completion")
+GROUP_KEYS = ("group", "uid", "group_id", "prompt_id")
+SCORE_KEYS = ("score", "reward")
+TOKEN_ID_KEYS = ("token_ids", "response_ids", "completion_ids")
+
+# Without a tokenizer, text is split into words, runs of whitespace and single symbols.
+_WORDS = re.compile(r"\s+|\w+|[^\w\s]")
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One sampled response as read from a file, before tokenization."""
+
+    step: int | None
+    group: Hashable
+    prompt: str
+    score: float
+    response: str | None = None
+    token_ids: list[int] | None = None
+    tokens: list[str] | None = None
+
+
+@dataclasses.dataclass
+class TokenizedRollouts:
+    """Rollouts ready for the estimator and for display.
+
+    token_ids[i]: int64 array [T_i]; texts[i]: one display string per token (they concatenate to
+    the response text); labels: token id -> one-line label for tables; ignore_token_ids: the ids
+    the estimator must give no value (pad, end of sequence); notices: what the reader should know
+    about how the text was tokenized.
+    """
+
+    rollouts: list[Rollout]
+    token_ids: list[np.ndarray]
+    texts: list[list[str]]
+    labels: dict[int, str]
+    ignore_token_ids: tuple[int, ...] = ()
+    notices: list[str] = dataclasses.field(default_factory=list)
+
+
+def _first(record: dict, keys: Sequence[str]):
+    for key in keys:
+        if key in record and record[key] is not None:
+            return record[key]
+    return None
+
+
+def _as_text(value, what: str, where: str) -> str:
+    """A prompt or response as text; chat messages ([{"role", "content"}]) become their contents."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+        return "\n".join(str(m["content"]) if len(value) == 1 else f"{m.get('role', '?')}: {m['content']}" for m in value)
+    raise TypeError(f"{where}: {what} must be text or chat messages, got {type(value).__name__}")
+
+
+def parse_rollout(record: dict, where: str) -> Rollout:
+    """Validate one JSONL record and read it into a Rollout (``where`` names it in errors)."""
+    if not isinstance(record, dict):
+        raise TypeError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    score = _first(record, SCORE_KEYS)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise ValueError(f"{where}: needs a finite numeric 'score' (or 'reward'), got {score!r}")
+    prompt = _first(record, PROMPT_KEYS)
+    prompt = "" if prompt is None else _as_text(prompt, "prompt", where)
+    response = _first(record, RESPONSE_KEYS)
+    response = None if response is None else _as_text(response, "response", where)
+    token_ids = _first(record, TOKEN_ID_KEYS)
+    if token_ids is not None:
+        if not isinstance(token_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in token_ids
+        ):
+            raise ValueError(f"{where}: 'token_ids' must be a list of non-negative ints")
+    tokens = record.get("tokens")
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        raise ValueError(f"{where}: 'tokens' must be a list of strings (one piece per token)")
+    if tokens is not None and token_ids is not None and len(tokens) != len(token_ids):
+        raise ValueError(f"{where}: {len(tokens)} tokens but {len(token_ids)} token_ids")
+    if response is None and tokens is None and token_ids is None:
+        raise ValueError(f"{where}: no response: needs 'response' (or 'output'), 'tokens' or 'token_ids'")
+    group = _first(record, GROUP_KEYS)
+    if group is None:
+        if not prompt:
+            raise ValueError(f"{where}: needs a 'group' id (or a 'prompt' whose rollouts form the group)")
+        group = prompt  # verl's dumps: the rollouts of one prompt are its group
+    elif isinstance(group, (list, dict)):
+        group = json.dumps(group, sort_keys=True)
+    step = record.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))):
+        raise ValueError(f"{where}: 'step' must be a number, got {step!r}")
+    return Rollout(
+        step=None if step is None else int(step),
+        group=group,
+        prompt=prompt,
+        score=float(score),
+        response=response,
+        token_ids=token_ids,
+        tokens=tokens,
+    )
+
+
+def rollout_files(path: str | os.PathLike) -> list[Path]:
+    """The JSONL files behind ``path``: a file, a run folder (its rollouts.jsonl) or a folder of
+    ``*.jsonl`` dumps (verl's ``rollout_data_dir``, one file per step, taken in step order)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if (path / "rollouts.jsonl").is_file():
+            return [path / "rollouts.jsonl"]
+        files = list(path.glob("*.jsonl"))
+        if files:
+            return sorted(files, key=lambda f: (0, int(f.stem), "") if f.stem.isdigit() else (1, 0, f.name))
+        raise FileNotFoundError(f"no rollouts.jsonl or *.jsonl files in {path}")
+    raise FileNotFoundError(f"no rollouts file or folder at {path}")
+
+
+def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -> list[Rollout]:
+    """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``."""
+    wanted = None if steps is None else {int(s) for s in steps}
+    rollouts = []
+    for file in rollout_files(path):
+        with file.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{line_number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                rollout = parse_rollout(record, where)
+                if wanted is None or rollout.step in wanted:
+                    rollouts.append(rollout)
+    if not rollouts:
+        raise ValueError(f"no rollouts in {path}" + ("" if wanted is None else f" at step(s) {sorted(wanted)}"))
+    return rollouts
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """A Hugging Face tokenizer from a local folder or a hub id."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as error:  # pragma: no cover - transformers is in the trl and verl extras
+        raise ImportError("reading a tokenizer needs transformers: pip install 'ktae[trl]'") from error
+    return AutoTokenizer.from_pretrained(str(name_or_path))
+
+
+def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run that holds a tokenizer (``checkpoints/checkpoint-N``), if any."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    candidates = [
+        folder
+        for folder in checkpoints.glob("checkpoint-*")
+        if folder.name.split("-")[-1].isdigit()
+        and any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    ]
+    return max(candidates, key=lambda f: int(f.name.split("-")[-1]), default=None)
+
+
+def _tokenizer_ignore_ids(tokenizer) -> tuple[int, ...]:
+    ids = {getattr(tokenizer, name, None) for name in ("pad_token_id", "eos_token_id")}
+    return tuple(sorted(int(i) for i in ids if isinstance(i, int)))
+
+
+def tokenize_rollouts(
+    rollouts: Sequence[Rollout],
+    tokenizer=None,
+    ignore_token_ids: Iterable[int] | None = None,
+) -> TokenizedRollouts:
+    """Token ids and display text of every rollout.
+
+    Token ids come from the record's ``token_ids``, else from tokenizing ``response`` with
+    ``tokenizer``; display pieces from the tokenizer's vocabulary when it is given, else from the
+    record's ``tokens``. Byte-level and SentencePiece pieces are merged into real text.
+    Without a tokenizer, text-only rollouts are split into words and symbols, and ``tokens``
+    without ids are numbered by their text; a notice says so.
+
+    ignore_token_ids: ids with no key-token value; default: the tokenizer's pad and
+    end-of-sequence ids (none without a tokenizer).
+    """
+    if not rollouts:
+        raise ValueError("no rollouts to tokenize")
+    notices = []
+    special = tuple(getattr(tokenizer, "all_special_tokens", ())) if tokenizer is not None else ()
+    pieces: list[list[str]] = []
+    ids: list[list[int] | None] = []
+    for index, rollout in enumerate(rollouts):
+        token_ids = rollout.token_ids
+        if token_ids is None and rollout.tokens is None and tokenizer is not None:
+            token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
+        if tokenizer is not None and token_ids is not None:
+            pieces.append(tokenizer.convert_ids_to_tokens(list(token_ids)))
+            ids.append(list(token_ids))
+        elif rollout.tokens is not None:
+            pieces.append(rollout.tokens)
+            ids.append(token_ids)
+        elif token_ids is not None:
+            raise ValueError(
+                f"rollout {index} (group {rollout.group!r}) has token_ids but no 'tokens' pieces or text to show: "
+                "pass a tokenizer (--tokenizer) to decode them"
+            )
+        else:
+            pieces.append(_WORDS.findall(rollout.response))
+            ids.append(None)
+    if any(token_ids is None for token_ids in ids):
+        if all(rollout.token_ids is None and rollout.tokens is None for rollout in rollouts):
+            notices.append(
+                "No tokenizer was given and the rollouts carry text only: statistics are over words and "
+                "symbols, not the model's tokens. Pass --tokenizer for token-level values."
+            )
+        else:
+            notices.append("Some rollouts carry no token ids: tokens are identified by their text.")
+        vocabulary: dict[str, int] = {}
+        ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
+        if ignore_token_ids:
+            notices.append(f"Ignored token ids {sorted(ignore_token_ids)} do not apply to tokens numbered by text.")
+        ignore_token_ids = ()
+
+    if tokenizer is not None:
+        style = tokenizer_piece_style(tokenizer)
+    else:
+        style = detect_piece_style(piece for row in pieces for piece in row)
+    texts = [merge_pieces(row, style, special) for row in pieces]
+    labels: dict[int, str] = {}
+    for row_ids, row_pieces in zip(ids, pieces):
+        for token_id, piece in zip(row_ids, row_pieces):
+            if token_id not in labels:
+                labels[token_id] = piece_label(piece, style, special)
+    if ignore_token_ids is None:
+        ignore_token_ids = _tokenizer_ignore_ids(tokenizer) if tokenizer is not None else ()
+    return TokenizedRollouts(
+        rollouts=list(rollouts),
+        token_ids=[np.asarray(row, dtype=np.int64) for row in ids],
+        texts=texts,
+        labels=labels,
+        ignore_token_ids=tuple(sorted({int(i) for i in ignore_token_ids})),
+        notices=notices,
+    )
