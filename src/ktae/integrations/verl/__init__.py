@@ -1,0 +1,29 @@
+"""KTAE for stock verl (0.9.1): ``algorithm.adv_estimator=ktae`` with ``algorithm.ktae.*`` options.
+
+Importing this package registers the ``ktae`` advantage estimator (verl imports it in every process
+through the ``verl.plugins`` entry point). Train with ``python -m ktae.integrations.verl <verl overrides>``,
+which runs verl's PPO trainer with the KTAE trainers of :mod:`ktae.integrations.verl.trainer` (they
+hand the response token ids to the estimator). See docs/verl.md.
+"""
+
+from ktae.integrations.verl.config import (
+    KTAE_ESTIMATOR,
+    KTAE_TRAINER_MODES,
+    ktae_config_from_algorithm,
+    validate_ktae_run,
+)
+from ktae.integrations.verl.estimator import (
+    compute_ktae_outcome_advantage,
+    response_tokens,
+    tokenizer_ignore_token_ids,
+)
+
+__all__ = [
+    "KTAE_ESTIMATOR",
+    "KTAE_TRAINER_MODES",
+    "compute_ktae_outcome_advantage",
+    "ktae_config_from_algorithm",
+    "response_tokens",
+    "tokenizer_ignore_token_ids",
+    "validate_ktae_run",
+]

@@ -1,0 +1,122 @@
+"""KTAE as a verl advantage estimator: ``algorithm.adv_estimator=ktae``.
+
+verl calls a registered estimator with ``token_level_rewards``, ``response_mask``, ``index`` (the uid of
+each rollout's prompt) and ``config`` (the ``algorithm`` section), but not with the response token ids
+KTAE's contingency tables need. The KTAE trainers (``ktae.integrations.verl.trainer``) fetch them and
+hand them over with :func:`response_tokens` around verl's own advantage step; a caller may also pass
+``responses=`` directly. Importing this module registers the estimator; verl imports it in every
+process through the ``verl.plugins`` entry point or ``VERL_USE_EXTERNAL_MODULES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from verl.trainer.ppo.core_algos import register_adv_est
+
+from ktae import compute_ktae_advantages
+from ktae.integrations.verl.config import KTAE_ESTIMATOR, ktae_config_from_algorithm
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseTokens:
+    """What the trainer hands to the estimator for one advantage step.
+
+    responses: [B, T] token ids, rows in the order of the batch verl builds (right-padded);
+    uids: [B] the uid of each row, checked against verl's ``index`` (None skips the check);
+    ignore_token_ids: the tokenizer's pad and end-of-sequence ids.
+    """
+
+    responses: torch.Tensor
+    uids: np.ndarray | None
+    ignore_token_ids: tuple[int, ...]
+
+
+_RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.ContextVar(
+    "ktae_response_tokens", default=None
+)
+
+
+@contextlib.contextmanager
+def response_tokens(
+    responses: torch.Tensor, uids=None, ignore_token_ids=()
+) -> Iterator[ResponseTokens]:
+    """Make ``responses`` [B, T] available to the ``ktae`` estimator while verl computes advantages."""
+    tokens = ResponseTokens(
+        responses=responses,
+        uids=None if uids is None else np.asarray(uids, dtype=object),
+        ignore_token_ids=tuple(int(t) for t in ignore_token_ids),
+    )
+    reset = _RESPONSE_TOKENS.set(tokens)
+    try:
+        yield tokens
+    finally:
+        _RESPONSE_TOKENS.reset(reset)
+
+
+def tokenizer_ignore_token_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's pad and end-of-sequence ids (the tokens KTAE gives no value), without None."""
+    ids = set()
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is None:
+            continue
+        ids.update([token_id] if isinstance(token_id, int) else token_id)
+    return tuple(sorted(int(t) for t in ids))
+
+
+def _current_tokens(responses, response_mask: torch.Tensor, index) -> ResponseTokens:
+    tokens = _RESPONSE_TOKENS.get()
+    if responses is not None:
+        tokens = ResponseTokens(
+            responses=responses, uids=None, ignore_token_ids=tokens.ignore_token_ids if tokens else ()
+        )
+    if tokens is None:
+        raise RuntimeError(
+            "algorithm.adv_estimator=ktae needs the response token ids, which stock verl does not pass to "
+            "advantage estimators: launch training with `python -m ktae.integrations.verl <verl overrides>` "
+            "(its trainer provides them), or call the estimator inside ktae.integrations.verl.response_tokens(...)"
+        )
+    if tuple(tokens.responses.shape) != tuple(response_mask.shape):
+        raise ValueError(
+            f"responses {tuple(tokens.responses.shape)} and response_mask {tuple(response_mask.shape)} "
+            "must have the same [batch, response length] shape"
+        )
+    if tokens.uids is not None and not np.array_equal(tokens.uids, np.asarray(index, dtype=object)):
+        raise ValueError("the response tokens given to the ktae estimator are not in the order of the batch (uids differ)")
+    return tokens
+
+
+@register_adv_est(KTAE_ESTIMATOR)
+def compute_ktae_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config=None,
+    responses: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key-token advantages for verl (outcome reward: the score of a rollout is its summed rewards).
+
+    Args:
+        token_level_rewards: [B, T] float, the reward at each response token (verl puts it on the last).
+        response_mask: [B, T] 0/1, 1 on response tokens.
+        index: [B] numpy object array, the prompt uid of each rollout (its group).
+        config: verl's ``algorithm`` config; KTAE's options under ``algorithm.ktae``.
+        responses: [B, T] token ids; by default those set by :func:`response_tokens`.
+    Returns:
+        advantages [B, T] float32 and returns [B, T] (equal to the advantages, as verl's grpo).
+    """
+    if index is None:
+        raise ValueError("algorithm.adv_estimator=ktae needs the prompt uid of each rollout (index), got None")
+    tokens = _current_tokens(responses, response_mask, index)
+    ktae_config = ktae_config_from_algorithm(config, ignore_token_ids=tokens.ignore_token_ids)
+    scores = token_level_rewards.sum(dim=-1)
+    advantages = compute_ktae_advantages(
+        tokens.responses.to(response_mask.device), response_mask, scores, index, config=ktae_config
+    )
+    return advantages, advantages
