@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import html
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -35,8 +35,8 @@ from ktae.reports.rollouts import (
 def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list[str]]:
     """The KTAE options a run trained with, from ``RUN_DIR/config.yaml``, and notes for the reader.
 
-    Reads the trainer's flat ``ktae_*`` keys (``KTAEGRPOConfig``) or a ``ktae`` mapping (verl's
-    ``algorithm.ktae``). Returns (None, []) when the run has no config file.
+    Reads the trainer's flat ``ktae_*`` keys (``KTAEGRPOConfig``), or a ``ktae`` mapping at the
+    top or under ``algorithm`` (verl's ``algorithm.ktae``). Returns (None, []) when the run has no config file.
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -46,7 +46,8 @@ def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping of options")
     fields = {f.name for f in dataclasses.fields(KTAEConfig)}
-    section = config.get("ktae")
+    algorithm = config.get("algorithm")
+    section = algorithm.get("ktae") if isinstance(algorithm, dict) and "ktae" in algorithm else config.get("ktae")
     if isinstance(section, dict):
         options = dict(section)
     else:
@@ -77,12 +78,21 @@ def _subset(data: TokenizedRollouts, indices: Sequence[int]) -> TokenizedRollout
     )
 
 
+def _resolve_config(config, run_dir: Path | None) -> tuple[KTAEConfig, list[str]]:
+    """A KTAEConfig is used as given; None or a mapping of overrides starts from the run's own."""
+    if isinstance(config, KTAEConfig):
+        return config, []
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a KTAEConfig or a mapping of KTAE options, got {type(config).__name__}")
+    base, notes = run_ktae_config(run_dir) if run_dir is not None else (None, [])
+    base = base or KTAEConfig()
+    return (KTAEConfig.from_dict({**base.to_dict(), **config}) if config else base), notes
+
+
 def _prepare(source, tokenizer, config, steps, ignore_token_ids):
     """(tokenized rollouts, config, notices) for a file/folder/records ``source``."""
     run_dir = Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
-    notices: list[str] = []
-    if config is None and run_dir is not None:
-        config, notices = run_ktae_config(run_dir)
+    config, notices = _resolve_config(config, run_dir)
     if isinstance(source, (str, os.PathLike)):
         rollouts = load_rollouts(source, steps)
     else:
@@ -92,7 +102,7 @@ def _prepare(source, tokenizer, config, steps, ignore_token_ids):
         if not all(isinstance(r, Rollout) for r in rollouts):
             raise TypeError("rollouts must be ktae.reports.Rollout objects (see ktae.reports.parse_rollout)")
     data = tokenize_rollouts(rollouts, _tokenizer(tokenizer, run_dir), ignore_token_ids)
-    return data, config or KTAEConfig(), notices + data.notices
+    return data, config, notices + data.notices
 
 
 def build_report(
@@ -100,7 +110,7 @@ def build_report(
     out_html: str | os.PathLike,
     *,
     tokenizer=None,
-    config: KTAEConfig | None = None,
+    config: KTAEConfig | Mapping | None = None,
     steps: Iterable[int] | None = None,
     ignore_token_ids: Iterable[int] | None = None,
     title: str | None = None,
@@ -112,7 +122,8 @@ def build_report(
         folder (its rollouts.jsonl, config.yaml and newest checkpoint's tokenizer), or Rollout objects.
     tokenizer: a Hugging Face tokenizer, or its path or hub id; needed for text-only rollouts
         (otherwise they are split into words) and to decode byte-level token ids.
-    config: KTAEConfig of the statistics; default: the run's config, else KTAEConfig().
+    config: KTAEConfig of the statistics, or a mapping of options over the default (the run's
+        config.yaml for a run folder, else KTAEConfig()).
     steps: only the rollouts of these steps. ignore_token_ids: ids with no value (default: the
         tokenizer's pad and end-of-sequence ids). strong: |v| threshold of the "strongly weighted" share.
     """
@@ -180,7 +191,7 @@ def build_run_report(
     *,
     labels: Sequence[str] | None = None,
     tokenizer=None,
-    config: KTAEConfig | None = None,
+    config: KTAEConfig | Mapping | None = None,
     steps: Iterable[int] | None = None,
     ignore_token_ids: Iterable[int] | None = None,
     metrics: Sequence[str] | None = None,

@@ -36,7 +36,7 @@ _WORDS = re.compile(r"\s+|\w+|[^\w\s]")
 
 @dataclasses.dataclass
 class Rollout:
-    """One sampled response as read from a file, before tokenization."""
+    """One sampled response as read from a file, before tokenization (score NaN: not scored)."""
 
     step: int | None
     group: Hashable
@@ -86,7 +86,9 @@ def parse_rollout(record: dict, where: str) -> Rollout:
     if not isinstance(record, dict):
         raise TypeError(f"{where}: expected a JSON object, got {type(record).__name__}")
     score = _first(record, SCORE_KEYS)
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+    if any(key in record for key in SCORE_KEYS) and score is None:
+        score = math.nan  # logged without a score (a reward function returned None): left out later
+    elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
         raise ValueError(f"{where}: needs a finite numeric 'score' (or 'reward'), got {score!r}")
     prompt = _first(record, PROMPT_KEYS)
     prompt = "" if prompt is None else _as_text(prompt, "prompt", where)
@@ -197,65 +199,69 @@ def tokenize_rollouts(
 ) -> TokenizedRollouts:
     """Token ids and display text of every rollout.
 
-    Token ids come from the record's ``token_ids``, else from tokenizing ``response`` with
-    ``tokenizer``; display pieces from the tokenizer's vocabulary when it is given, else from the
-    record's ``tokens``. Byte-level and SentencePiece pieces are merged into real text.
-    Without a tokenizer, text-only rollouts are split into words and symbols, and ``tokens``
-    without ids are numbered by their text; a notice says so.
+    Display pieces: the record's ``tokens`` when present (the trainer's decoded pieces, or raw
+    byte-level/SentencePiece pieces, which are merged into text); else the tokenizer's pieces of
+    the record's ``token_ids``, or of its ``response`` tokenized. Without a tokenizer, text-only
+    rollouts are split into words and symbols, and pieces without ids are numbered by their
+    text; a notice says so. Rollouts without a score (null in the file; the trainer leaves them
+    out of KTAE too) are left out, with a notice.
 
     ignore_token_ids: ids with no key-token value; default: the tokenizer's pad and
     end-of-sequence ids (none without a tokenizer).
     """
+    unscored = sum(1 for r in rollouts if math.isnan(r.score))
+    rollouts = [r for r in rollouts if not math.isnan(r.score)]
     if not rollouts:
-        raise ValueError("no rollouts to tokenize")
-    notices = []
+        raise ValueError("no scored rollouts to report on")
+    notices = [f"{unscored} rollout(s) without a score were left out."] if unscored else []
     special = tuple(getattr(tokenizer, "all_special_tokens", ())) if tokenizer is not None else ()
     pieces: list[list[str]] = []
     ids: list[list[int] | None] = []
+    from_tokenizer: list[bool] = []
     for index, rollout in enumerate(rollouts):
         token_ids = rollout.token_ids
-        if token_ids is None and rollout.tokens is None and tokenizer is not None:
-            token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
-        if tokenizer is not None and token_ids is not None:
-            pieces.append(tokenizer.convert_ids_to_tokens(list(token_ids)))
-            ids.append(list(token_ids))
-        elif rollout.tokens is not None:
+        if rollout.tokens is not None:
             pieces.append(rollout.tokens)
-            ids.append(token_ids)
+        elif tokenizer is not None:
+            if token_ids is None:
+                token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
+            pieces.append(tokenizer.convert_ids_to_tokens(list(token_ids)))
         elif token_ids is not None:
             raise ValueError(
-                f"rollout {index} (group {rollout.group!r}) has token_ids but no 'tokens' pieces or text to show: "
+                f"rollout {index} (group {rollout.group!r}) has token_ids but no 'tokens' pieces to show: "
                 "pass a tokenizer (--tokenizer) to decode them"
             )
         else:
             pieces.append(_WORDS.findall(rollout.response))
-            ids.append(None)
-    if any(token_ids is None for token_ids in ids):
-        if all(rollout.token_ids is None and rollout.tokens is None for rollout in rollouts):
+        ids.append(None if token_ids is None else list(token_ids))
+        from_tokenizer.append(rollout.tokens is None and tokenizer is not None)
+    if any(row is None for row in ids):
+        if not any(from_tokenizer) and all(r.token_ids is None and r.tokens is None for r in rollouts):
             notices.append(
                 "No tokenizer was given and the rollouts carry text only: statistics are over words and "
                 "symbols, not the model's tokens. Pass --tokenizer for token-level values."
             )
         else:
             notices.append("Some rollouts carry no token ids: tokens are identified by their text.")
-        vocabulary: dict[str, int] = {}
-        ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         if ignore_token_ids:
             notices.append(f"Ignored token ids {sorted(ignore_token_ids)} do not apply to tokens numbered by text.")
+        vocabulary: dict[str, int] = {}
+        ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         ignore_token_ids = ()
+    elif ignore_token_ids is None:
+        ignore_token_ids = _tokenizer_ignore_ids(tokenizer) if tokenizer is not None else ()
 
-    if tokenizer is not None:
-        style = tokenizer_piece_style(tokenizer)
-    else:
-        style = detect_piece_style(piece for row in pieces for piece in row)
-    texts = [merge_pieces(row, style, special) for row in pieces]
-    labels: dict[int, str] = {}
-    for row_ids, row_pieces in zip(ids, pieces):
+    # The piece style of the tokenizer's pieces, and separately of the pieces the records carry.
+    record_pieces = (piece for row, tok in zip(pieces, from_tokenizer) if not tok for piece in row)
+    record_style = detect_piece_style(record_pieces, special)
+    tokenizer_style = tokenizer_piece_style(tokenizer) if any(from_tokenizer) else None
+    texts, labels = [], {}
+    for row_ids, row_pieces, tok in zip(ids, pieces, from_tokenizer):
+        style = tokenizer_style if tok else record_style
+        texts.append(merge_pieces(row_pieces, style, special))
         for token_id, piece in zip(row_ids, row_pieces):
             if token_id not in labels:
                 labels[token_id] = piece_label(piece, style, special)
-    if ignore_token_ids is None:
-        ignore_token_ids = _tokenizer_ignore_ids(tokenizer) if tokenizer is not None else ()
     return TokenizedRollouts(
         rollouts=list(rollouts),
         token_ids=[np.asarray(row, dtype=np.int64) for row in ids],
