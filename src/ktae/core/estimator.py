@@ -1,8 +1,9 @@
 """The KTAE estimator: per-(group, token) contingency statistics, key-token values, advantages.
 
-Everything is vectorized over the whole batch: one stable sort of (group, token) keys finds every
-distinct token of every group, segment sums give the counts, and the Fisher p-values come from
-per-margin tables (``ktae.core.fisher``). Memory is O(B * T); nothing is sized groups x vocabulary.
+Counting runs over the whole batch at once: numba kernels with per-thread vocabulary tables on the
+CPU, one stable sort of (group, token) keys elsewhere. The Fisher p-values come from per-margin
+tables (``ktae.core.fisher``) and every other formula is vectorized over the (group, token) pairs.
+Memory is O(B * T + threads * vocabulary); nothing is sized groups x vocabulary.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import torch
 
+from ktae.core import cpu
 from ktae.core.config import KTAEConfig
 from ktae.core.fisher import fisher_pvalue_tables, table_offsets
 from ktae.core.groups import dense_groups, validate_batch
@@ -21,6 +23,9 @@ from ktae.core.rollout import ROLLOUT_ADVANTAGES
 BM25_K1 = 2.0
 BM25_B = 0.5
 TF_EPS = 1e-5
+
+# The numba kernels serve CPU tensors; tests switch them off to run the sort path on the CPU.
+USE_CPU_KERNELS = True
 
 
 @dataclasses.dataclass
@@ -79,7 +84,8 @@ class KeyTokenValues:
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 3: counting
+# Step 3: counting. Two interchangeable backends: numba kernels on the CPU (``ktae.core.cpu``),
+# and a stable sort of (group, token) keys on any other device.
 
 
 def _segment_sums(values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -90,60 +96,71 @@ def _segment_sums(values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     return cumulative[ends] - before
 
 
-def _count_tokens(
-    tokens: torch.Tensor, rows: torch.Tensor, group_of_row: torch.Tensor, correct_of_row: torch.Tensor, num_groups: int
-) -> tuple[torch.Tensor, ...]:
-    """Per-(group, token) presence and occurrence counts of a flat list of masked tokens.
+def _count_tokens_sorted(
+    responses: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, correct: torch.Tensor, vocab: int, num_groups: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Per-(group, token) counts of the masked tokens by one stable sort; any device.
 
-    tokens, rows: [N] (row-major order, so rows ascend); group_of_row, correct_of_row: [B].
-    Returns (group [K], token [K], a, b, f_true, f_false [K], segment_of_position [N]).
+    Returns ((group, token, a, b, f_true, f_false) [K], segment [N]: the pair of each masked position
+    in row-major order).
     """
-    vocab = int(tokens.max()) + 1
-    wide = num_groups * vocab >= 2**31
+    rows = torch.repeat_interleave(torch.arange(responses.shape[0], device=responses.device), mask.sum(dim=1))
+    tokens = responses[mask].to(torch.int64)
     # A stable sort keeps positions of one (group, token) in row order, so a new rollout inside a
     # segment shows as a change of row. int32 keys sort markedly faster when they fit.
-    key = group_of_row[rows] * vocab + tokens.to(torch.int64)
-    key = key if wide else key.to(torch.int32)
-    sorted_key, order = torch.sort(key, stable=True)
+    key = group[rows] * vocab + tokens
+    sorted_key, order = torch.sort(key if num_groups * vocab >= 2**31 else key.to(torch.int32), stable=True)
     sorted_rows = rows[order]
     new_key = torch.ones_like(sorted_key, dtype=torch.bool)
     new_key[1:] = sorted_key[1:] != sorted_key[:-1]
     new_row = new_key.clone()
     new_row[1:] |= sorted_rows[1:] != sorted_rows[:-1]
-    correct = correct_of_row[sorted_rows]
+    sorted_correct = correct[sorted_rows]
 
     starts = torch.nonzero(new_key).flatten()
     occurrences = torch.diff(starts, append=starts.new_tensor([tokens.shape[0]]))
-    f_true = _segment_sums(correct, starts)
+    f_true = _segment_sums(sorted_correct, starts)
     presence = _segment_sums(new_row, starts)
-    a = _segment_sums(new_row & correct, starts)
-    segment_key = sorted_key[starts].to(torch.int64)
-
+    a = _segment_sums(new_row & sorted_correct, starts)
+    pair_key = sorted_key[starts].to(torch.int64)
     segment = torch.empty_like(order)
     segment[order] = torch.cumsum(new_key, 0) - 1
-    return segment_key // vocab, segment_key % vocab, a, presence - a, f_true, occurrences - f_true, segment
+    return (pair_key // vocab, pair_key % vocab, a, presence - a, f_true, occurrences - f_true), segment
 
 
-def _flatten(responses: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked tokens in row-major order and the row of each. [N], [N]."""
-    lengths = mask.sum(dim=1)
-    rows = torch.repeat_interleave(torch.arange(responses.shape[0], device=responses.device), lengths)
-    return responses[mask], rows
+def _on_cpu_kernels(responses: torch.Tensor) -> bool:
+    return USE_CPU_KERNELS and responses.device.type == "cpu"
+
+
+def _token_range(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """Smallest and largest token id at masked positions; (0, -1) when there are none."""
+    if _on_cpu_kernels(responses):
+        return cpu.masked_token_range(responses, mask)
+    if not bool(mask.any()):
+        return 0, -1
+    return int(torch.where(mask, responses, 0).min()), int(torch.where(mask, responses, -1).max())
 
 
 def _group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
     return torch.zeros(num_groups, dtype=torch.int64, device=group.device).index_add_(0, group, values.to(torch.int64))
 
 
-def _statistics(
-    tokens: torch.Tensor,
-    rows: torch.Tensor,
+def _count(
+    responses: torch.Tensor,
     mask: torch.Tensor,
     group: torch.Tensor,
     group_ids: list,
     correct: torch.Tensor,
-) -> tuple[TokenStatistics, torch.Tensor]:
-    num_groups = len(group_ids)
+    counted: torch.Tensor,
+) -> tuple[TokenStatistics, tuple]:
+    """Statistics of the groups flagged in ``counted`` [G] (the others get no (group, token) pairs).
+
+    Returns the statistics and the placement the matching ``_place`` needs to write values back.
+    """
+    low, high = _token_range(responses, mask)
+    if low < 0:
+        raise ValueError(f"responses contain a negative token id ({low}) at a masked (response) position")
+    num_groups, vocab = len(group_ids), high + 1
     lengths = mask.sum(dim=1)
     per_group = (
         _group_sums(correct, group, num_groups),
@@ -151,13 +168,30 @@ def _statistics(
         _group_sums(lengths * correct, group, num_groups),
         _group_sums(lengths * ~correct, group, num_groups),
     )
-    if tokens.numel():
-        counts = _count_tokens(tokens, rows, group, correct, num_groups)
-        pairs, segment = counts[:6], counts[6]
+    if _on_cpu_kernels(responses):
+        responses = responses.contiguous()
+        *pairs, entry_ptr = cpu.count_tokens(responses, mask, group, correct, counted, max(vocab, 1))
+        placement = ("cpu", responses, mask, group, entry_ptr, pairs[1], max(vocab, 1))
     else:
-        pairs = tuple(torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6))
-        segment = torch.zeros(0, dtype=torch.int64, device=mask.device)
-    return TokenStatistics(group_ids, *pairs, *per_group), segment
+        token_mask = mask & counted[group][:, None]
+        if bool(token_mask.any()):
+            pairs, segment = _count_tokens_sorted(responses, token_mask, group, correct, vocab, num_groups)
+        else:
+            pairs = [torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6)]
+            segment = torch.zeros(0, dtype=torch.int64, device=mask.device)
+        placement = ("sorted", mask, token_mask, segment)
+    return TokenStatistics(group_ids, *pairs, *per_group), placement
+
+
+def _place(placement: tuple, values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+    """[B, T] float32: rollout[i] + value of each masked token's (group, token) pair, 0 off the mask."""
+    if placement[0] == "cpu":
+        _, responses, mask, group, entry_ptr, token, vocab = placement
+        return cpu.write_advantages(responses, mask, group, entry_ptr, token, values, rollout, vocab)
+    _, mask, token_mask, segment = placement
+    advantages = torch.where(mask, rollout.float()[:, None], 0.0)
+    advantages[token_mask] += values.float()[segment]
+    return advantages
 
 
 def collect_token_statistics(
@@ -175,8 +209,8 @@ def collect_token_statistics(
     config = config or KTAEConfig()
     mask, scores = validate_batch(responses, response_mask, scores)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
-    tokens, rows = _flatten(responses, mask)
-    stats, _ = _statistics(tokens, rows, mask, group, group_ids, scores > config.correct_threshold)
+    every_group = torch.ones(len(group_ids), dtype=torch.bool, device=responses.device)
+    stats, _ = _count(responses, mask, group, group_ids, scores > config.correct_threshold, every_group)
     return stats
 
 
@@ -226,8 +260,10 @@ def _entropy_bits(q: torch.Tensor) -> torch.Tensor:
     return -torch.where(terms > 0, terms * torch.log2(terms.clamp(min=1e-300)), 0.0).sum(0)
 
 
-def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """p-value, F, IG and h of every table (a, b) of each margin pair, flat as in ``fisher_pvalue_tables``."""
+def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor, config: KTAEConfig) -> dict[str, torch.Tensor]:
+    """p-value, F, IG, h and the strength (alpha F + beta IG) / (alpha + beta) of every table (a, b)
+    of each margin pair, flat as in ``fisher_pvalue_tables``, plus one trailing neutral entry
+    (p = 1, everything else 0) for pairs outside any table."""
     p_value, p_is_one = fisher_pvalue_tables(n_true, n_false)
     sizes = (n_true + 1) * (n_false + 1)
     pair = torch.repeat_interleave(torch.arange(len(n_true), device=n_true.device), sizes)
@@ -235,78 +271,85 @@ def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor) -> tuple[torc
     nt, nf = n_true[pair].double(), n_false[pair].double()
     a = (local // (n_false[pair] + 1)).double()
     b = (local % (n_false[pair] + 1)).double()
-    c, d, n = nt - a, nf - b, nt + nf
+    c, n = nt - a, nt + nf
     fisher = torch.where(p_is_one, 0.0, torch.exp(-2 * p_value))
-    present, absent = a + b, c + d
+    present, absent = a + b, n - a - b
     conditional = present / n * _entropy_bits(a / present.clamp(min=1)) + absent / n * _entropy_bits(
         c / absent.clamp(min=1)
     )
     info_gain = (_entropy_bits(nt / n) - conditional).clamp(min=0.0)
-    h = torch.asin(torch.sqrt(a / nt.clamp(min=1))) - torch.asin(torch.sqrt(b / nf.clamp(min=1)))
-    return p_value, fisher, info_gain, h
+    h = torch.asin(torch.sqrt(a / nt)) - torch.asin(torch.sqrt(b / nf))
+    weight = config.alpha + config.beta_ig
+    strength = (config.alpha * fisher + config.beta_ig * info_gain) / weight if weight else torch.zeros_like(h)
+    tables = {"p_value": p_value, "fisher": fisher, "info_gain": info_gain, "h": h, "strength": strength}
+    neutral = {"p_value": 1.0}
+    return {name: torch.cat([t, t.new_full((1,), neutral.get(name, 0.0))]) for name, t in tables.items()}
 
 
-def _saturated_tf(f: torch.Tensor, length: torch.Tensor, average: torch.Tensor) -> torch.Tensor:
-    """BM25-style saturation s = tf (k1 + 1) / (tf + K) of a token's frequency in ``length`` tokens."""
-    tf = f / length.clamp(min=1)
-    k = BM25_K1 * (1 - BM25_B + BM25_B * length / average)
-    return torch.where(length > 0, tf * (BM25_K1 + 1) / (tf + k), 0.0)
+def _table_entries(stats: TokenStatistics, config: KTAEConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Tables of the distinct (n_T, n_F) margins of groups with both outcomes, and each
+    (group, token) pair's entry in them (the neutral last entry for groups with one outcome). [K]."""
+    device = stats.token.device
+    margins = torch.stack([stats.n_true, stats.n_false], dim=1)
+    mixed = (margins > 0).all(dim=1)
+    pairs, pair_of_group = torch.unique(margins[mixed], dim=0, return_inverse=True)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    tables = _table_statistics(pairs[:, 0], pairs[:, 1], config) if pairs.numel() else _table_statistics(
+        empty, empty, config
+    )
+    neutral = tables["h"].shape[0] - 1
+    offset = torch.full((len(stats.group_ids),), neutral, dtype=torch.int64, device=device)
+    offset[mixed] = table_offsets(pairs[:, 0], pairs[:, 1])[pair_of_group]
+    width = torch.where(mixed, stats.n_false + 1, 0)  # neutral groups stay on the neutral entry
+    return tables, offset[stats.group] + stats.a * width[stats.group] + torch.where(mixed[stats.group], stats.b, 0)
+
+
+def _term_frequency(stats: TokenStatistics) -> torch.Tensor:
+    """TF = s_T / (s_F + eps) - s_F / (s_T + eps), BM25-style saturated frequencies. [K] float64.
+
+    s = tf (k1 + 1) / (tf + K) with tf = f / N is computed as f (k1 + 1) / (f + K N), so the
+    per-group part K N is gathered once per pair; a side with no tokens (N = 0) has s = 0.
+    """
+    length = torch.stack([stats.len_true, stats.len_false]).double()
+    average = length.sum(0, keepdim=True) / 2
+    scale = BM25_K1 * (1 - BM25_B + BM25_B * length / average.clamp(min=1)) * length
+    scale = torch.where(length > 0, scale, 1.0)
+    s_true = stats.f_true * (BM25_K1 + 1) / (stats.f_true + scale[0][stats.group])
+    s_false = stats.f_false * (BM25_K1 + 1) / (stats.f_false + scale[1][stats.group])
+    return s_true / (s_false + TF_EPS) - s_false / (s_true + TF_EPS)
+
+
+def _values(stats: TokenStatistics, config: KTAEConfig, tables: dict, entry: torch.Tensor, tf: torch.Tensor):
+    """v = top * tanh(strength * (h + gamma TF) / 2), 0 for ignored token ids. [K] float64."""
+    if not config.enabled:
+        return torch.zeros_like(tf)
+    value = config.top * torch.tanh(tables["strength"][entry] * (tables["h"][entry] + config.gamma_tf * tf) / 2)
+    if config.ignore_token_ids:
+        ignored = torch.tensor(config.ignore_token_ids, dtype=stats.token.dtype, device=stats.token.device)
+        value = torch.where(torch.isin(stats.token, ignored), 0.0, value)
+    return value
 
 
 def key_token_values_from_statistics(stats: TokenStatistics, config: KTAEConfig | None = None) -> KeyTokenValues:
-    """Key-token value v of every (group, token) pair from its statistics (spec steps 4-6). [K] float64."""
+    """Key-token value of every (group, token) pair from its statistics (spec steps 4-6), with the
+    intermediate statistics for reports. All [K]."""
     config = config or KTAEConfig()
-    device = stats.token.device
-    n_true, n_false = stats.n_true[stats.group], stats.n_false[stats.group]
-    mixed = (n_true > 0) & (n_false > 0)
-
-    # Tables of the distinct margin pairs of mixed groups; each pair's (a, b) entry is looked up.
-    margins = torch.stack([stats.n_true, stats.n_false], dim=1)
-    group_mixed = (margins > 0).all(dim=1)
-    pairs, pair_of_group = torch.unique(margins[group_mixed], dim=0, return_inverse=True)
-    pair_lookup = torch.zeros(len(stats.group_ids), dtype=torch.int64, device=device)
-    pair_lookup[group_mixed] = pair_of_group
-    if pairs.numel():
-        tables = _table_statistics(pairs[:, 0], pairs[:, 1])
-        pair = pair_lookup[stats.group]
-        entry = table_offsets(pairs[:, 0], pairs[:, 1])[pair] + stats.a * (pairs[pair, 1] + 1) + stats.b
-        entry = torch.where(mixed, entry, 0)
-        p_value, fisher, info_gain, h = (torch.where(mixed, t[entry], default) for t, default in zip(tables, (1.0, 0.0, 0.0, 0.0)))
-    else:
-        p_value = torch.ones(stats.token.shape, dtype=torch.float64, device=device)
-        fisher = info_gain = h = torch.zeros_like(p_value)
-
-    len_true = stats.len_true[stats.group].double()
-    len_false = stats.len_false[stats.group].double()
-    average = ((len_true + len_false) / 2).clamp(min=1)
-    s_true = _saturated_tf(stats.f_true.double(), len_true, average)
-    s_false = _saturated_tf(stats.f_false.double(), len_false, average)
-    tf = s_true / (s_false + TF_EPS) - s_false / (s_true + TF_EPS)
-
-    if config.enabled:
-        strength = (config.alpha * fisher + config.beta_ig * info_gain) / (config.alpha + config.beta_ig)
-        value = config.top * torch.tanh(strength * (h + config.gamma_tf * tf) / 2)
-        keep = mixed
-        if config.ignore_token_ids:
-            ignored = torch.tensor(config.ignore_token_ids, dtype=stats.token.dtype, device=device)
-            keep = keep & ~torch.isin(stats.token, ignored)
-        value = torch.where(keep, value, 0.0)
-    else:
-        value = torch.zeros_like(tf)
+    tables, entry = _table_entries(stats, config)
+    tf = _term_frequency(stats)
     return KeyTokenValues(
         group_ids=stats.group_ids,
         group=stats.group,
         token=stats.token,
         a=stats.a,
         b=stats.b,
-        c=n_true - stats.a,
-        d=n_false - stats.b,
-        p_value=p_value,
-        fisher=fisher,
-        info_gain=info_gain,
-        h=h,
+        c=stats.n_true[stats.group] - stats.a,
+        d=stats.n_false[stats.group] - stats.b,
+        p_value=tables["p_value"][entry],
+        fisher=tables["fisher"][entry],
+        info_gain=tables["info_gain"][entry],
+        h=tables["h"][entry],
         tf=tf,
-        value=value,
+        value=_values(stats, config, tables, entry, tf),
     )
 
 
@@ -346,24 +389,13 @@ def compute_ktae_advantages(
     config = config or KTAEConfig()
     mask, scores = validate_batch(responses, response_mask, scores)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
-    num_groups = len(group_ids)
-    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, num_groups, config.epsilon)
-    advantages = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
-    per_token = rollout.float()[:, None].expand_as(advantages)
+    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
     if not config.enabled:
-        return torch.where(mask, per_token, advantages)
-
-    # Only groups with both correct and incorrect rollouts get key-token values: skip the others' tokens.
+        return torch.where(mask, rollout.float()[:, None], 0.0)
+    # Only groups with both correct and incorrect rollouts get key-token values: count only theirs.
     correct = scores > config.correct_threshold
-    n_true = _group_sums(correct, group, num_groups)
-    n_all = _group_sums(torch.ones_like(correct), group, num_groups)
-    informative = ((n_true > 0) & (n_true < n_all))[group]
-    token_mask = mask & informative[:, None]
-    tokens, rows = _flatten(responses, token_mask)
-    stats, segment = _statistics(tokens, rows, token_mask, group, group_ids, correct)
-    if not tokens.numel():
-        return torch.where(mask, per_token, advantages)
-    values = key_token_values_from_statistics(stats, config).value.float()
-    advantages[mask] = per_token[mask]
-    advantages[token_mask] += values[segment]
-    return advantages
+    n_true = _group_sums(correct, group, len(group_ids))
+    n_all = _group_sums(torch.ones_like(correct), group, len(group_ids))
+    stats, placement = _count(responses, mask, group, group_ids, correct, (n_true > 0) & (n_true < n_all))
+    tables, entry = _table_entries(stats, config)
+    return _place(placement, _values(stats, config, tables, entry, _term_frequency(stats)), rollout)

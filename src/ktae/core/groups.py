@@ -61,7 +61,8 @@ def validate_batch(responses: torch.Tensor, response_mask: torch.Tensor, scores)
     """Check the shapes, dtypes and devices of one batch.
 
     responses: [B, T] integer ids; response_mask: [B, T] bool or 0/1 numbers; scores: [B].
-    Returns (mask as bool [B, T], scores as a tensor [B] on responses.device).
+    Returns (mask as bool [B, T], scores as a tensor [B] on responses.device). Token ids are
+    checked where they are counted (``ktae.core.estimator``), which reads them anyway.
     """
     if not isinstance(responses, torch.Tensor):
         raise TypeError(f"responses must be a torch.Tensor, got {type(responses).__name__}")
@@ -88,6 +89,4 @@ def validate_batch(responses: torch.Tensor, response_mask: torch.Tensor, scores)
     scores = validate_scores(scores, responses.device)
     if scores.shape[0] != responses.shape[0]:
         raise ValueError(f"scores has {scores.shape[0]} entries but responses has {responses.shape[0]} rows")
-    if responses.numel() and bool((responses.masked_fill(~mask, 0) < 0).any()):
-        raise ValueError("responses contain negative token ids at masked (response) positions")
-    return mask, scores
+    return mask.contiguous(), scores

@@ -1,0 +1,1 @@
+"""Estimator core: configuration, rollout-level advantages, Fisher tables, KTAE."""
