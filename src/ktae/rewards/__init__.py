@@ -1,0 +1,28 @@
+"""Verifiable math rewards: answer extraction, time-limited equivalence, reward functions."""
+
+from ktae.rewards.equivalence import (
+    DEFAULT_TIMEOUT_S,
+    AnswerChecker,
+    Verdict,
+    check_answer,
+    default_checker,
+    is_equivalent,
+)
+from ktae.rewards.extraction import extract_answer, extract_boxed
+from ktae.rewards.functions import accuracy_reward, compute_score, dapo_reward, make_overlong_penalty, score_responses
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "AnswerChecker",
+    "Verdict",
+    "accuracy_reward",
+    "check_answer",
+    "compute_score",
+    "dapo_reward",
+    "default_checker",
+    "extract_answer",
+    "extract_boxed",
+    "is_equivalent",
+    "make_overlong_penalty",
+    "score_responses",
+]

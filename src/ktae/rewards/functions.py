@@ -1,0 +1,104 @@
+"""Reward functions for TRL's ``reward_funcs`` and verl's custom ``compute_score``.
+
+TRL calls ``f(prompts=..., completions=..., completion_ids=..., **dataset_columns)``; the answer
+column is ``answer``. verl calls ``compute_score(data_source, solution_str, ground_truth,
+extra_info, **reward_kwargs)`` once per response, possibly from a thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ktae.rewards.equivalence import AnswerChecker, default_checker
+from ktae.rewards.extraction import extract_answer
+
+
+def completion_text(completion) -> str:
+    """The text of a completion: a str, or chat messages whose last message's content is the text."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content")
+        if isinstance(content, str):
+            return content
+    raise TypeError(f"a completion must be a str or a list of chat messages with str content, got {completion!r:.200}")
+
+
+def score_responses(
+    responses: Sequence,
+    answers: Sequence,
+    *,
+    correct: float = 1.0,
+    incorrect: float = 0.0,
+    checker: AnswerChecker | None = None,
+) -> list[float]:
+    """``correct`` where a response's extracted answer equals its reference (str or list of str),
+    else ``incorrect`` (also for no answer or a check that timed out)."""
+    if len(responses) != len(answers):
+        raise ValueError(f"got {len(responses)} responses but {len(answers)} answers")
+    extracted = [extract_answer(completion_text(r)) for r in responses]
+    equivalent = (checker or default_checker()).check(extracted, answers)
+    return [correct if ok else incorrect for ok in equivalent]
+
+
+def accuracy_reward(completions, answer, **kwargs) -> list[float]:
+    """TRL reward function: 1.0 for a correct final answer, 0.0 otherwise."""
+    return score_responses(completions, answer, correct=1.0, incorrect=0.0)
+
+
+def dapo_reward(completions, answer, **kwargs) -> list[float]:
+    """TRL reward function: DAPO's rule-based reward, +1.0 correct, -1.0 otherwise."""
+    return score_responses(completions, answer, correct=1.0, incorrect=-1.0)
+
+
+def make_overlong_penalty(max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0):
+    """DAPO's soft overlong punishment (its Eq. 13) scaled by ``penalty_factor``, as a TRL reward function.
+
+    A completion of L tokens gets 0 while L <= max - buffer, then falls linearly to
+    -penalty_factor at L = max, and -penalty_factor beyond. Same as
+    ``trl.rewards.get_soft_overlong_punishment`` when penalty_factor is 1.
+    """
+    if max_completion_length <= 0:
+        raise ValueError(f"max_completion_length must be > 0, got {max_completion_length}")
+    if not 0 < buffer_length <= max_completion_length:
+        raise ValueError(f"buffer_length must be in (0, max_completion_length={max_completion_length}], got {buffer_length}")
+    if penalty_factor < 0:
+        raise ValueError(f"penalty_factor must be >= 0, got {penalty_factor}")
+    expected = max_completion_length - buffer_length
+
+    def overlong_penalty(completion_ids, **kwargs) -> list[float]:
+        penalties = []
+        for ids in completion_ids:
+            length = len(ids)
+            if length <= expected:
+                penalties.append(0.0)
+            elif length <= max_completion_length:
+                penalties.append((expected - length) / buffer_length * penalty_factor)
+            else:
+                penalties.append(-float(penalty_factor))
+        return penalties
+
+    return overlong_penalty
+
+
+def compute_score(
+    data_source,
+    solution_str: str,
+    ground_truth,
+    extra_info=None,
+    *,
+    correct_score: float = 1.0,
+    incorrect_score: float = 0.0,
+    timeout_s: float | None = None,
+    **kwargs,
+) -> dict:
+    """verl custom reward function (``custom_reward_function.path``/``name``).
+
+    Returns {"score", "acc", "pred"} like verl's own math_dapo scorer: ``acc`` is what DAPO's
+    dynamic sampling filters on, ``pred`` the extracted answer ("" when none). Set
+    ``incorrect_score: -1.0`` in ``custom_reward_function.reward_kwargs`` for DAPO's reward.
+    ``ground_truth`` is a str or a list/array of accepted str. Safe to call from any thread.
+    """
+    prediction = extract_answer(solution_str)
+    correct = default_checker().check([prediction], [ground_truth], timeout_s)[0]
+    return {"score": correct_score if correct else incorrect_score, "acc": correct, "pred": prediction or ""}

@@ -1,0 +1,45 @@
+import time
+
+import pytest
+
+from ktae.rewards import extract_answer
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so the answer is \\boxed{204}.", "204"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("first \\boxed{1}, finally \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces are not structural
+        ("\\fbox{3}", "3"),
+        ("The answer is $\\boxed 5$.", "5"),
+        ("\\boxed {x+1}", "x+1"),
+        ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+        ("\\boxed{2} and then a truncated \\boxed{\\frac{1}{", "2"),  # unclosed last box is skipped
+        ("<think>maybe \\boxed{3}</think> <answer> 7 </answer>", "7"),
+        ("<answer>so \\boxed{8}</answer>", "8"),
+        ("<answer>1</answer> ... <answer>2</answer>", "2"),
+    ],
+)
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("text", ["", "no box here", "\\boxed{}", "\\boxed{   }", "\\boxed{1", "<answer> </answer>", "}}}\\boxed"])
+def test_no_answer_is_none(text):
+    assert extract_answer(text) is None
+
+
+def test_enormous_and_malformed_responses_are_linear_time():
+    start = time.monotonic()
+    assert extract_answer("\\boxed{" * 200_000) is None
+    assert extract_answer("<answer>" * 200_000) is None
+    assert extract_answer("{" * 1_000_000 + "\\boxed{1}") == "1"
+    assert extract_answer("x" * 5_000_000 + "\\boxed{42}") == "42"
+    assert time.monotonic() - start < 5
+
+
+def test_non_string_is_a_type_error():
+    with pytest.raises(TypeError, match="expects a str"):
+        extract_answer(None)
