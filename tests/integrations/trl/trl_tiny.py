@@ -49,7 +49,10 @@ def build_dataset(kinds=("mixed",), copies: int = 8) -> Dataset:
 
 
 def toy_reward(completions, kind, **kwargs) -> list[float]:
-    """1 when an "easy" prompt, 0 when "hard"; for "mixed", 1 when the completion says "a"."""
+    """1 for an "easy" prompt, 0 for a "hard" one; for "mixed", 1 when the completion has an odd number of characters.
+
+    The parity makes about half of a random policy's rollouts correct, so "mixed" groups rarely score alike.
+    """
     rewards = []
     for text, k in zip(completions, kind):
         if k == "easy":
@@ -57,7 +60,7 @@ def toy_reward(completions, kind, **kwargs) -> list[float]:
         elif k == "hard":
             rewards.append(0.0)
         else:
-            rewards.append(1.0 if "a" in text.split() else 0.0)
+            rewards.append(float(len(text) % 2))
     return rewards
 
 

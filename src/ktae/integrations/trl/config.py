@@ -181,10 +181,10 @@ class KTAEGRPOConfig(GRPOConfig):
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         if self.overlong_buffer_length < 0 or (
-            self.overlong_buffer_length and self.overlong_buffer_length >= (self.max_completion_length or 0)
+            self.overlong_buffer_length and self.overlong_buffer_length > (self.max_completion_length or 0)
         ):
             raise ValueError(
-                f"overlong_buffer_length must be in [0, max_completion_length={self.max_completion_length}), "
+                f"overlong_buffer_length must be in [0, max_completion_length={self.max_completion_length}], "
                 f"got {self.overlong_buffer_length}"
             )
         if self.overlong_penalty_factor < 0:

@@ -1,0 +1,305 @@
+"""Trainer callbacks that fill a run folder (layout: docs/training.md, "Run folder").
+
+- ``GreedyAccuracyCallback``: greedy accuracy on a held-out set every few steps (``eval/accuracy``),
+  optionally stopping training once a target is reached (the warm start uses that).
+- ``RunLogCallback``: every logged step as one JSON line in ``metrics.jsonl`` and as TensorBoard
+  scalars under ``tb/``, with the contract's short names (``reward``, ``accuracy``,
+  ``completion_length``) added beside TRL's own; ``curves.png`` at the end of training.
+- ``AtomicCheckpointCallback``: moves each checkpoint the trainer has finished writing into
+  ``checkpoints/`` with one ``os.replace``, so ``checkpoints/checkpoint-N`` is always complete.
+
+All file writes happen on the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import ProgressCallback, TrainerCallback
+
+CHECKPOINTS = "checkpoints"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+def add_short_names(record: dict) -> dict:
+    """Add the run folder's short names (docs/training.md) beside TRL's metric names, in place.
+
+    ``accuracy`` is the share of correct rollouts: the mean of ``accuracy_reward`` (1/0), or of
+    ``dapo_reward`` (+1/-1) mapped to [0, 1].
+    """
+    if "reward" not in record:
+        return record
+    if "completions/mean_length" in record:
+        record.setdefault("completion_length", record["completions/mean_length"])
+    if "rewards/accuracy_reward/mean" in record:
+        record.setdefault("accuracy", record["rewards/accuracy_reward/mean"])
+    elif "rewards/dapo_reward/mean" in record:
+        record.setdefault("accuracy", (record["rewards/dapo_reward/mean"] + 1.0) / 2.0)
+    return record
+
+
+#: What curves.png shows, where the run logged it.
+CURVE_METRICS = ("accuracy", "eval/accuracy", "completion_length", "kl", "ktae/large_bonus_share", "ktae/time_share")
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
+    """Greedy completions of ``prompts`` (strings), decoded without special tokens."""
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    texts = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+            batch = batch.to(model.device)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return texts
+
+
+def greedy_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size: int = 256) -> float:
+    """Share of ``dataset`` rows (``prompt``, ``answer``) whose greedy completion is right."""
+    from ktae.rewards import accuracy_reward
+
+    completions = greedy_completions(model, tokenizer, dataset["prompt"], max_new_tokens, batch_size)
+    scores = accuracy_reward(completions, answer=dataset["answer"])
+    return float(sum(scores) / len(scores))
+
+
+class GreedyAccuracyCallback(TrainerCallback):
+    """Greedy accuracy on ``dataset`` at step 0 and every ``every_steps`` steps, logged as ``eval/accuracy``.
+
+    ``stop_at``: stop training once the accuracy reaches it (None: never). ``history`` keeps
+    (step, accuracy) pairs. Place it before ``RunLogCallback`` so that the value joins the log
+    record of its step.
+    """
+
+    def __init__(self, tokenizer, dataset, every_steps: int, max_new_tokens: int, stop_at: float | None = None):
+        if every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {every_steps}")
+        self.tokenizer = tokenizer
+        self.dataset = dataset
+        self.every_steps = every_steps
+        self.max_new_tokens = max_new_tokens
+        self.stop_at = stop_at
+        self.history: list[tuple[int, float]] = []
+        self._pending: float | None = None
+
+    def _measure(self, step: int, model) -> float:
+        accuracy = greedy_accuracy(model, self.tokenizer, self.dataset, self.max_new_tokens)
+        self.history.append((step, accuracy))
+        self._pending = accuracy
+        return accuracy
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self._measure(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        last = state.global_step >= state.max_steps
+        if state.global_step % self.every_steps == 0 or last:
+            accuracy = self._measure(state.global_step, model)
+            control.should_log = True  # so the value is written with this step
+            if self.stop_at is not None and accuracy >= self.stop_at:
+                control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending is not None and logs is not None:
+            logs["eval/accuracy"] = self._pending
+            self._pending = None
+
+
+class RunLogCallback(TrainerCallback):
+    """Writes ``metrics.jsonl`` and TensorBoard scalars (``tb/``) per logged step; ``curves.png`` at the end.
+
+    On resume, records past the resumed step are dropped first, so a step killed after its log
+    line but before its checkpoint is logged once, by the resumed run.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, curve_labels: Sequence[str] | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.curve_labels = curve_labels
+        self._writer = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(self.metrics_path, state.global_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops TensorBoard events written after the checkpoint we resume from.
+        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=state.global_step or None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                record[key] = value
+        add_short_names(record)
+        if len(record) == 1:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and math.isfinite(value):
+                    self._writer.add_scalar(key, value, state.global_step)
+            self._writer.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        write_curves(self.run_dir)
+
+
+def write_curves(run_dir: Path) -> Path | None:
+    """``run_dir/curves.png`` from its metrics.jsonl (the metrics of CURVE_METRICS it has)."""
+    from ktae.reports.curves import plot_runs
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.exists():
+        return None
+    present = set()
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        present.update(json.loads(line))
+    metrics = [m for m in CURVE_METRICS if m in present]
+    if not metrics:
+        return None
+    return plot_runs([run_dir], run_dir / "curves.png", metrics=metrics)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep only the records of ``path`` with ``step <= last_step`` (atomically); no-op if absent."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class AtomicCheckpointCallback(TrainerCallback):
+    """Publishes the trainer's ``output_dir/checkpoint-N`` as ``run_dir/checkpoints/checkpoint-N`` atomically.
+
+    Hugging Face's trainer writes a checkpoint's files one by one into its final folder; a kill
+    midway leaves a folder that looks like a checkpoint. This callback runs once the trainer
+    has written everything (``on_save``) and renames the folder into ``checkpoints/`` in one
+    ``os.replace``, so resume only ever sees complete checkpoints. ``keep``: how many of the
+    newest checkpoints to keep (None: all).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int | None = None):
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not written.is_dir():
+            return
+        target_root = self.run_dir / CHECKPOINTS
+        target_root.mkdir(parents=True, exist_ok=True)
+        target = target_root / written.name
+        if target.exists():  # a stale copy of the same step from before a resume
+            shutil.rmtree(target)
+        os.replace(written, target)
+        if self.keep is not None:
+            for old in list_checkpoints(self.run_dir)[: -self.keep]:
+                shutil.rmtree(old)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of a run folder, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+#: What the progress line shows per logged step: (metric, label, format).
+PROGRESS_FIELDS = (
+    ("reward", "reward", "{:.3f}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("eval/accuracy", "eval_acc", "{:.3f}"),
+    ("completion_length", "len", "{:.1f}"),
+    ("kl", "kl", "{:.4f}"),
+    ("clip_ratio/region_mean", "clip", "{:.3f}"),
+    ("ktae/large_bonus_share", "ktae>0.5", "{:.3f}"),
+    ("ktae/bonus_mean_correct", "bonus+", "{:+.3f}"),
+    ("ktae/bonus_mean_incorrect", "bonus-", "{:+.3f}"),
+    ("step_time", "step_s", "{:.2f}"),
+    ("ktae/time_share", "ktae_time", "{:.1%}"),
+)
+
+
+class MetricsProgressCallback(ProgressCallback):
+    """Hugging Face's progress bar, with one compact line of the main metrics per logged step.
+
+    When the trainer has written new key tokens (``key_tokens.jsonl`` in ``run_dir``), the line is
+    followed by the most credited and blamed tokens.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None = None):
+        super().__init__()
+        self.key_tokens_path = Path(run_dir) / "key_tokens.jsonl" if run_dir is not None else None
+        self._key_tokens_seen = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        record = add_short_names(dict(logs))
+        shown = [f"{label} " + fmt.format(record[key]) for key, label, fmt in PROGRESS_FIELDS if _number(record.get(key))]
+        if shown:
+            self.training_bar.write(f"step {state.global_step:>4} | " + " | ".join(shown))
+        else:  # the end-of-training summary and other non-step logs
+            self.training_bar.write(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}))
+        line = self._new_key_tokens()
+        if line:
+            self.training_bar.write(line)
+
+    def _new_key_tokens(self) -> str | None:
+        if self.key_tokens_path is None or not self.key_tokens_path.exists():
+            return None
+        lines = self.key_tokens_path.read_text(encoding="utf-8").splitlines()
+        if len(lines) <= self._key_tokens_seen:
+            return None
+        self._key_tokens_seen = len(lines)
+        latest = json.loads(lines[-1])
+
+        def describe(entries):
+            return " ".join(f"{e['token']!r}{e['bonus']:+.2f}" for e in entries[:5]) or "-"
+
+        return f"      key tokens @ step {latest['step']}: credited {describe(latest.get('credited', []))} | blamed {describe(latest.get('blamed', []))}"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

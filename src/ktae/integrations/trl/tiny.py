@@ -1,0 +1,69 @@
+"""A tiny transformer and tokenizer built locally (no downloads), for the default CPU job and tests.
+
+The tokenizer is character-level over the synthetic arithmetic alphabet, with ``\\boxed{`` as a
+single token so that a rollout's answer marker is one decision, plus ``<pad>``, ``<eos>`` and
+``<unk>``. It decodes by plain concatenation, so each token's piece is its text. The model is a
+Qwen2 causal LM of a few hundred thousand parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ktae.data.synthetic import ALPHABET, BOXED
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+
+def build_tokenizer():
+    """Character-level ``PreTrainedTokenizerFast`` over the synthetic task's alphabet."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, BOXED, *ALPHABET])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # One piece per character, except the boxed marker; [\s\S] matches the newline too.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Sizes of the tiny Qwen2 model."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(tokenizer, sizes: TinyModelConfig | None = None, seed: int = 0):
+    """A randomly initialised ``Qwen2ForCausalLM`` sized by ``sizes``, seeded for reproducibility."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sizes = sizes or TinyModelConfig()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **sizes.to_dict(),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model

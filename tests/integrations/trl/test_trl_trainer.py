@@ -1,0 +1,178 @@
+import json
+import logging
+from collections import defaultdict
+
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import PreTrainedTokenizerFast
+from trl import GRPOConfig, GRPOTrainer
+from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
+
+from ktae import KTAEConfig, compute_ktae_advantages
+from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
+
+
+def make_trainer(model_dir, args, kinds=("mixed",)):
+    return KTAEGRPOTrainer(
+        model_dir, toy_reward, args=args, train_dataset=build_dataset(kinds), processing_class=build_tokenizer()
+    )
+
+
+def record(trainer):
+    """Capture every generation round (batch, gathered scores) and the inputs of every loss computation."""
+    rounds, losses = [], []
+    if isinstance(trainer, KTAEGRPOTrainer):
+        generate = trainer._generate_and_score_round
+
+        def capture_round(inputs):
+            batch, scores = generate(inputs)
+            rounds.append(({k: v.clone() for k, v in batch.items()}, scores.clone()))
+            return batch, scores
+
+        trainer._generate_and_score_round = capture_round
+    compute_loss = trainer._compute_loss
+
+    def capture_loss(model, inputs):
+        losses.append({k: inputs[k].clone() for k in ("prompt_ids", "completion_ids", "advantages")})
+        return compute_loss(model, inputs)
+
+    trainer._compute_loss = capture_loss
+    return rounds, losses
+
+
+def row_key(batch, i):
+    return tuple(batch["prompt_ids"][i].tolist()), tuple(batch["completion_ids"][i].tolist())
+
+
+def check_rounds_match_the_core(trainer, rounds, losses):
+    """The advantages of every round are the core's on the whole batch, and the loss used exactly those rows."""
+    tokenizer = trainer.processing_class
+    core = KTAEConfig(ignore_token_ids=(tokenizer.pad_token_id, tokenizer.eos_token_id))
+    assert trainer.ktae_config == core
+    advantages_of_row, bonus_seen = {}, False
+    for batch, scores in rounds:
+        groups = torch.arange(len(scores)) // trainer.num_generations
+        expected = compute_ktae_advantages(
+            batch["completion_ids"], batch["completion_mask"], scores, groups, config=core
+        )
+        assert torch.equal(batch["advantages"], expected)
+        mask = batch["completion_mask"].bool()
+        for i in range(len(scores)):
+            advantages_of_row[row_key(batch, i)] = batch["advantages"][i]
+            bonus_seen |= len(set(expected[i][mask[i]].tolist())) > 1  # token-level, not one value per rollout
+    assert bonus_seen
+    for inputs in losses:
+        assert inputs["advantages"].dim() == 2
+        for i in range(len(inputs["advantages"])):
+            assert torch.equal(inputs["advantages"][i], advantages_of_row[row_key(inputs, i)])
+
+
+def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_dir, tmp_path):
+    args = KTAEGRPOConfig(**config_options(tmp_path, algo="grpo"))
+    trainer = make_trainer(tiny_model_dir, args)
+    rounds, losses = record(trainer)
+    trainer.train()
+    assert len(rounds) == 2 and len(losses) == 2
+    check_rounds_match_the_core(trainer, rounds, losses)
+    logs = trainer.state.log_history[0]
+    assert trainer.ref_model is not None and "kl" in logs  # GRPO: KL loss against the reference
+    for key in ("ktae/large_bonus_share", "ktae/bonus_mean_correct", "ktae/bonus_mean_incorrect", "ktae/time_share"):
+        assert any(entry.get(key) is not None for entry in trainer.state.log_history), key
+    assert 0 < logs["ktae/time_share"] < 1
+
+    lines = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1] * 4 + [2] * 4  # one whole group per step
+    batch_rows = {tuple(b["completion_ids"][i][b["completion_mask"][i].bool()].tolist()): b["advantages"][i]
+                  for b, _ in rounds for i in range(len(b["completion_ids"]))}
+    for line in lines:
+        assert "".join(line["tokens"]) == line["response"] and len(line["tokens"]) == len(line["token_ids"])
+        assert line["correct"] == (line["score"] > 0) and line["prompt"].startswith("mixed q")
+        expected = batch_rows[tuple(line["token_ids"])][: len(line["token_ids"])]
+        assert line["advantages"] == expected.tolist()
+    key_tokens = [json.loads(line) for line in (tmp_path / "key_tokens.jsonl").read_text().splitlines()]
+    assert [k["step"] for k in key_tokens] == [1, 2]
+    assert all(t["bonus"] > 0 for k in key_tokens for t in k["credited"])
+    assert all(t["bonus"] < 0 for k in key_tokens for t in k["blamed"])
+
+
+def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path):
+    args = KTAEGRPOConfig(**config_options(tmp_path, algo="dapo"))
+    trainer = make_trainer(tiny_model_dir, args)
+    rounds, losses = record(trainer)
+    trainer.train()
+    assert trainer.ref_model is None and trainer.beta == 0.0
+    assert (trainer.epsilon_low, trainer.epsilon_high, trainer.loss_type) == (0.2, 0.28, "dapo")
+    assert trainer.reward_func_names == ["toy_reward", "overlong_penalty"]
+    for batch, scores in rounds:  # the total reward includes the penalty on the last buffer token
+        lengths = batch["completion_mask"].sum(1)
+        toy = scores - torch.where(lengths >= args.max_completion_length, -1.0, 0.0)
+        assert set(toy.tolist()) <= {0.0, 1.0}
+    check_rounds_match_the_core(trainer, rounds, losses)
+    assert "kl" not in trainer.state.log_history[0]
+
+
+def test_ktae_off_reproduces_trl(tiny_model_dir, tmp_path):
+    options = config_options(tmp_path / "trl", beta=0.001)
+    trl_trainer = GRPOTrainer(
+        tiny_model_dir, toy_reward, train_dataset=build_dataset(), processing_class=build_tokenizer(),
+        args=GRPOConfig(**{k: v for k, v in options.items() if not k.startswith("ktae_")}),
+    )
+    _, trl_losses = record(trl_trainer)
+    trl_trainer.train()
+    args = KTAEGRPOConfig(**config_options(tmp_path / "ours", algo="grpo", ktae=False))
+    trainer = make_trainer(tiny_model_dir, args)
+    _, losses = record(trainer)
+    trainer.train()
+    assert len(losses) == len(trl_losses) == 2
+    for ours, theirs in zip(losses, trl_losses):
+        assert torch.equal(ours["completion_ids"], theirs["completion_ids"])
+        assert ours["advantages"].dim() == 1 and torch.equal(ours["advantages"], theirs["advantages"])
+    assert (tmp_path / "ours" / "rollouts.jsonl").exists()
+
+
+def test_dynamic_sampling_drops_groups_that_score_alike(tiny_model_dir, tmp_path):
+    options = config_options(tmp_path, dynamic_sampling=True, per_device_train_batch_size=8, max_steps=1)
+    trainer = make_trainer(tiny_model_dir, KTAEGRPOConfig(**options), kinds=("easy", "hard", "mixed"))
+    rounds, losses = record(trainer)
+    trainer.train()
+    score_of_row = {row_key(b, i): s[i].item() for b, s in rounds for i in range(len(s))}
+    tokenizer = trainer.processing_class
+    for inputs in losses:
+        assert len(inputs["completion_ids"]) == 8
+        groups = defaultdict(list)
+        for i in range(8):
+            groups[tokenizer.decode(inputs["prompt_ids"][i], skip_special_tokens=True)].append(
+                score_of_row[row_key(inputs, i)]
+            )
+        assert all(prompt.startswith("mixed") and len(set(s)) == 2 for prompt, s in groups.items()), groups
+    check_rounds_match_the_core(trainer, rounds, losses)
+    logs = [e for e in trainer.state.log_history if "dynamic_sampling/gen_batches" in e]
+    assert len(logs) == 1 and logs[0]["dynamic_sampling/filler_group_share"] == 0
+    assert len(rounds) == logs[0]["dynamic_sampling/gen_batches"] > 1  # it had to draw more prompts
+
+
+def test_dynamic_sampling_stops_after_max_num_gen_batches(tiny_model_dir, tmp_path, caplog):
+    options = config_options(tmp_path, dynamic_sampling=True, max_num_gen_batches=2, max_steps=1)
+    trainer = make_trainer(tiny_model_dir, KTAEGRPOConfig(**options), kinds=("easy", "hard"))
+    rounds, losses = record(trainer)
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert len(rounds) == 2 and "still score alike after 2 generation batches" in caplog.text
+    assert trainer.state.log_history[0]["dynamic_sampling/filler_group_share"] == 1.0
+    assert torch.equal(losses[0]["advantages"], torch.zeros_like(losses[0]["advantages"]))
+
+
+def test_ktae_needs_groups_of_two(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="num_generations must be >= 2 with ktae on"):
+        KTAEGRPOConfig(**config_options(tmp_path, num_generations=1, per_device_train_batch_size=1))
+
+
+def test_token_pieces_concatenate_to_the_text_across_multibyte_characters():
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["plain words and more words"], vocab_size=270, min_frequency=1)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    ids = tokenizer.encode("words é 😀 more")
+    pieces = token_pieces(tokenizer, ids)
+    assert "".join(pieces) == tokenizer.decode(ids) == "words é 😀 more"
+    assert len(pieces) == len(ids) and "" in pieces and "😀" in pieces
