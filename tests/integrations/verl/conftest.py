@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("verl", reason="the verl extra is not installed (pip install -e .[verl])")
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIG_DIR = REPO / "src" / "ktae" / "integrations" / "verl" / "config"
+CONFIG_DIR = REPO / "src" / "ktae" / "integrations" / "verl" / "conf"
 
 
 def compose_verl_config(overrides: list[str]):

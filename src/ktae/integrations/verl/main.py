@@ -34,7 +34,10 @@ def prepare_config(config: DictConfig) -> None:
     ktae_config = validate_ktae_run(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     with open_dict(config):
-        env_vars = config.ray_kwargs.ray_init.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        runtime_env = config.ray_kwargs.ray_init.runtime_env
+        if runtime_env.get("env_vars") is None:
+            runtime_env.env_vars = {}
+        env_vars = runtime_env.env_vars
         modules = [m for m in env_vars.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
         env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys([*modules, PLUGIN_MODULE]))
         mode = config.trainer.v1.trainer_mode
@@ -42,7 +45,7 @@ def prepare_config(config: DictConfig) -> None:
             config.trainer.v1.trainer_mode = KTAE_TRAINER_MODES[mode]
 
 
-@hydra.main(config_path="config", config_name="ktae_trainer", version_base=None)
+@hydra.main(config_path="conf", config_name="ktae_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     auto_set_device(config)
     prepare_config(config)

@@ -1,0 +1,177 @@
+"""KTAE keys in verl's real Hydra config, start-up validation, and the recipes parsed through Hydra."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from ktae import KTAEConfig
+from ktae.integrations.verl import KTAE_TRAINER_MODES, ktae_config_from_algorithm, validate_ktae_run
+from ktae.integrations.verl.main import PLUGIN_MODULE, prepare_config
+
+# What verl's own validation needs on a CPU box with no recipe: micro-batching and a GPU layout.
+RUNNABLE = [
+    "actor_rollout_ref.actor.use_dynamic_bsz=True",
+    "actor_rollout_ref.rollout.name=vllm",
+    "data.train_batch_size=16",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+]
+
+
+def test_ktae_keys_compose_with_verls_config(compose):
+    config = compose(
+        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=8", "algorithm.ktae.alpha=2",
+         "algorithm.ktae.top=0.5", "algorithm.ktae.ignore_token_ids=[3,4]", "algorithm.ktae.rollout_advantage=rloo"]
+    )
+    assert validate_ktae_run(config) == KTAEConfig(
+        alpha=2.0, top=0.5, ignore_token_ids=(3, 4), rollout_advantage="rloo"
+    )
+    # verl's own sections are untouched by the KTAE config
+    assert config.algorithm.norm_adv_by_std_in_grpo is True
+    assert config.trainer.v1.trainer_mode == "sync"
+
+
+def test_defaults_follow_the_tokenizer_and_verls_normalisation(compose):
+    config = compose(["algorithm.adv_estimator=ktae", "algorithm.norm_adv_by_std_in_grpo=False"])
+    ktae = ktae_config_from_algorithm(config.algorithm, ignore_token_ids=(151643, 151645))
+    assert ktae == KTAEConfig(ignore_token_ids=(151643, 151645), rollout_advantage="dr_grpo")
+
+
+def test_other_estimators_ignore_the_ktae_section(compose):
+    assert validate_ktae_run(compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=1"])) is None
+
+
+def test_unknown_ktae_key_fails_at_start_up(compose):
+    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "+algorithm.ktae.betaa=2"])
+    with pytest.raises(ValueError, match="betaa"):
+        validate_ktae_run(config)
+
+
+def test_unknown_ktae_key_without_plus_is_refused_by_hydra(compose):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="algorithm.ktae.betaa"):
+        compose(["algorithm.ktae.betaa=2"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.top=-1"], "top must be >= 0"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.rollout_advantage=ppo"], "unknown rollout_advantage"),
+        (["actor_rollout_ref.rollout.n=4", "trainer.use_v1=False"], "trainer.use_v1=False"),
+        (["actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=fancy"], "trainer_mode"),
+        (
+            ["actor_rollout_ref.rollout.n=4", "algorithm.norm_adv_by_std_in_grpo=False",
+             "algorithm.ktae.rollout_advantage=grpo"],
+            "norm_adv_by_std_in_grpo=False",
+        ),
+    ],
+)
+def test_bad_ktae_settings_fail_with_a_clear_message(compose, overrides, message):
+    config = compose(["algorithm.adv_estimator=ktae", *overrides])
+    with pytest.raises(ValueError, match=message.replace("[", "\\[")):
+        validate_ktae_run(config)
+
+
+def test_prepare_config_points_the_run_at_the_ktae_trainer(compose):
+    for mode, ktae_mode in KTAE_TRAINER_MODES.items():
+        config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
+                          f"trainer.v1.trainer_mode={mode}", *RUNNABLE])
+        prepare_config(config)
+        assert config.trainer.v1.trainer_mode == ktae_mode
+        env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+        assert env_vars.VERL_USE_EXTERNAL_MODULES == PLUGIN_MODULE
+    baseline = compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4", *RUNNABLE,
+                        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=mine"])
+    prepare_config(baseline)
+    assert baseline.trainer.v1.trainer_mode == "sync"
+    assert baseline.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == f"mine,{PLUGIN_MODULE}"
+
+
+def test_prepare_config_runs_verls_own_checks(compose):
+    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])  # no micro-batch size
+    with pytest.raises(Exception, match="ppo_micro_batch_size"):  # verl raises from hydra's instantiate
+        prepare_config(config)
+
+
+# --- the recipes and the launcher, as users run them -------------------------------------------
+
+RECIPES = {
+    "grpo_ktae_qwen2.5-math-1.5b.sh": ("ktae", "Qwen/Qwen2.5-Math-1.5B"),
+    "grpo_baseline_qwen2.5-math-7b.sh": ("grpo", "Qwen/Qwen2.5-Math-7B"),
+    "dapo_ktae_qwen2.5-math-7b.sh": ("ktae", "Qwen/Qwen2.5-Math-7B"),
+    "dapo_baseline_qwen2.5-math-1.5b.sh": ("grpo", "Qwen/Qwen2.5-Math-1.5B"),
+}
+
+
+def recipe_overrides(repo_root, tmp_path, recipe: str) -> list[str]:
+    """The verl overrides a recipe script passes to `python -m ktae.integrations.verl` (a stand-in
+    `python` first on PATH prints its arguments instead of training)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\"\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "DATA_DIR": "/data/math"}
+    env.pop("MODEL_PATH", None)
+    out = subprocess.run(["bash", str(repo_root / "recipes" / "verl" / recipe)], env=env, cwd=repo_root,
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    args = out.split("\0")[:-1]
+    assert args[:2] == ["-m", "ktae.integrations.verl"]
+    return args[2:]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_parses_through_verls_hydra_config(compose, repo_root, tmp_path, recipe):
+    config = compose(recipe_overrides(repo_root, tmp_path, recipe))
+    estimator, model = RECIPES[recipe]
+    # The paper's shared settings (../shared/spec/RECIPES.md)
+    assert config.algorithm.adv_estimator == estimator
+    assert config.actor_rollout_ref.model.path == model
+    assert config.data.train_batch_size == 1024
+    assert config.actor_rollout_ref.rollout.n == 16
+    assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 128
+    assert config.actor_rollout_ref.actor.optim.lr == 1e-6
+    assert (config.data.max_prompt_length, config.data.max_response_length) == (1024, 3072)
+    assert config.actor_rollout_ref.rollout.temperature == 1.0
+    assert config.trainer.total_epochs == 20
+    assert config.data.train_files == "/data/math/train.parquet"
+    assert config.reward.custom_reward_function.path == "pkg://ktae.integrations.verl.reward"
+    actor = config.actor_rollout_ref.actor
+    if recipe.startswith("dapo"):
+        assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (0.2, 0.28, "token-mean")
+        assert actor.optim.clip_grad == 1.0
+        assert actor.use_kl_loss is False and config.algorithm.use_kl_in_reward is False
+        assert config.algorithm.filter_groups.enable and config.algorithm.filter_groups.metric == "acc"
+        assert config.reward.reward_manager.name == "dapo"
+        assert config.reward.custom_reward_function.name == "compute_dapo_score"
+        overlong = config.reward.reward_kwargs.overlong_buffer_cfg
+        assert (overlong.enable, overlong.len, overlong.penalty_factor) == (True, 512, 1.0)
+        assert config.reward.reward_kwargs.max_resp_len == 3072
+    else:
+        assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.001, "low_var_kl")
+        assert actor.entropy_coeff == 0 and config.algorithm.use_kl_in_reward is False
+        assert config.reward.custom_reward_function.name == "compute_score"
+    ktae = validate_ktae_run(config)
+    assert (ktae is None) == (estimator != "ktae")
+    if ktae is not None:
+        assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)
+    prepare_config(config)  # verl's own start-up checks pass on the recipe as written
+
+
+def test_recipe_refuses_an_unknown_model(repo_root):
+    result = subprocess.run(["bash", str(repo_root / "recipes" / "verl" / "grpo.sh"), "3b", "ktae"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "MODEL must be 1.5b or 7b" in result.stderr
+
+
+def test_launcher_fails_before_ray_on_one_rollout_per_prompt(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "ktae.integrations.verl", "algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1"],
+        cwd=repo_root, capture_output=True, text=True, timeout=240, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert result.returncode != 0
+    assert "actor_rollout_ref.rollout.n to 2 or more" in result.stderr
+    assert "ray init" not in result.stdout.lower()
