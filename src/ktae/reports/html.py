@@ -144,14 +144,17 @@ def legend_html(scale: DivergingScale) -> str:
     )
 
 
-def top_tokens_html(top: dict[str, list[dict]]) -> str:
-    """Tables of the tokens with the largest total credit and blame (sum of v over occurrences)."""
+def top_tokens_html(top: dict[str, list[dict]], scale: DivergingScale) -> str:
+    """Tables of the tokens with the largest total credit and blame (sum of v over occurrences),
+    each token coloured by its mean value per occurrence."""
 
     def table(title: str, entries: list[dict]) -> str:
+        means = scale.buckets([e["total"] / e["occurrences"] for e in entries]).tolist()
         rows = "".join(
-            f'<tr><td><span class="tok">{html.escape(e["label"])}</span></td><td class="num">{e["total"]:+.2f}</td>'
+            f'<tr><td><span class="tok {scale.css_class(bucket)}">{html.escape(e["label"])}</span></td>'
+            f'<td class="num">{e["total"]:+.2f}</td>'
             f'<td class="num">{e["occurrences"]}</td><td class="num">{e["groups"]}</td></tr>'
-            for e in entries
+            for e, bucket in zip(entries, means)
         ) or '<tr><td colspan="4">none</td></tr>'
         return (
             f"<div><h3>{title}</h3><table><tr><th>token</th><th>total v</th><th>occurrences</th><th>groups</th></tr>"
@@ -195,7 +198,7 @@ def render_key_token_report(
         + facts
         + f'<p class="sub">KTAE: {config_html(analysis)}. Statistics recomputed with ktae.compute_key_token_values.</p>'
         + legend_html(scale)
-        + top_tokens_html(analysis.top_tokens(TOP_COUNT))
+        + top_tokens_html(analysis.top_tokens(TOP_COUNT), scale)
         + '<h2>Groups</h2><div id="groups"></div><div id="tip"></div>'
     )
     return page(title, body, scale, key_token_data(analysis, scale, strong))

@@ -1,0 +1,102 @@
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+from report_helpers import rollout_records, write_jsonl
+
+from ktae import KTAEConfig
+from ktae.reports import build_report, build_run_report, run_ktae_config
+from ktae.reports.keytokens import analyse
+from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
+
+
+def page_data(html_text):
+    match = re.search(r'<script type="application/json" id="ktae-data">(.*?)</script>', html_text, re.S)
+    return json.loads(match.group(1))
+
+
+def decode_seq(entry, width):
+    return np.frombuffer(base64.b64decode(entry["seq"]), dtype=f"<u{width}")
+
+
+def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_tokenizer):
+    path = write_jsonl(tmp_path / "rollouts.jsonl", rollout_records(byte_level_tokenizer))
+    out = build_report(path, tmp_path / "report.html", tokenizer=byte_level_tokenizer)
+    data = page_data(out.read_text(encoding="utf-8"))
+    analysis = analyse(tokenize_rollouts(load_rollouts(path), byte_level_tokenizer))
+    assert len(data["groups"]) == 4  # (step, group) pairs: 2 steps x 2 groups
+    assert data["ignore"] == [byte_level_tokenizer.eos_token_id]
+    records = iter(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    rollout = 0
+    for group in data["groups"]:
+        tok = group["tok"]
+        assert group["nT"] == 2 and group["nF"] == 2
+        for entry in group["rollouts"]:
+            record = next(records)
+            seq = decode_seq(entry, group["w"])
+            text = "".join(entry.get("x", {}).get(str(j), tok["text"][r]) for j, r in enumerate(seq.tolist()))
+            assert text == record["response"]  # byte-level pieces merged back into the text
+            assert [tok["id"][r] for r in seq] == record["token_ids"]
+            expected = analysis.stats["value"][analysis.row_of_token[rollout]]
+            np.testing.assert_allclose([tok["v"][r] for r in seq], expected, rtol=1e-3, atol=1e-4)
+            assert entry["c"] == record["correct"]
+            rollout += 1
+
+
+def test_report_is_self_contained_and_escapes_model_text(tmp_path, byte_level_tokenizer):
+    path = write_jsonl(tmp_path / "rollouts.jsonl", rollout_records(byte_level_tokenizer))
+    html_text = build_report(path, tmp_path / "r.html", tokenizer=byte_level_tokenizer).read_text(encoding="utf-8")
+    assert html_text.count("<script") == 2  # the data block and the renderer, nothing from the rollouts
+    # Model text reaches the page only inside the JSON, with "<" escaped so nothing can close the script.
+    assert "<b>2x" not in html_text and "Solve problem 0: \\u003cb>2x + 1\\u003c/b>?" in html_text
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html_text)
+    assert "<link" not in html_text and "@import" not in html_text
+
+
+def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.yaml").write_text("algo: dapo\nktae: true\nktae_top: 0.5\nktae_beta_ig: 2\n"
+                                               "ktae_ignore_token_ids: null\nktae_log_rollouts_steps: 5\n")
+    config, notes = run_ktae_config(tmp_path / "a")
+    assert (config.top, config.beta_ig, config.ignore_token_ids, notes) == (0.5, 2.0, (), [])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.yaml").write_text("algorithm:\n  adv_estimator: ktae\n  ktae:\n    alpha: 3\n")
+    assert run_ktae_config(tmp_path / "b")[0] == KTAEConfig(alpha=3)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.yaml").write_text("ktae: false\n")
+    assert "without KTAE" in run_ktae_config(tmp_path / "c")[1][0]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "config.yaml").write_text("ktae:\n  alpah: 1\n")
+    with pytest.raises(ValueError, match="alpah"):
+        run_ktae_config(tmp_path / "d")
+    assert run_ktae_config(tmp_path) == (None, [])
+
+
+def _run(folder, tokenizer, accuracy):
+    write_jsonl(folder / "rollouts.jsonl", rollout_records(tokenizer))
+    write_jsonl(folder / "metrics.jsonl", [{"step": s, "reward": accuracy * s, "accuracy": accuracy * s} for s in range(1, 21)])
+    (folder / "config.yaml").write_text("ktae: true\nktae_top: 1.0\n")
+    return folder
+
+
+def test_run_report_compares_runs_and_pages_every_step(tmp_path, byte_level_tokenizer):
+    from test_report_curves import _colour_pixels
+
+    first = _run(tmp_path / "grpo", byte_level_tokenizer, 0.01)
+    second = _run(tmp_path / "ktae", byte_level_tokenizer, 0.02)
+    index = build_run_report([first, second], tmp_path / "out", tokenizer=byte_level_tokenizer)
+    text = index.read_text(encoding="utf-8")
+    for run in ("grpo", "ktae"):
+        for step in (10, 20):
+            page = tmp_path / "out" / run / f"step-{step}.html"
+            assert f'href="{run}/step-{step}.html"' in text
+            assert len(page_data(page.read_text(encoding="utf-8"))["groups"]) == 2
+    # Both runs on one curves plot and on the key-token plot, embedded in the page too.
+    for png in ("curves.png", "key-tokens.png"):
+        assert _colour_pixels(tmp_path / "out" / png, (31, 119, 180)) > 50
+        assert _colour_pixels(tmp_path / "out" / png, (255, 127, 14)) > 50
+    assert text.count('src="data:image/png;base64,') == 2
+    with pytest.raises(ValueError, match="labels"):
+        build_run_report([first, second], tmp_path / "x", labels=["one"])
