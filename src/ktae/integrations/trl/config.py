@@ -41,7 +41,6 @@ JOB_KEYS = frozenset(
         "template",
         "reward",
         "max_train_samples",
-        "torch_dtype",
     }
 )
 

@@ -1,0 +1,60 @@
+"""recipes/*.yaml load into KTAEGRPOConfig with the paper's settings (../shared/spec/RECIPES.md)."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ktae.integrations.trl import load_config
+
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+NAMES = [
+    f"qwen2.5-math-{size}-{algo}{ktae}" for size in ("1.5b", "7b") for algo in ("grpo", "dapo") for ktae in ("-ktae", "")
+]
+
+
+def load(name, tmp_path):
+    # bf16 needs a GPU; everything else is validated as the recipe says.
+    return load_config(RECIPES / f"{name}.yaml", [f"output_dir={tmp_path}", "bf16=false"])
+
+
+def test_every_recipe_is_listed():
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recipe_has_the_paper_settings(name, tmp_path):
+    config, job = load(name, tmp_path)
+    size, algo = name.split("-")[2], name.split("-")[3]
+    assert job["model_name_or_path"] == {"1.5b": "Qwen/Qwen2.5-Math-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}[size]
+    assert (job["template"], job["dataset_name"]) == ("qwen_math", "DigitalLearningGmbH/MATH-lighteval")
+    assert (config.algo, config.ktae) == (algo, name.endswith("-ktae"))
+    assert config.num_generations == 16 and config.generation_batch_size // 16 == 1024  # prompts per step
+    gpus = 8
+    assert config.per_device_train_batch_size * gpus * config.gradient_accumulation_steps // 16 == 128  # mini-batch
+    assert (config.learning_rate, config.max_grad_norm, config.temperature, config.top_p, config.top_k) == (
+        1e-6, 1.0, 1.0, 1.0, 0,
+    )
+    assert (config.max_completion_length, config.vllm_max_model_length) == (3072, 1024 + 3072)
+    assert config.use_vllm and config.num_train_epochs == 20 and config.loss_type == "dapo"
+    if config.ktae:
+        ktae = config.ktae_config(ignore_token_ids=())
+        assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)
+    if algo == "grpo":
+        assert config.beta == 0.001 and job["reward"] == "accuracy"
+        assert not config.dynamic_sampling and config.overlong_buffer_length == 0
+    else:
+        assert (config.beta, config.epsilon, config.epsilon_high, job["reward"]) == (0.0, 0.2, 0.28, "dapo")
+        assert config.dynamic_sampling and config.dynamic_sampling_metric == "correct"
+        assert config.max_num_gen_batches * config.generation_batch_size == 10 * 2048 * 16  # the paper's 10 x 2048
+        assert (config.overlong_buffer_length, config.overlong_penalty_factor) == (512, 1.0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.endswith("-ktae")])
+def test_the_run_without_ktae_differs_only_in_ktae(name, tmp_path):
+    with_ktae, job_with = load(name, tmp_path)
+    without, job_without = load(name.removesuffix("-ktae"), tmp_path)
+    differing = {
+        f.name for f in dataclasses.fields(with_ktae) if getattr(with_ktae, f.name) != getattr(without, f.name)
+    }
+    assert differing == {"ktae"} and job_with == job_without
