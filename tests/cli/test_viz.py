@@ -1,0 +1,107 @@
+"""`ktae viz` end to end on run folders (the trainer's layout) and on rollout files (verl's dumps)."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ktae.cli import main
+
+RESPONSES = {True: "2+3=5\n\\boxed{5}", False: "2+3=6\n6-1=5\n\\boxed{6}"}
+
+
+def _jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from ktae.integrations.trl.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def make_run(folder, tokenizer, steps=(2, 4), with_checkpoint=True):
+    """A run folder as `ktae train` writes it: token ids only in the rollouts, tokenizer in a checkpoint."""
+    records = []
+    for step in steps:
+        for group in range(2):
+            for i in range(4):
+                correct = i < 2
+                ids = tokenizer(RESPONSES[correct], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                records.append({"step": step, "group": group, "prompt": f"2+3=? ({group})", "token_ids": ids,
+                                "score": float(correct), "correct": correct})
+    _jsonl(folder / "rollouts.jsonl", records)
+    _jsonl(folder / "metrics.jsonl", [{"step": s, "reward": s / 10, "accuracy": s / 10} for s in range(1, 5)])
+    (folder / "config.yaml").write_text("algo: grpo\nktae: true\nktae_top: 1.0\nktae_ignore_token_ids: null\n")
+    if with_checkpoint:
+        tokenizer.save_pretrained(folder / "checkpoints" / "checkpoint-4")
+    return folder
+
+
+def page_groups(path):
+    text = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r'id="ktae-data">(.*?)</script>', text, re.S).group(1))["groups"], text
+
+
+def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys):
+    run = make_run(tmp_path / "run", tokenizer)
+    assert main(["viz", "--run", str(run)]) == 0
+    assert "report/index.html" in capsys.readouterr().out
+    report = run / "report"
+    assert {p.name for p in report.iterdir()} == {"index.html", "step-2.html", "step-4.html", "curves.png", "key-tokens.png"}
+    groups, text = page_groups(report / "step-4.html")
+    assert len(groups) == 2
+    assert "ignored token ids [0, 1]" in text  # the tokenizer's <pad> and <eos>
+    for group in groups:
+        tok = group["tok"]
+        for rollout in group["rollouts"]:
+            seq = np.frombuffer(base64.b64decode(rollout["seq"]), dtype=f"<u{group['w']}")
+            assert "".join(tok["text"][r] for r in seq) == RESPONSES[rollout["c"]] + "<eos>"
+        values = dict(zip(tok["text"], tok["v"]))
+        # "6" and "-" occur only in the incorrect rollouts, "<eos>" in all but it is ignored.
+        assert values["<eos>"] == 0.0 and values["6"] < -0.5 and values["-"] < -0.5 and values["5"] > -0.5
+
+
+def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
+    first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer, steps=(4,))
+    out = tmp_path / "compare"
+    assert main(["viz", "--run", str(first), "--run", str(second), "--label", "grpo", "--label", "ktae",
+                 "--out", str(out), "--top", "0.5", "--step", "4"]) == 0
+    assert (out / "curves.png").is_file() and (out / "key-tokens.png").is_file()
+    assert not (out / "grpo" / "step-2.html").exists()  # --step 4 only
+    groups, text = page_groups(out / "ktae" / "step-4.html")
+    assert "top = 0.5" in text and max(max(g["tok"]["v"]) for g in groups) < 0.5
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="grpo/step-4.html"' in index and 'href="ktae/step-4.html"' in index
+
+
+def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):
+    dumps = tmp_path / "rollout_data"
+    for step in (1, 2):
+        _jsonl(dumps / f"{step}.jsonl", [
+            {"input": f"question {q}", "output": RESPONSES[i % 2 == 0], "gts": "5", "score": float(i % 2 == 0), "step": step}
+            for q in range(2) for i in range(4)
+        ])
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    assert main(["viz", "--rollouts", str(dumps), "--tokenizer", str(tok_dir)]) == 0
+    groups, _ = page_groups(dumps / "report.html")
+    assert [g["name"] for g in groups] == [f"step {s} · prompt question {q}" for s in (1, 2) for q in range(2)]
+    assert all(g["nT"] == 2 and g["nF"] == 2 for g in groups)
+
+
+def test_viz_reports_bad_input_clearly(tmp_path, tokenizer, capsys):
+    assert main(["viz", "--rollouts", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no rollouts file" in capsys.readouterr().err
+    run = make_run(tmp_path / "run", tokenizer, with_checkpoint=False)
+    assert main(["viz", "--run", str(run)]) == 2
+    assert "--tokenizer" in capsys.readouterr().err  # token ids and nothing to decode them with
+    assert main(["viz", "--run", str(run), "--label", "a", "--label", "b"]) == 2
+    assert "--label" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["viz", "--run", str(run), "--rollouts", str(run / "rollouts.jsonl")])
