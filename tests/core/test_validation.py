@@ -1,0 +1,80 @@
+"""Bad input raises a clear error naming the problem."""
+
+import numpy as np
+import pytest
+import torch
+
+from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
+
+R = torch.tensor([[1, 2, 3], [4, 5, 0]])
+M = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+S = torch.tensor([1.0, 0.0])
+G = [0, 0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(responses=R[0]), ValueError, r"responses must have shape \[B, T\]"),
+        (dict(responses=R.float()), TypeError, "integer token ids"),
+        (dict(responses=R.numpy()), TypeError, "responses must be a torch.Tensor"),
+        (dict(response_mask=M[:, :2]), ValueError, "does not match responses shape"),
+        (dict(response_mask=torch.tensor([[1, 2, 1], [1, 1, 0]])), ValueError, "only 0 and 1"),
+        (dict(scores=torch.tensor([1.0, float("nan")])), ValueError, r"NaN or infinite score at rollout\(s\) \[1\]"),
+        (dict(scores=torch.tensor([float("inf"), 0.0])), ValueError, "NaN or infinite"),
+        (dict(scores=torch.tensor([1.0, 0.0, 1.0])), ValueError, "scores has 3 entries but responses has 2 rows"),
+        (dict(scores=torch.ones(2, 1)), ValueError, r"scores must have shape \[B\]"),
+        (dict(group_index=[0]), ValueError, "group_index has 1 entries, expected 2"),
+        (dict(group_index=torch.tensor([0.0, 1.0])), TypeError, "group_index tensor must hold integers"),
+        (dict(group_index=[[0], [1]]), TypeError, "hashable"),
+        (dict(responses=torch.tensor([[1, -2, 3], [4, 5, 0]])), ValueError, "negative token id"),
+    ],
+)
+@pytest.mark.parametrize("fn", [compute_ktae_advantages, compute_key_token_values])
+def test_bad_input(backend, fn, kwargs, error, match):
+    args = dict(responses=R, response_mask=M, scores=S, group_index=G) | kwargs
+    with pytest.raises(error, match=match):
+        fn(**args)
+
+
+def test_negative_ids_outside_the_mask_are_fine(backend):
+    responses = torch.tensor([[1, 2, -100], [4, 5, -100]])
+    adv = compute_ktae_advantages(responses, M, S, G)
+    assert (adv[~M] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        (dict(rollout_advantage="ppo"), ValueError, "unknown rollout_advantage 'ppo'"),
+        (dict(alpha=-1.0), ValueError, "alpha must be >= 0"),
+        (dict(top=float("nan")), ValueError, "top must be finite"),
+        (dict(gamma_tf="1"), TypeError, "gamma_tf must be a number"),
+        (dict(ignore_token_ids=(1, -5)), ValueError, "ignore_token_ids must be >= 0"),
+        (dict(ignore_token_ids="12"), TypeError, "ignore_token_ids must be a sequence"),
+    ],
+)
+def test_bad_config(options, error, match):
+    with pytest.raises(error, match=match):
+        KTAEConfig(**options)
+
+
+def test_config_from_dict():
+    cfg = KTAEConfig.from_dict({"alpha": 2, "ignore_token_ids": [7, 3, 7]})
+    assert cfg.alpha == 2.0 and cfg.ignore_token_ids == (3, 7)
+    assert KTAEConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown KTAE option\(s\) \['alhpa'\]"):
+        KTAEConfig.from_dict({"alhpa": 1.0})
+
+
+def test_device_mismatch_is_reported():
+    meta = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="response_mask is on cpu but responses are on meta"):
+        compute_ktae_advantages(meta, M, S, G)
+    with pytest.raises(ValueError, match="scores are on cpu but responses are on meta"):
+        compute_ktae_advantages(meta, M.to("meta"), S, G)
+
+
+def test_numpy_int_groups_and_list_scores(backend):
+    adv = compute_ktae_advantages(R, M, [1, 0], np.array([3, 3]))
+    assert adv.shape == R.shape
