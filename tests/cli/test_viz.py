@@ -62,7 +62,7 @@ def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys)
         for rollout in group["rollouts"]:
             seq = np.frombuffer(base64.b64decode(rollout["seq"]), dtype=f"<u{group['w']}")
             assert "".join(tok["text"][r] for r in seq) == RESPONSES[rollout["c"]] + "<eos>"
-        values = dict(zip(tok["text"], tok["v"]))
+        values = {text: group["P"]["v"][profile] for text, profile in zip(tok["text"], tok["pr"])}
         # "6" and "-" occur only in the incorrect rollouts, "<eos>" in all but it is ignored.
         assert values["<eos>"] == 0.0 and values["6"] < -0.5 and values["-"] < -0.5 and values["5"] > -0.5
 
@@ -75,7 +75,7 @@ def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
     assert (out / "curves.png").is_file() and (out / "key-tokens.png").is_file()
     assert not (out / "grpo" / "step-2.html").exists()  # --step 4 only
     groups, text = page_groups(out / "ktae" / "step-4.html")
-    assert "top = 0.5" in text and max(max(g["tok"]["v"]) for g in groups) < 0.5
+    assert "top = 0.5" in text and max(max(g["P"]["v"]) for g in groups) < 0.5
     index = (out / "index.html").read_text(encoding="utf-8")
     assert 'href="grpo/step-4.html"' in index and 'href="ktae/step-4.html"' in index
 

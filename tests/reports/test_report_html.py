@@ -40,7 +40,8 @@ def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_toke
             assert text == record["response"]  # byte-level pieces merged back into the text
             assert [tok["id"][r] for r in seq] == record["token_ids"]
             expected = analysis.stats["value"][analysis.row_of_token[rollout]]
-            np.testing.assert_allclose([tok["v"][r] for r in seq], expected, rtol=1e-3, atol=1e-4)
+            shown = [group["P"]["v"][tok["pr"][r]] for r in seq]  # each token's statistics profile
+            np.testing.assert_allclose(shown, expected, rtol=1e-3, atol=1e-4)
             assert entry["c"] == record["correct"]
             rollout += 1
 

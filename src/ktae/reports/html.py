@@ -1,8 +1,9 @@
 """Self-contained HTML pages: inline CSS and JS, data as compact JSON, nothing fetched.
 
-A key-token page carries, per group, a table of its (token) statistics and, per rollout, the
-row of each token packed as base64 little-endian integers; ``report.js`` renders a group when
-it is opened. Text from models is escaped in Python (``html.escape``) or in the page's JS.
+A key-token page carries, per group: the distinct tokens (text, id, profile), the distinct
+statistics profiles (a, b, occurrences, p, F, IG, h, TF, v, colour bucket) and, per rollout,
+each position's token packed as base64 little-endian integers; ``report.js`` renders a group
+when it is opened. Text from models is escaped in Python (``html.escape``) or in the page's JS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis
 from ktae.reports.text import visible_whitespace
 
 TOP_COUNT = 10
+# Statistics of a token shown on hover: page key -> KeyTokenAnalysis.stats column.
+_PROFILE_COLUMNS = {"a": "a", "b": "b", "oT": "occ_true", "oF": "occ_false", "p": "p_value", "F": "fisher",
+                    "IG": "info_gain", "h": "h", "TF": "tf", "v": "value"}
+_COUNT_COLUMNS = frozenset({"a", "b", "oT", "oF"})
 
 
 def _asset(name: str) -> str:
@@ -63,7 +68,6 @@ def group_name(key: tuple, prompt: str) -> str:
 def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: float = STRONG_VALUE) -> dict:
     """The JSON the page's renderer reads: one entry per group (see module docstring)."""
     stats, data = analysis.stats, analysis.data
-    buckets = scale.buckets(stats["value"])
     occurrences = stats["occ_true"] + stats["occ_false"]
     rows_by_group = np.split(np.argsort(stats["group"], kind="stable"), np.cumsum(np.bincount(stats["group"]))[:-1])
     rollouts_by_group: list[list[int]] = [[] for _ in analysis.group_keys]
@@ -100,32 +104,27 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
             label = data.labels.get(token_id, str(token_id))
             if label != visible_whitespace(shown):
                 labels[index] = label
-        values = stats["value"][rows]
-        member_rows = np.concatenate([analysis.row_of_token[m] for m in members]) if members else np.zeros(0, int)
+        # Tokens with the same counts have the same statistics (most rare tokens do): store each
+        # distinct profile once and point the tokens at it.
+        names = list(_PROFILE_COLUMNS)
+        columns = np.stack([stats[_PROFILE_COLUMNS[name]][rows] for name in names], axis=1).astype(np.float64)
+        profiles, profile_of_row = np.unique(columns, axis=0, return_inverse=True)
+        profile = {
+            name: profiles[:, i].astype(np.int64).tolist() if name in _COUNT_COLUMNS else _rounded(profiles[:, i])
+            for i, name in enumerate(names)
+        }
+        profile["k"] = scale.buckets(profiles[:, names.index("v")]).tolist()
+        member_rows = np.concatenate([analysis.row_of_token[m] for m in members])
         groups.append(
             {
                 "name": group_name(key, data.rollouts[members[0]].prompt),
                 "prompt": data.rollouts[members[0]].prompt,
                 "nT": int(analysis.n_true[group]),
                 "nF": int(analysis.n_false[group]),
-                "strong": float(np.mean(np.abs(stats["value"][member_rows]) > strong)) if member_rows.size else 0.0,
+                "strong": float(np.mean(np.abs(stats["value"][member_rows]) > strong)),
                 "w": width,
-                "tok": {
-                    "text": text,
-                    "lx": labels,
-                    "id": token_ids,
-                    "a": stats["a"][rows].tolist(),
-                    "b": stats["b"][rows].tolist(),
-                    "p": _rounded(stats["p_value"][rows]),
-                    "F": _rounded(stats["fisher"][rows]),
-                    "IG": _rounded(stats["info_gain"][rows]),
-                    "h": _rounded(stats["h"][rows]),
-                    "TF": _rounded(stats["tf"][rows]),
-                    "v": _rounded(values),
-                    "k": buckets[rows].tolist(),
-                    "oT": stats["occ_true"][rows].tolist(),
-                    "oF": stats["occ_false"][rows].tolist(),
-                },
+                "tok": {"text": text, "lx": labels, "id": token_ids, "pr": profile_of_row.reshape(-1).tolist()},
+                "P": profile,
                 "rollouts": rollouts,
             }
         )

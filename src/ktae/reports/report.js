@@ -18,23 +18,27 @@
   }
   const label = (t, r) => (t.lx && t.lx[r] !== undefined ? t.lx[r] : visible(t.text[r]));
 
+  // Statistic `name` of each token of a group, through the token's profile.
+  const column = (g, name) => g.tok.pr.map((i) => g.P[name][i]);
+
   function tokenTable(g, rows, title) {
-    const t = g.tok;
+    const t = g.tok, P = g.P, pr = t.pr;
     let h = "<div><h3>" + title + "</h3><table><tr><th>token</th><th>v</th><th>in correct</th><th>in incorrect</th>" +
       "<th>occurrences</th></tr>";
     for (const r of rows) {
-      h += '<tr><td><span class="tok ' + cls(t.k[r]) + '">' + esc(label(t, r)) + "</span></td><td class=num>" +
-        signed(t.v[r]) + "</td><td class=num>" + t.a[r] + "/" + g.nT + "</td><td class=num>" + t.b[r] + "/" + g.nF +
-        "</td><td class=num>" + t.oT[r] + " + " + t.oF[r] + "</td></tr>";
+      const q = pr[r];
+      h += '<tr><td><span class="tok ' + cls(P.k[q]) + '">' + esc(label(t, r)) + "</span></td><td class=num>" +
+        signed(P.v[q]) + "</td><td class=num>" + P.a[q] + "/" + g.nT + "</td><td class=num>" + P.b[q] + "/" + g.nF +
+        "</td><td class=num>" + P.oT[q] + " + " + P.oF[q] + "</td></tr>";
     }
     return h + (rows.length ? "" : "<tr><td colspan=5>none</td></tr>") + "</table></div>";
   }
 
   function renderGroup(el, g) {
-    const t = g.tok, n = t.v.length, idx = Array.from({ length: n }, (_, i) => i);
-    const credited = idx.filter((r) => t.v[r] > 0).sort((x, y) => t.v[y] - t.v[x]).slice(0, D.topCount);
-    const blamed = idx.filter((r) => t.v[r] < 0).sort((x, y) => t.v[x] - t.v[y]).slice(0, D.topCount);
-    const escText = t.text.map(esc), klass = t.k.map((k, r) => {
+    const t = g.tok, v = column(g, "v"), idx = Array.from(v, (_, i) => i);
+    const credited = idx.filter((r) => v[r] > 0).sort((x, y) => v[y] - v[x]).slice(0, D.topCount);
+    const blamed = idx.filter((r) => v[r] < 0).sort((x, y) => v[x] - v[y]).slice(0, D.topCount);
+    const escText = t.text.map(esc), klass = column(g, "k").map((k, r) => {
       const c = cls(k);
       return k !== 0 && t.text[r].includes("\n") ? c + " nl" : c;
     });
@@ -92,14 +96,15 @@
       const span = e.target.closest(".text span");
       if (!span) return;
       const g = D.groups[+span.closest("details").id.slice(1)], t = g.tok, r = +span.dataset.r;
+      const P = g.P, q = t.pr[r];
       const row = (k, v) => "<tr><td>" + k + "</td><td class=num>" + v + "</td></tr>";
-      tip.innerHTML = '<div><span class="tok ' + cls(t.k[r]) + '">' + esc(label(t, r)) + "</span> id " + t.id[r] +
-        (D.ignore.includes(t.id[r]) ? " (ignored)" : "") + "</div><table>" + row("value v", signed(t.v[r])) +
-        row("a (in correct)", t.a[r] + " of " + g.nT) + row("b (in incorrect)", t.b[r] + " of " + g.nF) +
-        row("c (correct, absent)", g.nT - t.a[r]) + row("d (incorrect, absent)", g.nF - t.b[r]) +
-        row("Fisher p-value", fmt(t.p[r], 4)) + row("F = exp(\u22122p)", fmt(t.F[r], 4)) +
-        row("IG (bits)", fmt(t.IG[r], 4)) + row("h", fmt(t.h[r], 4)) + row("TF", fmt(t.TF[r], 4)) +
-        row("occurrences (correct + incorrect)", t.oT[r] + " + " + t.oF[r]) + "</table>";
+      tip.innerHTML = '<div><span class="tok ' + cls(P.k[q]) + '">' + esc(label(t, r)) + "</span> id " + t.id[r] +
+        (D.ignore.includes(t.id[r]) ? " (ignored)" : "") + "</div><table>" + row("value v", signed(P.v[q])) +
+        row("a (in correct)", P.a[q] + " of " + g.nT) + row("b (in incorrect)", P.b[q] + " of " + g.nF) +
+        row("c (correct, absent)", g.nT - P.a[q]) + row("d (incorrect, absent)", g.nF - P.b[q]) +
+        row("Fisher p-value", fmt(P.p[q], 4)) + row("F = exp(\u22122p)", fmt(P.F[q], 4)) +
+        row("IG (bits)", fmt(P.IG[q], 4)) + row("h", fmt(P.h[q], 4)) + row("TF", fmt(P.TF[q], 4)) +
+        row("occurrences (correct + incorrect)", P.oT[q] + " + " + P.oF[q]) + "</table>";
       tip.style.display = "block";
     });
     list.addEventListener("mousemove", (e) => {
@@ -110,7 +115,9 @@
       tip.style.top = y + "px";
     });
     list.addEventListener("mouseout", (e) => { if (e.target.closest(".text span")) tip.style.display = "none"; });
-    document.documentElement.dataset.renderMs = performance.now().toFixed(0);
+    const ms = performance.now().toFixed(0);
+    document.documentElement.dataset.renderMs = ms;
+    console.info("ktae report: first render done " + ms + " ms after navigation start");
   }
 
   build();
