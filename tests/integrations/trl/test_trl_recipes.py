@@ -9,7 +9,10 @@ from ktae.integrations.trl import load_config
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 NAMES = [
-    f"qwen2.5-math-{size}-{algo}{ktae}" for size in ("1.5b", "7b") for algo in ("grpo", "dapo") for ktae in ("-ktae", "")
+    f"qwen2.5-math-{size}-{algo}{ktae}"
+    for size in ("1.5b", "7b")
+    for algo in ("grpo", "dapo")
+    for ktae in ("-ktae", "")
 ]
 
 

@@ -176,3 +176,21 @@ def test_token_pieces_concatenate_to_the_text_across_multibyte_characters():
     pieces = token_pieces(tokenizer, ids)
     assert "".join(pieces) == tokenizer.decode(ids) == "words é 😀 more"
     assert len(pieces) == len(ids) and "" in pieces and "😀" in pieces
+
+
+def test_resume_restores_the_extra_prompt_stream_and_trims_the_logs(tiny_model_dir, tmp_path):
+    options = config_options(tmp_path, dynamic_sampling=True, save_steps=2, save_strategy="steps", max_steps=3)
+    make_trainer(tiny_model_dir, KTAEGRPOConfig(**options), kinds=("easy", "mixed")).train()
+    state = json.loads((tmp_path / "checkpoint-2" / "ktae_trainer_state.json").read_text())
+    drawn = state["extra_generation_batches"]
+    assert drawn > 0  # steps 1-2 needed extra prompts
+    steps_before = [json.loads(line)["step"] for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert steps_before == [1] * 4 + [2] * 4 + [3] * 4  # one logged group per step, whatever the rounds
+
+    resumed = make_trainer(tiny_model_dir, KTAEGRPOConfig(**options), kinds=("easy", "mixed"))
+    next_batch, draws = resumed._next_extra_generation_batch, []
+    resumed._next_extra_generation_batch = lambda: draws.append(resumed._extra_batches_drawn) or next_batch()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed._extra_batches_drawn >= drawn and draws[:1] in ([], [drawn])  # continues where it stopped
+    steps_after = [json.loads(line)["step"] for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert steps_after == steps_before  # step 3 dropped at resume, then written again

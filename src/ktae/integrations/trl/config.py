@@ -176,7 +176,8 @@ class KTAEGRPOConfig(GRPOConfig):
                 f"unknown dynamic_sampling_metric {self.dynamic_sampling_metric!r}; "
                 f"choose one of {', '.join(DYNAMIC_SAMPLING_METRICS)}"
             )
-        for name, minimum in (("max_num_gen_batches", 1), ("ktae_log_rollouts_steps", 0), ("ktae_log_rollouts_groups", 1)):
+        minimums = {"max_num_gen_batches": 1, "ktae_log_rollouts_steps": 0, "ktae_log_rollouts_groups": 1}
+        for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         if self.overlong_buffer_length < 0 or (

@@ -157,6 +157,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
         self._gathered_rewards_per_func: torch.Tensor | None = None
         self._ktae_seconds = 0.0
+        self._rollouts_logged_at: int | None = None  # global step of the last rollout log
         self._extra_batches_drawn = 0
         self._extra_batch_indices: Iterator[list[int]] | None = None
 
@@ -199,8 +200,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
         else:  # TRL's rollout-level advantages, per token, for the rollout log
             trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores):], device=scores.device)
             advantages = trl_advantages[view.rows][:, None] * view.mask
-        if log_rollouts and self.accelerator.is_main_process:
-            self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores))
+        if log_rollouts:
+            self._rollouts_logged_at = self.state.global_step  # on every process: the gather above is collective
+            if self.accelerator.is_main_process:
+                self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores))
         if self.args.ktae:
             self._ktae_seconds += time.perf_counter() - started
         return batch, scores
@@ -352,11 +355,14 @@ class KTAEGRPOTrainer(GRPOTrainer):
         return output
 
     def _rollout_log_due(self) -> bool:
-        """True when a multiple of ktae_log_rollouts_steps falls among the steps this generation serves."""
+        """True when a multiple of ktae_log_rollouts_steps falls among the steps this generation serves.
+
+        Once per step: with dynamic sampling, the first round's groups are logged (dropped ones included).
+        """
         every = self.args.ktae_log_rollouts_steps
-        if every == 0:
-            return False
         step = self.state.global_step
+        if every == 0 or step == self._rollouts_logged_at:
+            return False
         steps_per_round = max(
             1, self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
         )
@@ -365,7 +371,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
     def _write_rollout_logs(
         self, view: GroupRows, scores: torch.Tensor, advantages: torch.Tensor, group_size: int, num_rows: int
     ) -> None:
-        """Append the first ``ktae_log_rollouts_groups`` whole groups to rollouts.jsonl, key tokens to key_tokens.jsonl."""
+        """Append ``ktae_log_rollouts_groups`` whole groups to rollouts.jsonl, the top tokens to key_tokens.jsonl."""
         step = self.state.global_step + 1  # these rollouts make the update that ends at this step
         prompts = list(self._logs["prompt"])[-num_rows:]
         groups = view.rows // group_size
