@@ -12,15 +12,16 @@ import base64
 import dataclasses
 import html
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
 from ktae import KTAEConfig
-from ktae.reports.curves import _default_labels, plot_panels, plot_runs
+from ktae.reports.curves import default_labels, plot_panels, plot_runs
 from ktae.reports.files import write_atomic
-from ktae.reports.html import TOP_COUNT, page, render_key_token_report
+from ktae.reports.html import page, render_key_token_report
 from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
 from ktae.reports.rollouts import (
     Rollout,
@@ -30,6 +31,8 @@ from ktae.reports.rollouts import (
     load_tokenizer,
     tokenize_rollouts,
 )
+
+STEP_TOP_COUNT = 5  # tokens per step in the run overview's table
 
 
 def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list[str]]:
@@ -129,9 +132,10 @@ def build_report(
     """
     data, config, notices = _prepare(source, tokenizer, config, steps, ignore_token_ids)
     analysis = analyse(data, config)
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "rollouts"
+    subtitle = str(source) if isinstance(source, (str, os.PathLike)) else "rollouts"
     steps_seen = sorted({r.step for r in data.rollouts if r.step is not None})
-    subtitle = f"{name}" + (f" \u00b7 step{'s' if len(steps_seen) > 1 else ''} {', '.join(map(str, steps_seen))}" if steps_seen else "")
+    if steps_seen:
+        subtitle += f" \u00b7 step{'s' if len(steps_seen) > 1 else ''} {', '.join(map(str, steps_seen))}"
     document = render_key_token_report(analysis, title or "KTAE key-token report", subtitle, notices, strong)
     return write_atomic(out_html, document)
 
@@ -156,7 +160,7 @@ def _summarise(step, analysis: KeyTokenAnalysis, page_name: str, strong: float) 
         rollouts=len(analysis.data.rollouts),
         accuracy=float(analysis.correct.mean()),
         shares=analysis.strong_shares(strong),
-        top=analysis.top_tokens(5),
+        top=analysis.top_tokens(STEP_TOP_COUNT),
         page=page_name,
     )
 
@@ -171,7 +175,7 @@ def _steps_table(summaries: list[StepSummary], prefix: str, strong: float) -> st
         return " ".join(f'<span class="tok">{html.escape(e["label"])}</span>' for e in entries) or "\u2013"
 
     rows = "".join(
-        f'<tr><td><a href="{html.escape(prefix + s.page)}">{"all" if s.step is None else s.step}</a></td>'
+        f'<tr><td><a href="{html.escape(urllib.parse.quote(prefix + s.page))}">{"all" if s.step is None else s.step}</a></td>'
         f'<td class="num">{s.groups}</td><td class="num">{s.rollouts}</td><td class="num">{100 * s.accuracy:.0f}%</td>'
         f'<td class="num">{100 * s.shares["strong"]:.1f}%</td><td class="num">{100 * s.shares["credited"]:.1f}%</td>'
         f'<td class="num">{100 * s.shares["blamed"]:.1f}%</td><td>{tokens(s.top["credited"])}</td>'
@@ -213,7 +217,7 @@ def build_run_report(
     for path in run_dirs:
         if not path.is_dir():
             raise FileNotFoundError(f"no run folder at {path}")
-    labels = list(labels) if labels is not None else _default_labels(run_dirs)
+    labels = list(labels) if labels is not None else default_labels(run_dirs)
     if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be {len(run_dirs)} distinct names, one per run, got {labels}")
     out_dir = Path(out_dir)
@@ -261,7 +265,7 @@ def build_run_report(
         body += [
             f"<h2>Strongly weighted tokens over steps</h2>"
             f'<p class="sub">Share of response tokens whose key-token value exceeds {strong:g} in size, '
-            f"recomputed from the logged rollouts; top {TOP_COUNT // 2} tokens by total value in the tables.</p>",
+            f"recomputed from the logged rollouts; top {STEP_TOP_COUNT} tokens by total value in the tables.</p>",
             _png_img(shares_png, "key tokens over steps"),
         ]
     body += sections

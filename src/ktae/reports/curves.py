@@ -68,7 +68,7 @@ def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
     return preferred + sorted(names - set(preferred))
 
 
-def _default_labels(run_dirs: Sequence[Path]) -> list[str]:
+def default_labels(run_dirs: Sequence[Path]) -> list[str]:
     # The folder name, or as many trailing path parts as it takes to tell runs apart.
     resolved = [path.resolve() for path in run_dirs]
     for depth in range(1, max(len(path.parts) for path in resolved) + 1):
@@ -99,7 +99,7 @@ def plot_runs(
     if not run_dirs:
         raise ValueError("plot_runs needs at least one run folder")
     if labels is None:
-        labels = _default_labels(run_dirs)
+        labels = default_labels(run_dirs)
     elif isinstance(labels, str) or len(labels) != len(run_dirs):
         raise ValueError(f"labels must be a list of {len(run_dirs)} names, one per run, got {labels!r}")
     records_per_run = [read_metrics(path) for path in run_dirs]

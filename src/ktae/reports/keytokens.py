@@ -42,15 +42,11 @@ class KeyTokenAnalysis:
 
     def token_values(self) -> np.ndarray:
         """Key-token value of every token of every rollout, concatenated. [sum T_i] float64."""
-        if not self.row_of_token:
-            return np.zeros(0)
         return self.stats["value"][np.concatenate(self.row_of_token)]
 
     def strong_shares(self, threshold: float = STRONG_VALUE) -> dict[str, float]:
         """Share of all response tokens with v > threshold, v < -threshold, and |v| > threshold."""
         values = self.token_values()
-        if not values.size:
-            return {"strong": 0.0, "credited": 0.0, "blamed": 0.0}
         credited = float(np.mean(values > threshold))
         blamed = float(np.mean(values < -threshold))
         return {"strong": credited + blamed, "credited": credited, "blamed": blamed}
