@@ -98,14 +98,18 @@ def _pad_width(tensor: torch.Tensor, width: int, value: float, left: bool) -> to
     return F.pad(tensor, (missing, 0) if left else (0, missing), value=value) if missing else tensor
 
 
+def check_mergeable(batch: dict[str, Any]) -> None:
+    """Dynamic sampling merges text batches only: image inputs add keys that are not row-wise tensors."""
+    unsupported = sorted(set(batch) - _RIGHT_PADDED - _LEFT_PADDED - {"num_items_in_batch"})
+    if unsupported:
+        raise NotImplementedError(f"dynamic_sampling does not support batches with {unsupported} (image inputs)")
+
+
 def concat_generation_batches(batches: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     """Stack the row-wise outputs of several generation rounds, padding prompts left and completions right.
 
-    ``num_items_in_batch`` is dropped (the caller recounts it); any other key (images) is unsupported.
+    ``num_items_in_batch`` is dropped (the caller recounts it); see `check_mergeable` for the keys.
     """
-    unsupported = sorted(set().union(*batches) - _RIGHT_PADDED - _LEFT_PADDED - {"num_items_in_batch"})
-    if unsupported:
-        raise NotImplementedError(f"dynamic_sampling does not support batches with {unsupported} (multimodal inputs)")
     merged = {}
     for key in batches[0]:
         if key == "num_items_in_batch":
@@ -197,6 +201,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             advantages, bonus = self._ktae_advantages(view, view_scores, group_size)
             batch["advantages"] = advantages[view.local, : batch["completion_ids"].shape[1]]
             self._log_ktae_metrics(view, view_scores, bonus, mode)
+            self._ktae_seconds += time.perf_counter() - started  # the rollout log below is not KTAE's cost
         else:  # TRL's rollout-level advantages, per token, for the rollout log
             trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores):], device=scores.device)
             advantages = trl_advantages[view.rows][:, None] * view.mask
@@ -204,8 +209,6 @@ class KTAEGRPOTrainer(GRPOTrainer):
             self._rollouts_logged_at = self.state.global_step  # on every process: the gather above is collective
             if self.accelerator.is_main_process:
                 self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores))
-        if self.args.ktae:
-            self._ktae_seconds += time.perf_counter() - started
         return batch, scores
 
     def _group_rows(self, completion_ids: torch.Tensor, mask: torch.Tensor, num_local: int) -> GroupRows:
@@ -266,6 +269,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         rounds, informative, alike = [], [], []  # (round number, local group number) in generation order
         while True:
             batch, scores = self._generate_and_score_round(inputs)
+            check_mergeable(batch)
             local = scores.view(-1, group_size)[self.accelerator.process_index * needed :][:needed]
             for group, is_alike in enumerate(self._groups_alike(local).tolist()):
                 (alike if is_alike else informative).append((len(rounds), group))
@@ -407,6 +411,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
     def _key_tokens(self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor) -> dict[str, list[dict]]:
         """Tokens with the highest and lowest mean key-token value over the groups where they get one."""
         scored = ~torch.isnan(scores)
+        if not scored.any():
+            return {"credited": [], "blamed": []}
         values = compute_key_token_values(
             view.ids[scored], view.mask[scored], scores[scored], groups[scored], config=self.ktae_config
         )
