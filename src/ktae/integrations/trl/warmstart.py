@@ -21,7 +21,7 @@ from ktae.integrations.trl.callbacks import GreedyAccuracyCallback
 class WarmStartConfig:
     """Options of the supervised warm start.
 
-    max_steps: upper bound on optimizer steps; target_accuracy: stop once greedy accuracy on the
+    max_steps: upper bound on optimizer steps (0: no warm start); target_accuracy: stop once greedy accuracy on the
     held-out set reaches it; eval_steps: how often to measure it.
     """
 
@@ -34,8 +34,8 @@ class WarmStartConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"warm start max_steps must be >= 1, got {self.max_steps}")
+        if self.max_steps < 0:
+            raise ValueError(f"warm start max_steps must be >= 0, got {self.max_steps}")
         if not 0.0 <= self.target_accuracy <= 1.0:
             raise ValueError(f"warm start target_accuracy must be in [0, 1], got {self.target_accuracy}")
         if self.eval_steps < 1:
@@ -89,11 +89,22 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
         callbacks=[accuracy],
     )
     trainer.train()
-    # Save beside the target, then publish with one rename: a folder at output_dir is complete.
-    trainer.save_model(str(work_dir / "model"))
-    tokenizer.save_pretrained(str(work_dir / "model"))
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(work_dir / "model", output_dir)
+    save_pretrained_atomically(trainer.model, tokenizer, output_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return accuracy.history
+
+
+def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) -> Path:
+    """Save model (safetensors) and tokenizer beside ``output_dir``, then publish them with one rename.
+
+    A folder found at ``output_dir`` is therefore always complete.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(output_dir.name + ".saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(staging, output_dir)
+    return output_dir
 

@@ -1,0 +1,334 @@
+"""Train GRPO/DAPO with or without KTAE (default: a tiny CPU job, no downloads).
+
+``ktae train`` with no arguments builds a tiny transformer and tokenizer locally, warm-starts it
+by supervised training on the synthetic arithmetic task until it solves part of it, then runs
+GRPO+KTAE with `KTAEGRPOTrainer` and logs the accuracy as it rises. ``ktae train --config
+recipe.yaml [key=value ...]`` runs any recipe; ``ktae train --resume RUN_DIR`` continues a killed
+run from its last checkpoint. One job, top to bottom, in ``run_job``:
+
+1. options: the built-in defaults, then the recipe, then ``key=value`` overrides, validated by the
+   trainer engineer's ``config_from_dict`` (unknown keys and bad values raise a ValueError);
+2. model and tokenizer: ``model_name_or_path: tiny`` builds them (``tiny_*`` keys), anything else
+   is a hub id or local folder;
+3. data: ``dataset_name: synthetic`` draws the arithmetic task (``task_*`` keys), anything else is
+   loaded with ``datasets`` and must have ``prompt`` and ``answer`` columns;
+4. warm start (``warm_start_max_steps > 0``): SFT until greedy accuracy reaches the target, saved to
+   ``RUN_DIR/warm_start``;
+5. RL: ``KTAEGRPOTrainer`` with the run-folder callbacks; checkpoints land atomically in
+   ``RUN_DIR/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ktae.data.synthetic import ArithmeticTask
+from ktae.integrations.trl.tiny import TinyModelConfig
+from ktae.integrations.trl.warmstart import WarmStartConfig
+
+TINY_MODEL = "tiny"
+SYNTHETIC_DATASET = "synthetic"
+CONFIG_FILE = "config.yaml"
+WARM_START_DIR = "warm_start"
+REWARDS = ("accuracy", "dapo")
+
+# Job keys of their own sections, one per dataclass: task_* (synthetic task), tiny_* (tiny model
+# sizes), warm_start_* (supervised warm start). Each key is the dataclass field with the prefix.
+SECTIONS = {"task_": ArithmeticTask, "tiny_": TinyModelConfig, "warm_start_": WarmStartConfig}
+OTHER_JOB_KEYS = {
+    "task_train_size": "prompts drawn for training (synthetic task)",
+    "task_eval_size": "held-out prompts for the greedy accuracy (synthetic task)",
+    "eval_accuracy_steps": "measure greedy accuracy on the held-out prompts every this many RL steps (0 = never)",
+    "keep_checkpoints": "how many of the newest checkpoints to keep (null = all)",
+}
+
+#: The built-in job: a tiny Qwen2 on the synthetic task, on 2 CPU cores in a few minutes.
+DEFAULT_JOB: dict[str, Any] = {
+    "model_name_or_path": TINY_MODEL,
+    "dataset_name": SYNTHETIC_DATASET,
+    "reward": "accuracy",
+    "task_min_terms": 3,
+    "task_max_terms": 4,
+    "task_max_operand": 9,
+    "task_operations": "+",
+    "task_train_size": 16000,
+    "task_eval_size": 200,
+    "warm_start_max_steps": 1500,
+    "warm_start_target_accuracy": 0.3,
+    "warm_start_eval_steps": 25,
+    "eval_accuracy_steps": 10,
+    "keep_checkpoints": 2,
+    # KTAEGRPOConfig (trl.GRPOConfig) fields
+    "algo": "grpo",
+    "ktae": True,
+    "max_steps": 100,
+    "learning_rate": 5e-4,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "num_generations": 8,
+    "per_device_train_batch_size": 64,
+    "max_completion_length": 48,
+    "temperature": 1.0,
+    "logging_steps": 1,
+    "save_steps": 20,
+    "seed": 0,
+    "bf16": False,
+    "report_to": "none",
+    "ktae_log_rollouts_steps": 10,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="recipe YAML (default: the built-in tiny CPU job)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, values read as YAML (max_steps=20)"
+    )
+    parser.add_argument("--output-dir", type=Path, help="run folder (default: runs/<timestamp>)")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint (reads RUN_DIR/config.yaml)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.resume is not None:
+            if args.config is not None or args.output_dir is not None:
+                raise ValueError("--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir")
+            run_dir = args.resume
+            config_path = run_dir / CONFIG_FILE
+            if not config_path.is_file():
+                raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+            options = resolve_options(yaml.safe_load(config_path.read_text()), args.overrides)
+        else:
+            recipe = _read_recipe(args.config) if args.config is not None else {}
+            options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
+            run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+            if (run_dir / CONFIG_FILE).exists():
+                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
+    except ValueError as error:
+        print(f"ktae train: error: {error}", file=sys.stderr)
+        return 2
+    summary = run_job(options, run_dir, resume=args.resume is not None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"recipe {path} not found")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
+    return dict(loaded or {})
+
+
+def job_keys() -> set[str]:
+    """Every recipe key that is not a KTAEGRPOConfig field."""
+    from ktae.integrations.trl.config import JOB_KEYS
+
+    keys = set(JOB_KEYS) | set(OTHER_JOB_KEYS)
+    for prefix, cls in SECTIONS.items():
+        keys |= {prefix + f.name for f in dataclasses.fields(cls)}
+    return keys
+
+
+def resolve_options(
+    recipe: Mapping[str, Any], overrides: Sequence[str] = (), defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """defaults, then recipe, then ``key=value`` overrides; validated (a bad key or value raises ValueError)."""
+    from ktae.integrations.trl.config import parse_overrides
+
+    options = {**(defaults or {}), **recipe, **parse_overrides(overrides)}
+    build_trainer_config(options, output_dir="unused")  # validates every key and value now, before any work
+    for prefix, cls in SECTIONS.items():
+        section(options, prefix, cls)
+    reward = options.get("reward")
+    if reward is not None and reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
+    return options
+
+
+def section(options: Mapping[str, Any], prefix: str, cls):
+    """The dataclass ``cls`` built from the ``prefix``-ed keys of ``options`` (its own checks apply)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    given = {k[len(prefix) :]: v for k, v in options.items() if k.startswith(prefix) and k[len(prefix) :] in names}
+    try:
+        return cls(**given)
+    except TypeError as error:
+        raise ValueError(f"bad {prefix}* option: {error}") from None
+
+
+def build_trainer_config(options: Mapping[str, Any], output_dir: str | os.PathLike):
+    """`KTAEGRPOConfig` of the trainer fields of ``options`` (job keys set aside)."""
+    from ktae.integrations.trl.config import config_from_dict
+
+    trainer_options = {**options, "output_dir": str(output_dir)}
+    return config_from_dict(trainer_options, job_keys())[0]
+
+
+def load_model_and_tokenizer(options: Mapping[str, Any]):
+    name = options.get("model_name_or_path")
+    if name is None:
+        raise ValueError("model_name_or_path is missing: a hub id, a local folder, or 'tiny'")
+    if name == TINY_MODEL:
+        from ktae.integrations.trl.tiny import build_model, build_tokenizer
+
+        tokenizer = build_tokenizer()
+        return build_model(tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)), tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from ktae.integrations.trl.tiny import load_tokenizer
+
+    tokenizer = load_tokenizer(name)
+    dtype = options.get("torch_dtype") or "auto"
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), tokenizer
+
+
+def load_datasets(options: Mapping[str, Any]):
+    """(train, held-out eval or None) prompt datasets with ``prompt`` and ``answer`` columns."""
+    name = options.get("dataset_name")
+    if name is None:
+        raise ValueError("dataset_name is missing: a hub id, a local path, or 'synthetic'")
+    if name == SYNTHETIC_DATASET:
+        from ktae.data.synthetic import make_arithmetic_dataset
+
+        task = section(options, "task_", ArithmeticTask)
+        seed = options.get("seed", 0)
+        train = make_arithmetic_dataset(options.get("task_train_size", 16000), seed=2 * seed + 1, task=task)
+        held_out = make_arithmetic_dataset(options.get("task_eval_size", 200), seed=2 * seed + 2, task=task)
+        return train, held_out
+    from datasets import load_dataset
+
+    train = load_dataset(name, options.get("dataset_config"), split=options.get("dataset_train_split", "train"))
+    test_split = options.get("dataset_test_split")
+    held_out = load_dataset(name, options.get("dataset_config"), split=test_split) if test_split else None
+    template = options.get("template")
+    if template is not None:
+        from ktae.data.templates import apply_template
+
+        train = apply_template(train, template)
+        held_out = apply_template(held_out, template) if held_out is not None else None
+    if options.get("max_train_samples"):
+        train = train.select(range(min(len(train), int(options["max_train_samples"]))))
+    for split, data in (("train", train), ("test", held_out)):
+        if data is not None:
+            check_columns(data, ("prompt", "answer"), f"dataset {name!r} ({split} split)")
+    return train, held_out
+
+
+def check_columns(dataset, needed: Sequence[str], what: str) -> None:
+    missing = [c for c in needed if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{what} lacks the column(s) {missing} the job needs; it has {dataset.column_names}")
+
+
+def reward_functions(options: Mapping[str, Any]):
+    from ktae.rewards import accuracy_reward, dapo_reward
+
+    reward = options.get("reward") or ("dapo" if options.get("algo") == "dapo" else "accuracy")
+    return [{"accuracy": accuracy_reward, "dapo": dapo_reward}[reward]]
+
+
+def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
+    from transformers import ProgressCallback
+
+    from ktae.integrations.trl import KTAEGRPOTrainer
+    from ktae.integrations.trl.callbacks import (
+        AtomicCheckpointCallback,
+        GreedyAccuracyCallback,
+        MetricsProgressCallback,
+        RunLogCallback,
+        list_checkpoints,
+    )
+    from ktae.integrations.trl.tiny import load_tokenizer
+    from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = build_trainer_config(options, run_dir)
+    resolved = {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}}
+    _write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    train_data, held_out = load_datasets(options)
+
+    # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
+    # the warm-started (or freshly built tiny) model in RUN_DIR/warm_start, else model_name_or_path.
+    warm = section(options, "warm_start_", WarmStartConfig)
+    warm_dir = run_dir / WARM_START_DIR
+    warm_history = None
+    if warm.max_steps > 0 or options.get("model_name_or_path") == TINY_MODEL:
+        if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
+            model, tokenizer = load_model_and_tokenizer(options)
+            if warm.max_steps > 0:
+                check_columns(train_data, ("prompt", "completion"), "the warm start's training data")
+                if held_out is None:
+                    raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
+                print(f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
+                      f"(at most {warm.max_steps} steps)")
+                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm)
+                print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
+            else:
+                save_pretrained_atomically(model, tokenizer, warm_dir)
+        policy = str(warm_dir)
+    else:
+        policy = options["model_name_or_path"]
+    tokenizer = load_tokenizer(policy)
+
+    callbacks = []
+    every = options.get("eval_accuracy_steps", 0)
+    if every and held_out is not None:
+        callbacks.append(GreedyAccuracyCallback(tokenizer, held_out, every, max_new_tokens=config.max_completion_length))
+    callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=options.get("keep_checkpoints"))]
+    trainer = KTAEGRPOTrainer(
+        model=policy,
+        reward_funcs=reward_functions(options),
+        args=config,
+        train_dataset=train_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(MetricsProgressCallback(run_dir))
+
+    checkpoint = None
+    if resume:
+        complete = list_checkpoints(run_dir)
+        checkpoint = str(complete[-1]) if complete else None
+        print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
+    for partial in run_dir.glob("checkpoint-*"):  # left by a run killed while saving
+        shutil.rmtree(partial)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r]
+    return {
+        "run_dir": str(run_dir),
+        "steps": trainer.state.global_step,
+        "warm_start_accuracy": warm_history,
+        "eval_accuracy": evals,
+        "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
+        "checkpoints": [p.name for p in list_checkpoints(run_dir)],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+#: Fields whose value `algo` decides when unset: written explicitly to config.yaml.
+RESOLVED_FIELDS = ("beta", "epsilon", "epsilon_high", "loss_type", "dynamic_sampling", "overlong_buffer_length")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,105 @@
+"""Synthetic arithmetic task: chains of small additions/subtractions with worked solutions.
+
+Generated locally and deterministically from a seed, so the default ``ktae train`` job, the tests
+and the KTAE comparison need no download. A problem is a chain such as ``7+5-3=``; its worked
+solution folds the chain left to right, one step per line, and ends with the answer boxed:
+
+    prompt      "7+5-3="
+    completion  "7+5=12\\n12-3=9\\n\\boxed{9}"
+    answer      "9"
+
+Difficulty knobs: the number of terms (each term adds one step to get right), the largest
+operand, and the operators. Columns follow the project's prompt datasets (``prompt``,
+``answer``) plus ``completion``, the worked solution a supervised warm start trains on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+#: Every character a problem or its worked solution can contain, besides the ``\boxed{`` marker.
+ALPHABET = tuple("0123456789+-=\n{}")
+BOXED = "\\boxed{"
+_OPERATIONS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y}
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Difficulty of the synthetic task.
+
+    min_terms, max_terms: number of operands in a chain (a chain of n terms takes n - 1 steps).
+    max_operand: operands are drawn uniformly from 1..max_operand.
+    operations: the operators to draw from, a string over "+-".
+    """
+
+    min_terms: int = 3
+    max_terms: int = 4
+    max_operand: int = 9
+    operations: str = "+"
+
+    def __post_init__(self) -> None:
+        for name in ("min_terms", "max_terms", "max_operand"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ArithmeticTask.{name} must be an int, got {value!r}")
+        if self.min_terms < 2:
+            raise ValueError(f"ArithmeticTask.min_terms must be >= 2, got {self.min_terms}")
+        if self.max_terms < self.min_terms:
+            raise ValueError(
+                f"ArithmeticTask.max_terms ({self.max_terms}) must be >= min_terms ({self.min_terms})"
+            )
+        if self.max_operand < 1:
+            raise ValueError(f"ArithmeticTask.max_operand must be >= 1, got {self.max_operand}")
+        if not isinstance(self.operations, str) or not self.operations:
+            raise ValueError(f"ArithmeticTask.operations must be a non-empty string over '+-', got {self.operations!r}")
+        unknown = sorted(set(self.operations) - set(_OPERATIONS))
+        if unknown:
+            raise ValueError(f"ArithmeticTask.operations has unknown operator(s) {unknown}; use '+' and '-'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def solve(operands: Sequence[int], operators: Sequence[str]) -> tuple[str, int]:
+    """Worked solution of ``operands[0] op[0] operands[1] ...`` folded left to right.
+
+    Returns (completion text, final value).
+    """
+    if len(operators) != len(operands) - 1:
+        raise ValueError("need exactly one operator between each pair of operands")
+    value = operands[0]
+    lines = []
+    for op, operand in zip(operators, operands[1:]):
+        result = _OPERATIONS[op](value, operand)
+        lines.append(f"{value}{op}{operand}={result}")
+        value = result
+    lines.append(f"{BOXED}{value}}}")
+    return "\n".join(lines), value
+
+
+def sample_problem(rng: random.Random, task: ArithmeticTask) -> dict[str, str]:
+    """One problem as a row: ``prompt``, ``answer``, ``completion``."""
+    n_terms = rng.randint(task.min_terms, task.max_terms)
+    operands = [rng.randint(1, task.max_operand) for _ in range(n_terms)]
+    operators = [rng.choice(task.operations) for _ in range(n_terms - 1)]
+    expression = str(operands[0]) + "".join(f"{op}{x}" for op, x in zip(operators, operands[1:]))
+    completion, value = solve(operands, operators)
+    return {"prompt": f"{expression}=", "answer": str(value), "completion": completion}
+
+
+def make_arithmetic_dataset(size: int, seed: int = 0, task: ArithmeticTask | None = None):
+    """A ``datasets.Dataset`` of ``size`` problems drawn with ``seed`` (same seed, same rows).
+
+    Use different seeds for training and evaluation sets; with small ``max_operand`` the two can
+    share problems, as any draw from a small space does.
+    """
+    from datasets import Dataset
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    task = task or ArithmeticTask()
+    rng = random.Random(seed)
+    rows = [sample_problem(rng, task) for _ in range(size)]
+    return Dataset.from_list(rows)

@@ -1,0 +1,64 @@
+"""Run-folder callbacks: metrics lines and short names, resume truncation, atomic checkpoint publishing."""
+
+import json
+
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from ktae.integrations.trl.callbacks import (
+    AtomicCheckpointCallback,
+    RunLogCallback,
+    add_short_names,
+    list_checkpoints,
+    truncate_jsonl,
+)
+
+
+def _state(step: int) -> TrainerState:
+    state = TrainerState()
+    state.global_step = step
+    return state
+
+
+def test_short_names_from_trl_metrics():
+    grpo = add_short_names({"reward": 0.25, "rewards/accuracy_reward/mean": 0.25, "completions/mean_length": 17.0})
+    assert grpo["accuracy"] == 0.25 and grpo["completion_length"] == 17.0
+    dapo = add_short_names({"reward": -0.5, "rewards/dapo_reward/mean": -0.5})
+    assert dapo["accuracy"] == 0.25  # +1/-1 rewards: mean -0.5 is a quarter correct
+
+
+def test_run_log_writes_lines_and_drops_steps_after_the_resumed_one(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = RunLogCallback(tmp_path)
+    callback.on_train_begin(args, _state(0), TrainerControl())
+    for step in (1, 2, 3):
+        callback.on_log(args, _state(step), TrainerControl(), logs={"reward": step / 10, "rewards/accuracy_reward/mean": step / 10, "note": "x"})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert lines[1] == {"step": 2, "reward": 0.2, "rewards/accuracy_reward/mean": 0.2, "accuracy": 0.2}
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # a run resumed from step 2 rewrites step 3
+    RunLogCallback(tmp_path).on_train_begin(args, _state(2), TrainerControl())
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "v": s}) + "\n" for s in (1, 2, 2, 5)))
+    truncate_jsonl(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 2]
+    truncate_jsonl(tmp_path / "absent.jsonl", 3)  # nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_checkpoints_are_published_whole_and_rotated(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = AtomicCheckpointCallback(tmp_path, keep=2)
+    for step in (5, 10, 15):
+        written = tmp_path / f"checkpoint-{step}"
+        written.mkdir()
+        (written / "model.safetensors").write_text(str(step))
+        callback.on_save(args, _state(step), TrainerControl())
+        assert not written.exists()
+        assert (tmp_path / "checkpoints" / f"checkpoint-{step}" / "model.safetensors").read_text() == str(step)
+    (tmp_path / "checkpoints" / "checkpoint-7.tmp").mkdir()  # not a checkpoint name: ignored
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
