@@ -39,10 +39,23 @@ def test_read_metrics_names_the_bad_line(tmp_path):
         read_metrics(tmp_path / "nowhere")
 
 
-def test_available_metrics_puts_preferred_first_and_skips_non_numbers():
+def test_available_metrics_puts_default_ones_first_and_skips_non_numbers():
     records = [[{"step": 1, "loss": 1.0, "reward": 0.2, "note": "x", "epoch": 0.1, "ktae/strong_share": 0.3}],
                [{"step": 1, "accuracy": 0.5, "flag": True}]]
     assert available_metrics(records) == ["reward", "accuracy", "ktae/strong_share", "loss"]
+
+
+def test_default_plot_keeps_to_the_main_metrics_unless_all_are_asked_for(tmp_path):
+    import matplotlib.image
+
+    records = [{"step": s, "reward": s, "accuracy": s, "grad_norm": 1.0, "clip_ratio/low_mean": 0.0} for s in (1, 2)]
+    run = _write_run(tmp_path / "run", records)
+    # Two subplots side by side vs a row of three plus one: the figure grows with the panel count.
+    default = matplotlib.image.imread(plot_runs([run], tmp_path / "default.png")).shape
+    every = matplotlib.image.imread(plot_runs([run], tmp_path / "all.png", metrics="all")).shape
+    assert default[1] < every[1] and default[0] < every[0]
+    only_others = _write_run(tmp_path / "other", [{"step": 1, "grad_norm": 1.0}])
+    assert plot_runs([only_others], tmp_path / "other.png").is_file()  # falls back to what was logged
 
 
 def test_plot_runs_draws_one_line_per_run(tmp_path):

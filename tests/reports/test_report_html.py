@@ -46,6 +46,22 @@ def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_toke
             rollout += 1
 
 
+def test_report_says_whether_logged_advantages_match(tmp_path, byte_level_tokenizer):
+    records = rollout_records(byte_level_tokenizer, steps=(1,), groups=1)
+    for record in records:
+        record["advantages"] = [0.0] * len(record["token_ids"])  # not what KTAE gives these rollouts
+    path = write_jsonl(tmp_path / "rollouts.jsonl", records)
+    text = build_report(path, tmp_path / "r.html", tokenizer=byte_level_tokenizer).read_text(encoding="utf-8")
+    assert "The advantages logged with 4 rollout(s) differ from the recomputed ones" in text
+    analysis = analyse(tokenize_rollouts(load_rollouts(path), byte_level_tokenizer))
+    for index, record in enumerate(records):
+        rows = analysis.row_of_token[index]
+        record["advantages"] = (analysis.rollout_advantage[index] + analysis.stats["value"][rows]).tolist()
+    write_jsonl(path, records)
+    text = build_report(path, tmp_path / "r.html", tokenizer=byte_level_tokenizer).read_text(encoding="utf-8")
+    assert "Recomputed advantages match those logged with 4 rollout(s)" in text and "differ from" not in text
+
+
 def test_report_is_self_contained_and_escapes_model_text(tmp_path, byte_level_tokenizer):
     path = write_jsonl(tmp_path / "rollouts.jsonl", rollout_records(byte_level_tokenizer))
     html_text = build_report(path, tmp_path / "r.html", tokenizer=byte_level_tokenizer).read_text(encoding="utf-8")

@@ -72,3 +72,18 @@ def test_ignored_ids_and_config_reach_the_estimator():
     assert values[9] == pytest.approx(0.5 * np.tanh(np.arctanh(0.029752) * 1), abs=1e-6)
     with pytest.raises(ValueError, match="no response tokens"):
         analyse(_data([([], 1.0), ([], 0.0)]))
+
+
+def test_logged_advantages_are_checked_against_the_recomputed_ones():
+    # The spec's advantages for the worked example, as a trainer would log them.
+    logged = [[1.866024, 0.866024, 0.866024, 0.895775], [1.866024, 0.866024, 0.895775],
+              [-1.866024, -0.866024, -0.836272, -0.836272], [-1.866024, -0.866024]]
+    rollouts = [Rollout(0, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids], advantages=adv)
+                for (ids, s), adv in zip(EXAMPLE, logged)]
+    count, gap = analyse(tokenize_rollouts(rollouts)).stored_advantage_gap()
+    assert count == 4 and gap < 1e-5
+    # A GRPO run without KTAE logs the rollout-level advantage only: the gap is the value of token 5.
+    for rollout in rollouts:
+        rollout.advantages = [rollout.advantages[0] - (1 if rollout.score else -1)] * len(rollout.token_ids)
+    count, gap = analyse(tokenize_rollouts(rollouts)).stored_advantage_gap()
+    assert count == 4 and gap == pytest.approx(1.0, abs=1e-5)

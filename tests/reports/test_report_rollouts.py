@@ -29,6 +29,7 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
         ({"group": 1, "token_ids": [1, -2], "score": 1.0}, "token_ids"),
         ({"group": 1, "token_ids": [1, 2], "tokens": ["a"], "score": 1.0}, "1 tokens but 2 token_ids"),
         ({"group": 1, "response": 5, "score": 1.0}, "response must be text"),
+        ({"group": 1, "token_ids": [1, 2], "advantages": [0.5], "score": 1.0}, "1 advantages but 2 token_ids"),
     ],
 )
 def test_parse_names_what_is_wrong(record, message):

@@ -43,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the rollouts of these training steps")
     parser.add_argument("--ignore-token-ids", type=_int_list, metavar="ID[,ID...]",
                         help="token ids that get no value (default: the tokenizer's pad and end-of-sequence ids)")
-    parser.add_argument("--metrics", type=lambda text: [m for m in text.split(",") if m], metavar="NAME[,NAME...]",
-                        help="metrics to plot from metrics.jsonl (default: all numeric ones)")
+    parser.add_argument("--metrics", type=lambda text: "all" if text == "all" else [m for m in text.split(",") if m],
+                        metavar="NAME[,NAME...]",
+                        help="metrics to plot from metrics.jsonl, or 'all' (default: reward, accuracy, lengths, KL, "
+                        "entropy and the KTAE shares that were logged)")
     parser.add_argument("--strong", type=float, default=0.5, metavar="V",
                         help="|v| above which a token counts as strongly weighted (default: 0.5)")
     ktae = parser.add_argument_group("KTAE options (default: the run's config.yaml, else the paper's)")

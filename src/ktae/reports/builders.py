@@ -261,7 +261,7 @@ def build_run_report(
     else:
         body.append('<p class="notice">No metrics.jsonl in the run folder(s): no training curves.</p>')
     if any(points for lines in share_lines.values() for points in lines.values()):
-        shares_png = plot_panels(share_lines, out_dir / "key-tokens.png", ylim=(0, 100))
+        shares_png = plot_panels(share_lines, out_dir / "key-tokens.png", ylim=(0, None))
         body += [
             f"<h2>Strongly weighted tokens over steps</h2>"
             f'<p class="sub">Share of response tokens whose key-token value exceeds {strong:g} in size, '

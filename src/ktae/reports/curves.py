@@ -15,9 +15,19 @@ from pathlib import Path
 
 from ktae.reports.files import write_atomic
 
-# Shown first, in this order, when the caller does not choose metrics; every other numeric
-# metric follows in alphabetical order.
-PREFERRED_METRICS = ("reward", "accuracy", "completion_length")
+# Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
+# none of them gets every numeric metric. metrics="all" asks for every numeric metric.
+DEFAULT_METRICS = (
+    "reward",
+    "accuracy",
+    "eval/accuracy",
+    "completion_length",
+    "kl",
+    "entropy",
+    "ktae/large_bonus_share",
+    "ktae/bonus_mean_correct",
+    "ktae/bonus_mean_incorrect",
+)
 # Logged bookkeeping, not training signals.
 _NOT_METRICS = frozenset({"step", "epoch", "time", "timestamp", "wall_time"})
 
@@ -56,7 +66,7 @@ def _is_number(value) -> bool:
 
 
 def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
-    """Numeric metric names logged by any of the runs, preferred ones first."""
+    """Numeric metric names logged by any of the runs, the default ones first, then alphabetical."""
     names = {
         key
         for records in records_per_run
@@ -64,7 +74,7 @@ def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
         for key, value in record.items()
         if key not in _NOT_METRICS and _is_number(value)
     }
-    preferred = [name for name in PREFERRED_METRICS if name in names]
+    preferred = [name for name in DEFAULT_METRICS if name in names]
     return preferred + sorted(names - set(preferred))
 
 
@@ -81,15 +91,16 @@ def default_labels(run_dirs: Sequence[Path]) -> list[str]:
 def plot_runs(
     run_dirs: Sequence[str | os.PathLike] | str | os.PathLike,
     out_png: str | os.PathLike,
-    metrics: Sequence[str] | None = None,
+    metrics: Sequence[str] | str | None = None,
     labels: Sequence[str] | None = None,
 ) -> Path:
     """Plot the training curves of one or more runs into one PNG.
 
     run_dirs: run folders (each holding ``metrics.jsonl``); a single path is accepted too.
     out_png: where to write the PNG (written atomically: temp file, then ``os.replace``).
-    metrics: metric names to plot, one subplot each, against ``step``; default: every numeric
-        metric any run logged (reward, accuracy, completion_length first).
+    metrics: metric names to plot, one subplot each, against ``step``; default: those of
+        ``DEFAULT_METRICS`` any run logged (reward, accuracy, lengths, KL, KTAE shares), or every
+        numeric metric when it logged none of them; "all": every numeric metric.
     labels: one legend label per run; default: the run folders' names.
     Returns ``out_png`` as a Path.
     """
@@ -104,10 +115,12 @@ def plot_runs(
         raise ValueError(f"labels must be a list of {len(run_dirs)} names, one per run, got {labels!r}")
     records_per_run = [read_metrics(path) for path in run_dirs]
     known = available_metrics(records_per_run)
+    if not known:
+        raise ValueError(f"no numeric metrics logged in {', '.join(str(p) for p in run_dirs)}")
     if metrics is None:
+        metrics = [name for name in known if name in DEFAULT_METRICS] or known
+    elif metrics == "all":
         metrics = known
-        if not metrics:
-            raise ValueError(f"no numeric metrics logged in {', '.join(str(p) for p in run_dirs)}")
     else:
         if isinstance(metrics, str):
             metrics = [metrics]
@@ -127,11 +140,11 @@ def plot_runs(
 def plot_panels(
     panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
     out_png: str | os.PathLike,
-    ylim: tuple[float, float] | None = None,
+    ylim: tuple[float | None, float | None] | None = None,
 ) -> Path:
     """Plot ``{panel title: {line label: [(step, value), ...]}}`` into one PNG, one subplot per panel.
 
-    ylim: a fixed y range for every panel (e.g. (0, 100) for percentages); default: automatic.
+    ylim: y limits of every panel, None for an automatic end (e.g. (0, None) for shares).
     Lines keep the same colour in every panel; a legend is drawn when there is more than one.
     Written atomically (temp file, then ``os.replace``). Returns ``out_png`` as a Path.
     """

@@ -20,6 +20,7 @@ from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis
 from ktae.reports.text import visible_whitespace
 
 TOP_COUNT = 10
+ADVANTAGE_TOLERANCE = 1e-4  # logged advantages are float32
 # Statistics of a token shown on hover: page key -> KeyTokenAnalysis.stats column.
 _PROFILE_COLUMNS = {"a": "a", "b": "b", "oT": "occ_true", "oF": "occ_false", "p": "p_value", "F": "fisher",
                     "IG": "info_gain", "h": "h", "TF": "tf", "v": "value"}
@@ -182,6 +183,18 @@ def render_key_token_report(
     """The HTML of a key-token report over the analysed rollouts."""
     scale = DivergingScale(top=analysis.config.top if analysis.config.top > 0 else 1.0)
     shares = analysis.strong_shares(strong)
+    notices = list(notices)
+    checked, gap = analysis.stored_advantage_gap()
+    if checked and gap > ADVANTAGE_TOLERANCE:
+        notices.append(
+            f"The advantages logged with {checked} rollout(s) differ from the recomputed ones (rollout advantage + v) "
+            f"by up to {gap:.3g}: they were trained with other KTAE settings than those below, or without KTAE."
+        )
+    check = (
+        f" Recomputed advantages match those logged with {checked} rollout(s) (max |difference| {gap:.1e})."
+        if checked and gap <= ADVANTAGE_TOLERANCE
+        else ""
+    )
     tokens = sum(ids.size for ids in analysis.data.token_ids)
     mixed = int(np.sum((analysis.n_true > 0) & (analysis.n_false > 0)))
     facts = (
@@ -195,7 +208,7 @@ def render_key_token_report(
         + (f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "")
         + "".join(f'<p class="notice">{html.escape(n)}</p>' for n in notices)
         + facts
-        + f'<p class="sub">KTAE: {config_html(analysis)}. Statistics recomputed with ktae.compute_key_token_values.</p>'
+        + f'<p class="sub">KTAE: {config_html(analysis)}. Statistics recomputed with ktae.compute_key_token_values.{check}</p>'
         + legend_html(scale)
         + top_tokens_html(analysis.top_tokens(TOP_COUNT), scale)
         + '<h2>Groups</h2><div id="groups"></div><div id="tip"></div>'

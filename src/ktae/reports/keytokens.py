@@ -51,6 +51,21 @@ class KeyTokenAnalysis:
         blamed = float(np.mean(values < -threshold))
         return {"strong": credited + blamed, "credited": credited, "blamed": blamed}
 
+    def stored_advantage_gap(self) -> tuple[int, float]:
+        """(rollouts with logged advantages, largest |logged - recomputed| over their tokens).
+
+        The recomputed advantage is the rollout-level advantage plus the key-token value; a gap
+        means the rollouts were trained with other settings (or without KTAE).
+        """
+        count, gap = 0, 0.0
+        for index, rollout in enumerate(self.data.rollouts):
+            rows = self.row_of_token[index]
+            if rollout.advantages is not None and len(rollout.advantages) == rows.size:
+                recomputed = self.rollout_advantage[index] + self.stats["value"][rows]
+                gap = max(gap, float(np.max(np.abs(recomputed - np.asarray(rollout.advantages)), initial=0.0)))
+                count += 1
+        return count, gap
+
     def top_tokens(self, count: int = 10) -> dict[str, list[dict]]:
         """Tokens with the largest total credit (sum of v over their occurrences) and total blame.
 

@@ -45,6 +45,7 @@ class Rollout:
     response: str | None = None
     token_ids: list[int] | None = None
     tokens: list[str] | None = None
+    advantages: list[float] | None = None  # as the trainer logged them; reports only compare
 
 
 @dataclasses.dataclass
@@ -107,6 +108,14 @@ def parse_rollout(record: dict, where: str) -> Rollout:
         raise ValueError(f"{where}: {len(tokens)} tokens but {len(token_ids)} token_ids")
     if response is None and tokens is None and token_ids is None:
         raise ValueError(f"{where}: no response: needs 'response' (or 'output'), 'tokens' or 'token_ids'")
+    advantages = record.get("advantages")
+    if advantages is not None:
+        if not isinstance(advantages, list) or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in advantages
+        ):
+            raise ValueError(f"{where}: 'advantages' must be a list of numbers (one per token)")
+        if token_ids is not None and len(advantages) != len(token_ids):
+            raise ValueError(f"{where}: {len(advantages)} advantages but {len(token_ids)} token_ids")
     group = _first(record, GROUP_KEYS)
     if group is None:
         if not prompt:
@@ -125,6 +134,7 @@ def parse_rollout(record: dict, where: str) -> Rollout:
         response=response,
         token_ids=token_ids,
         tokens=tokens,
+        advantages=advantages,
     )
 
 
