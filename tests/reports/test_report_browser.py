@@ -68,3 +68,23 @@ def test_screenshot_is_not_blank_and_shows_both_colours(chromium, report, tmp_pa
     # Strongly credited (dark blue) and blamed (dark red) token backgrounds fill visible areas.
     assert count(scale.background(10)) > 2000
     assert count(scale.background(-10)) > 2000
+
+
+def test_hovering_a_token_shows_its_statistics(chromium, report, tmp_path):
+    # The report's own script, with a pointer moved onto the first strongly credited token.
+    hover = (
+        "<script>const s = document.querySelector('#g0 .text span.p10');"
+        "s.dispatchEvent(new MouseEvent('mouseover', {bubbles: true, clientX: 40, clientY: 40}));"
+        "document.body.dataset.hovered = s.textContent;</script></body>"
+    )
+    page = tmp_path / "hover.html"
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", hover), encoding="utf-8")
+    dom = _dom(chromium, page.as_uri())
+    tip = re.search(r'<div id="tip" style="display: block;[^"]*">(.*?)</table>', dom, re.S)
+    assert tip, "no tooltip after hovering a token"
+    cells = dict(re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">([^<]+)</td></tr>", tip.group(1)))
+    # Group 0: 2 correct and 2 incorrect rollouts; a saturated credited token is in both correct ones only.
+    assert cells["a (in correct)"] == "2 of 2" and cells["b (in incorrect)"] == "0 of 2"
+    assert cells["c (correct, absent)"] == "0" and cells["d (incorrect, absent)"] == "2"
+    assert float(cells["value v"]) > 0.95 and 0 < float(cells["Fisher p-value"]) < 1
+    assert {"F = exp(\u22122p)", "IG (bits)", "h", "TF", "occurrences (correct + incorrect)"} <= set(cells)

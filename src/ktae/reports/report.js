@@ -106,14 +106,15 @@
         row("IG (bits)", fmt(P.IG[q], 4)) + row("h", fmt(P.h[q], 4)) + row("TF", fmt(P.TF[q], 4)) +
         row("occurrences (correct + incorrect)", P.oT[q] + " + " + P.oF[q]) + "</table>";
       tip.style.display = "block";
+      place(e);
     });
-    list.addEventListener("mousemove", (e) => {
-      if (tip.style.display !== "block") return;
+    function place(e) {
       const x = Math.min(e.clientX + 14, window.innerWidth - tip.offsetWidth - 4);
       const y = e.clientY + 16 + tip.offsetHeight > window.innerHeight ? e.clientY - tip.offsetHeight - 8 : e.clientY + 16;
       tip.style.left = x + "px";
       tip.style.top = y + "px";
-    });
+    }
+    list.addEventListener("mousemove", (e) => { if (tip.style.display === "block") place(e); });
     list.addEventListener("mouseout", (e) => { if (e.target.closest(".text span")) tip.style.display = "none"; });
     const ms = performance.now().toFixed(0);
     document.documentElement.dataset.renderMs = ms;
