@@ -50,6 +50,7 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropNoTimeoutNotice())
 
 _PERCENT = re.compile(r"\\?%\s*$")
+_INTEGER = re.compile(r"^\s*[+-]?\d{1,100}\s*$")
 _SCIENTIFIC = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)[eE]([+-]?\d+)\s*$")
 
 
@@ -114,6 +115,9 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     """
     if prediction is None or not prediction.strip():
         return False
+    if _INTEGER.match(prediction) and all(_INTEGER.match(r) for r in references):
+        # integers (AIME, AMC, much of MATH): the same verdict as math-verify without its LaTeX parser
+        return any(int(prediction) == int(r) for r in references)
     from math_verify import verify
 
     predicted = _parse(prediction)
@@ -241,30 +245,33 @@ class AnswerChecker:
         if len(answers) != len(references):
             raise ValueError(f"got {len(answers)} answers but {len(references)} references")
         timeout_s = self.timeout_s if timeout_s is None else float(timeout_s)
-        refs = [normalize_references(r) for r in references]
-        results: list[Verdict | None] = [None] * len(answers)
-        pending = deque()
-        for i, answer in enumerate(answers):
+        # A step's rollouts repeat answers (the right one most of all): check each distinct pair once.
+        distinct: dict[tuple[str, tuple[str, ...]], int] = {}
+        slot_of = []
+        for i, (answer, reference) in enumerate(zip(answers, references)):
             if answer is not None and not isinstance(answer, str):
                 raise TypeError(f"answer {i} must be a str or None, got {type(answer).__name__}")
+            refs = tuple(normalize_references(reference))
             if answer is None or not answer.strip():
-                results[i] = Verdict(False, "no_answer")
+                slot_of.append(None)
             else:
-                pending.append(i)
+                slot_of.append(distinct.setdefault((answer, refs), len(distinct)))
+        pairs = list(distinct)
+        checked: list[Verdict | None] = [None] * len(pairs)
         if self.num_workers == 0:
-            for i in pending:
-                results[i] = run_with_deadline(answers[i], refs[i], timeout_s)
-        elif pending:
-            self._run_in_workers(pending, answers, refs, timeout_s, results)
-        return results
+            checked = [run_with_deadline(answer, refs, timeout_s) for answer, refs in pairs]
+        elif pairs:
+            self._run_in_workers(pairs, timeout_s, checked)
+        return [Verdict(False, "no_answer") if slot is None else checked[slot] for slot in slot_of]
 
-    def _run_in_workers(self, pending: deque, answers, refs, timeout_s: float, results: list) -> None:
+    def _run_in_workers(self, pairs: list[tuple[str, tuple[str, ...]]], timeout_s: float, results: list) -> None:
         hard_timeout_s = timeout_s + max(1.0, 0.5 * timeout_s)  # the worker's own timer fires first
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (answer index, hard deadline)
 
         def deadline_for(worker: _Worker) -> float:
             return time.monotonic() + (hard_timeout_s if worker.ready else WORKER_STARTUP_TIMEOUT_S + hard_timeout_s)
 
+        pending = deque(range(len(pairs)))
         try:
             while pending or busy:
                 while pending:
@@ -273,7 +280,7 @@ class AnswerChecker:
                         break
                     i = pending.popleft()
                     try:
-                        worker.send({"answer": answers[i], "references": refs[i], "timeout_s": timeout_s})
+                        worker.send({"answer": pairs[i][0], "references": pairs[i][1], "timeout_s": timeout_s})
                     except OSError:  # died while idle: replace it and retry the task
                         self._discard(worker)
                         pending.appendleft(i)
