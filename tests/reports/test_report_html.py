@@ -8,6 +8,7 @@ from report_helpers import rollout_records, write_jsonl
 
 from ktae import KTAEConfig
 from ktae.reports import build_report, build_run_report, run_ktae_config
+from ktae.reports.html import pack_varints
 from ktae.reports.keytokens import analyse
 from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
 
@@ -17,8 +18,25 @@ def page_data(html_text):
     return json.loads(match.group(1))
 
 
-def decode_seq(entry, width):
-    return np.frombuffer(base64.b64decode(entry["seq"]), dtype=f"<u{width}")
+def decode_varints(text):
+    """LEB128 decoding, written out independently of the page's JS."""
+    values, value, shift = [], 0, 0
+    for byte in base64.b64decode(text):
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+        else:
+            values.append(value)
+            value, shift = 0, 0
+    assert shift == 0, "truncated varint"
+    return values
+
+
+def test_pack_varints_round_trips_every_size():
+    values = [0, 1, 127, 128, 300, 16383, 16384, 2**21, 2**35 + 5, 2**63 + 1]
+    assert decode_varints(pack_varints(np.array(values, dtype=np.uint64))) == values
+    assert len(base64.b64decode(pack_varints(np.arange(128)))) == 128  # one byte each below 128
+    assert pack_varints(np.array([], dtype=np.int64)) == ""
 
 
 def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_tokenizer):
@@ -33,10 +51,13 @@ def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_toke
     for group in data["groups"]:
         tok = group["tok"]
         assert group["nT"] == 2 and group["nF"] == 2
+        # Tokens are numbered most frequent first, so the varints stay short.
+        occurrences = [group["P"]["oT"][p] + group["P"]["oF"][p] for p in tok["pr"]]
+        assert occurrences == sorted(occurrences, reverse=True)
         for entry in group["rollouts"]:
             record = next(records)
-            seq = decode_seq(entry, group["w"])
-            text = "".join(entry.get("x", {}).get(str(j), tok["text"][r]) for j, r in enumerate(seq.tolist()))
+            seq = decode_varints(entry["seq"])
+            text = "".join(entry.get("x", {}).get(str(j), tok["text"][r]) for j, r in enumerate(seq))
             assert text == record["response"]  # byte-level pieces merged back into the text
             assert [tok["id"][r] for r in seq] == record["token_ids"]
             expected = analysis.stats["value"][analysis.row_of_token[rollout]]

@@ -2,7 +2,7 @@
 
 A key-token page carries, per group: the distinct tokens (text, id, profile), the distinct
 statistics profiles (a, b, occurrences, p, F, IG, h, TF, v, colour bucket) and, per rollout,
-each position's token packed as base64 little-endian integers; ``report.js`` renders a group
+each position's token as base64 varints (``pack_varints``); ``report.js`` renders a group
 when it is opened. Text from models is escaped in Python (``html.escape``) or in the page's JS.
 """
 
@@ -54,8 +54,22 @@ def _rounded(values: np.ndarray, digits: int = 4) -> list[float]:
     return [float(f"{x:.{digits}g}") for x in values.tolist()]
 
 
-def _pack(rows: np.ndarray, width: int) -> str:
-    return base64.b64encode(rows.astype(f"<u{width}").tobytes()).decode("ascii")
+def pack_varints(values: np.ndarray) -> str:
+    """Non-negative ints as base64 LEB128 varints (7 bits a byte, high bit = more bytes follow).
+
+    Tokens are numbered by frequency within their group, so most take one byte.
+    """
+    values = np.asarray(values, dtype=np.uint64)
+    sizes = np.ones(values.shape, dtype=np.int64)
+    for bits in (7, 14, 21, 28, 35, 42, 49, 56, 63):
+        sizes += values >= np.uint64(1 << bits)
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    starts = np.cumsum(sizes) - sizes
+    for k in range(int(sizes.max(initial=1))):
+        has = sizes > k
+        low = (values[has] >> np.uint64(7 * k)) & np.uint64(127)
+        out[starts[has] + k] = low | (np.uint64(128) * (sizes[has] > k + 1))
+    return base64.b64encode(out.tobytes()).decode("ascii")
 
 
 def group_name(key: tuple, prompt: str) -> str:
@@ -79,7 +93,6 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
     for group, (key, rows, members) in enumerate(zip(analysis.group_keys, rows_by_group, rollouts_by_group)):
         rows = rows[np.argsort(-occurrences[rows], kind="stable")]  # frequent tokens first
         local[rows] = np.arange(rows.size)
-        width = 1 if rows.size <= 1 << 8 else 2 if rows.size <= 1 << 16 else 4
         text: list[str | None] = [None] * rows.size
         rollouts = []
         for rollout in members:
@@ -94,7 +107,7 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
                 "s": data.rollouts[rollout].score,
                 "c": bool(analysis.correct[rollout]),
                 "A": round(float(analysis.rollout_advantage[rollout]), 4),
-                "seq": _pack(seq, width),
+                "seq": pack_varints(seq),
             }
             if exceptions:
                 entry["x"] = exceptions
@@ -123,7 +136,6 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
                 "nT": int(analysis.n_true[group]),
                 "nF": int(analysis.n_false[group]),
                 "strong": float(np.mean(np.abs(stats["value"][member_rows]) > strong)),
-                "w": width,
                 "tok": {"text": text, "lx": labels, "id": token_ids, "pr": profile_of_row.reshape(-1).tolist()},
                 "P": profile,
                 "rollouts": rollouts,

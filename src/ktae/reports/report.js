@@ -11,10 +11,16 @@
   const fmt = (x, d) => (Math.abs(x) >= 1e-3 || x === 0 ? x.toFixed(d) : x.toExponential(2));
   const signed = (x) => (x > 0 ? "+" : "") + fmt(x, 3);
 
-  function decode(b64, width) {
-    const bin = atob(b64), bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    return width === 1 ? bytes : width === 2 ? new Uint16Array(bytes.buffer) : new Uint32Array(bytes.buffer);
+  // Base64 LEB128 varints (html.py's pack_varints) -> array of ints.
+  function decode(b64) {
+    const bin = atob(b64), out = [];
+    let value = 0, shift = 0;
+    for (let i = 0; i < bin.length; i++) {
+      const c = bin.charCodeAt(i);
+      value += (c & 127) * 2 ** shift;
+      if (c < 128) { out.push(value); value = 0; shift = 0; } else shift += 7;
+    }
+    return out;
   }
   const label = (t, r) => (t.lx && t.lx[r] !== undefined ? t.lx[r] : visible(t.text[r]));
 
@@ -47,7 +53,7 @@
       ": KTAE gives no token credit here (the advantage stays rollout-level).</p>";
     h += '<div class="tables">' + tokenTable(g, credited, "Most credited") + tokenTable(g, blamed, "Most blamed") + "</div>";
     for (const ro of g.rollouts) {
-      const seq = decode(ro.seq, g.w), x = ro.x || {};
+      const seq = decode(ro.seq), x = ro.x || {};
       const parts = [];
       for (let j = 0; j < seq.length; j++) {
         const r = seq[j];
