@@ -94,6 +94,21 @@ def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):
     assert all(g["nT"] == 2 and g["nF"] == 2 for g in groups)
 
 
+def test_viz_reads_what_verls_own_dump_writer_writes(tmp_path, tokenizer):
+    ray_trainer = pytest.importorskip("verl.trainer.ppo.ray_trainer", reason="verl is not installed")
+    dumps = tmp_path / "rollout_data"
+    outputs = [RESPONSES[True], RESPONSES[False]] * 2
+    # verl's trainer calls this with trainer.rollout_data_dir set (decoded prompts and responses).
+    ray_trainer.RayPPOTrainer._write_generations(
+        ["2+3=?"] * 4, outputs, ["5"] * 4, [1.0, 0.0, 1.0, 0.0], {"acc": [1, 0, 1, 0]}, str(dumps), 7
+    )
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    assert main(["viz", "--rollouts", str(dumps), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "r.html")]) == 0
+    (group,), _ = page_groups(tmp_path / "r.html")
+    assert group["name"] == "step 7 \u00b7 prompt 2+3=?" and (group["nT"], group["nF"]) == (2, 2)
+
+
 def test_viz_reports_bad_input_clearly(tmp_path, tokenizer, capsys):
     assert main(["viz", "--rollouts", str(tmp_path / "missing.jsonl")]) == 2
     assert "no rollouts file" in capsys.readouterr().err
