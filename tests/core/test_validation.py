@@ -38,7 +38,7 @@ def test_bad_input(backend, fn, kwargs, error, match):
 
 
 def test_negative_ids_outside_the_mask_are_fine(backend):
-    responses = torch.tensor([[1, 2, -100], [4, 5, -100]])
+    responses = torch.tensor([[1, 2, 3], [4, 5, -100]])
     adv = compute_ktae_advantages(responses, M, S, G)
     assert (adv[~M] == 0).all()
 

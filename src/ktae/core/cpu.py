@@ -16,27 +16,29 @@ _KERNEL = dict(parallel=True, cache=True, nogil=True)
 
 
 @numba.njit(**_KERNEL)
-def _masked_token_range(responses, mask):
-    """(smallest, largest) token id over the masked positions; (0, -1) when there are none."""
+def _scan_masked(responses, mask, lengths):
+    """(smallest, largest) token id over the masked positions, (0, -1) when there are none;
+    lengths[r] receives the number of masked positions of row r."""
     rows = responses.shape[0]
     lows = np.zeros(rows, np.int64)
     highs = np.full(rows, -1, np.int64)
     for r in numba.prange(rows):
-        low, high = 0, -1
+        low, high, count = 0, -1, 0
         for j in range(responses.shape[1]):
             if mask[r, j]:
                 t = responses[r, j]
+                count += 1
                 if t < low:
                     low = t
                 if t > high:
                     high = t
-        lows[r], highs[r] = low, high
+        lows[r], highs[r], lengths[r] = low, high, count
     return lows.min() if rows else 0, highs.max() if rows else -1
 
 
 @numba.njit(inline="always")
 def _count_group(responses, mask, rows, correct, slot, token, a, b, f_true, f_false, last_row):
-    """Count one group's rows into entries 0.. of the output slices; returns how many entries.
+    """Count one group's rows into entries 0.. of the output slices (first-seen order).
 
     slot[t] is token t's entry, -1 when unseen; the entries' slots are reset to -1 before returning.
     last_row[e] is the last row entry e was counted in, to count rows (presence) besides occurrences.
@@ -69,39 +71,59 @@ def _count_group(responses, mask, rows, correct, slot, token, a, b, f_true, f_fa
                 b[e] += first_in_row
     for e in range(k):
         slot[token[e]] = -1
+
+
+@numba.njit(inline="always")
+def _distinct_in_group(responses, mask, rows, slot, seen):
+    """Number of distinct tokens of one group; marks them in slot and resets it before returning."""
+    k = 0
+    for r in rows:
+        for j in range(responses.shape[1]):
+            if mask[r, j]:
+                t = responses[r, j]
+                if slot[t] < 0:
+                    slot[t] = 0
+                    seen[k] = t
+                    k += 1
+    for e in range(k):
+        slot[seen[e]] = -1
     return k
 
 
 @numba.njit(**_KERNEL)
-def _count_groups(responses, mask, rows_by_group, group_ptr, token_ptr, correct, counted, vocab, workers,
-                  token, a, b, f_true, f_false, entries):
-    """Count each counted group's distinct tokens into its slice [token_ptr[g], ...) of the outputs.
-
-    entries[g] receives the number of distinct tokens of group g, in first-seen order.
-    Worker w takes groups w, w + workers, ... with its own scratch tables.
-    """
+def _distinct_tokens(responses, mask, rows_by_group, group_ptr, counted, vocab, workers, scratch_len, entries):
+    """entries[g] = number of distinct masked tokens of group g (0 for groups not counted)."""
     num_groups = group_ptr.shape[0] - 1
     slots = np.full((workers, vocab), -1, np.int32)
-    last_row = np.empty(token.shape[0], np.int64)
+    seen = np.empty((workers, scratch_len), np.int64)
     for w in numba.prange(workers):
         for g in range(w, num_groups, workers):
-            if not counted[g]:
-                entries[g] = 0
-                continue
-            s = token_ptr[g]
-            entries[g] = _count_group(
-                responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], correct, slots[w],
-                token[s:], a[s:], b[s:], f_true[s:], f_false[s:], last_row[s:],
+            entries[g] = (
+                _distinct_in_group(responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], slots[w], seen[w])
+                if counted[g]
+                else 0
             )
 
 
 @numba.njit(**_KERNEL)
-def _compact(sources, token_ptr, entry_ptr, targets):
-    """Close the gaps: group g's entries move from token_ptr[g] to entry_ptr[g] in each target."""
-    for g in numba.prange(entry_ptr.shape[0] - 1):
-        s, e0, e1 = token_ptr[g], entry_ptr[g], entry_ptr[g + 1]
-        for i in range(len(sources)):
-            targets[i][e0:e1] = sources[i][s:s + e1 - e0]
+def _count_groups(responses, mask, rows_by_group, group_ptr, entry_ptr, correct, vocab, workers, scratch_len,
+                  group, token, a, b, f_true, f_false):
+    """Count each group's distinct tokens into its range [entry_ptr[g], entry_ptr[g + 1]) of the outputs.
+
+    Worker w takes groups w, w + workers, ... with its own scratch tables.
+    """
+    num_groups = group_ptr.shape[0] - 1
+    slots = np.full((workers, vocab), -1, np.int32)
+    last_row = np.empty((workers, scratch_len), np.int64)
+    for w in numba.prange(workers):
+        for g in range(w, num_groups, workers):
+            e0, e1 = entry_ptr[g], entry_ptr[g + 1]
+            group[e0:e1] = g
+            if e1 > e0:
+                _count_group(
+                    responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], correct, slots[w],
+                    token[e0:e1], a[e0:e1], b[e0:e1], f_true[e0:e1], f_false[e0:e1], last_row[w],
+                )
 
 
 @numba.njit(inline="always")
@@ -135,15 +157,33 @@ def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, toke
             )
 
 
+@numba.njit(**_KERNEL)
+def _pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
+                 ignored, gamma, top, k1_plus_1, eps, out):
+    """The per-pair part of ``ktae.core.estimator._values`` and ``_term_frequency``, fused in one pass."""
+    for i in numba.prange(token.shape[0]):
+        g = group[i]
+        if ignored.shape[0] and ignored[np.searchsorted(ignored, token[i]) % ignored.shape[0]] == token[i]:
+            out[i] = 0.0
+            continue
+        e = offset[g] + a[i] * width[g] + b[i] * b_step[g]
+        s_true = f_true[i] * k1_plus_1 / (f_true[i] + scale_true[g])
+        s_false = f_false[i] * k1_plus_1 / (f_false[i] + scale_false[g])
+        tf = s_true / (s_false + eps) - s_false / (s_true + eps)
+        out[i] = top * np.tanh(strength[e] * (h[e] + gamma * tf) / 2)
+
+
 def _workers(num_groups: int) -> int:
     # A few chunks per thread balance uneven groups; each worker owns vocabulary-sized scratch.
     return max(1, min(num_groups, 4 * numba.get_num_threads()))
 
 
-def masked_token_range(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
-    """(smallest, largest) token id over masked positions of CPU tensors [B, T]; (0, -1) if none."""
-    low, high = _masked_token_range(responses.numpy(), mask.numpy())
-    return int(low), int(high)
+def scan_masked(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """(smallest id, largest id, lengths [B]) over the masked positions of CPU tensors [B, T];
+    the ids are (0, -1) when nothing is masked in."""
+    lengths = np.empty(responses.shape[0], np.int64)
+    low, high = _scan_masked(responses.numpy(), mask.numpy(), lengths)
+    return int(low), int(high), torch.from_numpy(lengths)
 
 
 def group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,40 +197,39 @@ def group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, to
 def count_tokens(
     responses: torch.Tensor,
     mask: torch.Tensor,
-    group: torch.Tensor,
+    lengths: torch.Tensor,
+    rows_by_group: torch.Tensor,
+    group_ptr: torch.Tensor,
     correct: torch.Tensor,
     counted: torch.Tensor,
     vocab: int,
 ) -> tuple[torch.Tensor, ...]:
     """Per-(group, token) counts of the counted groups, grouped by group.
 
-    responses, mask: [B, T]; group, correct: [B]; counted: [G] bool (groups to count).
+    responses, mask: [B, T]; lengths, correct: [B]; rows_by_group, group_ptr: ``group_layout``;
+    counted: [G] bool (groups to count).
     Returns (group, token, a, b, f_true, f_false) [K] int64 and entry_ptr [G + 1] (each group's range).
     """
     num_groups = counted.shape[0]
-    rows_by_group, group_ptr = group_layout(group, num_groups)
-    lengths = torch.zeros(num_groups, dtype=torch.int64).index_add_(0, group, mask.sum(dim=1))
-    token_ptr = torch.cumsum(lengths, 0) - lengths
-    capacity = int(lengths.sum())
-    gapped = [np.empty(capacity, np.int64) for _ in range(5)]
+    workers = _workers(num_groups)
+    arrays = (responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy())
+    # Scratch for one group's distinct tokens: at most its masked tokens, at most the vocabulary.
+    cumulative = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths[rows_by_group], 0)])[group_ptr]
+    scratch_len = max(1, min(int(torch.diff(cumulative).max()) if num_groups else 0, vocab))
     entries = np.empty(num_groups, np.int64)
-    _count_groups(
-        responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy(), token_ptr.numpy(),
-        correct.numpy(), counted.numpy(), vocab, _workers(num_groups), *gapped, entries,
-    )
-    entries = torch.from_numpy(entries)
+    _distinct_tokens(*arrays, counted.numpy(), vocab, workers, scratch_len, entries)
     entry_ptr = torch.zeros(num_groups + 1, dtype=torch.int64)
-    entry_ptr[1:] = torch.cumsum(entries, 0)
-    compact = [np.empty(int(entry_ptr[-1]), np.int64) for _ in range(5)]
-    _compact(numba.typed.List(gapped), token_ptr.numpy(), entry_ptr.numpy(), numba.typed.List(compact))
-    entry_group = torch.repeat_interleave(torch.arange(num_groups), entries)
-    return (entry_group, *(torch.from_numpy(x) for x in compact), entry_ptr)
+    entry_ptr[1:] = torch.cumsum(torch.from_numpy(entries), 0)
+    outputs = [np.empty(int(entry_ptr[-1]), np.int64) for _ in range(6)]
+    _count_groups(*arrays, entry_ptr.numpy(), correct.numpy(), vocab, workers, scratch_len, *outputs)
+    return (*(torch.from_numpy(x) for x in outputs), entry_ptr)
 
 
 def write_advantages(
     responses: torch.Tensor,
     mask: torch.Tensor,
-    group: torch.Tensor,
+    rows_by_group: torch.Tensor,
+    group_ptr: torch.Tensor,
     entry_ptr: torch.Tensor,
     token: torch.Tensor,
     value: torch.Tensor,
@@ -199,10 +238,21 @@ def write_advantages(
 ) -> torch.Tensor:
     """[B, T] float32 advantages from per-entry values laid out by ``count_tokens``."""
     out = torch.empty(responses.shape, dtype=torch.float32)
-    rows_by_group, group_ptr = group_layout(group, entry_ptr.shape[0] - 1)
     _write_advantages(
         responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy(), entry_ptr.numpy(),
         token.numpy(), value.to(torch.float32).numpy(), rollout.to(torch.float32).numpy(), vocab,
         _workers(entry_ptr.shape[0] - 1), out.numpy(),
     )
     return out
+
+
+def pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
+                ignored, gamma: float, top: float, k1_plus_1: float, eps: float) -> torch.Tensor:
+    """Key-token value of every (group, token) pair, [K] float64; see ``_pair_values``."""
+    out = np.empty(token.shape[0], np.float64)
+    _pair_values(
+        *(x.numpy() for x in (group, token, a, b, f_true, f_false, offset, width, b_step)),
+        *(x.double().numpy() for x in (scale_true, scale_false, strength, h)),
+        ignored.numpy(), float(gamma), float(top), float(k1_plus_1), float(eps), out,
+    )
+    return torch.from_numpy(out)

@@ -9,7 +9,7 @@ Memory is O(B * T + threads * vocabulary); nothing is sized groups x vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 
 import torch
 
@@ -132,13 +132,14 @@ def _on_cpu_kernels(responses: torch.Tensor) -> bool:
     return USE_CPU_KERNELS and responses.device.type == "cpu"
 
 
-def _token_range(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
-    """Smallest and largest token id at masked positions; (0, -1) when there are none."""
+def _scan(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """Smallest and largest token id at masked positions ((0, -1) when none), and row lengths [B]."""
     if _on_cpu_kernels(responses):
-        return cpu.masked_token_range(responses, mask)
+        return cpu.scan_masked(responses, mask)
+    lengths = mask.sum(dim=1)
     if not bool(mask.any()):
-        return 0, -1
-    return int(torch.where(mask, responses, 0).min()), int(torch.where(mask, responses, -1).max())
+        return 0, -1, lengths
+    return int(torch.where(mask, responses, 0).min()), int(torch.where(mask, responses, -1).max()), lengths
 
 
 def _group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -152,16 +153,18 @@ def _count(
     group_ids: list,
     correct: torch.Tensor,
     counted: torch.Tensor,
-) -> tuple[TokenStatistics, tuple]:
+) -> tuple[TokenStatistics, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """Statistics of the groups flagged in ``counted`` [G] (the others get no (group, token) pairs).
 
-    Returns the statistics and the placement the matching ``_place`` needs to write values back.
+    Returns the statistics and ``place(values [K], rollout [B]) -> [B, T] float32``, which writes
+    rollout[i] + the value of each masked token's (group, token) pair, 0 off the mask.
     """
-    low, high = _token_range(responses, mask)
+    if _on_cpu_kernels(responses):
+        responses = responses.contiguous()
+    low, high, lengths = _scan(responses, mask)
     if low < 0:
         raise ValueError(f"responses contain a negative token id ({low}) at a masked (response) position")
-    num_groups, vocab = len(group_ids), high + 1
-    lengths = mask.sum(dim=1)
+    num_groups, vocab = len(group_ids), max(high + 1, 1)
     per_group = (
         _group_sums(correct, group, num_groups),
         _group_sums(~correct, group, num_groups),
@@ -169,9 +172,12 @@ def _count(
         _group_sums(lengths * ~correct, group, num_groups),
     )
     if _on_cpu_kernels(responses):
-        responses = responses.contiguous()
-        *pairs, entry_ptr = cpu.count_tokens(responses, mask, group, correct, counted, max(vocab, 1))
-        placement = ("cpu", responses, mask, group, entry_ptr, pairs[1], max(vocab, 1))
+        layout = cpu.group_layout(group, num_groups)
+        *pairs, entry_ptr = cpu.count_tokens(responses, mask, lengths, *layout, correct, counted, vocab)
+
+        def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+            return cpu.write_advantages(responses, mask, *layout, entry_ptr, pairs[1], values, rollout, vocab)
+
     else:
         token_mask = mask & counted[group][:, None]
         if bool(token_mask.any()):
@@ -179,19 +185,13 @@ def _count(
         else:
             pairs = [torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6)]
             segment = torch.zeros(0, dtype=torch.int64, device=mask.device)
-        placement = ("sorted", mask, token_mask, segment)
-    return TokenStatistics(group_ids, *pairs, *per_group), placement
 
+        def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+            advantages = torch.where(mask, rollout.float()[:, None], 0.0)
+            advantages[token_mask] += values.float()[segment]
+            return advantages
 
-def _place(placement: tuple, values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
-    """[B, T] float32: rollout[i] + value of each masked token's (group, token) pair, 0 off the mask."""
-    if placement[0] == "cpu":
-        _, responses, mask, group, entry_ptr, token, vocab = placement
-        return cpu.write_advantages(responses, mask, group, entry_ptr, token, values, rollout, vocab)
-    _, mask, token_mask, segment = placement
-    advantages = torch.where(mask, rollout.float()[:, None], 0.0)
-    advantages[token_mask] += values.float()[segment]
-    return advantages
+    return TokenStatistics(group_ids, *pairs, *per_group), place
 
 
 def collect_token_statistics(
@@ -286,56 +286,86 @@ def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor, config: KTAEC
     return {name: torch.cat([t, t.new_full((1,), neutral.get(name, 0.0))]) for name, t in tables.items()}
 
 
-def _table_entries(stats: TokenStatistics, config: KTAEConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Tables of the distinct (n_T, n_F) margins of groups with both outcomes, and each
-    (group, token) pair's entry in them (the neutral last entry for groups with one outcome). [K]."""
+@dataclasses.dataclass
+class _GroupTerms:
+    """What a (group, token) pair's value needs from its group. Per group [G] unless said.
+
+    The pair (a, b) of group g reads entry offset + a * width + b * b_step of the flat ``tables``;
+    groups with one outcome point at the tables' neutral last entry (width = b_step = 0).
+    scale_true/scale_false are the K * N of the TF saturation (1 where N = 0, where f = 0 too).
+    """
+
+    tables: dict[str, torch.Tensor]
+    offset: torch.Tensor
+    width: torch.Tensor
+    b_step: torch.Tensor
+    scale_true: torch.Tensor
+    scale_false: torch.Tensor
+
+    def entry(self, stats: TokenStatistics) -> torch.Tensor:
+        g = stats.group
+        return self.offset[g] + stats.a * self.width[g] + stats.b * self.b_step[g]
+
+
+def _group_terms(stats: TokenStatistics, config: KTAEConfig) -> _GroupTerms:
+    """Tables of the distinct (n_T, n_F) margins of groups with both outcomes, and TF scales."""
     device = stats.token.device
     margins = torch.stack([stats.n_true, stats.n_false], dim=1)
     mixed = (margins > 0).all(dim=1)
     pairs, pair_of_group = torch.unique(margins[mixed], dim=0, return_inverse=True)
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    tables = _table_statistics(pairs[:, 0], pairs[:, 1], config) if pairs.numel() else _table_statistics(
-        empty, empty, config
-    )
-    neutral = tables["h"].shape[0] - 1
-    offset = torch.full((len(stats.group_ids),), neutral, dtype=torch.int64, device=device)
+    pairs = pairs.reshape(-1, 2)
+    tables = _table_statistics(pairs[:, 0], pairs[:, 1], config)
+    offset = torch.full((len(stats.group_ids),), tables["h"].shape[0] - 1, dtype=torch.int64, device=device)
     offset[mixed] = table_offsets(pairs[:, 0], pairs[:, 1])[pair_of_group]
-    width = torch.where(mixed, stats.n_false + 1, 0)  # neutral groups stay on the neutral entry
-    return tables, offset[stats.group] + stats.a * width[stats.group] + torch.where(mixed[stats.group], stats.b, 0)
 
-
-def _term_frequency(stats: TokenStatistics) -> torch.Tensor:
-    """TF = s_T / (s_F + eps) - s_F / (s_T + eps), BM25-style saturated frequencies. [K] float64.
-
-    s = tf (k1 + 1) / (tf + K) with tf = f / N is computed as f (k1 + 1) / (f + K N), so the
-    per-group part K N is gathered once per pair; a side with no tokens (N = 0) has s = 0.
-    """
+    # s = tf (k1 + 1) / (tf + K) with tf = f / N is f (k1 + 1) / (f + K N): K N is per group.
     length = torch.stack([stats.len_true, stats.len_false]).double()
-    average = length.sum(0, keepdim=True) / 2
-    scale = BM25_K1 * (1 - BM25_B + BM25_B * length / average.clamp(min=1)) * length
-    scale = torch.where(length > 0, scale, 1.0)
-    s_true = stats.f_true * (BM25_K1 + 1) / (stats.f_true + scale[0][stats.group])
-    s_false = stats.f_false * (BM25_K1 + 1) / (stats.f_false + scale[1][stats.group])
+    average = (length.sum(0, keepdim=True) / 2).clamp(min=1)
+    scale = torch.where(length > 0, BM25_K1 * (1 - BM25_B + BM25_B * length / average) * length, 1.0)
+    return _GroupTerms(tables, offset, torch.where(mixed, stats.n_false + 1, 0), mixed.long(), scale[0], scale[1])
+
+
+def _term_frequency(stats: TokenStatistics, terms: _GroupTerms) -> torch.Tensor:
+    """TF = s_T / (s_F + eps) - s_F / (s_T + eps) of BM25-style saturated frequencies. [K] float64."""
+    s_true = stats.f_true * (BM25_K1 + 1) / (stats.f_true + terms.scale_true[stats.group])
+    s_false = stats.f_false * (BM25_K1 + 1) / (stats.f_false + terms.scale_false[stats.group])
     return s_true / (s_false + TF_EPS) - s_false / (s_true + TF_EPS)
 
 
-def _values(stats: TokenStatistics, config: KTAEConfig, tables: dict, entry: torch.Tensor, tf: torch.Tensor):
+def _ignored_ids(config: KTAEConfig, device: torch.device) -> torch.Tensor:
+    return torch.tensor(config.ignore_token_ids, dtype=torch.int64, device=device)
+
+
+def _values(stats: TokenStatistics, config: KTAEConfig, terms: _GroupTerms, entry: torch.Tensor, tf: torch.Tensor):
     """v = top * tanh(strength * (h + gamma TF) / 2), 0 for ignored token ids. [K] float64."""
     if not config.enabled:
         return torch.zeros_like(tf)
-    value = config.top * torch.tanh(tables["strength"][entry] * (tables["h"][entry] + config.gamma_tf * tf) / 2)
+    value = config.top * torch.tanh(terms.tables["strength"][entry] * (terms.tables["h"][entry] + config.gamma_tf * tf) / 2)
     if config.ignore_token_ids:
-        ignored = torch.tensor(config.ignore_token_ids, dtype=stats.token.dtype, device=stats.token.device)
-        value = torch.where(torch.isin(stats.token, ignored), 0.0, value)
+        value = torch.where(torch.isin(stats.token, _ignored_ids(config, stats.token.device)), 0.0, value)
     return value
+
+
+def _pair_values(stats: TokenStatistics, config: KTAEConfig) -> torch.Tensor:
+    """The values alone, [K] float64: one fused kernel on the CPU, the formulas above elsewhere."""
+    terms = _group_terms(stats, config)
+    if not (_on_cpu_kernels(stats.token) and config.enabled):
+        return _values(stats, config, terms, terms.entry(stats), _term_frequency(stats, terms))
+    return cpu.pair_values(
+        stats.group, stats.token, stats.a, stats.b, stats.f_true, stats.f_false, terms.offset, terms.width,
+        terms.b_step, terms.scale_true, terms.scale_false, terms.tables["strength"], terms.tables["h"],
+        _ignored_ids(config, stats.token.device), config.gamma_tf, config.top, BM25_K1 + 1, TF_EPS,
+    )
 
 
 def key_token_values_from_statistics(stats: TokenStatistics, config: KTAEConfig | None = None) -> KeyTokenValues:
     """Key-token value of every (group, token) pair from its statistics (spec steps 4-6), with the
     intermediate statistics for reports. All [K]."""
     config = config or KTAEConfig()
-    tables, entry = _table_entries(stats, config)
-    tf = _term_frequency(stats)
+    terms = _group_terms(stats, config)
+    entry = terms.entry(stats)
+    tables = terms.tables
+    tf = _term_frequency(stats, terms)
     return KeyTokenValues(
         group_ids=stats.group_ids,
         group=stats.group,
@@ -349,7 +379,7 @@ def key_token_values_from_statistics(stats: TokenStatistics, config: KTAEConfig 
         info_gain=tables["info_gain"][entry],
         h=tables["h"][entry],
         tf=tf,
-        value=_values(stats, config, tables, entry, tf),
+        value=_values(stats, config, terms, entry, tf),
     )
 
 
@@ -396,6 +426,5 @@ def compute_ktae_advantages(
     correct = scores > config.correct_threshold
     n_true = _group_sums(correct, group, len(group_ids))
     n_all = _group_sums(torch.ones_like(correct), group, len(group_ids))
-    stats, placement = _count(responses, mask, group, group_ids, correct, (n_true > 0) & (n_true < n_all))
-    tables, entry = _table_entries(stats, config)
-    return _place(placement, _values(stats, config, tables, entry, _term_frequency(stats)), rollout)
+    stats, place = _count(responses, mask, group, group_ids, correct, (n_true > 0) & (n_true < n_all))
+    return place(_pair_values(stats, config), rollout)
