@@ -40,8 +40,10 @@ class KTAETrainerMixin:
         if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
             return super()._compute_advantage(batch, metrics)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "responses"])
-        responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id)
-        uids = np.array(data["uid"].tolist(), dtype=object)
+        responses = data["responses"]
+        if responses.is_nested:  # TransferQueue returns a plain tensor when all responses have one length
+            responses = responses.to_padded_tensor(padding=0)  # masked out: the value is never read
+        uids = np.array(data.pop("uid").tolist(), dtype=object)
         with response_tokens(responses, uids=uids, ignore_token_ids=tokenizer_ignore_token_ids(self.tokenizer)):
             return super()._compute_advantage(batch, metrics)
 
@@ -63,5 +65,12 @@ class KTAEPPOTrainerSeparateAsync(KTAETrainerMixin, PPOTrainerSeparateAsync):
 
 @ray.remote
 class KTAETaskRunner(TaskRunnerV1.__ray_actor_class__):
-    """verl's TaskRunner, defined here so that the Ray process running it imports this module (and with it
-    the ``ktae`` estimator and the ``ktae_<mode>`` trainers) before it looks the trainer up."""
+    """verl's TaskRunner, importing this module in its Ray process before it looks the trainer up.
+
+    Ray ships the actor class by value, so the import has to happen when ``run`` executes.
+    """
+
+    def run(self, config: DictConfig):
+        import ktae.integrations.verl.trainer  # noqa: F401  registers the ktae_<mode> trainers here
+
+        return super().run(config)

@@ -1,0 +1,133 @@
+"""The KTAE trainers: verl's own v1 `_compute_advantage` with the response tokens handed over, and the
+trainer registry."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1 import get_trainer_cls
+from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from ktae import KTAEConfig, compute_ktae_advantages
+from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
+from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
+
+PAD, EOS = 0, 1
+
+
+class InMemoryTransferQueue:
+    """The part of TransferQueue's kv API the advantage step uses, over a dict, with TransferQueue's
+    layouts: rows put as verl's agent loop puts them (list_of_dict_to_tensordict), got back jagged."""
+
+    def __init__(self):
+        self.rows: dict[str, dict] = {}
+
+    def kv_batch_put(self, keys, partition_id, fields, tags=None):
+        for i, key in enumerate(keys):
+            row = self.rows.setdefault(key, {})
+            for name in fields.keys():
+                column = fields[name]
+                row[name] = column.unbind(0)[i] if isinstance(column, torch.Tensor) else list(column)[i]
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        # fields no row has (e.g. values without a critic) are left out, as TransferQueue does
+        return list_of_dict_to_tensordict(
+            [{name: self.rows[key][name] for name in select_fields if name in self.rows[key]} for key in keys]
+        )
+
+
+@pytest.fixture
+def queue(monkeypatch):
+    store = InMemoryTransferQueue()
+    monkeypatch.setattr(ktae_trainer, "tq", store)
+    monkeypatch.setattr(verl_trainer_base, "tq", store)
+    return store
+
+
+class Tokenizer:
+    pad_token_id = PAD
+    eos_token_id = EOS
+
+
+def put_rollouts(queue, seed: int) -> tuple[list[str], list[dict]]:
+    """Two prompts x 4 rollouts, keys {uid}_{session}_0 as verl's agent loop writes them; one response
+    has a tool-output span masked out in the middle (multi-turn)."""
+    rng = np.random.default_rng(seed)
+    uids = [str(uuid.uuid4()) for _ in range(2)]
+    keys, rows = [], []
+    for session in range(4):
+        for g, uid in enumerate(uids):
+            length = int(rng.integers(2, 9))
+            responses = torch.tensor(rng.integers(2, 9, size=length))
+            responses[-1] = EOS
+            mask = torch.ones(length, dtype=torch.int64)
+            if session == 1 and g == 0:
+                mask[1:3] = 0
+            score = float((session + g) % 2)
+            rm_scores = torch.zeros(length)
+            rm_scores[-1] = score
+            keys.append(f"{uid}_{session}_0")
+            rows.append({"uid": uid, "responses": responses, "response_mask": mask, "rm_scores": rm_scores,
+                         "score": score})
+    queue.kv_batch_put(keys, "train", list_of_dict_to_tensordict([{k: v for k, v in r.items() if k != "score"}
+                                                                  for r in rows]))
+    return keys, rows
+
+
+def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(tensors, layout=torch.jagged).to_padded_tensor(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose, queue, seed):
+    trainer = object.__new__(KTAEPPOTrainerSync)  # the advantage step needs only config and tokenizer
+    trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])
+    trainer.tokenizer = Tokenizer()
+    keys, rows = put_rollouts(queue, seed)
+    batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
+
+    trainer._compute_advantage(batch, metrics={})
+
+    advantages = padded([queue.rows[key]["advantages"] for key in keys])
+    expected = compute_ktae_advantages(
+        padded([r["responses"] for r in rows]), padded([r["response_mask"] for r in rows]),
+        torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows],
+        config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
+    )
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=0)
+    assert advantages[padded([r["response_mask"] for r in rows]) == 0].abs().max() == 0
+
+
+def test_other_estimators_run_verls_step_unchanged(compose, queue):
+    trainer = object.__new__(KTAEPPOTrainerSync)
+    trainer.config = compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4"])
+    trainer.tokenizer = Tokenizer()
+    keys, rows = put_rollouts(queue, 2)
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
+    ktae_off = compute_ktae_advantages(
+        padded([r["responses"] for r in rows]), padded([r["response_mask"] for r in rows]),
+        torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows], config=KTAEConfig(top=0.0),
+    )
+    torch.testing.assert_close(padded([queue.rows[k]["advantages"] for k in keys]), ktae_off, rtol=0, atol=1e-6)
+
+
+def test_ktae_trainers_are_registered_over_verls_modes():
+    for mode, ktae_mode in KTAE_TRAINER_MODES.items():
+        cls = get_trainer_cls(ktae_mode)
+        assert issubclass(cls, get_trainer_cls(mode)) and cls.base_trainer_mode == mode
+
+
+def test_ktae_trainer_validates_and_restores_the_verl_mode(compose, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(verl_trainer_base.PPOTrainer, "__init__", lambda self, config: seen.setdefault("mode", config.trainer.v1.trainer_mode))
+    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=ktae_sync"])
+    KTAEPPOTrainerSync(config)
+    assert seen["mode"] == "sync" and config.trainer.v1.trainer_mode == "sync"
+    bad = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1", "trainer.v1.trainer_mode=ktae_sync"])
+    with pytest.raises(ValueError, match="rollout.n"):
+        KTAEPPOTrainerSync(bad)
