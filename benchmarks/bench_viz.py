@@ -90,7 +90,8 @@ def main() -> None:
     try:
         synthetic_rollouts(rollouts_path, args.rollouts, args.tokens, args.group_size)
         total_tokens = args.rollouts * args.tokens
-        print(f"{args.rollouts} rollouts x {args.tokens} tokens = {total_tokens:,} tokens, groups of {args.group_size}; "
+        print(f"{args.rollouts} rollouts x {args.tokens} tokens = {total_tokens:,} tokens, "
+              f"groups of {args.group_size}; "
               f"rollouts.jsonl {rollouts_path.stat().st_size / 1e6:.1f} MB")
 
         start = time.perf_counter()
@@ -118,7 +119,8 @@ def main() -> None:
               f"screenshot after {wall:.2f} s vs {baseline:.2f} s for a blank page (+{wall - baseline:.2f} s)")
         last = -(-args.rollouts // args.group_size) - 1
         render_ms, wall = open_in_chromium(report.as_uri() + f"#g{last}", folder / "last-group.png")
-        print(f"opened on the last group (#g{last}): first render {render_ms / 1000:.2f} s, screenshot after {wall:.2f} s")
+        print(f"opened on the last group (#g{last}): first render {render_ms / 1000:.2f} s, "
+              f"screenshot after {wall:.2f} s")
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)

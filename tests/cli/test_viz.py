@@ -52,7 +52,8 @@ def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys)
     assert main(["viz", "--run", str(run)]) == 0
     assert "report/index.html" in capsys.readouterr().out
     report = run / "report"
-    assert {p.name for p in report.iterdir()} == {"index.html", "step-2.html", "step-4.html", "curves.png", "key-tokens.png"}
+    expected = {"index.html", "step-2.html", "step-4.html", "curves.png", "key-tokens.png"}
+    assert {p.name for p in report.iterdir()} == expected
     groups, text = page_groups(report / "step-4.html")
     assert len(groups) == 2
     assert "ignored token ids [0, 1]" in text  # the tokenizer's <pad> and <eos>
@@ -83,7 +84,8 @@ def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):
     dumps = tmp_path / "rollout_data"
     for step in (1, 2):
         _jsonl(dumps / f"{step}.jsonl", [
-            {"input": f"question {q}", "output": RESPONSES[i % 2 == 0], "gts": "5", "score": float(i % 2 == 0), "step": step}
+            {"input": f"question {q}", "output": RESPONSES[i % 2 == 0], "gts": "5", "score": float(i % 2 == 0),
+             "step": step}
             for q in range(2) for i in range(4)
         ])
     tok_dir = tmp_path / "tok"

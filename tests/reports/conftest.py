@@ -23,7 +23,8 @@ def byte_level_tokenizer(tmp_path_factory):
     )
     backend.train_from_iterator(CORPUS * 20, trainer)
     folder = tmp_path_factory.mktemp("tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
 

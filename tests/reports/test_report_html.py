@@ -114,7 +114,8 @@ def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):
 
 def _run(folder, tokenizer, accuracy):
     write_jsonl(folder / "rollouts.jsonl", rollout_records(tokenizer))
-    write_jsonl(folder / "metrics.jsonl", [{"step": s, "reward": accuracy * s, "accuracy": accuracy * s} for s in range(1, 21)])
+    metrics = [{"step": s, "reward": accuracy * s, "accuracy": accuracy * s} for s in range(1, 21)]
+    write_jsonl(folder / "metrics.jsonl", metrics)
     (folder / "config.yaml").write_text("ktae: true\nktae_top: 1.0\n")
     return folder
 

@@ -38,7 +38,8 @@ def test_parse_names_what_is_wrong(record, message):
 
 
 def test_load_reads_a_file_a_run_folder_or_a_folder_of_step_dumps(tmp_path):
-    write_jsonl(tmp_path / "run" / "rollouts.jsonl", [{"step": s, "group": 0, "response": "r", "score": 1} for s in (1, 2)])
+    records = [{"step": s, "group": 0, "response": "r", "score": 1} for s in (1, 2)]
+    write_jsonl(tmp_path / "run" / "rollouts.jsonl", records)
     assert [r.step for r in load_rollouts(tmp_path / "run")] == [1, 2]
     assert [r.step for r in load_rollouts(tmp_path / "run", steps=[2])] == [2]
     for step in (10, 2):

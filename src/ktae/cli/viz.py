@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", action="append", metavar="NAME",
                         help="a name per --run for legends and tables (default: the folder names)")
     parser.add_argument("--tokenizer", metavar="PATH_OR_ID",
-                        help="Hugging Face tokenizer (default: the run's newest checkpoint); needed for text-only rollouts")
+                        help="Hugging Face tokenizer (default: the run's newest checkpoint); "
+                        "needed for text-only rollouts")
     parser.add_argument("--step", type=_int_list, action="append", metavar="N[,N...]",
                         help="only the rollouts of these training steps")
     parser.add_argument("--ignore-token-ids", type=_int_list, metavar="ID[,ID...]",
@@ -81,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--label and --metrics apply to --run reports")
             rollouts = args.rollouts
             out = args.out or (rollouts / "report.html" if rollouts.is_dir() else rollouts.with_suffix(".html"))
-            print(f"report: {build_report(rollouts, out, tokenizer=args.tokenizer, config=overrides or None, steps=steps, ignore_token_ids=args.ignore_token_ids, strong=args.strong)}")
+            report = build_report(
+                rollouts, out, tokenizer=args.tokenizer, config=overrides or None, steps=steps,
+                ignore_token_ids=args.ignore_token_ids, strong=args.strong,
+            )
+            print(f"report: {report}")
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"ktae viz: error: {error}", file=sys.stderr)
         return 2

@@ -175,7 +175,8 @@ def _steps_table(summaries: list[StepSummary], prefix: str, strong: float) -> st
         return " ".join(f'<span class="tok">{html.escape(e["label"])}</span>' for e in entries) or "\u2013"
 
     rows = "".join(
-        f'<tr><td><a href="{html.escape(urllib.parse.quote(prefix + s.page))}">{"all" if s.step is None else s.step}</a></td>'
+        f'<tr><td><a href="{html.escape(urllib.parse.quote(prefix + s.page))}">'
+        f'{"all" if s.step is None else s.step}</a></td>'
         f'<td class="num">{s.groups}</td><td class="num">{s.rollouts}</td><td class="num">{100 * s.accuracy:.0f}%</td>'
         f'<td class="num">{100 * s.shares["strong"]:.1f}%</td><td class="num">{100 * s.shares["credited"]:.1f}%</td>'
         f'<td class="num">{100 * s.shares["blamed"]:.1f}%</td><td>{tokens(s.top["credited"])}</td>'

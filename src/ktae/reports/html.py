@@ -173,7 +173,8 @@ def top_tokens_html(top: dict[str, list[dict]], scale: DivergingScale) -> str:
             f"{rows}</table></div>"
         )
 
-    return f'<div class="tables">{table("Most credited overall", top["credited"])}{table("Most blamed overall", top["blamed"])}</div>'
+    credited, blamed = table("Most credited overall", top["credited"]), table("Most blamed overall", top["blamed"])
+    return f'<div class="tables">{credited}{blamed}</div>'
 
 
 def config_html(analysis: KeyTokenAnalysis) -> str:
@@ -212,7 +213,8 @@ def render_key_token_report(
     facts = (
         f"<div class=\"facts\"><span><b>{len(analysis.group_keys)}</b> groups ({mixed} with correct and incorrect "
         f"rollouts)</span><span><b>{len(analysis.data.rollouts)}</b> rollouts, <b>{int(analysis.correct.sum())}</b> "
-        f"correct</span><span><b>{tokens:,}</b> tokens</span><span>|v| &gt; {strong:g}: <b>{100 * shares['strong']:.1f}%</b>"
+        f"correct</span><span><b>{tokens:,}</b> tokens</span>"
+        f"<span>|v| &gt; {strong:g}: <b>{100 * shares['strong']:.1f}%</b>"
         f" of tokens ({100 * shares['credited']:.1f}% credited, {100 * shares['blamed']:.1f}% blamed)</span></div>"
     )
     body = (
@@ -220,7 +222,8 @@ def render_key_token_report(
         + (f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "")
         + "".join(f'<p class="notice">{html.escape(n)}</p>' for n in notices)
         + facts
-        + f'<p class="sub">KTAE: {config_html(analysis)}. Statistics recomputed with ktae.compute_key_token_values.{check}</p>'
+        + f'<p class="sub">KTAE: {config_html(analysis)}. '
+        + f"Statistics recomputed with ktae.compute_key_token_values.{check}</p>"
         + legend_html(scale)
         + top_tokens_html(analysis.top_tokens(TOP_COUNT), scale)
         + '<h2>Groups</h2><div id="groups"></div><div id="tip"></div>'

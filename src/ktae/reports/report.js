@@ -51,17 +51,20 @@
     let h = '<div class="prompt"></div>';
     if (!g.nT || !g.nF) h += '<p class="notice">All rollouts of this group are ' + (g.nT ? "correct" : "incorrect") +
       ": KTAE gives no token credit here (the advantage stays rollout-level).</p>";
-    h += '<div class="tables">' + tokenTable(g, credited, "Most credited") + tokenTable(g, blamed, "Most blamed") + "</div>";
+    h += '<div class="tables">' + tokenTable(g, credited, "Most credited") + tokenTable(g, blamed, "Most blamed") +
+      "</div>";
     for (const ro of g.rollouts) {
       const seq = decode(ro.seq), x = ro.x || {};
       const parts = [];
       for (let j = 0; j < seq.length; j++) {
         const r = seq[j];
-        parts.push('<span class="' + klass[r] + '" data-r="' + r + '">' + (j in x ? esc(x[j]) : escText[r]) + "</span>");
+        const text = j in x ? esc(x[j]) : escText[r];
+        parts.push('<span class="' + klass[r] + '" data-r="' + r + '">' + text + "</span>");
       }
       h += '<div class="rollout ' + (ro.c ? "ok" : "bad") + '"><div class="head"><span class="verdict">' +
-        (ro.c ? "\u2713 correct" : "\u2717 incorrect") + "</span> \u00b7 score " + fmt(ro.s, 3) + " \u00b7 rollout advantage " +
-        signed(ro.A) + " \u00b7 " + seq.length + " tokens</div><div class=\"text\">" + parts.join("") + "</div></div>";
+        (ro.c ? "\u2713 correct" : "\u2717 incorrect") + "</span> \u00b7 score " + fmt(ro.s, 3) +
+        " \u00b7 rollout advantage " + signed(ro.A) + " \u00b7 " + seq.length + " tokens</div><div class=\"text\">" +
+        parts.join("") + "</div></div>";
     }
     const body = el.querySelector(".body");
     body.innerHTML = h;
@@ -116,7 +119,8 @@
     });
     function place(e) {
       const x = Math.min(e.clientX + 14, window.innerWidth - tip.offsetWidth - 4);
-      const y = e.clientY + 16 + tip.offsetHeight > window.innerHeight ? e.clientY - tip.offsetHeight - 8 : e.clientY + 16;
+      const below = e.clientY + 16 + tip.offsetHeight <= window.innerHeight;
+      const y = below ? e.clientY + 16 : e.clientY - tip.offsetHeight - 8;
       tip.style.left = x + "px";
       tip.style.top = y + "px";
     }

@@ -78,7 +78,9 @@ def _as_text(value, what: str, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-        return "\n".join(str(m["content"]) if len(value) == 1 else f"{m.get('role', '?')}: {m['content']}" for m in value)
+        if len(value) == 1:
+            return str(value[0]["content"])
+        return "\n".join(f"{m.get('role', '?')}: {m['content']}" for m in value)
     raise TypeError(f"{where}: {what} must be text or chat messages, got {type(value).__name__}")
 
 
