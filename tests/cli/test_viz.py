@@ -92,7 +92,9 @@ def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):
     tokenizer.save_pretrained(tok_dir)
     assert main(["viz", "--rollouts", str(dumps), "--tokenizer", str(tok_dir)]) == 0
     groups, _ = page_groups(dumps / "report.html")
-    assert [g["name"] for g in groups] == [f"step {s} · prompt question {q}" for s in (1, 2) for q in range(2)]
+    # Named by prompt, less the words all prompts share.
+    assert [g["name"] for g in groups] == [f"step {s} · prompt …{q}" for s in (1, 2) for q in range(2)]
+    assert [g["prompt"] for g in groups] == ["question 0", "question 1"] * 2
     assert all(g["nT"] == 2 and g["nF"] == 2 for g in groups)
 
 

@@ -8,7 +8,7 @@ from report_helpers import rollout_records, write_jsonl
 
 from ktae import KTAEConfig
 from ktae.reports import build_report, build_run_report, run_ktae_config
-from ktae.reports.html import pack_varints
+from ktae.reports.html import group_names, pack_varints
 from ktae.reports.keytokens import analyse
 from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
 
@@ -65,6 +65,16 @@ def test_report_data_rebuilds_every_response_and_value(tmp_path, byte_level_toke
             np.testing.assert_allclose(shown, expected, rtol=1e-3, atol=1e-4)
             assert entry["c"] == record["correct"]
             rollout += 1
+
+
+def test_group_names_drop_the_template_text_all_prompts_share():
+    template = "system\nPlease reason step by step.\nuser\n{}\nassistant\n"
+    prompts = [template.format("What is 2+2?"), template.format("Solve x^2 = 4."), "p"]
+    keys = [(3, prompts[0]), (3, prompts[1]), (None, 7)]  # verl dumps: the prompt is the group id
+    assert group_names(keys, prompts) == [
+        "step 3 · prompt …What is 2+2? assistant", "step 3 · prompt …Solve x^2 = 4. assistant", "group 7"]
+    long = "x" * 100
+    assert group_names([(1, long)], [long]) == [f"step 1 · prompt {'x' * 62}…"]
 
 
 def test_report_says_whether_logged_advantages_match(tmp_path, byte_level_tokenizer):

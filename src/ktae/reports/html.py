@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
+import re
 from importlib import resources
 
 import numpy as np
@@ -72,12 +74,21 @@ def pack_varints(values: np.ndarray) -> str:
     return base64.b64encode(out.tobytes()).decode("ascii")
 
 
-def group_name(key: tuple, prompt: str) -> str:
-    step, group = key
-    text = "prompt " + prompt if group == prompt else f"group {group}"
-    text = " ".join(text.split())
-    text = text if len(text) <= 70 else text[:69] + "\u2026"
-    return text if step is None else f"step {step} \u00b7 {text}"
+def group_names(keys: list[tuple], prompts: list[str]) -> list[str]:
+    """A short title per group: "step S · group G", or the prompt for groups keyed by their prompt
+    (verl's dumps) without the part all those prompts share (a chat template's system text)."""
+    keyed_by_prompt = [prompt for (_, group), prompt in zip(keys, prompts) if group == prompt]
+    shared = os.path.commonprefix(keyed_by_prompt) if len(set(keyed_by_prompt)) > 1 else ""
+    shared = re.match(r"(?s).*\s|", shared).group(0)  # back to the end of a whole word
+    names = []
+    for (step, group), prompt in zip(keys, prompts):
+        if group == prompt:
+            text = " ".join(("prompt " + ("\u2026" if shared else "") + prompt[len(shared) :]).split())
+        else:
+            text = f"group {group}"
+        text = text if len(text) <= 70 else text[:69] + "\u2026"
+        names.append(text if step is None else f"step {step} \u00b7 {text}")
+    return names
 
 
 def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: float = STRONG_VALUE) -> dict:
@@ -89,8 +100,10 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
     for rollout, group in enumerate(analysis.rollout_group.tolist()):
         rollouts_by_group[group].append(rollout)
     local = np.empty(stats["value"].size, dtype=np.int64)
+    prompts = [data.rollouts[members[0]].prompt for members in rollouts_by_group]
     groups = []
-    for group, (key, rows, members) in enumerate(zip(analysis.group_keys, rows_by_group, rollouts_by_group)):
+    for group, (name, rows, members) in enumerate(zip(group_names(analysis.group_keys, prompts), rows_by_group,
+                                                      rollouts_by_group)):
         rows = rows[np.argsort(-occurrences[rows], kind="stable")]  # frequent tokens first
         local[rows] = np.arange(rows.size)
         text: list[str | None] = [None] * rows.size
@@ -131,8 +144,8 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
         member_rows = np.concatenate([analysis.row_of_token[m] for m in members])
         groups.append(
             {
-                "name": group_name(key, data.rollouts[members[0]].prompt),
-                "prompt": data.rollouts[members[0]].prompt,
+                "name": name,
+                "prompt": prompts[group],
                 "nT": int(analysis.n_true[group]),
                 "nF": int(analysis.n_false[group]),
                 "strong": float(np.mean(np.abs(stats["value"][member_rows]) > strong)),
