@@ -81,7 +81,10 @@ def test_ids_without_pieces_need_a_tokenizer_and_unscored_rollouts_are_left_out(
         tokenize_rollouts([parse_rollout({"group": 0, "token_ids": [1, 2], "score": 1}, "x")])
     rollouts = [parse_rollout({"group": 0, "tokens": ["a"], "token_ids": [4], "score": s}, "x") for s in (1, None)]
     data = tokenize_rollouts(rollouts)
-    assert len(data.rollouts) == 1 and data.notices == ["1 rollout(s) without a score were left out."]
+    assert len(data.rollouts) == 1 and data.notices[0] == "1 rollout(s) without a score were left out."
+    # Without a tokenizer nothing says which ids are pad and end of sequence: the page says so.
+    assert "--ignore-token-ids" in data.notices[1] and data.ignore_token_ids == ()
+    assert tokenize_rollouts(rollouts, ignore_token_ids=[4]).notices == data.notices[:1]
 
 
 def test_find_run_tokenizer_takes_the_newest_checkpoint_with_one(tmp_path, byte_level_tokenizer):

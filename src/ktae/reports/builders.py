@@ -104,6 +104,8 @@ def _prepare(source, tokenizer, config, steps, ignore_token_ids):
             raise ValueError("no rollouts to report on")
         if not all(isinstance(r, Rollout) for r in rollouts):
             raise TypeError("rollouts must be ktae.reports.Rollout objects (see ktae.reports.parse_rollout)")
+    if ignore_token_ids is None and config.ignore_token_ids:
+        ignore_token_ids = config.ignore_token_ids  # the run's own list (analyse adds the config's anyway)
     data = tokenize_rollouts(rollouts, _tokenizer(tokenizer, run_dir), ignore_token_ids)
     return data, config, notices + data.notices
 

@@ -260,8 +260,14 @@ def tokenize_rollouts(
         vocabulary: dict[str, int] = {}
         ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         ignore_token_ids = ()
+    elif ignore_token_ids is None and tokenizer is not None:
+        ignore_token_ids = _tokenizer_ignore_ids(tokenizer)
     elif ignore_token_ids is None:
-        ignore_token_ids = _tokenizer_ignore_ids(tokenizer) if tokenizer is not None else ()
+        ignore_token_ids = ()
+        notices.append(
+            "No tokenizer, so the pad and end-of-sequence ids are unknown and get values here as any token; "
+            "training ignored them. Pass --tokenizer or --ignore-token-ids."
+        )
 
     # The piece style of the tokenizer's pieces, and separately of the pieces the records carry.
     record_pieces = (piece for row, tok in zip(pieces, from_tokenizer) if not tok for piece in row)
