@@ -79,8 +79,9 @@ def test_hard_deadline_kills_a_stuck_worker():
         assert checker.check(["2"], ["2"]) == [True]  # a fresh worker took over
 
 
-def test_worker_that_cannot_start_is_an_error():
-    with AnswerChecker(num_workers=1, memory_limit_mb=16) as checker:
+def test_worker_that_cannot_start_is_an_error(monkeypatch):
+    monkeypatch.setattr("sys.executable", "false")  # exits at once, before its ready line
+    with AnswerChecker(num_workers=1) as checker:
         with pytest.raises(RuntimeError, match="exited while starting"):
             checker.check(["1"], ["1"])
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be > 0, got {args.limit}")
         return _evaluate(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing files, a model id from_pretrained cannot resolve
         print(f"ktae eval: error: {e}", file=sys.stderr)
         return 2
 

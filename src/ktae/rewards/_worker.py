@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 
@@ -18,18 +19,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ktae.rewards._worker")
     parser.add_argument("--memory-limit-mb", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.memory_limit_mb:
-        import resource
-
-        limit = args.memory_limit_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    # Ctrl-C in the terminal reaches the whole process group; the parent decides, and closes our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
     from ktae.rewards.equivalence import _parse, run_with_deadline
 
     _parse("0")  # import math-verify, sympy and the LaTeX parser before reporting ready
+    if args.memory_limit_mb and os.path.exists("/proc/self/statm"):
+        # on top of what the imports mapped (a CUDA build of torch maps gigabytes it never touches)
+        import resource
+
+        mapped = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = mapped + args.memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     protocol.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         task = json.loads(line)

@@ -207,8 +207,8 @@ class AnswerChecker:
         its hard deadline); None picks min(8, CPUs); 0 checks in the calling process under a
         SIGALRM timer (main thread only, and a long call inside C cannot be interrupted).
     timeout_s: time limit of one check (all reference answers of one prediction).
-    memory_limit_mb: address-space limit of each worker (a huge power fails fast instead of
-        swapping); None for no limit.
+    memory_limit_mb: address space each worker may add to what it maps at start-up (Linux), so a
+        huge power fails fast instead of swapping; None for no limit.
     Thread-safe: several threads may call ``verdicts`` at once and share the workers.
     """
 
