@@ -29,6 +29,23 @@ def byte_level_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sentencepiece_tokenizer():
+    """A Llama-2-style tokenizer: '▁' for spaces, byte fallback, a decoder that strips one leading space."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", *byte_tokens])
+    backend.train_from_iterator(CORPUS * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
 def chromium():
     """Path of the headless Chromium binary (Debian's `chromium` package); skip when absent."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")

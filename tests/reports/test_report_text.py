@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ktae.reports.rollouts import Rollout, tokenize_rollouts
 from ktae.reports.text import (
     BYTE_LEVEL,
     SENTENCEPIECE,
@@ -76,3 +77,13 @@ def test_merged_pieces_concatenate_to_the_tokenizers_own_decoding(byte_level_tok
     merged = merge_pieces(pieces, BYTE_LEVEL, byte_level_tokenizer.all_special_tokens)
     assert len(merged) == len(ids)
     assert "".join(merged) == byte_level_tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("text", ["The answer is 42.", "Für 北京 🙂\n\tok  done", " leading space"])
+def test_sentencepiece_token_ids_read_as_the_tokenizers_own_decoding(sentencepiece_tokenizer, text):
+    ids = sentencepiece_tokenizer(text, add_special_tokens=False)["input_ids"]
+    rollout = Rollout(1, "g", "p", 1.0, token_ids=ids)
+    data = tokenize_rollouts([rollout], sentencepiece_tokenizer)
+    assert tokenizer_piece_style(sentencepiece_tokenizer) == SENTENCEPIECE
+    assert len(data.texts[0]) == len(ids)
+    assert "".join(data.texts[0]) == sentencepiece_tokenizer.decode(ids)

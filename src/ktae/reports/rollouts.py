@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ktae.reports.text import detect_piece_style, merge_pieces, piece_label, tokenizer_piece_style
+from ktae.reports.text import SENTENCEPIECE, detect_piece_style, merge_pieces, piece_label, tokenizer_piece_style
 
 # Accepted names of each field, in order of preference.
 PROMPT_KEYS = ("prompt", "input")
@@ -199,6 +199,15 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
     return max(candidates, key=lambda f: int(f.name.split("-")[-1]), default=None)
 
 
+def _drop_decoder_stripped_space(texts: list[str], decoded: str) -> None:
+    """SentencePiece decoders (Llama 2, Mistral) strip one leading space ('▁' of the first word):
+    do the same when that is the only difference from the tokenizer's own decoding."""
+    joined = "".join(texts)
+    if joined != decoded and joined.startswith(" ") and joined[1:] == decoded:
+        first = next(index for index, text in enumerate(texts) if text)
+        texts[first] = texts[first][1:]
+
+
 def _tokenizer_ignore_ids(tokenizer) -> tuple[int, ...]:
     ids = {getattr(tokenizer, name, None) for name in ("pad_token_id", "eos_token_id")}
     return tuple(sorted(int(i) for i in ids if isinstance(i, int)))
@@ -276,7 +285,10 @@ def tokenize_rollouts(
     texts, labels = [], {}
     for row_ids, row_pieces, tok in zip(ids, pieces, from_tokenizer):
         style = tokenizer_style if tok else record_style
-        texts.append(merge_pieces(row_pieces, style, special))
+        merged = merge_pieces(row_pieces, style, special)
+        if tok and style == SENTENCEPIECE:
+            _drop_decoder_stripped_space(merged, tokenizer.decode(row_ids))
+        texts.append(merged)
         for token_id, piece in zip(row_ids, row_pieces):
             if token_id not in labels:
                 labels[token_id] = piece_label(piece, style, special)
