@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import uuid
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from ktae import KTAEConfig, compute_ktae_advantages
+from ktae.reports import load_rollouts
 from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
 
@@ -49,9 +55,11 @@ def queue(monkeypatch):
     return store
 
 
-class Tokenizer:
-    pad_token_id = PAD
-    eos_token_id = EOS
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Ids 0 and 1 are pad and eos, 2..8 the letters a..g."""
+    vocab = {"<pad>": PAD, "<eos>": EOS, **{chr(ord("a") + i): 2 + i for i in range(7)}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+                                   pad_token="<pad>", eos_token="<eos>")
 
 
 def put_rollouts(queue, seed: int) -> tuple[list[str], list[dict]]:
@@ -87,7 +95,7 @@ def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose, queue, seed):
     trainer = object.__new__(KTAEPPOTrainerSync)  # the advantage step needs only config and tokenizer
     trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])
-    trainer.tokenizer = Tokenizer()
+    trainer.tokenizer = make_tokenizer()
     keys, rows = put_rollouts(queue, seed)
     batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
 
@@ -106,7 +114,7 @@ def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose
 def test_other_estimators_run_verls_step_unchanged(compose, queue):
     trainer = object.__new__(KTAEPPOTrainerSync)
     trainer.config = compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4"])
-    trainer.tokenizer = Tokenizer()
+    trainer.tokenizer = make_tokenizer()
     keys, rows = put_rollouts(queue, 2)
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
     ktae_off = compute_ktae_advantages(
@@ -131,3 +139,30 @@ def test_ktae_trainer_validates_and_restores_the_verl_mode(compose, monkeypatch)
     bad = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1", "trainer.v1.trainer_mode=ktae_sync"])
     with pytest.raises(ValueError, match="rollout.n"):
         KTAEPPOTrainerSync(bad)
+
+
+def test_rollout_log_in_the_format_ktae_viz_reads(compose, queue, tmp_path):
+    trainer = object.__new__(KTAEPPOTrainerSync)
+    trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
+                              f"trainer.ktae_rollouts_dir={tmp_path}", "trainer.ktae_rollout_groups_per_step=1"])
+    trainer.tokenizer = make_tokenizer()
+    trainer.global_steps = 7
+    keys, rows = put_rollouts(queue, 3)
+    for key, row in zip(keys, rows):
+        queue.rows[key]["prompts"] = torch.tensor([2, 3])
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
+
+    records = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    first_group = [i for i, r in enumerate(rows) if r["uid"] == rows[0]["uid"]]
+    assert len(records) == len(first_group) == 4  # one whole group
+    letters = "".join(chr(ord("a") + i) for i in range(7))
+    for record, i in zip(records, first_group):
+        ids = rows[i]["responses"].tolist()
+        assert record["step"] == 7 and record["group"] == rows[i]["uid"] and record["prompt"] == "a b"
+        assert record["token_ids"] == ids
+        assert record["tokens"] == [letters[t - 2] if t > 1 else "<eos>" for t in ids]
+        assert record["response"] == "".join(record["tokens"])
+        assert record["score"] == rows[i]["score"] and record["correct"] == (rows[i]["score"] > 0)
+        assert record["advantages"] == queue.rows[keys[i]]["advantages"].tolist()
+    loaded = load_rollouts(tmp_path / "rollouts.jsonl")
+    assert [r.token_ids for r in loaded] == [r["token_ids"] for r in records]

@@ -6,9 +6,17 @@ fetches the tokens of the same rows, and runs verl's own advantage step inside
 :func:`~ktae.integrations.verl.estimator.response_tokens`. The trainers are registered with verl's
 trainer registry as ``ktae_<mode>``; :class:`KTAETaskRunner` (verl's TaskRunner, run by the launcher)
 imports this module in the Ray process where the trainer lives.
+
+With ``trainer.ktae_rollouts_dir`` set, the trainer also appends the first
+``trainer.ktae_rollout_groups_per_step`` prompt groups of every step to ``<dir>/rollouts.jsonl``, the
+format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used).
 """
 
 from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -17,8 +25,16 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
-from ktae.integrations.verl.config import KTAE_ESTIMATOR, KTAE_TRAINER_MODES, validate_ktae_run
+from ktae.integrations.verl.config import (
+    KTAE_ESTIMATOR,
+    KTAE_TRAINER_MODES,
+    ktae_config_from_algorithm,
+    validate_ktae_run,
+)
 from ktae.integrations.verl.estimator import response_tokens, tokenizer_ignore_token_ids
+from ktae.reports.text import merge_pieces, tokenizer_piece_style
+
+ROLLOUTS_FILE = "rollouts.jsonl"
 
 
 class KTAETrainerMixin:
@@ -45,7 +61,46 @@ class KTAETrainerMixin:
             responses = responses.to_padded_tensor(padding=0)  # masked out: the value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
         with response_tokens(responses, uids=uids, ignore_token_ids=tokenizer_ignore_token_ids(self.tokenizer)):
-            return super()._compute_advantage(batch, metrics)
+            result = super()._compute_advantage(batch, metrics)
+        if self.config.trainer.get("ktae_rollouts_dir"):
+            self._log_rollouts(batch)
+        return result
+
+    @functools.cached_property
+    def _piece_style(self) -> str:
+        return tokenizer_piece_style(self.tokenizer)
+
+    def _log_rollouts(self, batch) -> None:
+        """Append this step's first prompt groups, whole, to rollouts.jsonl (contracts: RUN_DIR/rollouts.jsonl)."""
+        fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        uids = data.pop("uid").tolist()
+        logged = set(list(dict.fromkeys(uids))[: self.config.trainer.get("ktae_rollout_groups_per_step", 4)])
+        threshold = ktae_config_from_algorithm(self.config.algorithm).correct_threshold
+        special = self.tokenizer.all_special_tokens
+        columns = [data[name].unbind(0) for name in ("prompts", "responses", "rm_scores", "advantages")]
+        records = []
+        for uid, prompt, response, rewards, advantages in zip(uids, *columns):
+            if uid not in logged:
+                continue
+            token_ids = response.tolist()
+            pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
+            score = float(rewards.sum())
+            records.append({
+                "step": self.global_steps,
+                "group": uid,
+                "prompt": self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
+                "response": "".join(pieces),
+                "token_ids": token_ids,
+                "tokens": pieces,
+                "score": score,
+                "correct": score > threshold,
+                "advantages": advantages.tolist(),
+            })
+        directory = Path(self.config.trainer.ktae_rollouts_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ROLLOUTS_FILE, "a") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
 
 
 @register_trainer(KTAE_TRAINER_MODES["sync"])
