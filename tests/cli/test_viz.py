@@ -68,7 +68,7 @@ def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys)
 
 
 def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
-    first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer, steps=(4,))
+    first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer, steps=(3, 4))
     out = tmp_path / "compare"
     assert main(["viz", "--run", str(first), "--run", str(second), "--label", "grpo", "--label", "ktae",
                  "--out", str(out), "--top", "0.5", "--step", "4"]) == 0
@@ -78,6 +78,10 @@ def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
     assert "top = 0.5" in text and max(max(g["P"]["v"]) for g in groups) < 0.5
     index = (out / "index.html").read_text(encoding="utf-8")
     assert 'href="grpo/step-4.html"' in index and 'href="ktae/step-4.html"' in index
+    # A step one run did not log is said so on the index, not an error.
+    assert main(["viz", "--run", str(first), "--run", str(second), "--out", str(out), "--step", "3"]) == 0
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "No rollouts at step(s) 3 in this run." in index and 'href="b/step-3.html"' in index
 
 
 def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):

@@ -234,10 +234,13 @@ def build_run_report(
         notes: list[str] = []
         summaries: list[StepSummary] = []
         if (run_dir / "rollouts.jsonl").is_file():
-            data, run_config, notes = _prepare(run_dir, tokenizer, config, wanted, ignore_token_ids)
+            data, run_config, notes = _prepare(run_dir, tokenizer, config, None, ignore_token_ids)
             by_step: dict = {}
             for index, rollout in enumerate(data.rollouts):
-                by_step.setdefault(rollout.step, []).append(index)
+                if wanted is None or rollout.step in wanted:
+                    by_step.setdefault(rollout.step, []).append(index)
+            if not by_step:
+                notes = [*notes, f"No rollouts at step(s) {', '.join(map(str, wanted))} in this run."]
             for step in sorted(by_step, key=lambda s: (s is None, s or 0)):
                 analysis = analyse(_subset(data, by_step[step]), run_config)
                 page_name = f"step-{'all' if step is None else step}.html"
