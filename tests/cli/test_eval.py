@@ -30,14 +30,14 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
         prompts = [
             render_prompt(apply_template(e["problem"], "qwen_math"))
             for name in ("aime24", "math500")
             for e in load_benchmark(name, math_eval_dir, limit=2)
         ]
         target = tokenizer(TARGET)["input_ids"] + [tokenizer.eos_token_id]
-        for step in range(60):
+        for step in range(40):
             ids = tokenizer(prompts[step % len(prompts)])["input_ids"]
             loss = model(input_ids=torch.tensor([ids + target]), labels=torch.tensor([[-100] * len(ids) + target])).loss
             optimizer.zero_grad()

@@ -126,3 +126,13 @@ def test_bad_inputs_are_named():
         AnswerChecker(num_workers=-1)
     with pytest.raises(ValueError, match="timeout_s"):
         AnswerChecker(timeout_s=0)
+
+
+@pytest.mark.parametrize("a, b", [("007", "7"), ("+5", "5"), ("-0", "0"), ("1000", "999"), (" 3 ", "3"), ("-12", "12")])
+def test_integer_fast_path_agrees_with_math_verify(a, b):
+    from math_verify import verify
+
+    from ktae.rewards.equivalence import _parse
+
+    through_parser = any(verify(g, p, timeout_seconds=None) for g in _parse(b) for p in _parse(a))
+    assert check_answer(a, [b]) == through_parser
