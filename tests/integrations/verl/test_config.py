@@ -61,7 +61,6 @@ def test_unknown_ktae_key_without_plus_is_refused_by_hydra(compose):
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.top=-1"], "top must be >= 0"),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.rollout_advantage=ppo"], "unknown rollout_advantage"),
-        (["actor_rollout_ref.rollout.n=4", "trainer.use_v1=False"], "trainer.use_v1=False"),
         (["actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=fancy"], "trainer_mode"),
         (
             ["actor_rollout_ref.rollout.n=4", "algorithm.norm_adv_by_std_in_grpo=False",
@@ -89,6 +88,12 @@ def test_prepare_config_points_the_run_at_the_ktae_trainer(compose):
     prepare_config(baseline)
     assert baseline.trainer.v1.trainer_mode == "sync"
     assert baseline.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == f"mine,{PLUGIN_MODULE}"
+
+
+def test_launcher_refuses_verls_legacy_trainer(compose):
+    config = compose(["algorithm.adv_estimator=grpo", "trainer.use_v1=False", *RUNNABLE])
+    with pytest.raises(ValueError, match="remove trainer.use_v1=False"):
+        prepare_config(config)
 
 
 def test_prepare_config_runs_verls_own_checks(compose):

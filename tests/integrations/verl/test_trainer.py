@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 from transfer_queue import KVBatchMeta

@@ -61,8 +61,8 @@ def validate_ktae_run(config: DictConfig) -> KTAEConfig | None:
     """Check a whole verl config for a KTAE run; returns its KTAEConfig, or None for other estimators.
 
     Raises ValueError for: unknown or invalid ``algorithm.ktae`` keys, one rollout per prompt
-    (``actor_rollout_ref.rollout.n < 2``: KTAE compares the rollouts of a prompt), verl's legacy
-    trainer (``trainer.use_v1=False``) and trainer modes without a KTAE trainer.
+    (``actor_rollout_ref.rollout.n < 2``: KTAE compares the rollouts of a prompt) and v1 trainer
+    modes without a KTAE trainer.
     """
     if config.algorithm.adv_estimator != KTAE_ESTIMATOR:
         return None
@@ -72,11 +72,6 @@ def validate_ktae_run(config: DictConfig) -> KTAEConfig | None:
         raise ValueError(
             f"algorithm.adv_estimator=ktae needs several rollouts per prompt to compare, got "
             f"actor_rollout_ref.rollout.n={n}; set actor_rollout_ref.rollout.n to 2 or more (the paper uses 16)"
-        )
-    if not config.trainer.get("use_v1", True):
-        raise ValueError(
-            "algorithm.adv_estimator=ktae runs on verl's v1 trainer; remove trainer.use_v1=False "
-            "(the legacy trainer is deprecated in verl)"
         )
     mode = config.trainer.v1.trainer_mode
     if mode not in KTAE_TRAINER_MODES and mode not in KTAE_TRAINER_MODES.values():

@@ -30,7 +30,10 @@ def prepare_config(config: DictConfig) -> None:
     Runs in the launching process, before Ray: a bad setting fails at start-up, not mid-run.
     """
     if not config.trainer.get("use_v1", True):
-        raise ValueError("python -m ktae.integrations.verl runs verl's v1 trainer; remove trainer.use_v1=False")
+        raise ValueError(
+            "python -m ktae.integrations.verl runs verl's v1 trainer; remove trainer.use_v1=False "
+            "(verl's legacy trainer is deprecated)"
+        )
     ktae_config = validate_ktae_run(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     with open_dict(config):

@@ -47,7 +47,7 @@ class KTAETrainerMixin:
     base_trainer_mode: str
 
     def __init__(self, config: DictConfig):
-        self.ktae_config = validate_ktae_run(config)
+        validate_ktae_run(config)
         with open_dict(config):
             config.trainer.v1.trainer_mode = self.base_trainer_mode
         super().__init__(config)
