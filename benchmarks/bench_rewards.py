@@ -62,8 +62,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     responses, answers = build_batch(args.data_dir, args.n, args.rollouts, args.seed)
-    print(f"{len(responses)} responses ({len(responses) // args.rollouts} prompts x {args.rollouts}), "
-          f"{sum(map(len, responses)) / len(responses):.0f} characters on average, {os.cpu_count()} CPUs")
+    print(
+        f"{len(responses)} responses ({len(responses) // args.rollouts} prompts x {args.rollouts}), "
+        f"{sum(map(len, responses)) / len(responses):.0f} characters on average, {os.cpu_count()} CPUs"
+    )
 
     with AnswerChecker(num_workers=0, timeout_s=args.timeout) as checker:
         single_s, single_scores = measure(checker, responses, answers)
@@ -74,9 +76,11 @@ def main() -> None:
         pool_s, pool_scores = measure(checker, responses, answers)
     print(f"{args.workers} worker processes : {pool_s:8.2f} s  {len(responses) / pool_s:9.0f} responses/s")
     print(f"speed-up           : {single_s / pool_s:8.2f}x")
-    print(f"accuracy           : {sum(pool_scores) / len(pool_scores):.3f} (single process: "
-          f"{sum(single_scores) / len(single_scores):.3f}; the two agree on {sum(a == b for a, b in zip(pool_scores, single_scores))}"
-          f"/{len(pool_scores)})")
+    agree = sum(a == b for a, b in zip(pool_scores, single_scores))
+    print(
+        f"accuracy           : {sum(pool_scores) / len(pool_scores):.3f} (single process: "
+        f"{sum(single_scores) / len(single_scores):.3f}; the two agree on {agree}/{len(pool_scores)})"
+    )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,21 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
     config = Qwen2Config(
-        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        vocab_size=len(vocab),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -52,8 +62,23 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
 @pytest.fixture(scope="module")
 def eval_run(tiny_model_dir, math_eval_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    argv = ["eval", "--model", str(tiny_model_dir), "--data-dir", str(math_eval_dir), "--benchmarks", "aime24,math500",
-            "--limit", "2", "--max-new-tokens", "16", "--batch-size", "2", "--output-dir", str(out)]
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data-dir",
+        str(math_eval_dir),
+        "--benchmarks",
+        "aime24,math500",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     return argv, out
 
 
@@ -99,7 +124,10 @@ def test_compare_with_reference_rows(eval_run, math_eval_dir, capsys):
     [
         (["--model", "/nonexistent/model"], "model path not found: '/nonexistent/model'"),
         (["--model", "{model}", "--benchmarks", "aime24,gsm8k"], "unknown benchmark(s) 'gsm8k'"),
-        (["--model", "{model}", "--benchmarks", "amc23", "--data-dir", "{bad}"], "amc23.jsonl:2: missing field 'answer'"),
+        (
+            ["--model", "{model}", "--benchmarks", "amc23", "--data-dir", "{bad}"],
+            "amc23.jsonl:2: missing field 'answer'",
+        ),
         (["--compare", "{bad}/nope.json"], "results file not found"),
         (["--benchmarks", "aime24"], "--model is required"),
     ],

@@ -28,7 +28,10 @@ def test_plain_text_templates_are_strings():
 
 def test_render_uses_the_tokenizers_chat_template():
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
-    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     assert render_prompt(apply_template("P", "qwen_math"), tokenizer).endswith("[user]P[assistant]")
 
 

@@ -6,7 +6,9 @@ from ktae.rewards import AnswerChecker
 
 
 def test_pathological_responses_never_stop_scoring():
-    examples = [{"problem": f"p{i}", "answer": a} for i, a in enumerate(["204", "\\frac{1}{2}", "5", "5", "5", ["1", "2"]])]
+    examples = [
+        {"problem": f"p{i}", "answer": a} for i, a in enumerate(["204", "\\frac{1}{2}", "5", "5", "5", ["1", "2"]])
+    ]
     texts = [
         "... so \\boxed{204}",
         "it is \\boxed{0.5}",

@@ -4,11 +4,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from equivalence_cases import ADVERSARIAL_PREDICTIONS, CASES
 
 from ktae.rewards import AnswerChecker, Verdict, check_answer, is_equivalent
 from ktae.rewards.equivalence import run_with_deadline
-
-from equivalence_cases import ADVERSARIAL_PREDICTIONS, CASES
 
 
 def test_table_is_large_and_balanced():

@@ -10,7 +10,10 @@ from ktae.rewards import extract_answer
     [
         ("so the answer is \\boxed{204}.", "204"),
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-        ("first \\boxed{1}, finally \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        (
+            "first \\boxed{1}, finally \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}",
+            "\\left( 3, \\frac{\\pi}{2} \\right)",
+        ),
         ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces are not structural
         ("\\fbox{3}", "3"),
         ("The answer is $\\boxed 5$.", "5"),
@@ -26,7 +29,9 @@ def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
 
-@pytest.mark.parametrize("text", ["", "no box here", "\\boxed{}", "\\boxed{   }", "\\boxed{1", "<answer> </answer>", "}}}\\boxed"])
+@pytest.mark.parametrize(
+    "text", ["", "no box here", "\\boxed{}", "\\boxed{   }", "\\boxed{1", "<answer> </answer>", "}}}\\boxed"]
+)
 def test_no_answer_is_none(text):
     assert extract_answer(text) is None
 

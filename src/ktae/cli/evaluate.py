@@ -1,7 +1,7 @@
 """Evaluate a model on the math benchmarks (aime24, amc23, math500, minerva, olympiadbench).
 
-    ktae eval --model PATH_OR_ID --data-dir ../shared/data/math-eval [--benchmarks aime24,math500] [--limit N]
-    ktae eval --compare A/results.json B/results.json [--reference ../shared/data/math-eval/README.md]
+ktae eval --model PATH_OR_ID --data-dir ../shared/data/math-eval [--benchmarks aime24,math500] [--limit N]
+ktae eval --compare A/results.json B/results.json [--reference ../shared/data/math-eval/README.md]
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder or Hugging Face hub id")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated (default: all five)")
     parser.add_argument("--data-dir", help="folder of <benchmark>.jsonl files (default: load from the hub)")
-    parser.add_argument("--output-dir", help="where results.json and responses/ go (default: eval_results/<model name>)")
+    parser.add_argument(
+        "--output-dir", help="where results.json and responses/ go (default: eval_results/<model name>)"
+    )
     parser.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
     parser.add_argument("--max-new-tokens", type=int, default=3000)
     parser.add_argument("--max-model-len", type=int, default=4096, help="context length, prompt included")
     parser.add_argument("--template", default="qwen_math", choices=sorted(TEMPLATES))
-    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"],
-                        help="auto: vLLM when installed and a GPU is present, else transformers")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "vllm", "transformers"],
+        help="auto: vLLM when installed and a GPU is present, else transformers",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="transformers backend: prompts per batch")
     parser.add_argument("--device", help="transformers backend: torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
@@ -33,11 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="vLLM backend")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--check-timeout", type=float, default=5.0, help="seconds per answer check")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse the finished benchmarks of an earlier run in --output-dir with the same settings")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the finished benchmarks of an earlier run in --output-dir with the same settings",
+    )
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="print these runs side by side instead")
-    parser.add_argument("--reference", metavar="README_MD",
-                        help="with --compare: add the reference rows of this Markdown table (math-eval/README.md)")
+    parser.add_argument(
+        "--reference",
+        metavar="README_MD",
+        help="with --compare: add the reference rows of this Markdown table (math-eval/README.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +98,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     with AnswerChecker(timeout_s=args.check_timeout) as checker:
         results = evaluate(
-            settings, args.benchmarks, output_dir, backend=args.backend, resume=args.resume,
-            checker=checker, generator_options=options,
+            settings,
+            args.benchmarks,
+            output_dir,
+            backend=args.backend,
+            resume=args.resume,
+            checker=checker,
+            generator_options=options,
         )
     print(results_table(results))
     print(f"\nresults: {output_dir / 'results.json'}\nresponses: {output_dir / 'responses'}/")

@@ -31,7 +31,7 @@ BENCHMARKS: dict[str, HubSource] = {
 
 
 def parse_benchmark_names(names: str | list[str]) -> list[str]:
-    """"aime24,math500" (or a list) -> validated names, in order, without repeats."""
+    """ "aime24,math500" (or a list) -> validated names, in order, without repeats."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]

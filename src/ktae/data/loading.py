@@ -113,11 +113,16 @@ def load_prompt_dataset(
         for e in examples:
             e["answer"] = e["answer"] if isinstance(e["answer"], list) else [e["answer"]]
     return datasets.Dataset.from_list(
-        [{"prompt": apply_template(e["problem"], template), "answer": e["answer"], "problem": e["problem"]} for e in examples]
+        [
+            {"prompt": apply_template(e["problem"], template), "answer": e["answer"], "problem": e["problem"]}
+            for e in examples
+        ]
     )
 
 
-def load_math_train(source: str | Path = MATH_TRAIN_HUB_ID, *, template: str = "qwen_math", split: str = "train", **kwargs):
+def load_math_train(
+    source: str | Path = MATH_TRAIN_HUB_ID, *, template: str = "qwen_math", split: str = "train", **kwargs
+):
     """The MATH training set (the paper's training data): problems, answers from the solutions' last \\boxed{}."""
     kwargs.setdefault("problem_field", "problem")
     kwargs.setdefault("answer_field", "solution")

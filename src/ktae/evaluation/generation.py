@@ -34,7 +34,7 @@ def check_model_source(model: str) -> None:
 
 
 def select_backend(name: str = "auto") -> str:
-    """"auto": vLLM when it is installed and a GPU is present, else transformers."""
+    """ "auto": vLLM when it is installed and a GPU is present, else transformers."""
     if name not in ("auto", "vllm", "transformers"):
         raise ValueError(f"unknown backend {name!r}; choose auto, vllm or transformers")
     if name != "auto":
@@ -91,8 +91,12 @@ class TransformersGenerator:
                 longest = max(len(encoded[i]) for i in batch)
                 budget = min(max_new_tokens, self.max_model_len - longest)
                 if budget <= 0:
-                    raise ValueError(f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context")
-                inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(self.device)
+                    raise ValueError(
+                        f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context"
+                    )
+                inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
+                    self.device
+                )
                 with torch.inference_mode():
                     output = self.model.generate(
                         **inputs,

@@ -50,7 +50,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def score_benchmark(name: str, examples: list[dict], prompts: list[str], generations, checker: AnswerChecker) -> list[dict]:
+def score_benchmark(
+    name: str, examples: list[dict], prompts: list[str], generations, checker: AnswerChecker
+) -> list[dict]:
     """Response records of one benchmark: extraction and a time-limited check per response."""
     extracted = [extract_answer(g.text) for g in generations]
     verdicts = checker.verdicts(extracted, [e["answer"] for e in examples])
@@ -148,7 +150,9 @@ def evaluate(
         )
         for name in todo:
             examples = suites[name]
-            prompts = [render_prompt(apply_template(e["problem"], settings.template), generator.tokenizer) for e in examples]
+            prompts = [
+                render_prompt(apply_template(e["problem"], settings.template), generator.tokenizer) for e in examples
+            ]
             generations = generator.generate(prompts, settings.max_new_tokens, desc=name)
             records = score_benchmark(name, examples, prompts, generations, checker)
             atomic_write_text(

@@ -38,7 +38,6 @@ WORKER_STARTUP_TIMEOUT_S = 120.0
 NUMERIC_RELATIVE_TOLERANCE = 1e-4
 
 
-
 class _DropNoTimeoutNotice(logging.Filter):
     """math-verify warns once that its own timeouts are off; ours (run_with_deadline) are on."""
 
@@ -239,7 +238,9 @@ class AnswerChecker:
         """Whether each answer equals (any of) its references; see ``verdicts``."""
         return [v.equivalent for v in self.verdicts(answers, references, timeout_s)]
 
-    def verdicts(self, answers: Sequence[str | None], references: Sequence, timeout_s: float | None = None) -> list[Verdict]:
+    def verdicts(
+        self, answers: Sequence[str | None], references: Sequence, timeout_s: float | None = None
+    ) -> list[Verdict]:
         """One ``Verdict`` per answer. ``answers``: extracted answers (None: no answer);
         ``references``: per answer, a str or a list of accepted str."""
         if len(answers) != len(references):

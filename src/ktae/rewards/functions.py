@@ -61,7 +61,9 @@ def make_overlong_penalty(max_completion_length: int, buffer_length: int, penalt
     if max_completion_length <= 0:
         raise ValueError(f"max_completion_length must be > 0, got {max_completion_length}")
     if not 0 < buffer_length <= max_completion_length:
-        raise ValueError(f"buffer_length must be in (0, max_completion_length={max_completion_length}], got {buffer_length}")
+        raise ValueError(
+            f"buffer_length must be in (0, max_completion_length={max_completion_length}], got {buffer_length}"
+        )
     if penalty_factor < 0:
         raise ValueError(f"penalty_factor must be >= 0, got {penalty_factor}")
     expected = max_completion_length - buffer_length
