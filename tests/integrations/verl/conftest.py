@@ -1,4 +1,4 @@
-"""Fixtures for the verl plugin tests: verl's real Hydra config, the repository and its shared data."""
+"""Fixtures for the verl plugin tests: verl's real Hydra config and the repository (shared data: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,3 @@ def compose():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    shared = (REPO / ".." / "shared").resolve()
-    if not shared.is_dir():
-        pytest.skip(f"shared data not found at {shared}")
-    return shared

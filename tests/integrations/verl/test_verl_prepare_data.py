@@ -36,9 +36,9 @@ def tokenizer():
     return tok
 
 
-def test_math_and_math500_in_verls_format(compose, tokenizer, math_file, tmp_path, shared_dir):
+def test_math_and_math500_in_verls_format(compose, tokenizer, math_file, tmp_path, math_eval_dir):
     written = prepare(tmp_path / "out", train=str(math_file), val=["math500", "aime24"],
-                      benchmarks_dir=str(shared_dir / "data" / "math-eval"), limit=3)
+                      benchmarks_dir=str(math_eval_dir), limit=3)
     data_config = compose([]).data
     with open_dict(data_config):
         data_config.filter_overlong_prompts = False
@@ -55,7 +55,7 @@ def test_math_and_math500_in_verls_format(compose, tokenizer, math_file, tmp_pat
 
     test = RLHFDataset(data_files=[str(written["test"])], tokenizer=tokenizer, config=data_config)
     assert [test[i]["data_source"] for i in range(len(test))] == ["math500"] * 3 + ["aime24"] * 3
-    reference = json.loads((shared_dir / "data" / "math-eval" / "aime24.jsonl").read_text().splitlines()[0])
+    reference = json.loads((math_eval_dir / "aime24.jsonl").read_text().splitlines()[0])
     assert test[3]["raw_prompt"][-1]["content"] == reference["problem"]
     assert test[3]["reward_model"]["ground_truth"] == reference["answer"]
 
