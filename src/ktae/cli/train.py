@@ -4,7 +4,7 @@
 by supervised training on the synthetic arithmetic task until it solves part of it, then runs
 GRPO+KTAE with `KTAEGRPOTrainer` and logs the accuracy as it rises. ``ktae train --config
 recipe.yaml [key=value ...]`` runs any recipe; ``ktae train --resume RUN_DIR`` continues a killed
-run from its last checkpoint. One job, top to bottom, in ``run_job``:
+run from its last checkpoint. One job, top to bottom, in ``prepare_job`` then ``PreparedJob.train``:
 
 1. options: the built-in defaults, then the recipe, then ``key=value`` overrides, validated by the
    trainer engineer's ``config_from_dict`` (unknown keys and bad values raise a ValueError);
@@ -47,6 +47,7 @@ REWARDS = ("accuracy", "dapo")
 # sizes), warm_start_* (supervised warm start). Each key is the dataclass field with the prefix.
 SECTIONS = {"task_": ArithmeticTask, "tiny_": TinyModelConfig, "warm_start_": WarmStartConfig}
 OTHER_JOB_KEYS = {
+    "task_seed": "seed of the synthetic prompts (training and held-out), apart from the training seed",
     "task_train_size": "prompts drawn for training (synthetic task)",
     "task_eval_size": "held-out prompts for the greedy accuracy (synthetic task)",
     "eval_accuracy_steps": "measure greedy accuracy on the held-out prompts every this many RL steps (0 = never)",
@@ -62,6 +63,7 @@ DEFAULT_JOB: dict[str, Any] = {
     "task_max_terms": 4,
     "task_max_operand": 9,
     "task_operations": "+",
+    "task_seed": 0,
     "task_train_size": 16000,
     "task_eval_size": 200,
     "warm_start_max_steps": 1500,
@@ -116,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
             run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
             if (run_dir / CONFIG_FILE).exists():
                 raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
-    except ValueError as error:
+        job = prepare_job(options, run_dir, resume=args.resume is not None)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as error:
         print(f"ktae train: error: {error}", file=sys.stderr)
         return 2
-    summary = run_job(options, run_dir, resume=args.resume is not None)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(job.train(), indent=2))
     return 0
 
 
@@ -204,26 +206,18 @@ def load_datasets(options: Mapping[str, Any]):
         from ktae.data.synthetic import make_arithmetic_dataset
 
         task = section(options, "task_", ArithmeticTask)
-        seed = options.get("seed", 0)
-        train = make_arithmetic_dataset(options.get("task_train_size", 16000), seed=2 * seed + 1, task=task)
-        held_out = make_arithmetic_dataset(options.get("task_eval_size", 200), seed=2 * seed + 2, task=task)
+        seed = options.get("task_seed") or 0
+        train = make_arithmetic_dataset(options.get("task_train_size") or 16000, seed=2 * seed + 1, task=task)
+        held_out = make_arithmetic_dataset(options.get("task_eval_size") or 200, seed=2 * seed + 2, task=task)
         return train, held_out
-    from datasets import load_dataset
+    from ktae.data import MATH_TRAIN_HUB_ID, load_math_train, load_prompt_dataset
 
-    train = load_dataset(name, options.get("dataset_config"), split=options.get("dataset_train_split", "train"))
+    # Both loaders name the file/row and the missing field when a row lacks the problem or answer.
+    loader = load_math_train if name == MATH_TRAIN_HUB_ID else load_prompt_dataset
+    common = {"template": options.get("template") or "qwen_math", "name": options.get("dataset_config")}
+    train = loader(name, split=options.get("dataset_train_split") or "train", limit=options.get("max_train_samples"), **common)
     test_split = options.get("dataset_test_split")
-    held_out = load_dataset(name, options.get("dataset_config"), split=test_split) if test_split else None
-    template = options.get("template")
-    if template is not None:
-        from ktae.data.templates import apply_template
-
-        train = apply_template(train, template)
-        held_out = apply_template(held_out, template) if held_out is not None else None
-    if options.get("max_train_samples"):
-        train = train.select(range(min(len(train), int(options["max_train_samples"]))))
-    for split, data in (("train", train), ("test", held_out)):
-        if data is not None:
-            check_columns(data, ("prompt", "answer"), f"dataset {name!r} ({split} split)")
+    held_out = loader(name, split=test_split, **common) if test_split else None
     return train, held_out
 
 
@@ -240,8 +234,37 @@ def reward_functions(options: Mapping[str, Any]):
     return [{"accuracy": accuracy_reward, "dapo": dapo_reward}[reward]]
 
 
-def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
-    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
+@dataclasses.dataclass
+class PreparedJob:
+    """A job ready for its first (or resumed) RL step; ``train()`` runs it and returns a summary."""
+
+    run_dir: Path
+    trainer: Any
+    checkpoint: str | None
+    warm_history: list | None
+    started: float
+
+    def train(self) -> dict[str, Any]:
+        from ktae.integrations.trl.callbacks import list_checkpoints
+
+        self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.trainer.state.global_step,
+            "warm_start_accuracy": self.warm_history,
+            "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r],
+            "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
+            "checkpoints": [p.name for p in list_checkpoints(self.run_dir)],
+            "seconds": round(time.perf_counter() - self.started, 1),
+        }
+
+
+def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> PreparedJob:
+    """Everything before the first RL step: run folder, data, warm start, trainer.
+
+    User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
+    """
     from transformers import ProgressCallback
 
     from ktae.integrations.trl import KTAEGRPOTrainer
@@ -275,8 +298,10 @@ def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool
                 check_columns(train_data, ("prompt", "completion"), "the warm start's training data")
                 if held_out is None:
                     raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
-                print(f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
-                      f"(at most {warm.max_steps} steps)")
+                print(
+                    f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
+                    f"(at most {warm.max_steps} steps)"
+                )
                 warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm)
                 print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
             else:
@@ -287,7 +312,7 @@ def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool
     tokenizer = load_tokenizer(policy)
 
     callbacks = []
-    every = options.get("eval_accuracy_steps", 0)
+    every = options.get("eval_accuracy_steps") or 0
     if every and held_out is not None:
         callbacks.append(GreedyAccuracyCallback(tokenizer, held_out, every, max_new_tokens=config.max_completion_length))
     callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=options.get("keep_checkpoints"))]
@@ -309,19 +334,12 @@ def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool
         print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
     for partial in run_dir.glob("checkpoint-*"):  # left by a run killed while saving
         shutil.rmtree(partial)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    return PreparedJob(run_dir, trainer, checkpoint, warm_history, started)
 
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r]
-    return {
-        "run_dir": str(run_dir),
-        "steps": trainer.state.global_step,
-        "warm_start_accuracy": warm_history,
-        "eval_accuracy": evals,
-        "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
-        "checkpoints": [p.name for p in list_checkpoints(run_dir)],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+
+def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
+    return prepare_job(options, run_dir, resume).train()
 
 
 #: Fields whose value `algo` decides when unset: written explicitly to config.yaml.

@@ -44,8 +44,6 @@ def add_short_names(record: dict) -> dict:
     return record
 
 
-#: What curves.png shows, where the run logged it.
-CURVE_METRICS = ("accuracy", "eval/accuracy", "completion_length", "kl", "ktae/large_bonus_share", "ktae/time_share")
 
 
 @torch.no_grad()
@@ -151,8 +149,8 @@ class RunLogCallback(TrainerCallback):
         self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=state.global_step or None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return  # the end-of-training summary is no step's record (it stays in trainer_state.json)
         record = {"step": state.global_step}
         for key, value in logs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -178,19 +176,12 @@ class RunLogCallback(TrainerCallback):
 
 
 def write_curves(run_dir: Path) -> Path | None:
-    """``run_dir/curves.png`` from its metrics.jsonl (the metrics of CURVE_METRICS it has)."""
+    """``run_dir/curves.png`` from its metrics.jsonl (the project's one curve plotter picks the metrics)."""
     from ktae.reports.curves import plot_runs
 
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.exists():
+    if not (run_dir / "metrics.jsonl").is_file():
         return None
-    present = set()
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        present.update(json.loads(line))
-    metrics = [m for m in CURVE_METRICS if m in present]
-    if not metrics:
-        return None
-    return plot_runs([run_dir], run_dir / "curves.png", metrics=metrics)
+    return plot_runs([run_dir], run_dir / "curves.png")
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
