@@ -107,7 +107,7 @@ def test_eval_end_to_end(eval_run, capsys):
     assert "settings differ in max_new_tokens" in capsys.readouterr().err
 
 
-def test_compare_with_reference_rows(eval_run, math_eval_dir, capsys):
+def test_compare_with_reference_rows(eval_run, math_eval_dir, tmp_path, capsys):
     argv, out = eval_run
     if not (out / "results.json").exists():
         assert main(argv) == 0
@@ -117,6 +117,14 @@ def test_compare_with_reference_rows(eval_run, math_eval_dir, capsys):
     assert table[0] == "| model | AIME24 | AMC23 | MATH500 | Minerva | Olympiad | avg |"
     assert "| Qwen2.5-Math-7B + DAPO+KTAE | 36.7 | 63.9 | 83.2 | 35.3 | 43.7 | 52.5 |" in table
     assert table[-1].endswith("| 50.0 | – | 0.0 | – | – | 25.0 |")
+
+    # two runs of one model are told apart by their folders
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "results.json").write_text((out / "results.json").read_text())
+    assert main(["eval", "--compare", str(out / "results.json"), str(other / "results.json")]) == 0
+    labels = [row.split("|")[1].strip() for row in capsys.readouterr().out.splitlines()[2:]]
+    assert labels[0] != labels[1] and labels[1].endswith("(other-run)")
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.compare:
             runs = [load_results(path) for path in args.compare]
+            labels = [run["label"] for run in runs]
+            for run, path in zip(runs, args.compare):
+                if labels.count(run["label"]) > 1:  # the same model evaluated twice: tell the runs apart
+                    run["label"] = f"{run['label']} ({Path(path).resolve().parent.name})"
             reference = load_reference_rows(args.reference) if args.reference else []
             print(comparison_table(runs, reference))
             return 0
