@@ -13,6 +13,13 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
     # verl's rollout_data_dir: input/output/gts/score/step, no group id: the prompt is the group.
     verl = parse_rollout({"input": "What is 1+1?", "output": "2", "gts": "2", "score": 1.0, "step": 5}, "x")
     assert (verl.group, verl.prompt, verl.response, verl.step) == ("What is 1+1?", "What is 1+1?", "2", 5)
+    # verl v1 dumps name each rollout with a uid of its own (<prompt uid>_<sample>_<output>):
+    # the group is still the prompt, so rollouts of one prompt stay together.
+    v1 = [
+        parse_rollout({"input": "Q", "output": o, "score": 1.0, "uid": f"p7_{i}_0"}, "x")
+        for i, o in enumerate(["1", "2"])
+    ]
+    assert [r.group for r in v1] == ["Q", "Q"]
     chat = parse_rollout({"prompt": [{"role": "user", "content": "hi"}],
                           "completion": [{"role": "assistant", "content": "yo"}], "reward": 0, "uid": "u"}, "x")
     assert (chat.prompt, chat.response, chat.group, chat.score) == ("hi", "yo", "u", 0.0)

@@ -118,7 +118,10 @@ def parse_rollout(record: dict, where: str) -> Rollout:
             raise ValueError(f"{where}: 'advantages' must be a list of numbers (one per token)")
         if token_ids is not None and len(advantages) != len(token_ids):
             raise ValueError(f"{where}: {len(advantages)} advantages but {len(token_ids)} token_ids")
-    group = _first(record, GROUP_KEYS)
+    # verl's dumps (input/output records) carry no per-prompt id: v1's "uid" there names the single
+    # rollout (<prompt uid>_<sample>_<output>), so the prompt text is the group.
+    is_verl_dump = "input" in record and "output" in record and "group" not in record
+    group = None if is_verl_dump else _first(record, GROUP_KEYS)
     if group is None:
         if not prompt:
             raise ValueError(f"{where}: needs a 'group' id (or a 'prompt' whose rollouts form the group)")
