@@ -1,6 +1,8 @@
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ktae.rewards import extract_answer
 
@@ -48,3 +50,25 @@ def test_enormous_and_malformed_responses_are_linear_time():
 def test_non_string_is_a_type_error():
     with pytest.raises(TypeError, match="expects a str"):
         extract_answer(None)
+
+
+def _balanced():
+    """Strings over a few characters in which every brace is matched."""
+    atom = st.text(alphabet="x1+^ ,.", max_size=5)
+    return st.recursive(atom, lambda inner: st.builds(lambda a, b: f"{a}{{{b}}}", atom, inner), max_leaves=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(content=_balanced(), prefix=st.text(max_size=50), suffix=st.text(alphabet="abc .$", max_size=20))
+def test_boxed_content_round_trips(content, prefix, suffix):
+    prefix = prefix.replace("\\", "")  # keep the prefix from opening a box or escaping a brace
+    text = f"{prefix}\\boxed{{{content}}}{suffix}"
+    assert extract_answer(text) == (content.strip() or None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(["\\boxed", "\\fbox", "{", "}", "\\", "<answer>", "</answer>", "1", " "])))
+def test_any_text_gets_a_string_or_none(pieces):
+    text = "".join(pieces)
+    answer = extract_answer(text)
+    assert answer is None or (isinstance(answer, str) and answer == answer.strip() and answer)
