@@ -145,16 +145,18 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         raise CheckTimeout
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        return Verdict(check_answer(prediction, references))
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            return Verdict(check_answer(prediction, references))
+        finally:  # an alarm that fires just before this line is still caught below
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except CheckTimeout:
         return Verdict(False, "timeout")
     except Exception:  # a parser bug on a strange answer is a wrong answer, not a crashed run
         logging.getLogger(__name__).debug("answer check failed", exc_info=True)
         return Verdict(False, "error")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
