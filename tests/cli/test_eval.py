@@ -14,6 +14,15 @@ from ktae.data import apply_template, load_benchmark, render_prompt
 TARGET = "\\boxed{204}"  # the answer of aime24's first problem
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A tiny model gains nothing from threads, and on a busy 2-core machine they make it 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, math_eval_dir):
     """A character-level tokenizer and a 2-layer Qwen2 taught to answer TARGET after the test's prompts."""
