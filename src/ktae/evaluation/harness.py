@@ -55,7 +55,7 @@ def score_benchmark(
 ) -> list[dict]:
     """Response records of one benchmark: extraction and a time-limited check per response."""
     extracted = [extract_answer(g.text) for g in generations]
-    verdicts = checker.verdicts(extracted, [e["answer"] for e in examples])
+    verdicts = checker.verdicts(extracted, [e["answer"] for e in examples], progress=f"{name}: checking")
     return [
         {
             "benchmark": name,

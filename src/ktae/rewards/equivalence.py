@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tqdm.auto import tqdm
+
 DEFAULT_TIMEOUT_S = 5.0
 # A worker gets this long to import sympy/math-verify before its first task's clock starts.
 WORKER_STARTUP_TIMEOUT_S = 120.0
@@ -241,10 +243,15 @@ class AnswerChecker:
         return [v.equivalent for v in self.verdicts(answers, references, timeout_s)]
 
     def verdicts(
-        self, answers: Sequence[str | None], references: Sequence, timeout_s: float | None = None
+        self,
+        answers: Sequence[str | None],
+        references: Sequence,
+        timeout_s: float | None = None,
+        progress: str | None = None,
     ) -> list[Verdict]:
         """One ``Verdict`` per answer. ``answers``: extracted answers (None: no answer);
-        ``references``: per answer, a str or a list of accepted str."""
+        ``references``: per answer, a str or a list of accepted str; ``progress``: the label of a
+        progress bar over the checks (none when None)."""
         if len(answers) != len(references):
             raise ValueError(f"got {len(answers)} answers but {len(references)} references")
         timeout_s = self.timeout_s if timeout_s is None else float(timeout_s)
@@ -261,13 +268,16 @@ class AnswerChecker:
                 slot_of.append(distinct.setdefault((answer, refs), len(distinct)))
         pairs = list(distinct)
         checked: list[Verdict | None] = [None] * len(pairs)
-        if self.num_workers == 0:
-            checked = [run_with_deadline(answer, refs, timeout_s) for answer, refs in pairs]
-        elif pairs:
-            self._run_in_workers(pairs, timeout_s, checked)
+        with tqdm(total=len(pairs), desc=progress, unit="check", disable=progress is None) as bar:
+            if self.num_workers == 0:
+                for i, (answer, refs) in enumerate(pairs):
+                    checked[i] = run_with_deadline(answer, refs, timeout_s)
+                    bar.update()
+            elif pairs:
+                self._run_in_workers(pairs, timeout_s, checked, bar)
         return [Verdict(False, "no_answer") if slot is None else checked[slot] for slot in slot_of]
 
-    def _run_in_workers(self, pairs: list[tuple[str, tuple[str, ...]]], timeout_s: float, results: list) -> None:
+    def _run_in_workers(self, pairs: list[tuple[str, tuple[str, ...]]], timeout_s: float, results: list, bar) -> None:
         hard_timeout_s = timeout_s + max(1.0, 0.5 * timeout_s)  # the worker's own timer fires first
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (answer index, hard deadline)
 
@@ -303,6 +313,7 @@ class AnswerChecker:
                                 f"{worker.process.returncode}); its error is on stderr"
                             )
                         results[i] = Verdict(False, "error")  # crashed on this answer (e.g. out of memory)
+                        bar.update()
                     elif message.get("ready"):
                         worker.ready = True
                         busy[worker] = (i, deadline_for(worker))
@@ -310,11 +321,13 @@ class AnswerChecker:
                         del busy[worker]
                         self._release(worker)
                         results[i] = Verdict(bool(message["equivalent"]), str(message["status"]))
+                        bar.update()
                 now = time.monotonic()
                 for worker in [w for w, (_, deadline) in busy.items() if deadline <= now]:
                     i, _ = busy.pop(worker)
                     self._discard(worker, kill=True)
                     results[i] = Verdict(False, "timeout")
+                    bar.update()
         finally:  # an interrupted batch leaves no worker with a stale task behind
             for worker in busy:
                 self._discard(worker, kill=True)
