@@ -149,7 +149,9 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            # Re-fire every 50 ms: an alarm raised inside a weakref callback or __del__ is swallowed
+            # by the interpreter, and the next one must still stop the check.
+            signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
             return Verdict(check_answer(prediction, references))
         finally:  # an alarm that fires just before this line is still caught below
             signal.setitimer(signal.ITIMER_REAL, 0)
