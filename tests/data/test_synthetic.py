@@ -46,6 +46,17 @@ def test_knobs_bound_the_problems():
     assert -7 <= min(answers) < 0 < max(answers) <= 2
 
 
+def test_direct_answer_rate_mixes_bare_answers_in():
+    data = make_arithmetic_dataset(400, seed=1, task=ArithmeticTask(direct_answer_rate=0.5))
+    bare = [c == f"{BOXED}{a}}}" for c, a in zip(data["completion"], data["answer"])]
+    assert 150 < sum(bare) < 250  # about half
+    for row, is_bare in zip(data, bare):
+        if not is_bare:
+            _check_steps(row["prompt"], row["completion"], row["answer"])
+    every = make_arithmetic_dataset(20, seed=1, task=ArithmeticTask(direct_answer_rate=1.0))
+    assert all(c.startswith(BOXED) for c in every["completion"])
+
+
 def test_same_seed_same_rows_other_seed_other_rows():
     a = make_arithmetic_dataset(50, seed=7)
     assert a.to_list() == make_arithmetic_dataset(50, seed=7).to_list()
@@ -67,6 +78,7 @@ def test_solve_folds_left_to_right():
         ({"max_operand": 0}, "max_operand"),
         ({"operations": "*"}, "unknown operator"),
         ({"operations": ""}, "non-empty"),
+        ({"direct_answer_rate": 1.5}, "direct_answer_rate"),
     ],
 )
 def test_bad_knobs_are_named(kwargs, message):

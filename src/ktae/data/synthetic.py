@@ -9,7 +9,10 @@ solution folds the chain left to right, one step per line, and ends with the ans
     answer      "9"
 
 Difficulty knobs: the number of terms (each term adds one step to get right), the largest
-operand, and the operators. Columns follow the project's prompt datasets (``prompt``,
+operand, and the operators. ``direct_answer_rate`` makes that share of the worked solutions bare
+answers (``\\boxed{9}`` with no steps), as real fine-tuning data mixes worked and short answers: a
+model warm-started on such a mix guesses some answers in one go, which a small model gets wrong
+far more often than when it works step by step, and RL has a strategy to discover. Columns follow the project's prompt datasets (``prompt``,
 ``answer``) plus ``completion``, the worked solution a supervised warm start trains on.
 """
 
@@ -32,12 +35,14 @@ class ArithmeticTask:
     min_terms, max_terms: number of operands in a chain (a chain of n terms takes n - 1 steps).
     max_operand: operands are drawn uniformly from 1..max_operand.
     operations: the operators to draw from, a string over "+-".
+    direct_answer_rate: share of rows whose ``completion`` is the bare boxed answer, no steps.
     """
 
     min_terms: int = 3
     max_terms: int = 4
     max_operand: int = 9
     operations: str = "+"
+    direct_answer_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_terms", "max_terms", "max_operand"):
@@ -54,6 +59,9 @@ class ArithmeticTask:
             raise ValueError(f"ArithmeticTask.max_operand must be >= 1, got {self.max_operand}")
         if not isinstance(self.operations, str) or not self.operations:
             raise ValueError(f"ArithmeticTask.operations must be a non-empty string over '+-', got {self.operations!r}")
+        rate = self.direct_answer_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"ArithmeticTask.direct_answer_rate must be a number in [0, 1], got {rate!r}")
         unknown = sorted(set(self.operations) - set(_OPERATIONS))
         if unknown:
             raise ValueError(f"ArithmeticTask.operations has unknown operator(s) {unknown}; use '+' and '-'")
@@ -86,6 +94,8 @@ def sample_problem(rng: random.Random, task: ArithmeticTask) -> dict[str, str]:
     operators = [rng.choice(task.operations) for _ in range(n_terms - 1)]
     expression = str(operands[0]) + "".join(f"{op}{x}" for op, x in zip(operators, operands[1:]))
     completion, value = solve(operands, operators)
+    if rng.random() < task.direct_answer_rate:
+        completion = f"{BOXED}{value}}}"
     return {"prompt": f"{expression}=", "answer": str(value), "completion": completion}
 
 
