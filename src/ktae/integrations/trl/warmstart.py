@@ -25,7 +25,7 @@ class WarmStartConfig:
     held-out set reaches it; eval_steps: how often to measure it.
     """
 
-    max_steps: int = 1500
+    max_steps: int = 0
     target_accuracy: float = 0.3
     eval_steps: int = 50
     learning_rate: float = 3e-3
