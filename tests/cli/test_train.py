@@ -67,6 +67,22 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
     assert (run_dir / "curves.png").stat().st_size > 0
 
 
+def test_config_file_with_overrides_runs_a_recipe_alone(tmp_path, capsys):
+    recipe = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in SMALL)}
+    recipe.update(model_name_or_path="tiny", dataset_name="synthetic", max_steps=2, save_steps=2, logging_steps=1, bf16=False, report_to="none")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--output-dir", str(run_dir), "ktae=false", "algo=dapo"]) == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # the recipe alone: none of the built-in job's options (its SGD optimizer) crept in
+    assert config["ktae"] is False and config["algo"] == "dapo" and "optim" not in config
+    assert config["beta"] == 0.0 and config["epsilon_high"] == 0.28 and config["dynamic_sampling"] is True
+    assert _steps(run_dir / "metrics.jsonl") == [1, 2]
+    assert "ktae/large_bonus_share" not in json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert json.loads(_printed_summary(capsys))["checkpoints"] == ["checkpoint-2"]
+
+
 def _printed_summary(capsys) -> str:
     """The JSON summary ``ktae train`` prints last."""
     out = capsys.readouterr().out
@@ -125,6 +141,7 @@ def test_dataset_without_answers_is_refused(tmp_path, capsys):
     code = main(["train", "--output-dir", str(tmp_path / "run"), f"dataset_name={data}", "warm_start_max_steps=0"])
     assert code == 2
     assert "missing field 'answer'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # the folder stays free for a corrected run
 
 
 def test_resume_needs_a_run_folder_and_a_run_folder_is_not_overwritten(tmp_path, capsys):

@@ -225,12 +225,6 @@ def load_datasets(options: Mapping[str, Any]):
     return train, held_out
 
 
-def check_columns(dataset, needed: Sequence[str], what: str) -> None:
-    missing = [c for c in needed if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"{what} lacks the column(s) {missing} the job needs; it has {dataset.column_names}")
-
-
 def reward_functions(options: Mapping[str, Any]):
     from ktae.rewards import accuracy_reward, dapo_reward
 
@@ -286,9 +280,9 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = build_trainer_config(options, run_dir)
+    train_data, held_out = load_datasets(options)
     resolved = {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}}
     _write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
-    train_data, held_out = load_datasets(options)
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
     # the warm-started (or freshly built tiny) model in RUN_DIR/warm_start, else model_name_or_path.
@@ -299,7 +293,6 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
             model, tokenizer = load_model_and_tokenizer(options)
             if warm.max_steps > 0:
-                check_columns(train_data, ("prompt", "completion"), "the warm start's training data")
                 if held_out is None:
                     raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
                 print(
