@@ -58,7 +58,6 @@ OTHER_JOB_KEYS = {
 DEFAULT_JOB: dict[str, Any] = {
     "model_name_or_path": TINY_MODEL,
     "dataset_name": SYNTHETIC_DATASET,
-    "reward": "accuracy",
     "task_min_terms": 3,
     "task_max_terms": 4,
     "task_max_operand": 9,
