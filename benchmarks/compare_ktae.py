@@ -7,10 +7,11 @@ mean response length over the last steps, then prints and writes a table with me
 (standard deviation over seeds) and one plot of the seed-averaged curves.
 
     python benchmarks/compare_ktae.py                       # 4 variants x 3 seeds, the default job's sizes
-    python benchmarks/compare_ktae.py --seeds 0 max_steps=20    # smaller; any `ktae train` key=value applies
+    python benchmarks/compare_ktae.py max_steps=20 --seeds 0    # smaller; any `ktae train` key=value applies
+                                                            # (key=value before --seeds, which takes a list)
 
 Runs live in --work (default runs/compare_ktae, git-ignored); an interrupted benchmark resumes:
-finished runs are kept, a killed run continues from its last checkpoint. Results go to --out
+the warm start and finished runs are kept, an unfinished run starts over. Results go to --out
 (default benchmarks/results): compare_ktae.json, compare_ktae.md, compare_ktae.png.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {**base, **VARIANTS[name], "seed": seed, "model_name_or_path": str(warm_dir), "warm_start_max_steps": 0}
             if not (run_dir / "done.json").is_file():
                 print(f"[compare_ktae] {name} seed {seed} -> {run_dir}", flush=True)
-                summary = run_job(options, run_dir, resume=(run_dir / "config.yaml").is_file())
+                shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over (no mid-run checkpoints)
+                summary = run_job(options, run_dir)
                 (run_dir / "done.json").write_text(json.dumps(summary))
             runs.setdefault(name, []).append(run_dir)
 
