@@ -27,6 +27,7 @@ from transformers import ProgressCallback, TrainerCallback
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
+
 def add_short_names(record: dict) -> dict:
     """Add the run folder's short names (docs/training.md) beside TRL's metric names, in place.
 
@@ -44,11 +45,13 @@ def add_short_names(record: dict) -> dict:
     return record
 
 
-
-
 @torch.no_grad()
-def greedy_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256) -> list[str]:
-    """Greedy completions of ``prompts`` (strings), decoded without special tokens."""
+def greedy_completions(model, tokenizer, prompts: Sequence, max_new_tokens: int, batch_size: int = 256) -> list[str]:
+    """Greedy completions of ``prompts`` (strings, or chat messages rendered with the tokenizer's
+    chat template), decoded without special tokens."""
+    from ktae.data.templates import render_prompt
+
+    prompts = [render_prompt(p, tokenizer) for p in prompts]
     was_training = model.training
     model.eval()
     padding_side = tokenizer.padding_side
