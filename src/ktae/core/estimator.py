@@ -16,7 +16,7 @@ import torch
 from ktae.core import cpu
 from ktae.core.config import KTAEConfig
 from ktae.core.fisher import fisher_pvalue_tables, table_offsets
-from ktae.core.groups import dense_groups, validate_batch
+from ktae.core.groups import dense_groups, group_sums, validate_batch
 from ktae.core.rollout import ROLLOUT_ADVANTAGES
 
 # BM25-style saturation constants of the term-frequency correction (spec, step 5).
@@ -142,10 +142,6 @@ def _scan(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.
     return int(torch.where(mask, responses, 0).min()), int(torch.where(mask, responses, -1).max()), lengths
 
 
-def _group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    return torch.zeros(num_groups, dtype=torch.int64, device=group.device).index_add_(0, group, values.to(torch.int64))
-
-
 def _count(
     responses: torch.Tensor,
     mask: torch.Tensor,
@@ -166,10 +162,10 @@ def _count(
         raise ValueError(f"responses contain a negative token id ({low}) at a masked (response) position")
     num_groups, vocab = len(group_ids), max(high + 1, 1)
     per_group = (
-        _group_sums(correct, group, num_groups),
-        _group_sums(~correct, group, num_groups),
-        _group_sums(lengths * correct, group, num_groups),
-        _group_sums(lengths * ~correct, group, num_groups),
+        group_sums(correct, group, num_groups),
+        group_sums(~correct, group, num_groups),
+        group_sums(lengths * correct, group, num_groups),
+        group_sums(lengths * ~correct, group, num_groups),
     )
     if _on_cpu_kernels(responses):
         layout = cpu.group_layout(group, num_groups)
@@ -424,7 +420,7 @@ def compute_ktae_advantages(
         return torch.where(mask, rollout.float()[:, None], 0.0)
     # Only groups with both correct and incorrect rollouts get key-token values: count only theirs.
     correct = scores > config.correct_threshold
-    n_true = _group_sums(correct, group, len(group_ids))
-    n_all = _group_sums(torch.ones_like(correct), group, len(group_ids))
+    n_true = group_sums(correct, group, len(group_ids))
+    n_all = group_sums(torch.ones_like(correct), group, len(group_ids))
     stats, place = _count(responses, mask, group, group_ids, correct, (n_true > 0) & (n_true < n_all))
     return place(_pair_values(stats, config), rollout)

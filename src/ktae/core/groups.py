@@ -39,6 +39,12 @@ def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[to
     return torch.tensor(group, dtype=torch.int64, device=device), list(numbers)
 
 
+def group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-group sums of ``values`` [B] (booleans count as int64). [G]."""
+    values = values.long() if values.dtype == torch.bool else values
+    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
+
+
 def validate_scores(scores, device: torch.device | None) -> torch.Tensor:
     """scores: [B] real numbers, all finite. Returns a tensor on ``device`` (its own when None)."""
     if not isinstance(scores, torch.Tensor):

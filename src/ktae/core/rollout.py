@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from ktae.core.groups import dense_groups, validate_scores
+from ktae.core.groups import dense_groups, group_sums, validate_scores
 
 RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 ROLLOUT_ADVANTAGES: dict[str, RolloutAdvantageFn] = {}
@@ -24,20 +24,16 @@ def register_rollout_advantage(name: str) -> Callable[[RolloutAdvantageFn], Roll
     return decorator
 
 
-def _group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
-
-
 @register_rollout_advantage("grpo")
 def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """GRPO: (s - mean_g) / (std_g + epsilon), Bessel-corrected std; a group of one uses mean 0, std 1.
 
     scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64.
     """
-    count = _group_sums(torch.ones_like(scores), group, num_groups)
-    mean = _group_sums(scores, group, num_groups) / count
+    count = group_sums(torch.ones_like(scores), group, num_groups)
+    mean = group_sums(scores, group, num_groups) / count
     centred = scores - mean[group]
-    var = _group_sums(centred * centred, group, num_groups) / (count - 1).clamp(min=1)
+    var = group_sums(centred * centred, group, num_groups) / (count - 1).clamp(min=1)
     single = count == 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(var), var.sqrt())
@@ -47,16 +43,16 @@ def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, e
 @register_rollout_advantage("dr_grpo")
 def dr_grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """Dr. GRPO: s - mean_g, no division by the standard deviation. [B] -> [B] float64."""
-    count = _group_sums(torch.ones_like(scores), group, num_groups)
-    mean = _group_sums(scores, group, num_groups) / count
+    count = group_sums(torch.ones_like(scores), group, num_groups)
+    mean = group_sums(scores, group, num_groups) / count
     return scores - mean[group]
 
 
 @register_rollout_advantage("rloo")
 def rloo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """RLOO: s - mean of the other rollouts of the group; a group of one keeps its score. [B] -> [B] float64."""
-    count = _group_sums(torch.ones_like(scores), group, num_groups)[group]
-    total = _group_sums(scores, group, num_groups)[group]
+    count = group_sums(torch.ones_like(scores), group, num_groups)[group]
+    total = group_sums(scores, group, num_groups)[group]
     others = (total - scores) / (count - 1).clamp(min=1)
     return torch.where(count > 1, scores - others, scores)
 
