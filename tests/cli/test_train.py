@@ -150,3 +150,11 @@ def test_resume_needs_a_run_folder_and_a_run_folder_is_not_overwritten(tmp_path,
     (tmp_path / "config.yaml").write_text("max_steps: 1\n")
     assert main(["train", "--output-dir", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_unreachable_hub_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["train", "--output-dir", str(tmp_path / "run"), "dataset_name=nobody/no-such-dataset-ktae"])
+    assert code == 2
+    assert "nobody/no-such-dataset-ktae" in capsys.readouterr().err

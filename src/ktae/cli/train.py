@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             if (run_dir / CONFIG_FILE).exists():
                 raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
         job = prepare_job(options, run_dir, resume=args.resume is not None)
-    except (ValueError, FileNotFoundError, yaml.YAMLError) as error:
+    except (ValueError, OSError, yaml.YAMLError) as error:  # OSError: files, and hubs out of reach
         print(f"ktae train: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(job.train(), indent=2))
