@@ -20,7 +20,7 @@ import yaml
 
 from ktae import KTAEConfig
 from ktae.reports.curves import default_labels, plot_panels, plot_runs
-from ktae.reports.files import write_atomic
+from ktae.reports.files import run_folders, write_atomic
 from ktae.reports.html import page, render_key_token_report
 from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
 from ktae.reports.rollouts import (
@@ -212,11 +212,7 @@ def build_run_report(
     of the steps with their most credited and blamed tokens. Options as in ``build_report``;
     tokenizer and config default to each run's own.
     """
-    if isinstance(run_dirs, (str, os.PathLike)):
-        run_dirs = [run_dirs]
-    run_dirs = [Path(path) for path in run_dirs]
-    if not run_dirs:
-        raise ValueError("build_run_report needs at least one run folder")
+    run_dirs = run_folders(run_dirs, "build_run_report")
     for path in run_dirs:
         if not path.is_dir():
             raise FileNotFoundError(f"no run folder at {path}")

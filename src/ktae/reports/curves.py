@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ktae.reports.files import write_atomic
+from ktae.reports.files import run_folders, write_atomic
 
 # Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
 # none of them gets every numeric metric. metrics="all" asks for every numeric metric.
@@ -104,11 +104,7 @@ def plot_runs(
     labels: one legend label per run; default: the run folders' names.
     Returns ``out_png`` as a Path.
     """
-    if isinstance(run_dirs, (str, os.PathLike)):
-        run_dirs = [run_dirs]
-    run_dirs = [Path(path) for path in run_dirs]
-    if not run_dirs:
-        raise ValueError("plot_runs needs at least one run folder")
+    run_dirs = run_folders(run_dirs, "plot_runs")
     if labels is None:
         labels = default_labels(run_dirs)
     elif isinstance(labels, str) or len(labels) != len(run_dirs):
