@@ -6,10 +6,11 @@ import string
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
 
 from ktae.cli import main
 from ktae.data import apply_template, load_benchmark, render_prompt
+from ktae.integrations.trl.tiny import TinyModelConfig, build_model
 
 TARGET = "\\boxed{204}"  # the answer of aime24's first problem
 
@@ -33,35 +34,28 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
-    config = Qwen2Config(
-        vocab_size=len(vocab),
+    sizes = TinyModelConfig(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-        prompts = [
-            render_prompt(apply_template(e["problem"], "qwen_math"))
-            for name in ("aime24", "math500")
-            for e in load_benchmark(name, math_eval_dir, limit=2)
-        ]
-        target = tokenizer(TARGET)["input_ids"] + [tokenizer.eos_token_id]
-        for step in range(40):
-            ids = tokenizer(prompts[step % len(prompts)])["input_ids"]
-            loss = model(input_ids=torch.tensor([ids + target]), labels=torch.tensor([[-100] * len(ids) + target])).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    model = build_model(tokenizer, sizes, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    prompts = [
+        render_prompt(apply_template(e["problem"], "qwen_math"))
+        for name in ("aime24", "math500")
+        for e in load_benchmark(name, math_eval_dir, limit=2)
+    ]
+    target = tokenizer(TARGET)["input_ids"] + [tokenizer.eos_token_id]
+    for step in range(40):
+        ids = tokenizer(prompts[step % len(prompts)])["input_ids"]
+        loss = model(input_ids=torch.tensor([ids + target]), labels=torch.tensor([[-100] * len(ids) + target])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     path = tmp_path_factory.mktemp("tiny-model")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
