@@ -1,4 +1,4 @@
-"""The evaluation protocol of the paper (RECIPES.md, Evaluation), on any Hugging Face causal LM.
+"""The evaluation protocol of the paper (docs/recipes.md, "Evaluation protocol"), on any Hugging Face causal LM.
 
 For each benchmark: build the prompts with the template (the model tokenizer's chat format),
 generate greedily, extract the last \\boxed{} answer and check it against the references with
