@@ -471,9 +471,11 @@ class KTAEGRPOTrainer(GRPOTrainer):
             accuracy=accuracy,
             tags=list(dict.fromkeys([*self._tag_names, self.args.algo, *tags])),
         )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
+        path = Path(self.args.output_dir) / "README.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".md.tmp")
+        temporary.write_text(card, encoding="utf-8")
+        os.replace(temporary, path)  # readers see the previous card or the new one, never half of one
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped
