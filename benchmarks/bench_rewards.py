@@ -6,7 +6,7 @@ problem's answer, or give no answer, after a paragraph of reasoning text. Then s
 ``ktae.rewards.score_responses`` in the calling process and with a pool of worker processes,
 and prints responses/second and the speed-up.
 
-    python benchmarks/bench_rewards.py [--n 16384] [--workers 8] [--data-dir ../shared/data/math-eval]
+    python benchmarks/bench_rewards.py [--n 16384] [--workers 8] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ktae.rewards import AnswerChecker, score_responses
 REASONING = "Let us reason step by step. We expand, collect terms and simplify the expression. " * 12
 
 
-def build_batch(data_dir: Path, n: int, rollouts: int, seed: int) -> tuple[list[str], list]:
+def build_batch(data_dir: Path | None, n: int, rollouts: int, seed: int) -> tuple[list[str], list]:
     rng = random.Random(seed)
     examples = [e for name in BENCHMARKS for e in load_benchmark(name, data_dir)]
     responses, answers = [], []
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "math-eval"
+        "--data-dir", type=Path, default=None, help="folder of <suite>.jsonl files (default: the suites shipped with ktae)"
     )
     args = parser.parse_args()
     responses, answers = build_batch(args.data_dir, args.n, args.rollouts, args.seed)

@@ -1,20 +1,16 @@
-"""Shared fixtures. The benchmark data lives in ``<repo>/../shared`` (CI copies it beside a fresh clone)."""
+"""Shared fixtures. The benchmark suites are the copies shipped inside the package (ktae/data/math_eval)."""
 
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ktae.data.benchmarks import PACKAGED_SUITES
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    path = (REPO_ROOT / ".." / "shared").resolve()
-    if not path.is_dir():
-        pytest.fail(f"shared data folder not found at {path} (expected beside the repository)")
+def math_eval_dir() -> Path:
+    """The package's folder of ``<benchmark>.jsonl`` files, README.md and reference_scores.json."""
+    path = Path(str(PACKAGED_SUITES))
+    if not (path / "aime24.jsonl").is_file():
+        pytest.fail(f"the packaged benchmark suites are missing from {path}")
     return path
-
-
-@pytest.fixture(scope="session")
-def math_eval_dir(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "math-eval"

@@ -1,4 +1,4 @@
-# Shared part of the paper's verl runs (sourced by grpo.sh and dapo.sh; ../shared/spec/RECIPES.md).
+# Shared part of the paper's verl runs (sourced by grpo.sh and dapo.sh; settings: docs/recipes.md).
 # Usage of those scripts: <script> MODEL ESTIMATOR [verl overrides...]
 #   MODEL: 1.5b | 7b (Qwen2.5-Math base models), ESTIMATOR: ktae | grpo (the baseline).
 # Environment: MODEL_PATH (hub id or local dir), DATA_DIR (from prepare_data.sh), NNODES, GPUS_PER_NODE,

@@ -1,4 +1,4 @@
-"""``ktae eval`` end to end on a tiny model built here (no downloads) and the shared benchmark data."""
+"""``ktae eval`` end to end on a tiny model built here and the benchmark suites shipped with ktae (no downloads)."""
 
 import json
 import string
@@ -25,7 +25,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, math_eval_dir):
+def tiny_model_dir(tmp_path_factory):
     """A character-level tokenizer and a 2-layer Qwen2 taught to answer TARGET after the test's prompts."""
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *sorted(set(string.printable))])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
     prompts = [
         render_prompt(apply_template(e["problem"], "qwen_math"))
         for name in ("aime24", "math500")
-        for e in load_benchmark(name, math_eval_dir, limit=2)
+        for e in load_benchmark(name, limit=2)
     ]
     target = tokenizer(TARGET)["input_ids"] + [tokenizer.eos_token_id]
     for step in range(40):
@@ -63,14 +63,13 @@ def tiny_model_dir(tmp_path_factory, math_eval_dir):
 
 
 @pytest.fixture(scope="module")
-def eval_run(tiny_model_dir, math_eval_dir, tmp_path_factory):
+def eval_run(tiny_model_dir, tmp_path_factory):
+    """No --data-dir: the packaged suites."""
     out = tmp_path_factory.mktemp("eval")
     argv = [
         "eval",
         "--model",
         str(tiny_model_dir),
-        "--data-dir",
-        str(math_eval_dir),
         "--benchmarks",
         "aime24,math500",
         "--limit",
@@ -110,18 +109,38 @@ def test_eval_end_to_end(eval_run, capsys):
     assert "settings differ in max_new_tokens" in capsys.readouterr().err
 
 
-def test_compare_with_reference_rows(eval_run, math_eval_dir, tmp_path, capsys):
+@pytest.mark.parametrize("reference", [[], ["paper"], ["{suites}/README.md"], ["{suites}/reference_scores.json"]])
+def test_compare_with_reference_rows(reference, eval_run, math_eval_dir, tmp_path, capsys):
     argv, out = eval_run
     if not (out / "results.json").exists():
         assert main(argv) == 0
     capsys.readouterr()
-    assert main(["eval", "--compare", str(out / "results.json"), "--reference", str(math_eval_dir / "README.md")]) == 0
+    given = [r.format(suites=math_eval_dir) for r in reference]
+    assert main(["eval", "--compare", str(out / "results.json"), "--reference", *given]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| model | AIME24 | AMC23 | MATH500 | Minerva | Olympiad | avg |"
+    assert len(table) == 2 + 8 + 1
     assert "| Qwen2.5-Math-7B + DAPO+KTAE | 36.7 | 63.9 | 83.2 | 35.3 | 43.7 | 52.5 |" in table
     assert table[-1].endswith("| 50.0 | – | 0.0 | – | – | 25.0 |")
 
-    # two runs of one model are told apart by their folders
+
+def test_a_data_dir_replaces_the_packaged_suites(tiny_model_dir, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "aime24.jsonl").write_text(json.dumps({"problem": "What is 200 + 4?", "answer": "204"}) + "\n")
+    argv = ["eval", "--model", str(tiny_model_dir), "--benchmarks", "aime24", "--max-new-tokens", "16"]
+    assert main([*argv, "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["num_examples"] == {"aime24": 1}
+    assert [json.loads(line)["problem"] for line in (tmp_path / "out" / "responses" / "aime24.jsonl").open()] == [
+        "What is 200 + 4?"
+    ]
+
+
+def test_two_runs_of_one_model_are_told_apart(eval_run, tmp_path, capsys):
+    argv, out = eval_run
+    if not (out / "results.json").exists():
+        assert main(argv) == 0
+    capsys.readouterr()
     other = tmp_path / "other-run"
     other.mkdir()
     (other / "results.json").write_text((out / "results.json").read_text())
@@ -139,6 +158,7 @@ def test_compare_with_reference_rows(eval_run, math_eval_dir, tmp_path, capsys):
             ["--model", "{model}", "--benchmarks", "amc23", "--data-dir", "{bad}"],
             "amc23.jsonl:2: missing field 'answer'",
         ),
+        (["--model", "{model}", "--data-dir", "{bad}", "--hub"], "--data-dir and --hub are two sources"),
         (["--compare", "{bad}/nope.json"], "results file not found"),
         (["--benchmarks", "aime24"], "--model is required"),
     ],

@@ -66,6 +66,21 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "curves.png").stat().st_size > 0
 
+    # the model card names KTAE, the base model, the algorithm and its settings, and the final accuracy
+    card = (run_dir / "README.md").read_text()
+    final_accuracy = [r["eval/accuracy"] for r in records if "eval/accuracy" in r][-1]
+    assert "# run\n" in card
+    assert "from a tiny model built locally on the synthetic arithmetic task" in card
+    assert "with GRPO+KTAE" in card and "Algorithm: **GRPO+KTAE**" in card
+    assert "KTAE: A Model-Free Algorithm to Key-Tokens Advantage Estimation in Mathematical Reasoning" in card
+    assert "https://arxiv.org/abs/2505.16826" in card and "@article{sun2025ktae," in card
+    assert "| `alpha` | 1 |" in card and "| `rollout_advantage` | grpo |" in card and "| `beta` | 0.001 |" in card
+    assert "| `optim` | sgd |" in card and "| `epsilon_high` | 0.2 |" in card
+    assert "| `ignore_token_ids` | 0, 1 |" in card  # pad and end-of-sequence ids of the tiny tokenizer
+    assert f"Held-out greedy accuracy: **{final_accuracy:.1%}** at step 3" in card
+    assert "warm-started by supervised fine-tuning" in card
+    assert "None" not in card and "DeepSeekMath" not in card and "huggingface.co/tiny" not in card
+
 
 def test_config_file_with_overrides_runs_a_recipe_alone(tmp_path, capsys):
     recipe = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in SMALL)}
@@ -81,6 +96,10 @@ def test_config_file_with_overrides_runs_a_recipe_alone(tmp_path, capsys):
     assert _steps(run_dir / "metrics.jsonl") == [1, 2]
     assert "ktae/large_bonus_share" not in json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert json.loads(_printed_summary(capsys))["checkpoints"] == ["checkpoint-2"]
+    card = (run_dir / "README.md").read_text()
+    assert "with DAPO, using" in card and "Algorithm: **DAPO**" in card and "KTAE settings" not in card
+    assert "| `epsilon_high` | 0.28 |" in card and "| `dynamic_sampling` | True |" in card
+    assert "Held-out greedy accuracy" in card and "None" not in card
 
 
 def _printed_summary(capsys) -> str:

@@ -1,4 +1,4 @@
-"""A slow, literal float64 reference of ../shared/spec/KTAE.md: one Python loop per group and token.
+"""A slow, literal float64 reference of docs/spec.md: one Python loop per group and token.
 
 Fisher p-values use exact rational arithmetic, so the reference decides ties exactly as the spec
 states them (relative tolerance 1e-7), independently of any floating-point p-value code.

@@ -1,4 +1,4 @@
-"""The worked example of ../shared/spec/KTAE.md, number for number."""
+"""The worked example of docs/spec.md, number for number."""
 
 import pytest
 import torch

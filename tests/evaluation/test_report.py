@@ -5,8 +5,9 @@ import pytest
 from ktae.evaluation import comparison_table, load_reference_rows, load_results
 
 
-def test_reference_rows_of_the_shared_readme(math_eval_dir):
-    rows = load_reference_rows(math_eval_dir / "README.md")
+@pytest.mark.parametrize("source", ["paper", "README.md", "reference_scores.json"])
+def test_reference_rows_of_the_packaged_suites(source, math_eval_dir):
+    rows = load_reference_rows(source if source == "paper" else math_eval_dir / source)
     assert len(rows) == 8
     grpo = rows[0]
     assert grpo["label"] == "Qwen2.5-Math-1.5B + GRPO"
@@ -17,9 +18,22 @@ def test_reference_rows_of_the_shared_readme(math_eval_dir):
 
 
 def test_no_reference_table(tmp_path):
-    (tmp_path / "README.md").write_text("# nothing\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n")
+    # a table that merely mentions a benchmark in its body is no reference table
+    (tmp_path / "README.md").write_text("# nothing\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n| math500 | AIME24 |\n")
     with pytest.raises(ValueError, match="no table with benchmark columns"):
         load_reference_rows(tmp_path / "README.md")
+
+
+def test_reference_rows_from_a_json_file(tmp_path):
+    row = {"label": "my baseline", "results": {"aime24": 10.0}, "avg": 10.0}
+    (tmp_path / "ref.json").write_text(json.dumps({"rows": [row]}))
+    assert load_reference_rows(tmp_path / "ref.json") == [row]
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": [{"results": {}}]}))
+    with pytest.raises(ValueError, match="row 0 needs a 'label'"):
+        load_reference_rows(tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match="expected"):
+        load_reference_rows(tmp_path / "empty.json")
 
 
 def test_comparison_table_orders_benchmarks_and_marks_missing(tmp_path):

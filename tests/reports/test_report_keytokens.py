@@ -6,7 +6,7 @@ from ktae import KTAEConfig, compute_key_token_values
 from ktae.reports.keytokens import analyse
 from ktae.reports.rollouts import Rollout, tokenize_rollouts
 
-# The worked example of ../shared/spec/KTAE.md: one group, scores [1, 1, 0, 0].
+# The worked example of docs/spec.md: one group, scores [1, 1, 0, 0].
 EXAMPLE = [([5, 7, 7, 9], 1.0), ([5, 8, 9], 1.0), ([6, 7, 9, 9], 0.0), ([6, 8], 0.0)]
 
 

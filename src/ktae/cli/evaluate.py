@@ -1,7 +1,10 @@
 """Evaluate a model on the math benchmarks (aime24, amc23, math500, minerva, olympiadbench).
 
-ktae eval --model PATH_OR_ID --data-dir ../shared/data/math-eval [--benchmarks aime24,math500] [--limit N]
-ktae eval --compare A/results.json B/results.json [--reference ../shared/data/math-eval/README.md]
+ktae eval --model PATH_OR_ID [--benchmarks aime24,math500] [--limit N] [--data-dir DIR | --hub]
+ktae eval --compare A/results.json B/results.json [--reference [paper | FILE]]
+
+The five suites ship with the package (ktae/data/math_eval); --data-dir reads <benchmark>.jsonl files
+from another folder, --hub loads the suites from their Hugging Face hub datasets.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from ktae.data.templates import TEMPLATES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder or Hugging Face hub id")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated (default: all five)")
-    parser.add_argument("--data-dir", help="folder of <benchmark>.jsonl files (default: load from the hub)")
+    parser.add_argument("--data-dir", help="folder of <benchmark>.jsonl files (default: the copies shipped with ktae)")
+    parser.add_argument("--hub", action="store_true", help="load the benchmarks from their Hugging Face hub datasets")
     parser.add_argument(
         "--output-dir", help="where results.json and responses/ go (default: eval_results/<model name>)"
     )
@@ -47,8 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="print these runs side by side instead")
     parser.add_argument(
         "--reference",
-        metavar="README_MD",
-        help="with --compare: add the reference rows of this Markdown table (math-eval/README.md)",
+        nargs="?",
+        const="paper",
+        metavar="FILE",
+        help="with --compare: add reference rows; alone or 'paper': the KTAE paper's scores (shipped with ktae), "
+        "else a .json file of that layout or a Markdown file with a table of benchmark columns",
     )
 
 
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.reference:
             raise ValueError("--reference goes with --compare")
+        if args.hub and args.data_dir:
+            raise ValueError("--data-dir and --hub are two sources of the benchmarks: give one")
         if not args.model:
             raise ValueError("--model is required (or --compare RESULTS_JSON ...)")
         if args.limit is not None and args.limit <= 0:
@@ -89,6 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         limit=args.limit,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        hub=args.hub,
     )
     output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
     options = dict(

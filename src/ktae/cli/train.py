@@ -320,6 +320,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.run_description = describe_run(options, warm)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsProgressCallback(run_dir))
 
@@ -331,6 +332,26 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     for partial in run_dir.glob("checkpoint-*"):  # left by a run killed while saving
         shutil.rmtree(partial)
     return PreparedJob(run_dir, trainer, checkpoint, warm_history, started)
+
+
+def describe_run(options: Mapping[str, Any], warm: WarmStartConfig):
+    """The model card's account of the job: the model RL started from, the data, the warm start."""
+    from ktae.integrations.trl.model_card import RunDescription
+
+    name, dataset = options.get("model_name_or_path"), options.get("dataset_name")
+    notes = ()
+    if warm.max_steps > 0:
+        note = (
+            "Before RL, the model was warm-started by supervised fine-tuning on the training prompts until its "
+            f"held-out greedy accuracy reached {warm.target_accuracy:.0%} (at most {warm.max_steps} steps; "
+            "the result is in `warm_start/`)."
+        )
+        notes = (note,)
+    return RunDescription(
+        base_model="a tiny model built locally" if name == TINY_MODEL else name,
+        dataset="the synthetic arithmetic task (ktae.data.synthetic)" if dataset == SYNTHETIC_DATASET else dataset,
+        notes=notes,
+    )
 
 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:

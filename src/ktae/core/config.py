@@ -12,7 +12,7 @@ ROLLOUT_ADVANTAGE_NAMES = ("grpo", "dr_grpo", "rloo")
 
 @dataclasses.dataclass(frozen=True)
 class KTAEConfig:
-    """Options of Key-token Advantage Estimation (``../shared/spec/KTAE.md``).
+    """Options of Key-token Advantage Estimation (``docs/spec.md``).
 
     alpha, beta_ig: weights of the Fisher term F and of the information gain IG.
     gamma_tf: weight of the term-frequency correction TF inside the direction x = h + gamma_tf * TF.

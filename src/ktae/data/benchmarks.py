@@ -1,16 +1,25 @@
-"""The five evaluation suites, by name, from a local folder or the Hugging Face hub.
+"""The five evaluation suites, by name: shipped with the package, or from a folder or the Hugging Face hub.
 
-A local folder holds ``<name>.jsonl`` files of ``{"problem": str, "answer": str | [str, ...]}``
-(the layout of ``shared/data/math-eval``). Without a folder, each suite loads from its hub id with
-that dataset's own field names (``HubSource``; needs network access).
+Each suite is a ``<name>.jsonl`` file of ``{"problem": str, "answer": str | [str, ...]}`` (a list
+holds answers that are all accepted). The package carries the five in ``ktae/data/math_eval/``
+(sources and licences in its README.md), with the KTAE paper's scores on them
+(``reference_scores.json``), so evaluation needs no network. ``data_dir`` reads the same layout from
+another folder; ``hub=True`` loads each suite from its hub dataset with that dataset's own field
+names (``HubSource``; needs network access).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from ktae.data.loading import read_records, to_example
+
+#: The package's folder of suites (importlib.resources: works from a wheel and an editable install).
+PACKAGED_SUITES = files("ktae.data") / "math_eval"
+REFERENCE_SCORES_FILE = "reference_scores.json"
 
 
 @dataclass(frozen=True)
@@ -42,17 +51,32 @@ def parse_benchmark_names(names: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """The suite's examples as [{"problem", "answer"}], from ``data_dir/<name>.jsonl`` or the hub."""
+def load_benchmark(
+    name: str, data_dir: str | Path | None = None, limit: int | None = None, *, hub: bool = False
+) -> list[dict]:
+    """The suite's examples as [{"problem", "answer"}]: the packaged copy by default, else
+    ``data_dir/<name>.jsonl``, or with ``hub=True`` the suite's hub dataset."""
     (name,) = parse_benchmark_names([name])
-    if data_dir is not None:
+    if hub and data_dir is not None:
+        raise ValueError("load a benchmark from a folder (data_dir) or from the hub (hub=True), not both")
+    if hub:
+        source = BENCHMARKS[name]
+        records = read_records(source.dataset_id, split=source.split)
+        fields = (source.problem_field, source.answer_field)
+    elif data_dir is not None:
         path = Path(data_dir) / f"{name}.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"benchmark {name!r}: {path} not found")
         records, fields = read_records(path), ("problem", "answer")
     else:
-        hub = BENCHMARKS[name]
-        records, fields = read_records(hub.dataset_id, split=hub.split), (hub.problem_field, hub.answer_field)
+        with as_file(PACKAGED_SUITES / f"{name}.jsonl") as path:
+            records, fields = read_records(path), ("problem", "answer")
     if limit is not None:
         records = records[:limit]
     return [to_example(row, where, *fields) for where, row in records]
+
+
+def reference_scores() -> list[dict]:
+    """The KTAE paper's accuracies (%) on the five suites: [{"label", "base_model", "algorithm",
+    "ktae", "results": {name: %}, "avg"}], one row per trained model, as shipped with the package."""
+    return json.loads((PACKAGED_SUITES / REFERENCE_SCORES_FILE).read_text(encoding="utf-8"))["rows"]

@@ -1,4 +1,4 @@
-"""The evaluation protocol of the paper (RECIPES.md, Evaluation), on any Hugging Face causal LM.
+"""The evaluation protocol of the paper (docs/recipes.md, "Evaluation protocol"), on any Hugging Face causal LM.
 
 For each benchmark: build the prompts with the template (the model tokenizer's chat format),
 generate greedily, extract the last \\boxed{} answer and check it against the references with
@@ -34,7 +34,8 @@ class EvalSettings:
     max_new_tokens: int = 3000
     max_model_len: int = 4096
     limit: int | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: the suites shipped with ktae
+    hub: bool = False  # load the suites from their hub datasets instead
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -124,7 +125,7 @@ def evaluate(
     check_model_source(settings.model)
     if settings.max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be > 0, got {settings.max_new_tokens}")
-    suites = {name: load_benchmark(name, settings.data_dir, settings.limit) for name in names}
+    suites = {name: load_benchmark(name, settings.data_dir, settings.limit, hub=settings.hub) for name in names}
     output_dir = Path(output_dir)
     settings_path = output_dir / "settings.json"
     done: dict[str, list[dict]] = {}

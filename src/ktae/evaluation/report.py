@@ -39,17 +39,32 @@ def results_table(results: dict) -> str:
     return markdown_table(["benchmark", "n", "accuracy %", "formatted %", "avg len", "max len"], rows)
 
 
+#: ``--reference`` value for the KTAE paper's scores shipped with the package.
+PAPER_REFERENCE = "paper"
+
+
 def load_reference_rows(readme: str | Path) -> list[dict]:
-    """The reference rows of the Markdown table in ``readme`` whose header names the benchmarks
-    (``shared/data/math-eval/README.md``): [{"label", "results": {name: %}, "avg"}]."""
+    """Reference rows [{"label", "results": {name: %}, "avg"}]: ``"paper"`` for the KTAE paper's
+    scores (`ktae.data.benchmarks.reference_scores`), a ``.json`` file of that layout (``{"rows": [...]}``),
+    or a Markdown file whose table header names the benchmarks (AIME24, MATH500, ...)."""
+    if str(readme) == PAPER_REFERENCE:
+        from ktae.data.benchmarks import reference_scores
+
+        return reference_scores()
+    if Path(readme).suffix == ".json":
+        return _json_reference_rows(Path(readme))
     columns: list[str | None] | None = None
     rows = []
+    previous_cells = None
     for line in Path(readme).read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
+        starts_table, previous_cells = cells is not None and previous_cells is None, cells
         if cells is None:
             columns = None
             continue
         if columns is None:
+            if not starts_table:  # only a table's first line is its header
+                continue
             keys = [re.sub(r"[^a-z0-9]", "", c.lower()) for c in cells]
             if not any(k in ("aime24", "math500") for k in keys):
                 continue
@@ -65,6 +80,17 @@ def load_reference_rows(readme: str | Path) -> list[dict]:
         rows.append({"label": cells[0], "avg": values.pop("avg", None), "results": values})
     if not rows:
         raise ValueError(f"{readme}: no table with benchmark columns (AIME24, MATH500, ...) found")
+    return rows
+
+
+def _json_reference_rows(path: Path) -> list[dict]:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f'{path}: expected {{"rows": [{{"label", "results", "avg"}}, ...]}}')
+    for number, row in enumerate(rows):
+        if not (isinstance(row, dict) and isinstance(row.get("label"), str) and isinstance(row.get("results"), dict)):
+            raise ValueError(f"{path}: row {number} needs a 'label' string and a 'results' mapping, got {row!r:.200}")
     return rows
 
 

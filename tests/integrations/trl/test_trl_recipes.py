@@ -1,4 +1,4 @@
-"""recipes/*.yaml load into KTAEGRPOConfig with the paper's settings (../shared/spec/RECIPES.md)."""
+"""recipes/*.yaml load into KTAEGRPOConfig with the paper's settings (docs/recipes.md)."""
 
 import dataclasses
 from pathlib import Path

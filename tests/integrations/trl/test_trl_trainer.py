@@ -194,3 +194,9 @@ def test_resume_restores_the_extra_prompt_stream_and_trims_the_logs(tiny_model_d
     assert resumed._extra_batches_drawn >= drawn and draws[:1] in ([], [drawn])  # continues where it stopped
     steps_after = [json.loads(line)["step"] for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert steps_after == steps_before  # step 3 dropped at resume, then written again
+
+    # the model card of a trainer used directly: its base model is the policy's local folder, not a hub link
+    card = (tmp_path / "README.md").read_text()
+    assert f"from `{tiny_model_dir}` with GRPO+KTAE" in card and "for 3 RL steps" in card
+    assert "huggingface.co/" + tiny_model_dir.lstrip("/") not in card and "No held-out accuracy was measured" in card
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,4 +1,4 @@
-"""Fixtures for the verl plugin tests: verl's real Hydra config and the repository (shared data: tests/conftest.py)."""
+"""Fixtures for the verl plugin tests: verl's real Hydra config and the repository (benchmarks: tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def recipe_overrides(repo_root, tmp_path, recipe: str) -> list[str]:
 def test_recipe_parses_through_verls_hydra_config(compose, repo_root, tmp_path, recipe):
     config = compose(recipe_overrides(repo_root, tmp_path, recipe))
     estimator, model = RECIPES[recipe]
-    # The paper's shared settings (../shared/spec/RECIPES.md)
+    # The settings GRPO and DAPO share in the paper (docs/recipes.md)
     assert config.algorithm.adv_estimator == estimator
     assert config.actor_rollout_ref.model.path == model
     assert config.data.train_batch_size == 1024

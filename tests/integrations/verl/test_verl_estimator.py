@@ -105,7 +105,7 @@ def make_batch_like(data: DataProto) -> DataProto:
 
 
 def test_worked_example_of_the_spec(algorithm):
-    # ../shared/spec/KTAE.md, "A worked example": scores [1, 1, 0, 0], alpha = beta = gamma = top = 1.
+    # docs/spec.md, "Worked example": scores [1, 1, 0, 0], alpha = beta = gamma = top = 1.
     rows = [[5, 7, 7, 9], [5, 8, 9], [6, 7, 9, 9], [6, 8]]
     data = make_batch(rows, [1.0, 1.0, 0.0, 0.0], ["p0"] * 4)
     with response_tokens(data.batch["responses"], ignore_token_ids=(PAD, EOS)):

@@ -24,7 +24,7 @@ from ktae.core.config import KTAEConfig
 ALGOS = ("grpo", "dapo")
 DYNAMIC_SAMPLING_METRICS = ("correct", "score")
 
-# Paper settings that `algo` fills in when the field is left unset (../shared/spec/RECIPES.md).
+# Paper settings that `algo` fills in when the field is left unset (docs/recipes.md).
 GRPO_KL_COEF = 0.001
 DAPO_EPSILON_HIGH = 0.28
 # DAPO's overlong buffer, as a share of the response limit: 512 of 3072 tokens in the paper.

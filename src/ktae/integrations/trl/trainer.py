@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from trl import GRPOTrainer
 
 from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
 from ktae.integrations.trl.config import KTAEGRPOConfig
+from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "ktae"]
     _name = "KTAE-GRPO"
+
+    #: For the model card: the model RL started from and the training data (``ktae train`` sets it).
+    run_description: RunDescription = RunDescription()
 
     def __init__(self, model, reward_funcs=None, args: KTAEGRPOConfig | None = None, *more, **kwargs):
         if args is None:
@@ -436,6 +440,42 @@ class KTAEGRPOTrainer(GRPOTrainer):
         credited = [i for i in order if mean[i] > 0][:NUM_KEY_TOKENS]
         blamed = [i for i in reversed(order) if mean[i] < 0][:NUM_KEY_TOKENS]
         return {"credited": describe(credited), "blamed": describe(blamed)}
+
+    # ------------------------------------------------------------------------------------------
+    # The model card TRL writes with every checkpoint
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """``<output_dir>/README.md``: KTAE's paper, the algorithm and its settings, the base model and
+        the latest held-out accuracy (of a `GreedyAccuracyCallback`, when one is attached)."""
+        if not self.is_world_process_zero():
+            return
+        from ktae.integrations.trl.callbacks import GreedyAccuracyCallback
+
+        description = self.run_description
+        if description.base_model is None:
+            description = replace(description, base_model=getattr(self.model.config, "_name_or_path", None) or None)
+        if dataset_name is not None:
+            description = replace(description, dataset=dataset_name)
+        accuracy = next(
+            (c.history for c in self.callback_handler.callbacks if isinstance(c, GreedyAccuracyCallback) and c.history),
+            None,
+        )
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        card = model_card(
+            model_name=model_name or Path(self.args.output_dir).name,
+            algorithm=algorithm_name(self.args.algo, self.args.ktae),
+            ktae_settings=asdict(self.ktae_config) if self.args.ktae else None,
+            training={name: getattr(self.args, name) for name in TRAINING_FIELDS} | {"epsilon_high": self.epsilon_high},
+            steps=self.state.global_step,
+            description=description,
+            accuracy=accuracy,
+            tags=list(dict.fromkeys([*self._tag_names, self.args.algo, *tags])),
+        )
+        path = Path(self.args.output_dir) / "README.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".md.tmp")
+        temporary.write_text(card, encoding="utf-8")
+        os.replace(temporary, path)  # readers see the previous card or the new one, never half of one
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped

@@ -2,7 +2,7 @@
 
     python -m ktae.integrations.verl.prepare_data --output-dir ~/data/ktae-math \\
         [--train DigitalLearningGmbH/MATH-lighteval | path/to/math_train.jsonl|.parquet] \\
-        [--val math500 [aime24 ...]] [--benchmarks-dir ../shared/data/math-eval] [--template qwen_math]
+        [--val math500 [aime24 ...]] [--benchmarks-dir DIR | --benchmarks-hub] [--template qwen_math]
 
 Each row is what verl's RLHFDataset and reward managers read: ``data_source``, ``prompt`` (chat
 messages; verl applies the tokenizer's chat template), ``ability``, ``reward_model`` (``style: rule``,
@@ -72,8 +72,11 @@ def prepare(
     benchmarks_dir: str | None = None,
     template: str = "qwen_math",
     limit: int | None = None,
+    benchmarks_hub: bool = False,
 ) -> dict[str, Path]:
-    """Write ``train.parquet`` (MATH train) and ``test.parquet`` (the ``val`` suites) under ``output_dir``."""
+    """Write ``train.parquet`` (MATH train) and ``test.parquet`` (the ``val`` suites) under ``output_dir``.
+
+    The suites come from the copies shipped with ktae, ``benchmarks_dir``, or (``benchmarks_hub``) the hub."""
     get_template(template)
     names = parse_benchmark_names(list(val)) if val else []
     math = load_math_train(train, template=template, limit=limit)
@@ -83,7 +86,7 @@ def prepare(
         val_examples = [
             {"data_source": name, **example}
             for name in names
-            for example in load_benchmark(name, data_dir=benchmarks_dir, limit=limit)
+            for example in load_benchmark(name, data_dir=benchmarks_dir, limit=limit, hub=benchmarks_hub)
         ]
         written["test"] = write_parquet(verl_rows(val_examples, "test", template), Path(output_dir) / "test.parquet")
     return written
@@ -97,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="MATH training set: hub id, or a .jsonl/.json/.parquet file with problem and solution")
     parser.add_argument("--val", nargs="*", default=["math500"],
                         help="evaluation suites for test.parquet: math500 aime24 amc23 minerva olympiadbench (--val alone: none)")
-    parser.add_argument("--benchmarks-dir", default=None, help="folder of <suite>.jsonl files (default: the hub)")
+    parser.add_argument(
+        "--benchmarks-dir", default=None, help="folder of <suite>.jsonl files (default: the suites shipped with ktae)"
+    )
+    parser.add_argument("--benchmarks-hub", action="store_true", help="load the suites from their hub datasets")
     parser.add_argument("--template", default="qwen_math", help="prompt template (a chat one: qwen_math, qwen_boxed)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N rows of each set (smoke tests)")
     args = parser.parse_args(argv)
-    written = prepare(args.output_dir, args.train, args.val, args.benchmarks_dir, args.template, args.limit)
+    written = prepare(
+        args.output_dir, args.train, args.val, args.benchmarks_dir, args.template, args.limit, args.benchmarks_hub
+    )
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0
