@@ -30,4 +30,4 @@ def test_pathological_responses_never_stop_scoring():
     assert results["formatted"] == {"demo": 100.0 * 5 / 6}
     assert results["avg_lens"] == {"demo": 35.0} and results["max_lens"] == {"demo": 60}
     assert results["avg"] == results["results"]["demo"]
-    assert "| demo | 6 | 66.7 | 83.3 | 35 | 60 |" in results_table(results)
+    assert "| demo | 6 | 1 | 66.7 | [33.3, 100.0] | 83.3 | 35 | 60 | 0.0 |" in results_table(results)
