@@ -10,6 +10,7 @@ from ktae.evaluation import metrics
 from ktae.evaluation.metrics import (
     bootstrap_ci,
     group_answers,
+    maj_at_k,
     majority_correct,
     paired_comparison,
     pass_at_k,
@@ -71,9 +72,16 @@ def test_answer_groups_and_majority_vote():
     assert all(a != b for a, b in asked)
     assert not majority_correct(groups, correct)  # 1/3 ≡ 2/6 three times beats the right answer twice
     assert majority_correct(groups[:3], correct[:3]) is False  # 1 vote each: the first group wins the tie
-    assert majority_correct([1, 0], [True, False]) is False  # ties go to the group seen first
+    assert majority_correct([1, 0], [True, False]) is True  # ties go to the group seen first here
     assert majority_correct(groups[1:3], correct[1:3]) is True
     assert majority_correct([None, None], [False, False]) is False
+    # maj@k: the mean over disjoint runs of k samples; maj@1 is the accuracy, maj@n the full vote
+    assert maj_at_k(groups, correct, 1) == sum(correct) / len(correct)
+    assert maj_at_k(groups, correct, 7) == 0.0
+    assert maj_at_k(groups, correct, 2) == 1 / 3  # [1/3, -] wrong, [0.5, 2/6] a tie won by 0.5, [1/3, 7] wrong
+    assert maj_at_k(groups, correct, 3) == 0.0  # the 7th sample is left out of the two runs of 3
+    with pytest.raises(ValueError, match="maj@k needs"):
+        maj_at_k(groups, correct, 8)
 
 
 def test_bootstrap_of_a_constant_has_zero_width():

@@ -69,12 +69,13 @@ class EvalSettings:
             raise ValueError("top_p applies to sampling: set temperature > 0 (temperature 0 is greedy)")
         if self.samples_per_benchmark:
             parse_benchmark_names(list(self.samples_per_benchmark))
-        for name, n in {"samples": self.samples, **self.samples_per_benchmark}.items():
+        counts = {"samples": self.samples} | {f"samples for {k}": n for k, n in self.samples_per_benchmark.items()}
+        for what, n in counts.items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"samples for {name} must be an integer >= 1, got {n!r}")
+                raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
             if n > 1 and self.temperature == 0:
                 raise ValueError(
-                    f"{n} samples for {name} need temperature > 0 (temperature 0 is greedy: every sample is the same)"
+                    f"{what} = {n} needs temperature > 0 (temperature 0 is greedy: every sample would be the same)"
                 )
 
     def samples_for(self, benchmark: str) -> int:
@@ -205,10 +206,7 @@ def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples
         "num_examples": len(problems),
         "samples": n,
         "pass_at_k": {str(k): _percent([metrics.pass_at_k(n, sum(p["correct"]), k) for p in problems]) for k in ks},
-        "maj_at_k": {
-            str(k): _percent([metrics.majority_correct(p["groups"][:k], p["correct"][:k]) for p in problems])
-            for k in ks
-        },
+        "maj_at_k": {str(k): _percent([metrics.maj_at_k(p["groups"], p["correct"], k) for p in problems]) for k in ks},
     }
 
 

@@ -91,15 +91,26 @@ def group_answers(
 
 def majority_correct(groups: Sequence[int | None], correct: Sequence[bool]) -> bool:
     """Whether the majority vote of these samples is right: the largest answer group wins, a tie goes
-    to the group that appeared first; no answer at all is wrong."""
+    to the group that appears first among them; no answer at all is wrong."""
     counts: dict[int, int] = {}
     for group in groups:
         if group is not None:
-            counts[group] = counts.get(group, 0) + 1
+            counts[group] = counts.get(group, 0) + 1  # dicts keep first-appearance order
     if not counts:
         return False
-    winner = min(counts, key=lambda g: (-counts[g], g))  # group ids number first appearances
+    winner = max(counts, key=counts.get)  # the first of the largest
     return any(right for group, right in zip(groups, correct) if group == winner)
+
+
+def maj_at_k(groups: Sequence[int | None], correct: Sequence[bool], k: int) -> float:
+    """maj@k of one problem from n >= k samples: the mean of ``majority_correct`` over the n // k
+    disjoint runs of k consecutive samples. Samples are independent draws, so each run is an
+    unbiased estimate; using them all lowers the variance (maj@1 is then the accuracy)."""
+    n = len(groups)
+    if not 1 <= k <= n:
+        raise ValueError(f"maj@k needs 1 <= k <= n, got k={k}, n={n}")
+    blocks = range(0, n - n % k, k)
+    return sum(majority_correct(groups[i : i + k], correct[i : i + k]) for i in blocks) / len(blocks)
 
 
 def _strata(values_by_stratum: Sequence[Sequence[float]]) -> list[np.ndarray]:
