@@ -144,8 +144,10 @@ def _answer_groups(name: str, extracted: list, verdicts: list, samples: int, che
             distinct = list(dict.fromkeys(wrong))
             pairs.update({(later, earlier): False for j, later in enumerate(distinct) for earlier in distinct[:j]})
         if pairs:
-            checked = checker.check([a for a, _ in pairs], [b for _, b in pairs])
-            pairs = dict(zip(pairs, checked))
+            checked = checker.verdicts(
+                [a for a, _ in pairs], [b for _, b in pairs], progress=f"{name}: grouping answers"
+            )
+            pairs = {pair: verdict.equivalent for pair, verdict in zip(pairs, checked)}
     groups = []
     for rows in per_problem:
         groups += metrics.group_answers(
@@ -174,8 +176,12 @@ def problem_records(name: str, records: list[dict]) -> list[dict]:
                 "correct": [bool(r["correct"]) for r in rows],
                 "num_tokens": [r["num_tokens"] for r in rows],
                 "truncated": [r["finish_reason"] == "length" for r in rows],
-                # responses of runs without samples have no groups: one sample, its own group
-                "groups": [r.get("answer_group", None if r["extracted"] is None else 0) for r in rows],
+                "groups": [r["answer_group"] for r in rows]
+                if all("answer_group" in r for r in rows)
+                # responses written before answer groups: group identical answers (and the right ones)
+                else metrics.group_answers(
+                    [r["extracted"] for r in rows], [bool(r["correct"]) for r in rows], lambda a, b: False
+                ),
             }
         )
     sizes = {len(p["correct"]) for p in problems}
