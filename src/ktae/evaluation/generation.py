@@ -100,8 +100,8 @@ def check_generator_options(backend: str, options: dict) -> str:
 class TransformersGenerator:
     """Batched ``model.generate`` with left padding; prompts sorted by length to pad little.
 
-    Sampling draws from torch's global generator, seeded at each ``generate`` call: the same seed,
-    batch size, device and library versions give the same responses."""
+    Sampling is seeded at each ``generate`` call: the same seed, batch size, device and library
+    versions give the same responses."""
 
     def __init__(
         self,
@@ -170,33 +170,36 @@ class TransformersGenerator:
         encoded = [ids for ids in prompt_ids for _ in range(samples)]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: a prompt's samples stay in order
         results: list[Generation | None] = [None] * len(encoded)
-        torch.manual_seed(sampling.seed)
-        with tqdm(total=len(encoded), desc=desc, unit="response") as progress:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                longest = max(len(encoded[i]) for i in batch)
-                budget = min(max_new_tokens, self.max_model_len - longest)
-                if budget <= 0:
-                    raise ValueError(
-                        f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context"
+        # a private generator state: the caller's random stream is left as it was
+        cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(sampling.seed)
+            with tqdm(total=len(encoded), desc=desc, unit="response") as progress:
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start : start + self.batch_size]
+                    longest = max(len(encoded[i]) for i in batch)
+                    budget = min(max_new_tokens, self.max_model_len - longest)
+                    if budget <= 0:
+                        raise ValueError(
+                            f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context"
+                        )
+                    inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
+                        self.device
                     )
-                inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
-                    self.device
-                )
-                with torch.inference_mode():
-                    output = self.model.generate(
-                        **inputs, generation_config=GenerationConfig(**decoding, max_new_tokens=budget)
-                    )
-                for row, i in enumerate(batch):
-                    new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
-                    end = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)
-                    tokens = new_tokens if end is None else new_tokens[: end + 1]
-                    results[i] = Generation(
-                        text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                        num_tokens=len(tokens),
-                        finish_reason="length" if end is None else "stop",
-                    )
-                progress.update(len(batch))
+                    with torch.inference_mode():
+                        output = self.model.generate(
+                            **inputs, generation_config=GenerationConfig(**decoding, max_new_tokens=budget)
+                        )
+                    for row, i in enumerate(batch):
+                        new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
+                        end = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)
+                        tokens = new_tokens if end is None else new_tokens[: end + 1]
+                        results[i] = Generation(
+                            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                            num_tokens=len(tokens),
+                            finish_reason="length" if end is None else "stop",
+                        )
+                    progress.update(len(batch))
         return results
 
 
