@@ -281,6 +281,19 @@ def test_paired_comparison_of_runs(tmp_path, capsys):
         (["--model", "{model}", "--pass-k", "4"], "pass@4 needs at least 4 samples per problem"),
         (["--model", "{model}", "--samples-per-benchmark", "gsm8k=4"], "unknown benchmark(s) 'gsm8k'"),
         (["--model", "{model}", "--samples-per-benchmark", "aime24"], "expected NAME=N, got 'aime24'"),
+        (
+            [
+                "--model",
+                "{model}",
+                "--benchmarks",
+                "math500",
+                "--temperature",
+                "1",
+                "--samples-per-benchmark",
+                "aime24=4",
+            ],
+            "samples_per_benchmark names aime24, not among the benchmarks run",
+        ),
         pytest.param(
             ["--model", "{model}", "--device", "cuda"],
             "device 'cuda': CUDA is not available",

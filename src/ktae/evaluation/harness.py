@@ -321,6 +321,9 @@ def evaluate(
     get_template(settings.template)
     check_model_source(settings.model)
     backend = check_generator_options(backend, generator_options or {})
+    unused = [name for name in settings.samples_per_benchmark if name not in names]
+    if unused:
+        raise ValueError(f"samples_per_benchmark names {', '.join(unused)}, not among the benchmarks run")
     if pass_k is not None:
         metrics.check_ks(pass_k, max(settings.samples_for(name) for name in names))
     suites = {name: load_benchmark(name, settings.data_dir, settings.limit) for name in names}
