@@ -1,7 +1,12 @@
 """``ktae eval`` end to end on a tiny model built here and the benchmark suites shipped with ktae (no downloads)."""
 
+import importlib.util
 import json
+import os
+import runpy
+import stat
 import string
+import sys
 
 import pytest
 import torch
@@ -10,6 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 from ktae.cli import main
 from ktae.data import apply_template, load_benchmark, render_prompt
+from ktae.evaluation import EvalSettings, pass_at_k, summarize, write_results
+from ktae.evaluation.metrics import maj_at_k
 from ktae.integrations.trl.tiny import TinyModelConfig, build_model
 
 TARGET = "\\boxed{204}"  # the answer of aime24's first problem
@@ -84,7 +91,14 @@ def eval_run(tiny_model_dir, tmp_path_factory):
     return argv, out
 
 
-def test_eval_end_to_end(eval_run, capsys):
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_eval_end_to_end(eval_run, capsys, umask_022):
     argv, out = eval_run
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -99,7 +113,12 @@ def test_eval_end_to_end(eval_run, capsys):
     assert [r["extracted"] for r in rows] == ["204", "204"]
     assert [r["correct"] for r in rows] == [True, False]
     assert rows[0]["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
-    assert "| AIME24 | 2 | 50.0 | 100.0 | 12 | 12 |" in printed
+    assert "| AIME24 | 2 | 1 | 50.0 | [0.0, 100.0] | 100.0 | 12 | 12 | 0.0 |" in printed
+    # greedy, one sample: the interval resamples the two problems (one right, one wrong)
+    assert results["samples"] == {"aime24": 1, "math500": 1} and results["ci95"]["aime24"] == [0.0, 100.0]
+    assert [p["correct"] for p in results["per_problem"]["aime24"]] == [[True], [False]]
+    for path in (out / "results.json", out / "responses" / "aime24.jsonl", out / "settings.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the umask decides, as for any file the user writes
 
     # --resume reuses the finished benchmarks (no model needed for them) and gives the same results
     (out / "responses" / "math500.jsonl").unlink()
@@ -145,8 +164,117 @@ def test_two_runs_of_one_model_are_told_apart(eval_run, tmp_path, capsys):
     other.mkdir()
     (other / "results.json").write_text((out / "results.json").read_text())
     assert main(["eval", "--compare", str(out / "results.json"), str(other / "results.json")]) == 0
-    labels = [row.split("|")[1].strip() for row in capsys.readouterr().out.splitlines()[2:]]
+    side_by_side, paired = capsys.readouterr().out.split("\n\n", 1)
+    labels = [row.split("|")[1].strip() for row in side_by_side.splitlines()[2:]]
     assert labels[0] != labels[1] and labels[1].endswith("(other-run)")
+    assert "| avg | 4 | 25.0 | 25.0 | +0.0 | [0.0, 0.0] | 1 | no significant difference at 0.05 |" in paired
+
+
+def test_sampling_pass_at_k_and_resume(tiny_model_dir, math_eval_dir, tmp_path, capsys):
+    out = tmp_path / "sampled"
+    argv = ["eval", "--model", str(tiny_model_dir), "--data-dir", str(math_eval_dir), "--benchmarks", "aime24"]
+    argv += ["--limit", "2", "--max-new-tokens", "16", "--output-dir", str(out)]
+    argv += ["--samples", "3", "--temperature", "1.5", "--top-p", "0.95", "--seed", "7", "--pass-k", "1,3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    rows = [json.loads(line) for line in (out / "responses" / "aime24.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["sample"]) for r in rows] == [(i, s) for i in range(2) for s in range(3)]
+    assert results["samples"] == {"aime24": 3} and results["settings"]["temperature"] == 1.5
+    problems = results["per_problem"]["aime24"]
+    assert [p["correct"] for p in problems] == [[r["correct"] for r in rows[3 * i : 3 * i + 3]] for i in range(2)]
+    correct = [sum(p["correct"]) for p in problems]
+    assert results["results"]["aime24"] == pytest.approx(100 * sum(correct) / 6)
+    assert results["pass_at_k"]["aime24"]["1"] == pytest.approx(results["results"]["aime24"])
+    assert results["pass_at_k"]["aime24"]["3"] == pytest.approx(50 * sum(pass_at_k(3, c, 3) for c in correct))
+    majority = [maj_at_k(p["groups"], p["correct"], 3) for p in problems]
+    assert results["maj_at_k"]["aime24"]["3"] == pytest.approx(50 * sum(majority))
+    low, high = results["ci95"]["aime24"]
+    assert low <= results["results"]["aime24"] <= high
+    assert results["truncated"]["aime24"] == pytest.approx(100 * sum(r["finish_reason"] == "length" for r in rows) / 6)
+    assert "pass@3 %" in printed and "maj@3 %" in printed
+
+    # resuming regenerates a deleted benchmark with the same samples (each benchmark has its own seed)
+    before = (out / "responses" / "aime24.jsonl").read_text()
+    (out / "responses" / "aime24.jsonl").unlink()
+    assert main(argv + ["--resume"]) == 0
+    assert (out / "responses" / "aime24.jsonl").read_text() == before
+    assert main([*argv, "--samples", "4", "--seed", "8", "--resume"]) == 2
+    assert "settings differ in samples, seed" in capsys.readouterr().err
+
+
+def _records(correct_by_problem: list[list[bool]]) -> list[dict]:
+    """Scored response records (one per sample) of a benchmark whose problem i is "problem i"."""
+    return [
+        {
+            "index": i,
+            "sample": s,
+            "problem": f"problem {i}",
+            "answer": "1",
+            "extracted": "1" if right else "2",
+            "correct": right,
+            "num_tokens": 5,
+            "finish_reason": "stop",
+            "answer_group": 0 if right else 1,
+        }
+        for i, samples in enumerate(correct_by_problem)
+        for s, right in enumerate(samples)
+    ]
+
+
+def _write_run(folder, records_by_benchmark, responses=False):
+    results = summarize(records_by_benchmark, EvalSettings(model=folder.name), resamples=2000)
+    if responses:  # a results file from before per-problem records, with its responses files
+        del results["per_problem"]
+        for name, records in records_by_benchmark.items():
+            (folder / "responses").mkdir(parents=True, exist_ok=True)
+            (folder / "responses" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return write_results(folder, results)
+
+
+def test_paired_comparison_of_runs(tmp_path, capsys):
+    a = [[i < 20] for i in range(60)]  # 20 of 60
+    better = [[i < 34] for i in range(60)]  # 14 more, none lost
+    a_path = _write_run(tmp_path / "base", {"aime24": _records(a), "math500": _records(a)})
+    b_path = _write_run(tmp_path / "ktae", {"aime24": _records(better), "math500": _records(better)}, responses=True)
+    same_path = _write_run(tmp_path / "again", {"aime24": _records(a), "math500": _records(a)})
+    assert main(["eval", "--compare", str(a_path), str(b_path), str(same_path)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "| base | 33.3 | 33.3 | 33.3 |\n| ktae | 56.7 | 56.7 | 56.7 |" in printed
+    )  # the side-by-side table stays first
+    tables = printed.split("A: base")[1:]
+    assert len(tables) == 2 and "B: ktae" in tables[0] and "B: again" in tables[1]
+    p_value = 2 / 2**14  # exact McNemar: 14 discordant problems, all won by B
+    assert "| AIME24 | 60 | 33.3 | 56.7 | +23.3 |" in tables[0]
+    assert f"| {p_value:.3g} | B is better (p < 0.05) | exact sign test (McNemar) |" in tables[0]
+    assert "B beats A on the mean of 2 benchmarks at the 0.05 level" in tables[0]
+    assert "| avg | 120 | 33.3 | 33.3 | +0.0 | [0.0, 0.0] | 1 | no significant difference at 0.05 |" in tables[1]
+    assert "B does not beat A on the mean of 2 benchmarks" in tables[1]
+
+    # samples: avg@4 against greedy, paired over the same problems
+    sampled = [[i < 20, i < 40, True, i % 2 == 0] for i in range(60)]  # avg@4 = (20 + 40 + 60 + 30) / 240
+    sampled_path = _write_run(tmp_path / "sampled", {"aime24": _records(sampled)})
+    assert main(["eval", "--compare", str(a_path), str(sampled_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| AIME24 | 60 | 33.3 | 62.5 | +29.2 |" in printed and "B beats A on the benchmark" in printed
+    assert "sign-flip, 100000 random flips" in printed
+
+    # other problems (one edited, one left out by --limit): named, exit 2
+    edited = [r for r in _records(a) if r["index"] < 59]
+    edited[5]["problem"] = "problem 5, edited"
+    edited_path = _write_run(tmp_path / "edited", {"aime24": edited})
+    assert main(["eval", "--compare", str(a_path), str(edited_path)]) == 2
+    error = capsys.readouterr().err
+    assert "aime24: the runs cover different problems (only in A: problem(s) 5, 59; only in B: problem(s) 5)" in error
+
+    # an old results file without per-problem records or responses: the table, and a note
+    old = json.loads(a_path.read_text())
+    del old["per_problem"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    assert main(["eval", "--compare", str(a_path), str(tmp_path / "old" / "results.json")]) == 0
+    assert "no paired comparison" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -161,10 +289,79 @@ def test_two_runs_of_one_model_are_told_apart(eval_run, tmp_path, capsys):
         (["--model", "{model}", "--data-dir", "{bad}", "--hub"], "--data-dir and --hub are two sources"),
         (["--compare", "{bad}/nope.json"], "results file not found"),
         (["--benchmarks", "aime24"], "--model is required"),
+        (["--model", "{model}", "--benchmarks", "aime24", "--data-dir", "{bad}"], "benchmark 'aime24' has no problems"),
+        (["--model", "{model}", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--model", "{model}", "--samples", "0"], "samples must be an integer >= 1, got 0"),
+        (["--model", "{model}", "--samples", "4"], "samples = 4 needs temperature > 0"),
+        (["--model", "{model}", "--temperature", "nan"], "temperature must be a finite number >= 0, got nan"),
+        (["--model", "{model}", "--temperature", "1", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--model", "{model}", "--top-p", "0.9"], "top_p applies to sampling"),
+        (["--model", "{model}", "--pass-k", "0"], "pass@k needs integers k >= 1, got 0"),
+        (["--model", "{model}", "--pass-k", "1,x"], "--pass-k: expected comma-separated integers"),
+        (["--model", "{model}", "--pass-k", "4"], "pass@4 needs at least 4 samples per problem"),
+        (["--model", "{model}", "--samples-per-benchmark", "gsm8k=4"], "unknown benchmark(s) 'gsm8k'"),
+        (["--model", "{model}", "--samples-per-benchmark", "aime24"], "expected NAME=N, got 'aime24'"),
+        (
+            [
+                "--model",
+                "{model}",
+                "--benchmarks",
+                "math500",
+                "--temperature",
+                "1",
+                "--samples-per-benchmark",
+                "aime24=4",
+            ],
+            "samples_per_benchmark names aime24, not among the benchmarks run",
+        ),
+        pytest.param(
+            ["--model", "{model}", "--device", "cuda"],
+            "device 'cuda': CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+        pytest.param(
+            ["--model", "{model}", "--backend", "vllm"],
+            "backend 'vllm': vllm is not installed",
+            marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed"),
+        ),
     ],
 )
 def test_bad_input_is_named(args, message, tiny_model_dir, tmp_path, capsys):
     (tmp_path / "amc23.jsonl").write_text('{"problem": "p", "answer": "1"}\n{"problem": "q"}\n')
+    (tmp_path / "aime24.jsonl").write_text("")
     args = [a.format(model=tiny_model_dir, bad=tmp_path) for a in args]
     assert main(["eval", *args, "--output-dir", str(tmp_path / "out")]) == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1  # one line, no traceback
+
+
+def test_verl_fsdp_checkpoint_after_model_merger(tiny_model_dir, math_eval_dir, tmp_path, capsys, monkeypatch):
+    """verl saves FSDP shards plus a huggingface/ folder; verl's own merger turns them into a model folder
+    that ``ktae eval --model`` takes. The shards here are written in verl's layout by hand (one rank, plain
+    tensors, as an FSDP run on one GPU saves them), not by a verl training run."""
+    pytest.importorskip("verl")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    actor = tmp_path / "global_step_1" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    state = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    torch.save(state, actor / "model_world_size_1_rank_0.pt")
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 1, "world_size": 1}))
+    for file in tiny_model_dir.iterdir():
+        if file.suffix != ".safetensors":
+            (actor / "huggingface" / file.name).write_bytes(file.read_bytes())
+    merged = tmp_path / "merged"
+    # python -m verl.model_merger merge --backend fsdp --local_dir ACTOR --target_dir MERGED, in this process
+    # (importing verl costs more than the merge; the verl integration tests import it anyway)
+    argv = ["verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor), "--target_dir", str(merged)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module("verl.model_merger", run_name="__main__", alter_sys=True)
+    weights = load_file(merged / "model.safetensors")  # verl stores bfloat16
+    assert all(torch.equal(weights[k], state[k].bfloat16()) for k in weights) and weights.keys() <= state.keys()
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(merged), "--data-dir", str(math_eval_dir), "--benchmarks", "aime24", "--limit"]
+    assert main([*argv, "1", "--max-new-tokens", "4", "--dtype", "float32", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_examples"] == {"aime24": 1} and len(results["per_problem"]["aime24"]) == 1

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from ktae.evaluation import EvalSettings, Generation, score_benchmark, summarize
 from ktae.evaluation.report import results_table
 from ktae.rewards import AnswerChecker
@@ -30,4 +32,28 @@ def test_pathological_responses_never_stop_scoring():
     assert results["formatted"] == {"demo": 100.0 * 5 / 6}
     assert results["avg_lens"] == {"demo": 35.0} and results["max_lens"] == {"demo": 60}
     assert results["avg"] == results["results"]["demo"]
-    assert "| demo | 6 | 66.7 | 83.3 | 35 | 60 |" in results_table(results)
+    assert "| demo | 6 | 1 | 66.7 | [33.3, 100.0] | 83.3 | 35 | 60 | 0.0 |" in results_table(results)
+
+
+def test_samples_are_grouped_by_the_grading_checker():
+    """Two problems x 4 samples: equivalent wrong answers vote together, as the checker that grades says."""
+    examples = [{"problem": "p0", "answer": "\\frac{1}{2}"}, {"problem": "p1", "answer": "7"}]
+    texts = ["\\boxed{\\frac{1}{3}}", "\\boxed{0.5}", "\\boxed{\\frac{2}{6}}", "no answer"]  # problem 0
+    texts += ["\\boxed{7}", "\\boxed{8}", "\\boxed{7.0}", "\\boxed{9}"]  # problem 1
+    generations = [
+        Generation(t, num_tokens=4 + i, finish_reason="length" if i == 3 else "stop") for i, t in enumerate(texts)
+    ]
+    with AnswerChecker(num_workers=0, timeout_s=60) as checker:  # first parses import sympy: slow on a busy machine
+        records = score_benchmark("demo", examples, ["a", "b"], generations, checker, samples=4)
+    assert [(r["index"], r["sample"]) for r in records] == [(i, s) for i in range(2) for s in range(4)]
+    assert [r["answer_group"] for r in records] == [0, 1, 0, None, 0, 1, 0, 2]
+    results = summarize({"demo": records}, EvalSettings(model="m", samples=4, temperature=1.0), pass_k=[1, 2, 4])
+    assert results["results"]["demo"] == 37.5 and results["samples"] == {"demo": 4}
+    # pass@k of problem 0 (1 of 4 right) and problem 1 (2 of 4 right): 1 - C(4 - c, k) / C(4, k)
+    assert results["pass_at_k"]["demo"] == pytest.approx({"1": 37.5, "2": 50 * (1 / 2 + 5 / 6), "4": 100.0})
+    # maj@4: 1/3 ≡ 2/6 outvotes 0.5 on problem 0; 7 ≡ 7.0 wins on problem 1
+    assert results["maj_at_k"]["demo"]["4"] == 50.0
+    assert results["truncated"]["demo"] == 12.5 and results["formatted"]["demo"] == 87.5
+    assert results["avg_pass_at_k"] == results["pass_at_k"]["demo"]
+    with pytest.raises(ValueError, match="need 8 responses"):
+        score_benchmark("demo", examples, ["a", "b"], generations[:7], checker, samples=4)

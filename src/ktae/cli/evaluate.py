@@ -1,6 +1,7 @@
 """Evaluate a model on the math benchmarks (aime24, amc23, math500, minerva, olympiadbench).
 
 ktae eval --model PATH_OR_ID [--benchmarks aime24,math500] [--limit N] [--data-dir DIR | --hub]
+ktae eval --model PATH --samples 1 --samples-per-benchmark aime24=32,amc23=32 --temperature 0.6 --pass-k 1,8,32
 ktae eval --compare A/results.json B/results.json [--reference [paper | FILE]]
 
 The five suites ship with the package (ktae/data/math_eval); --data-dir reads <benchmark>.jsonl files
@@ -40,7 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM backend")
-    parser.add_argument("--seed", type=int, default=0, help="vLLM backend")
+    parser.add_argument(
+        "--samples", type=int, default=1, help="responses per problem (default 1: the paper's greedy protocol)"
+    )
+    parser.add_argument(
+        "--samples-per-benchmark",
+        metavar="NAME=N,...",
+        help="per-benchmark --samples, for example aime24=32,amc23=32 (the others get --samples)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds sampling (per benchmark), the bootstrap and the paired test"
+    )
+    parser.add_argument(
+        "--pass-k",
+        metavar="K,...",
+        help="k of pass@k and maj@k, for example 1,8,32 (default: each benchmark's number of samples, when > 1)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--check-timeout", type=float, default=5.0, help="seconds per answer check")
     parser.add_argument(
@@ -71,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     run["label"] = f"{run['label']} ({Path(path).resolve().parent.name})"
             reference = load_reference_rows(args.reference) if args.reference else []
             print(comparison_table(runs, reference))
+            _print_paired_comparisons(runs, args.compare, args.seed)
             return 0
         if args.reference:
             raise ValueError("--reference goes with --compare")
@@ -78,12 +97,48 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--data-dir and --hub are two sources of the benchmarks: give one")
         if not args.model:
             raise ValueError("--model is required (or --compare RESULTS_JSON ...)")
-        if args.limit is not None and args.limit <= 0:
-            raise ValueError(f"--limit must be > 0, got {args.limit}")
         return _evaluate(args)
     except (ValueError, OSError) as e:  # OSError: missing files, a model id from_pretrained cannot resolve
         print(f"ktae eval: error: {e}", file=sys.stderr)
         return 2
+
+
+def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> None:
+    """Each run after the first against the first, paired over the same problems."""
+    from ktae.evaluation.report import load_problem_records, paired_comparison_table
+
+    if len(runs) < 2:
+        return
+    problems = [load_problem_records(run, path) for run, path in zip(runs, paths)]
+    missing = [path for path, records in zip(paths, problems) if records is None]
+    if missing:
+        print(f"\nno paired comparison: {missing[0]} has no per-problem records and no responses/ beside it")
+        return
+    for run, records in zip(runs[1:], problems[1:]):
+        print("\n" + paired_comparison_table(runs[0], run, problems[0], records, seed=seed))
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+def _samples_per_benchmark(text: str | None) -> dict[str, int]:
+    """ "aime24=32,amc23=32" -> {"aime24": 32, "amc23": 32}."""
+    overrides = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, count = part.partition("=")
+        if not sep:
+            raise ValueError(f"--samples-per-benchmark: expected NAME=N, got {part!r}")
+        try:
+            overrides[name.strip()] = int(count)
+        except ValueError:
+            raise ValueError(f"--samples-per-benchmark: expected NAME=N with an integer N, got {part!r}") from None
+    return overrides
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -99,6 +154,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         hub=args.hub,
+        samples=args.samples,
+        samples_per_benchmark=_samples_per_benchmark(args.samples_per_benchmark),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
     output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
     options = dict(
@@ -119,6 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             resume=args.resume,
             checker=checker,
             generator_options=options,
+            pass_k=_int_list(args.pass_k, "--pass-k") if args.pass_k is not None else None,
         )
     print(results_table(results))
     print(f"\nresults: {output_dir / 'results.json'}\nresponses: {output_dir / 'responses'}/")

@@ -1,7 +1,9 @@
-"""Greedy generation backends for evaluation: vLLM on a GPU, batched transformers anywhere.
+"""Generation backends for evaluation: vLLM on a GPU, batched transformers anywhere.
 
 Both tokenize prompts the same way (the tokenizer's default special tokens, as vLLM does for text
-prompts) and count a response's tokens including its end-of-sequence token.
+prompts), count a response's tokens including its end-of-sequence token, decode greedily at
+temperature 0 and otherwise sample with exactly the temperature and top-p asked (no top-k, no
+repetition penalty from the model's generation config), seeded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ from pathlib import Path
 
 # "org/name" or "name": what a Hugging Face hub id looks like; anything else is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How responses are drawn: temperature 0 is greedy (top_p unused); seed makes sampling repeatable."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
@@ -37,15 +51,57 @@ def select_backend(name: str = "auto") -> str:
     """ "auto": vLLM when it is installed and a GPU is present, else transformers."""
     if name not in ("auto", "vllm", "transformers"):
         raise ValueError(f"unknown backend {name!r}; choose auto, vllm or transformers")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if name == "vllm" and not has_vllm:
+        raise ValueError(
+            "backend 'vllm': vllm is not installed (pip install 'ktae[vllm]'), or use --backend transformers"
+        )
     if name != "auto":
         return name
     import torch
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+    return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
+
+
+def check_device(device: str | None) -> None:
+    """A torch device that exists on this machine (None: the default)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU build of torch" if torch.version.cuda is None else "no GPU visible"
+            raise ValueError(f"device {device!r}: CUDA is not available ({build}, torch {torch.__version__})")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available")
+
+
+def check_generator_options(backend: str, options: dict) -> str:
+    """Validate ``make_generator``'s backend and options before anything loads; returns the backend."""
+    backend = select_backend(backend)
+    for name in ("batch_size", "tensor_parallel_size"):
+        if name in options and not (isinstance(options[name], int) and options[name] >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {options[name]!r}")
+    fraction = options.get("gpu_memory_utilization", 0.9)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {fraction}")
+    if backend == "transformers":
+        check_device(options.get("device"))
+    return backend
 
 
 class TransformersGenerator:
-    """Batched greedy ``model.generate`` with left padding; prompts sorted by length to pad little."""
+    """Batched ``model.generate`` with left padding; prompts sorted by length to pad little.
+
+    Sampling is seeded at each ``generate`` call: the same seed, batch size, device and library
+    versions give the same responses."""
 
     def __init__(
         self,
@@ -78,47 +134,78 @@ class TransformersGenerator:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
 
-    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generating") -> list[Generation]:
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        desc: str = "generating",
+        *,
+        samples: int = 1,
+        sampling: Sampling = GREEDY,
+    ) -> list[Generation]:
+        """``samples`` responses per prompt, prompt-major (prompt 0's, then prompt 1's, ...)."""
         import torch
         from tqdm.auto import tqdm
+        from transformers import GenerationConfig
 
-        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        results: list[Generation | None] = [None] * len(prompts)
-        with tqdm(total=len(prompts), desc=desc, unit="prompt") as progress:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                longest = max(len(encoded[i]) for i in batch)
-                budget = min(max_new_tokens, self.max_model_len - longest)
-                if budget <= 0:
-                    raise ValueError(
-                        f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context"
+        # Every decoding parameter that applies is set: transformers fills unset ones from the model's
+        # own generation config (a checkpoint may ship top_k=20 or repetition_penalty=1.05).
+        decoding = {
+            "do_sample": sampling.temperature > 0,
+            "num_beams": 1,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "eos_token_id": sorted(self.eos_ids),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sampling.temperature > 0:
+            decoding |= {
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": 0,
+                "min_p": 0.0,
+                "typical_p": 1.0,
+            }
+        prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        encoded = [ids for ids in prompt_ids for _ in range(samples)]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: a prompt's samples stay in order
+        results: list[Generation | None] = [None] * len(encoded)
+        # a private generator state: the caller's random stream is left as it was
+        cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(sampling.seed)
+            with tqdm(total=len(encoded), desc=desc, unit="response") as progress:
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start : start + self.batch_size]
+                    longest = max(len(encoded[i]) for i in batch)
+                    budget = min(max_new_tokens, self.max_model_len - longest)
+                    if budget <= 0:
+                        raise ValueError(
+                            f"a prompt of {longest} tokens leaves no room in the {self.max_model_len}-token context"
+                        )
+                    inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
+                        self.device
                     )
-                inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(
-                    self.device
-                )
-                with torch.inference_mode():
-                    output = self.model.generate(
-                        **inputs,
-                        max_new_tokens=budget,
-                        do_sample=False,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                    )
-                for row, i in enumerate(batch):
-                    new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
-                    end = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)
-                    tokens = new_tokens if end is None else new_tokens[: end + 1]
-                    results[i] = Generation(
-                        text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                        num_tokens=len(tokens),
-                        finish_reason="length" if end is None else "stop",
-                    )
-                progress.update(len(batch))
+                    with torch.inference_mode():
+                        output = self.model.generate(
+                            **inputs, generation_config=GenerationConfig(**decoding, max_new_tokens=budget)
+                        )
+                    for row, i in enumerate(batch):
+                        new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
+                        end = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)
+                        tokens = new_tokens if end is None else new_tokens[: end + 1]
+                        results[i] = Generation(
+                            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                            num_tokens=len(tokens),
+                            finish_reason="length" if end is None else "stop",
+                        )
+                    progress.update(len(batch))
         return results
 
 
 class VLLMGenerator:
-    """vLLM offline inference, temperature 0 (greedy), one sample per prompt."""
+    """vLLM offline inference; each prompt's samples come from its own seed, so they do not depend
+    on how vLLM batches the requests."""
 
     def __init__(
         self,
@@ -144,14 +231,33 @@ class VLLMGenerator:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generating") -> list[Generation]:
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        desc: str = "generating",
+        *,
+        samples: int = 1,
+        sampling: Sampling = GREEDY,
+    ) -> list[Generation]:
+        """``samples`` responses per prompt, prompt-major (prompt 0's, then prompt 1's, ...)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, n=1)
+        params = [
+            SamplingParams(
+                n=samples,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p if sampling.temperature else 1.0,
+                max_tokens=max_new_tokens,
+                seed=(sampling.seed + i) % 2**63,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=True)
         return [
-            Generation(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "stop")
-            for o in outputs
+            Generation(sample.text, len(sample.token_ids), sample.finish_reason or "stop")
+            for output in outputs
+            for sample in sorted(output.outputs, key=lambda s: s.index)
         ]
 
 

@@ -1,33 +1,47 @@
 """The evaluation protocol of the paper (docs/recipes.md, "Evaluation protocol"), on any Hugging Face causal LM.
 
 For each benchmark: build the prompts with the template (the model tokenizer's chat format),
-generate greedily, extract the last \\boxed{} answer and check it against the references with
-math-verify under a time limit. Outputs in ``output_dir``:
+generate (greedily by default, or ``samples`` seeded samples per problem), extract the last
+\\boxed{} answer and check it against the references with math-verify under a time limit.
+Outputs in ``output_dir``:
 
-- ``responses/<benchmark>.jsonl``: one line per problem (prompt, response, extracted answer,
-  verdict, token count), written atomically when the benchmark is done, so that ``resume`` can
-  skip finished benchmarks of an interrupted run with the same settings;
-- ``results.json``: per benchmark ``results`` (accuracy %), ``formatted`` (% of responses with an
-  extractable answer), ``avg_lens``/``max_lens`` (response tokens), ``num_examples``; ``avg``
-  (mean accuracy over the benchmarks) and the settings.
+- ``responses/<benchmark>.jsonl``: one line per sample (prompt, response, extracted answer,
+  verdict, token count, answer group), written atomically when the benchmark is done, so that
+  ``resume`` can skip finished benchmarks of an interrupted run with the same settings;
+- ``results.json``: per benchmark ``results`` (accuracy %, the mean over samples: avg@N) and its
+  bootstrap interval ``ci95``, ``pass_at_k``/``maj_at_k``, ``formatted`` (% of responses with an
+  extractable answer), ``avg_lens``/``max_lens`` (response tokens), ``truncated`` (% cut at the
+  token limit), ``num_examples``, ``samples``; ``avg`` (mean accuracy over the benchmarks) and
+  ``avg_ci95``; the settings; and ``per_problem`` records (id, key, each sample's answer,
+  correctness, length) that ``ktae eval --compare`` pairs between runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
+from ktae.evaluation import metrics
+from ktae.reports.files import write_atomic
 from ktae.rewards import AnswerChecker, extract_answer
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Everything that decides a run's responses (a resumed run must match them)."""
+    """Everything that decides a run's responses (a resumed run must match them).
+
+    samples: responses per problem (avg@N, pass@k, maj@k); samples_per_benchmark overrides it by
+        benchmark name (for example {"aime24": 32, "amc23": 32}).
+    temperature: 0 is greedy decoding (the paper's protocol; one sample only); > 0 samples.
+    top_p: nucleus sampling mass, in (0, 1]; only with temperature > 0.
+    seed: seeds sampling (each benchmark draws from its own seed derived from it) and the bootstrap.
+    """
 
     model: str
     template: str = "qwen_math"
@@ -36,72 +50,255 @@ class EvalSettings:
     limit: int | None = None
     data_dir: str | None = None  # None: the suites shipped with ktae
     hub: bool = False  # load the suites from their hub datasets instead
+    samples: int = 1
+    samples_per_benchmark: dict[str, int] = field(default_factory=dict)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "max_model_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"limit must be > 0, got {self.limit}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature == 0 and self.top_p != 1:
+            raise ValueError("top_p applies to sampling: set temperature > 0 (temperature 0 is greedy)")
+        if self.samples_per_benchmark:
+            parse_benchmark_names(list(self.samples_per_benchmark))
+        counts = {"samples": self.samples} | {f"samples for {k}": n for k, n in self.samples_per_benchmark.items()}
+        for what, n in counts.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
+            if n > 1 and self.temperature == 0:
+                raise ValueError(
+                    f"{what} = {n} needs temperature > 0 (temperature 0 is greedy: every sample would be the same)"
+                )
+
+    def samples_for(self, benchmark: str) -> int:
+        return self.samples_per_benchmark.get(benchmark, self.samples)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def benchmark_seed(seed: int, benchmark: str) -> int:
+    """The sampling seed of one benchmark: a resumed run draws the same samples for the benchmarks it
+    still has to run as an uninterrupted one."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{benchmark}".encode()).digest()[:4], "little")
+
+
+def problem_key(problem: str, answer) -> str:
+    """What pairs a problem between two runs: a digest of its text and reference answer(s)."""
+    return hashlib.sha256(json.dumps([problem, answer], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def score_benchmark(
-    name: str, examples: list[dict], prompts: list[str], generations, checker: AnswerChecker
+    name: str, examples: list[dict], prompts: list[str], generations, checker: AnswerChecker, samples: int = 1
 ) -> list[dict]:
-    """Response records of one benchmark: extraction and a time-limited check per response."""
+    """Response records of one benchmark: extraction, a time-limited check per response and, with
+    several samples per problem, the groups of equivalent answers that majority voting counts.
+
+    ``generations``: ``samples`` per prompt, problem-major (problem 0's samples, then problem 1's, ...).
+    """
+    if len(generations) != len(examples) * samples or len(prompts) != len(examples):
+        raise ValueError(
+            f"{name}: {len(examples)} problems and {len(prompts)} prompts need {len(examples) * samples} "
+            f"responses ({samples} each), got {len(generations)}"
+        )
+    references = [e["answer"] for e in examples for _ in range(samples)]
     extracted = [extract_answer(g.text) for g in generations]
-    verdicts = checker.verdicts(extracted, [e["answer"] for e in examples], progress=f"{name}: checking")
+    verdicts = checker.verdicts(extracted, references, progress=f"{name}: checking")
+    groups = _answer_groups(name, extracted, verdicts, samples, checker)
     return [
         {
             "benchmark": name,
-            "index": i,
-            "problem": example["problem"],
-            "answer": example["answer"],
-            "prompt": prompt,
+            "index": i // samples,
+            "sample": i % samples,
+            "problem": examples[i // samples]["problem"],
+            "answer": examples[i // samples]["answer"],
+            "prompt": prompts[i // samples],
             "response": generation.text,
             "extracted": answer,
             "correct": verdict.equivalent,
             "check": verdict.status,
             "num_tokens": generation.num_tokens,
             "finish_reason": generation.finish_reason,
+            "answer_group": group,
         }
-        for i, (example, prompt, generation, answer, verdict) in enumerate(
-            zip(examples, prompts, generations, extracted, verdicts)
-        )
+        for i, (generation, answer, verdict, group) in enumerate(zip(generations, extracted, verdicts, groups))
     ]
 
 
-def summarize(records_by_benchmark: dict[str, list[dict]], settings: EvalSettings) -> dict:
-    """The results dict (see the module docstring) of scored response records."""
-    results, formatted, avg_lens, max_lens, counts = {}, {}, {}, {}, {}
-    for name, records in records_by_benchmark.items():
-        n = len(records)
-        counts[name] = n
-        results[name] = 100.0 * sum(r["correct"] for r in records) / n
-        formatted[name] = 100.0 * sum(r["extracted"] is not None for r in records) / n
-        avg_lens[name] = sum(r["num_tokens"] for r in records) / n
-        max_lens[name] = max(r["num_tokens"] for r in records)
+def _answer_groups(name: str, extracted: list, verdicts: list, samples: int, checker: AnswerChecker) -> list:
+    """``metrics.group_answers`` per problem, its equivalence checks batched over the benchmark.
+
+    Only wrong answers whose check finished are compared (a timed-out answer would time out again):
+    each later distinct one with each earlier one, the earlier one as the reference.
+    """
+    per_problem = [range(start, start + samples) for start in range(0, len(extracted), samples)]
+    pairs: dict[tuple[str, str], bool] = {}
+    if samples > 1:
+        for rows in per_problem:
+            wrong = [extracted[i] for i in rows if verdicts[i].status == "ok" and not verdicts[i].equivalent]
+            distinct = list(dict.fromkeys(wrong))
+            pairs.update({(later, earlier): False for j, later in enumerate(distinct) for earlier in distinct[:j]})
+        if pairs:
+            checked = checker.verdicts(
+                [a for a, _ in pairs], [b for _, b in pairs], progress=f"{name}: grouping answers"
+            )
+            pairs = {pair: verdict.equivalent for pair, verdict in zip(pairs, checked)}
+    groups = []
+    for rows in per_problem:
+        groups += metrics.group_answers(
+            [extracted[i] for i in rows],
+            [verdicts[i].equivalent for i in rows],
+            lambda answer, earlier: pairs.get((answer, earlier), False),
+        )
+    return groups
+
+
+def problem_records(name: str, records: list[dict]) -> list[dict]:
+    """Response records (one per sample) -> one record per problem, in problem order: ``id`` (its
+    index in the benchmark), ``key`` (``problem_key``) and per sample ``answers``, ``correct``,
+    ``num_tokens``, ``truncated`` (cut at the token limit) and ``groups`` (answer groups)."""
+    by_index: dict[int, list[dict]] = {}
+    for r in records:
+        by_index.setdefault(r["index"], []).append(r)
+    problems = []
+    for index in sorted(by_index):
+        rows = sorted(by_index[index], key=lambda r: r.get("sample", 0))
+        problems.append(
+            {
+                "id": index,
+                "key": problem_key(rows[0]["problem"], rows[0]["answer"]),
+                "answers": [r["extracted"] for r in rows],
+                "correct": [bool(r["correct"]) for r in rows],
+                "num_tokens": [r["num_tokens"] for r in rows],
+                "truncated": [r["finish_reason"] == "length" for r in rows],
+                "groups": [r["answer_group"] for r in rows]
+                if all("answer_group" in r for r in rows)
+                # responses written before answer groups: group identical answers (and the right ones)
+                else metrics.group_answers(
+                    [r["extracted"] for r in rows], [bool(r["correct"]) for r in rows], lambda a, b: False
+                ),
+            }
+        )
+    sizes = {len(p["correct"]) for p in problems}
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: problems have different numbers of samples ({sorted(sizes)})")
+    if not problems:
+        raise ValueError(f"{name}: no responses")
+    return problems
+
+
+def _percent(values) -> float:
+    return 100.0 * sum(values) / len(values)
+
+
+def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples: int, seed: int) -> dict:
+    """One benchmark's figures from its per-problem records (percentages, lengths in tokens)."""
+    n = len(problems[0]["correct"])
+    samples = [(p, s) for p in problems for s in range(n)]
+    scores = [sum(p["correct"]) / n for p in problems]
+    ks = ([n] if n > 1 else []) if pass_k is None else [k for k in pass_k if k <= n]
     return {
-        "model": settings.model,
-        "results": results,
-        "avg": sum(results.values()) / len(results),
-        "avg_lens": avg_lens,
-        "max_lens": max_lens,
-        "formatted": formatted,
-        "num_examples": counts,
-        "settings": asdict(settings),
-        "responses": {name: f"responses/{name}.jsonl" for name in records_by_benchmark},
+        "results": _percent([p["correct"][s] for p, s in samples]),  # = the mean of scores: every problem has n
+        "ci95": [100.0 * x for x in metrics.bootstrap_ci([scores], resamples=resamples, seed=seed)],
+        "formatted": _percent([p["answers"][s] is not None for p, s in samples]),
+        "avg_lens": sum(p["num_tokens"][s] for p, s in samples) / len(samples),
+        "max_lens": max(p["num_tokens"][s] for p, s in samples),
+        "truncated": _percent([p["truncated"][s] for p, s in samples]),
+        "num_examples": len(problems),
+        "samples": n,
+        "pass_at_k": {str(k): _percent([metrics.pass_at_k(n, sum(p["correct"]), k) for p in problems]) for k in ks},
+        "maj_at_k": {str(k): _percent([metrics.maj_at_k(p["groups"], p["correct"], k) for p in problems]) for k in ks},
     }
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def summarize(
+    records_by_benchmark: dict[str, list[dict]],
+    settings: EvalSettings,
+    pass_k: list[int] | None = None,
+    resamples: int = metrics.BOOTSTRAP_RESAMPLES,
+) -> dict:
+    """The results dict (see the module docstring) of scored response records.
+
+    pass_k: the k of pass@k and maj@k, each reported where a benchmark has at least k samples
+    (and averaged where every benchmark has it); None reports k = each benchmark's number of
+    samples when it is above one.
+    """
+    per_problem = {name: problem_records(name, records) for name, records in records_by_benchmark.items()}
+    names = list(per_problem)
+    summaries = {name: _benchmark_summary(per_problem[name], pass_k, resamples, settings.seed) for name in names}
+
+    def by_benchmark(key: str) -> dict:
+        return {name: summaries[name][key] for name in names}
+
+    def average(key: str) -> dict:
+        shared = [k for k in summaries[names[0]][key] if all(k in summaries[n][key] for n in names)]
+        return {k: sum(summaries[n][key][k] for n in names) / len(names) for k in shared}
+
+    scores = [[sum(p["correct"]) / len(p["correct"]) for p in per_problem[name]] for name in names]
+    return {
+        "model": settings.model,
+        "results": by_benchmark("results"),
+        "avg": sum(s["results"] for s in summaries.values()) / len(names),
+        "avg_lens": by_benchmark("avg_lens"),
+        "max_lens": by_benchmark("max_lens"),
+        "formatted": by_benchmark("formatted"),
+        "num_examples": by_benchmark("num_examples"),
+        "settings": asdict(settings),
+        "responses": {name: f"responses/{name}.jsonl" for name in names},
+        "samples": by_benchmark("samples"),
+        "ci95": by_benchmark("ci95"),
+        "avg_ci95": [100.0 * x for x in metrics.bootstrap_ci(scores, resamples=resamples, seed=settings.seed)],
+        "pass_at_k": by_benchmark("pass_at_k"),
+        "avg_pass_at_k": average("pass_at_k"),
+        "maj_at_k": by_benchmark("maj_at_k"),
+        "avg_maj_at_k": average("maj_at_k"),
+        "truncated": by_benchmark("truncated"),
+        "bootstrap": {"resamples": resamples, "confidence": 0.95, "seed": settings.seed},
+        "per_problem": per_problem,
+    }
+
+
+def results_json(results: dict) -> str:
+    """``results`` as indented JSON, except that each per-problem record takes one line."""
+    per_problem = results.get("per_problem")
+    head = json.dumps({k: v for k, v in results.items() if k != "per_problem"}, indent=2)
+    if per_problem is None:
+        return head + "\n"
+    blocks = [
+        f"    {json.dumps(name)}: [\n" + ",\n".join("      " + json.dumps(p) for p in problems) + "\n    ]"
+        for name, problems in per_problem.items()
+    ]
+    return head[:-2] + ',\n  "per_problem": {\n' + ",\n".join(blocks) + "\n  }\n}\n"
+
+
+def write_results(output_dir: str | Path, results: dict) -> Path:
+    """Write ``output_dir/results.json`` atomically (file mode from the umask); returns its path."""
+    return write_atomic(Path(output_dir) / "results.json", results_json(results))
+
+
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _resumable(output_dir: Path, settings: EvalSettings) -> bool:
+    """Whether ``output_dir`` holds a run with these settings (settings a run saved before a field
+    existed count as that field's default); raises if it holds one with other settings."""
+    path = output_dir / "settings.json"
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in fields(EvalSettings)} | {"samples_per_benchmark": {}}
+    current = asdict(settings)
+    differing = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])
+    if differing:
+        raise ValueError(f"cannot resume {output_dir}: its settings differ in {', '.join(differing)}")
+    return True
 
 
 def evaluate(
@@ -113,32 +310,36 @@ def evaluate(
     resume: bool = False,
     checker: AnswerChecker | None = None,
     generator_options: dict | None = None,
+    pass_k: list[int] | None = None,
 ) -> dict:
     """Run the protocol on ``benchmarks`` and write the outputs; returns the results dict.
 
-    Data and names are validated before the model loads, so a typo fails in a second.
+    Data, names and options are validated before the model loads, so a typo fails in a second.
     """
-    from ktae.evaluation.generation import check_model_source, make_generator
+    from ktae.evaluation.generation import Sampling, check_generator_options, check_model_source, make_generator
 
     names = parse_benchmark_names(benchmarks)
     get_template(settings.template)
     check_model_source(settings.model)
-    if settings.max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be > 0, got {settings.max_new_tokens}")
+    backend = check_generator_options(backend, generator_options or {})
+    unused = [name for name in settings.samples_per_benchmark if name not in names]
+    if unused:
+        raise ValueError(f"samples_per_benchmark names {', '.join(unused)}, not among the benchmarks run")
+    if pass_k is not None:
+        metrics.check_ks(pass_k, max(settings.samples_for(name) for name in names))
     suites = {name: load_benchmark(name, settings.data_dir, settings.limit, hub=settings.hub) for name in names}
+    for name, examples in suites.items():
+        if not examples:
+            where = f" in {settings.data_dir}" if settings.data_dir else ""
+            raise ValueError(f"benchmark {name!r} has no problems{where}")
     output_dir = Path(output_dir)
-    settings_path = output_dir / "settings.json"
     done: dict[str, list[dict]] = {}
-    if resume and settings_path.is_file():
-        saved = json.loads(settings_path.read_text(encoding="utf-8"))
-        if saved != asdict(settings):
-            differing = sorted(k for k in asdict(settings) if saved.get(k) != asdict(settings)[k])
-            raise ValueError(f"cannot resume {output_dir}: its settings differ in {', '.join(differing)}")
+    if resume and _resumable(output_dir, settings):
         for name in names:
             path = output_dir / "responses" / f"{name}.jsonl"
             if path.is_file():
-                done[name] = _read_jsonl(path)
-    atomic_write_text(settings_path, json.dumps(asdict(settings), indent=2) + "\n")
+                done[name] = _cached_responses(path, suites[name], settings.samples_for(name))
+    write_atomic(output_dir / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
 
     todo = [name for name in names if name not in done]
     own_checker = checker is None
@@ -151,18 +352,34 @@ def evaluate(
         )
         for name in todo:
             examples = suites[name]
+            samples = settings.samples_for(name)
             prompts = [
                 render_prompt(apply_template(e["problem"], settings.template), generator.tokenizer) for e in examples
             ]
-            generations = generator.generate(prompts, settings.max_new_tokens, desc=name)
-            records = score_benchmark(name, examples, prompts, generations, checker)
-            atomic_write_text(
-                output_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+            sampling = Sampling(settings.temperature, settings.top_p, benchmark_seed(settings.seed, name))
+            generations = generator.generate(
+                prompts, settings.max_new_tokens, desc=name, samples=samples, sampling=sampling
             )
+            records = score_benchmark(name, examples, prompts, generations, checker, samples)
+            write_atomic(output_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             done[name] = records
     finally:
         if own_checker:
             checker.close()
-    results = summarize({name: done[name] for name in names}, settings)
-    atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    results = summarize({name: done[name] for name in names}, settings, pass_k)
+    write_results(output_dir, results)
     return results
+
+
+def _cached_responses(path: Path, examples: list[dict], samples: int) -> list[dict]:
+    """A finished benchmark's responses, checked against the problems it must cover."""
+    records = read_jsonl(path)
+    expected = [(i, s) for i in range(len(examples)) for s in range(samples)]
+    found = sorted((r["index"], r.get("sample", 0)) for r in records)
+    keys = {r["index"]: problem_key(r["problem"], r["answer"]) for r in records}
+    if found != expected or any(keys.get(i) != problem_key(e["problem"], e["answer"]) for i, e in enumerate(examples)):
+        raise ValueError(
+            f"cannot resume: {path} does not hold {samples} response(s) for each of the benchmark's "
+            f"{len(examples)} problems (the data changed?); delete it to evaluate that benchmark again"
+        )
+    return records

@@ -22,21 +22,48 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _interval(bounds) -> str:
+    return "–" if bounds is None else f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
+
+
 def results_table(results: dict) -> str:
-    """One run: a row per benchmark (accuracy %, formatted %, mean and max length in tokens), then the average."""
+    """One run: a row per benchmark, then the average. Accuracy % (the mean over samples) with its 95%
+    bootstrap interval, pass@k and maj@k % for the k asked, formatted % (responses with an answer),
+    mean and max length in tokens, truncated % (cut at the token limit). Results files written
+    before some of these existed show "–" there."""
+    names = list(results["results"])
+    ks = sorted({k for name in names for k in results.get("pass_at_k", {}).get(name, {})}, key=int)
+    header = ["benchmark", "n", "samples", "accuracy %", "95% CI"]
+    header += [f"pass@{k} %" for k in ks] + [f"maj@{k} %" for k in ks]
+    header += ["formatted %", "avg len", "max len", "truncated %"]
+
+    def row(label, get, num_examples, samples, lengths=True):
+        cells = [label, num_examples, samples, _cell(get("results")), _interval(get("ci95"))]
+        cells += [_cell((get("pass_at_k") or {}).get(k)) for k in ks]
+        cells += [_cell((get("maj_at_k") or {}).get(k)) for k in ks]
+        if lengths:
+            cells += [_cell(get("formatted")), _cell(get("avg_lens"), 0), str(get("max_lens")), _cell(get("truncated"))]
+        else:
+            cells += ["", "", "", ""]
+        return cells
+
     rows = [
-        [
+        row(
             TITLES.get(name, name),
+            lambda key, name=name: results.get(key, {}).get(name),
             str(results["num_examples"][name]),
-            _cell(results["results"][name]),
-            _cell(results["formatted"][name]),
-            _cell(results["avg_lens"][name], 0),
-            str(results["max_lens"][name]),
-        ]
-        for name in results["results"]
+            str(results.get("samples", {}).get(name, 1)),
+        )
+        for name in names
     ]
-    rows.append(["avg", str(sum(results["num_examples"].values())), _cell(results["avg"]), "", "", ""])
-    return markdown_table(["benchmark", "n", "accuracy %", "formatted %", "avg len", "max len"], rows)
+    average = {
+        "results": results["avg"],
+        "ci95": results.get("avg_ci95"),
+        "pass_at_k": results.get("avg_pass_at_k"),
+        "maj_at_k": results.get("avg_maj_at_k"),
+    }
+    rows.append(row("avg", average.get, str(sum(results["num_examples"].values())), "", lengths=False))
+    return markdown_table(header, rows)
 
 
 #: ``--reference`` value for the KTAE paper's scores shipped with the package.
@@ -114,3 +141,100 @@ def comparison_table(runs: list[dict], reference_rows: list[dict] = ()) -> str:
     for run in [*reference_rows, *runs]:
         rows.append([str(run["label"])] + [_cell(run["results"].get(n)) for n in names] + [_cell(run.get("avg"))])
     return markdown_table(["model"] + [TITLES.get(n, n) for n in names] + ["avg"], rows)
+
+
+def load_problem_records(results: dict, results_path: str | Path) -> dict[str, list[dict]] | None:
+    """A run's per-problem records: its ``per_problem`` or, for results written before they were,
+    rebuilt from the responses files beside ``results_path``; None when neither is there."""
+    from ktae.evaluation.harness import problem_records, read_jsonl
+
+    if "per_problem" in results:
+        return results["per_problem"]
+    folder = Path(results_path).parent
+    paths = {name: folder / rel for name, rel in results.get("responses", {}).items()}
+    if not paths or set(paths) != set(results["results"]) or not all(p.is_file() for p in paths.values()):
+        return None
+    return {name: problem_records(name, read_jsonl(path)) for name, path in paths.items()}
+
+
+def _paired_scores(name: str, a: list[dict], b: list[dict]) -> tuple[list[float], list[float]]:
+    """Per-problem mean correctness of both runs, paired by problem key; an error names the problems
+    only one run has."""
+
+    def by_key(problems):
+        keyed, seen = {}, {}
+        for p in problems:
+            occurrence = seen[p["key"]] = seen.get(p["key"], -1) + 1  # a problem repeated in a benchmark
+            keyed[(p["key"], occurrence)] = p
+        return keyed
+
+    a_keyed, b_keyed = by_key(a), by_key(b)
+    if a_keyed.keys() != b_keyed.keys():
+
+        def ids(keyed, keys):
+            listed = sorted(keyed[k]["id"] for k in keys)
+            return ", ".join(map(str, listed[:10])) + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")
+
+        only_a, only_b = a_keyed.keys() - b_keyed.keys(), b_keyed.keys() - a_keyed.keys()
+        parts = [f"only in A: problem(s) {ids(a_keyed, only_a)}" if only_a else "", ""]
+        parts[1] = f"only in B: problem(s) {ids(b_keyed, only_b)}" if only_b else ""
+        raise ValueError(
+            f"{name}: the runs cover different problems ({'; '.join(p for p in parts if p)}); "
+            "a paired comparison needs the same problems (same data, same --limit)"
+        )
+    keys = list(a_keyed)
+
+    def mean_correct(p):
+        return sum(p["correct"]) / len(p["correct"])
+
+    return [mean_correct(a_keyed[k]) for k in keys], [mean_correct(b_keyed[k]) for k in keys]
+
+
+def paired_comparison_table(
+    a: dict, b: dict, a_problems: dict[str, list[dict]], b_problems: dict[str, list[dict]], seed: int = 0
+) -> str:
+    """B − A per benchmark both runs have and for their average: accuracy points, the paired
+    bootstrap 95% interval, the sign-flip test's p-value and the verdict at 0.05, then a sentence."""
+    from ktae.evaluation.metrics import paired_comparison, verdict_in_words
+
+    names = [n for n in BENCHMARKS if n in a_problems and n in b_problems]
+    names += sorted((a_problems.keys() & b_problems.keys()) - set(names))
+    if not names:
+        raise ValueError(f"{a['label']} and {b['label']} have no benchmark in common")
+    pairs = {name: _paired_scores(name, a_problems[name], b_problems[name]) for name in names}
+    rows, average = [], None
+    for label, selected in [*((TITLES.get(n, n), [n]) for n in names), ("avg", names)]:
+        a_scores, b_scores = [pairs[n][0] for n in selected], [pairs[n][1] for n in selected]
+        result = paired_comparison(a_scores, b_scores, seed=seed)
+        a_mean = sum(sum(s) / len(s) for s in a_scores) / len(a_scores)
+        rows.append(
+            [
+                label,
+                str(result.num_problems),
+                _cell(100 * a_mean),
+                _cell(100 * (a_mean + result.difference)),
+                f"{100 * result.difference:+.1f}",
+                _interval([100 * result.ci_low, 100 * result.ci_high]),
+                f"{result.p_value:.3g}",
+                verdict_in_words(result),
+                result.method,
+            ]
+        )
+        average = result
+    header = ["benchmark", "problems", "A %", "B %", "B − A", "95% CI", "p-value", "verdict", "test"]
+    over = "the benchmark" if len(names) == 1 else f"the mean of {len(names)} benchmarks"
+    if average.p_value < 0.05:
+        words = "beats" if average.difference > 0 else "is worse than"
+        conclusion = f"B {words} A on {over} at the 0.05 level (p = {average.p_value:.3g})."
+    else:
+        conclusion = f"B does not beat A on {over} at the 0.05 level (p = {average.p_value:.3g})."
+    return "\n".join(
+        [
+            f"A: {a['label']}\nB: {b['label']}",
+            "",
+            markdown_table(header, rows),
+            "",
+            f"{conclusion} B − A in accuracy points; intervals: paired bootstrap over problems; p-values: "
+            + "two-sided paired sign-flip test over problems (exact McNemar with one sample per problem).",
+        ]
+    )
