@@ -144,6 +144,7 @@ RECIPES = {
     "grpo_baseline_qwen2.5-math-7b.sh": ("grpo", "Qwen/Qwen2.5-Math-7B"),
     "dapo_ktae_qwen2.5-math-7b.sh": ("ktae", "Qwen/Qwen2.5-Math-7B"),
     "dapo_baseline_qwen2.5-math-1.5b.sh": ("grpo", "Qwen/Qwen2.5-Math-1.5B"),
+    "rloo_ktae_qwen2.5-math-1.5b.sh": ("ktae", "Qwen/Qwen2.5-Math-1.5B"),
 }
 
 
@@ -197,6 +198,8 @@ def test_recipe_parses_through_verls_hydra_config(compose, repo_root, tmp_path, 
     assert (ktae is None) == (estimator != "ktae")
     if ktae is not None:
         assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)
+        assert ktae_base_from_algorithm(config.algorithm) == ("rloo" if recipe.startswith("rloo") else "grpo")
+    assert config.trainer.experiment_name == recipe.rsplit(".sh", 1)[0].replace("_", "-").replace("baseline", "grpo")
     prepare_config(config)  # verl's own start-up checks pass on the recipe as written
 
 
