@@ -43,7 +43,8 @@ class KTAEConfig:
         for name in ("alpha", "beta_ig", "top", "epsilon"):
             if getattr(self, name) < 0:
                 raise ValueError(f"KTAEConfig.{name} must be >= 0, got {getattr(self, name)}")
-        from ktae.core.rollout import ROLLOUT_ADVANTAGES  # torch, only once a config is built
+        # Imported when a config is built, not with this module: the registry's module loads torch.
+        from ktae.core.rollout import ROLLOUT_ADVANTAGES
 
         if self.rollout_advantage not in ROLLOUT_ADVANTAGES:
             raise ValueError(

@@ -29,9 +29,7 @@ KEY_TOKENS_TABLE = "ktae/key_tokens"
 KEY_TOKEN_COLUMNS = ("kind", "rank", "token", "token_id", "bonus", "groups")
 
 
-def bonus_sums(
-    bonus: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor
-) -> torch.Tensor:
+def bonus_sums(bonus: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Sums behind the bonus metrics, to add up across processes before :func:`bonus_metrics`.
 
     bonus: [B, T] float; mask: [B, T] bool (response tokens); correct: [B] bool.
@@ -54,14 +52,13 @@ def bonus_sums(
 
 
 def bonus_metrics(sums: torch.Tensor) -> dict[str, float]:
-    """``ktae/large_bonus_share``, ``ktae/bonus_mean_correct`` and ``ktae/bonus_mean_incorrect`` from :func:`bonus_sums`."""
+    """The bonus metrics (``ktae/large_bonus_share``, ``ktae/bonus_mean_correct``, ``ktae/bonus_mean_incorrect``)
+    from :func:`bonus_sums`."""
     large, tokens, on_correct, n_correct, on_incorrect, n_incorrect = sums.tolist()
     return {
         "ktae/large_bonus_share": large / tokens if tokens else 0.0,
         "ktae/bonus_mean_correct": on_correct / n_correct if n_correct else math.nan,
-        "ktae/bonus_mean_incorrect": on_incorrect / n_incorrect
-        if n_incorrect
-        else math.nan,
+        "ktae/bonus_mean_incorrect": on_incorrect / n_incorrect if n_incorrect else math.nan,
     }
 
 
@@ -79,9 +76,7 @@ def top_key_tokens(
     count = torch.zeros(len(tokens), dtype=torch.float64).index_add_(
         0, inverse, torch.ones(len(inverse), dtype=torch.float64)
     )
-    total = torch.zeros(len(tokens), dtype=torch.float64).index_add_(
-        0, inverse, values.value[nonzero].cpu().double()
-    )
+    total = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, values.value[nonzero].cpu().double())
     mean = total / count.clamp(min=1)
     order = torch.argsort(mean, descending=True).tolist()
 
@@ -120,9 +115,7 @@ def key_token_markdown(key_tokens: dict[str, list[dict]], step: int) -> str:
     lines.append("|" + " --- |" * len(KEY_TOKEN_COLUMNS))
     for kind, rank, token, token_id, bonus, groups in key_token_rows(key_tokens):
         shown = token.replace("|", "\\|").replace("\n", "\\n") or " "
-        lines.append(
-            f"| {kind} | {rank} | `{shown}` | {token_id} | {bonus:+.4f} | {groups} |"
-        )
+        lines.append(f"| {kind} | {rank} | `{shown}` | {token_id} | {bonus:+.4f} | {groups} |")
     return "\n".join(lines)
 
 
@@ -142,9 +135,7 @@ def log_key_token_table(
     if wandb is not None or trackio is not None:
         import pandas as pd
 
-        frame = pd.DataFrame(
-            key_token_rows(key_tokens), columns=list(KEY_TOKEN_COLUMNS)
-        )
+        frame = pd.DataFrame(key_token_rows(key_tokens), columns=list(KEY_TOKEN_COLUMNS))
         for backend in (wandb, trackio):
             if backend is not None:
                 backend.log(
@@ -152,6 +143,4 @@ def log_key_token_table(
                     **({"step": step} if pass_step else {}),
                 )
     if tensorboard is not None:
-        tensorboard.add_text(
-            KEY_TOKENS_TABLE, key_token_markdown(key_tokens, step), step
-        )
+        tensorboard.add_text(KEY_TOKENS_TABLE, key_token_markdown(key_tokens, step), step)

@@ -44,7 +44,8 @@ def test_variant_recipes_compose_through_trls_config_checks(name, tmp_path):
         if getattr(variant, f.name) != getattr(paper, f.name)
     }
     assert differing == changed and job == paper_job
-    assert variant.ktae and variant.ktae_config(ignore_token_ids=()).rollout_advantage == changed["ktae_rollout_advantage"]
+    assert variant.ktae
+    assert variant.ktae_config(ignore_token_ids=()).rollout_advantage == changed["ktae_rollout_advantage"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -145,7 +145,8 @@ def test_advantage_is_verls_base_plus_the_key_token_values(algorithm, base, opti
     if base == "remax":  # ReMax's greedy-rollout baseline, where the batch has one
         data.batch["reward_baselines"] = torch.linspace(0.0, 1.0, len(data))
     config = with_options(algorithm, base=base, **options)
-    with response_tokens(data.batch["responses"], uids=data.non_tensor_batch["uid"], ignore_token_ids=(PAD, EOS)) as tokens:
+    uids = data.non_tensor_batch["uid"]
+    with response_tokens(data.batch["responses"], uids=uids, ignore_token_ids=(PAD, EOS)) as tokens:
         out = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=config)
     reference = verl_base(data, base, config)
     bonus = bonus_of(data, KTAEConfig(ignore_token_ids=(PAD, EOS)))
@@ -153,7 +154,8 @@ def test_advantage_is_verls_base_plus_the_key_token_values(algorithm, base, opti
     expected = reference.batch["advantages"] + bonus * response_mask(data)
     assert out.batch["advantages"].dtype == torch.float32
     torch.testing.assert_close(out.batch["advantages"], expected, rtol=0, atol=1e-6)
-    assert (out.batch["advantages"][response_mask(data) == 0] == reference.batch["advantages"][response_mask(data) == 0]).all()
+    outside = response_mask(data) == 0
+    assert (out.batch["advantages"][outside] == reference.batch["advantages"][outside]).all()
     # returns: verl's own where the base has separate ones (reward-to-go), else the advantages
     if reference.batch["returns"] is reference.batch["advantages"]:
         torch.testing.assert_close(out.batch["returns"], out.batch["advantages"], rtol=0, atol=0)
@@ -221,7 +223,8 @@ def test_estimator_is_registered_and_accepts_responses_directly(algorithm):
         token_level_rewards=data.batch["token_level_rewards"], response_mask=response_mask(data),
         index=data.non_tensor_batch["uid"], config=algorithm, responses=data.batch["responses"],
     )
-    expected = verl_base(data, "grpo", algorithm).batch["advantages"] + bonus_of(data, KTAEConfig()) * response_mask(data)
+    bonus = bonus_of(data, KTAEConfig()) * response_mask(data)
+    expected = verl_base(data, "grpo", algorithm).batch["advantages"] + bonus
     torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
     assert returns is adv
 
@@ -238,7 +241,8 @@ def test_estimator_is_registered_and_accepts_responses_directly(algorithm):
 def test_a_base_whose_inputs_ktae_cannot_supply_is_refused(algorithm, base, missing):
     data, *_ = random_batch(9)
     with response_tokens(data.batch["responses"], ignore_token_ids=(PAD,)):
-        with pytest.raises(ValueError, match=f"base={base}: verl's {base} estimator needs {missing}, which KTAE cannot"):
+        message = f"base={base}: verl's {base} estimator needs {missing}, which KTAE cannot"
+        with pytest.raises(ValueError, match=message):
             compute_advantage(data, adv_estimator="ktae", config=with_options(algorithm, base=base))
 
 

@@ -13,11 +13,10 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
 from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
 from ktae.reports import load_rollouts
@@ -103,7 +102,8 @@ def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose
     trainer._compute_advantage(batch, metrics={})
 
     advantages = padded([queue.rows[key]["advantages"] for key in keys])
-    torch.testing.assert_close(advantages, expected_advantages(rows, "grpo", trainer.config.algorithm), rtol=0, atol=1e-6)
+    expected = expected_advantages(rows, "grpo", trainer.config.algorithm)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
     assert advantages[padded([r["response_mask"] for r in rows]) == 0].abs().max() == 0
 
 
@@ -151,7 +151,9 @@ class FakeWriter:
 
 def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, monkeypatch):
     trainer = object.__new__(KTAEPPOTrainerSync)
-    trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=rloo"])
+    trainer.config = compose(
+        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=rloo"]
+    )
     trainer.tokenizer = make_tokenizer()
     wandb, trackio, writer = FakeTracker(), FakeTracker(), FakeWriter()
     trainer.logger = SimpleNamespace(logger={
@@ -164,7 +166,8 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
 
     # the advantages are verl's rloo plus the bonus, and the metrics describe that bonus
     advantages = padded([queue.rows[key]["advantages"] for key in keys])
-    torch.testing.assert_close(advantages, expected_advantages(rows, "rloo", trainer.config.algorithm), rtol=0, atol=1e-6)
+    expected = expected_advantages(rows, "rloo", trainer.config.algorithm)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
     mask = padded([r["response_mask"] for r in rows]).bool()
     bonus = compute_ktae_advantages(
         padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),

@@ -250,7 +250,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
         rollout = trl_advantages.float()
         if scored.any():
             ids, mask = view.ids[scored], view.mask[scored]
-            bonus[scored] = compute_ktae_advantages(ids, mask, scores[scored], groups[scored], config=self._bonus_config)
+            bonus[scored] = compute_ktae_advantages(
+                ids, mask, scores[scored], groups[scored], config=self._bonus_config
+            )
             if self.args.ktae_rollout_advantage is not None:
                 rollout = torch.zeros_like(rollout)
                 rollout[scored] = compute_rollout_advantages(
@@ -373,7 +375,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
         super().log(logs, start_time)
         if self._key_tokens_to_log is not None and self.accelerator.is_main_process:
             # W&B / trackio keep their own step, as TRL's completions table does
-            log_key_token_table(self._key_tokens_to_log, self.state.global_step, **self._key_token_backends(), pass_step=False)
+            backends = self._key_token_backends()
+            log_key_token_table(self._key_tokens_to_log, self.state.global_step, **backends, pass_step=False)
             self._key_tokens_to_log = None
 
     def training_step(self, model, inputs, num_items_in_batch):
