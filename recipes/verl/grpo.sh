@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GRPO (+KTAE) on MATH, the paper's settings: bash recipes/verl/grpo.sh 1.5b|7b ktae|grpo [overrides...]
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-NAME=grpo-${ESTIMATOR}-qwen2.5-math-${MODEL_SIZE}
+NAME=${RUN_NAME:-grpo-${ESTIMATOR}-qwen2.5-math-${MODEL_SIZE}}  # RUN_NAME: a variant recipe's own name
 
 exec python -m ktae.integrations.verl \
     "${COMMON_ARGS[@]}" \

@@ -20,6 +20,8 @@ _EXPORTS = {
     "merge_token_statistics": "ktae.core.estimator",
     "ROLLOUT_ADVANTAGES": "ktae.core.rollout",
     "compute_rollout_advantages": "ktae.core.rollout",
+    "get_rollout_advantage": "ktae.core.rollout",
+    "register_rollout_advantage": "ktae.core.rollout",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -75,6 +75,8 @@ def rollout_advantages(scores: list[float], method: str, eps: float) -> list[flo
         if n == 1:
             return list(scores)
         return [s - (sum(scores) - s) / (n - 1) for s in scores]
+    if method == "none":
+        return [0.0] * n
     raise ValueError(method)
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from ktae import KTAEConfig
-from ktae.core.config import ROLLOUT_ADVANTAGE_NAMES
 
 # KTAEConfig fields settable from the command line (ignore_token_ids has its own option).
 _KTAE_OPTIONS = [f for f in dataclasses.fields(KTAEConfig) if f.name != "ignore_token_ids"]
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in _KTAE_OPTIONS:
         flag = "--" + field.name.replace("_", "-")
         if field.name == "rollout_advantage":
-            ktae.add_argument(flag, choices=ROLLOUT_ADVANTAGE_NAMES, default=None)
+            ktae.add_argument(flag, default=None, metavar="NAME", help="grpo, dr_grpo, rloo or none")
         else:
             ktae.add_argument(flag, type=float, default=None, metavar="X")
 

@@ -7,8 +7,6 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-ROLLOUT_ADVANTAGE_NAMES = ("grpo", "dr_grpo", "rloo")
-
 
 @dataclasses.dataclass(frozen=True)
 class KTAEConfig:
@@ -19,7 +17,9 @@ class KTAEConfig:
     top: bound of the key-token value, |v| < top; ``top=0`` turns KTAE off.
     correct_threshold: a rollout is correct when its score is strictly above this.
     ignore_token_ids: token ids whose value is forced to 0 (pad and end-of-sequence ids).
-    rollout_advantage: the rollout-level base, one of "grpo", "dr_grpo", "rloo".
+    rollout_advantage: the rollout-level base, a name registered in ``ktae.core.rollout`` ("grpo",
+        "dr_grpo", "rloo", "none" for the key-token bonus alone, or one registered with
+        ``ktae.register_rollout_advantage``).
     epsilon: added to the group's standard deviation in the GRPO normalisation.
     """
 
@@ -43,10 +43,12 @@ class KTAEConfig:
         for name in ("alpha", "beta_ig", "top", "epsilon"):
             if getattr(self, name) < 0:
                 raise ValueError(f"KTAEConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.rollout_advantage not in ROLLOUT_ADVANTAGE_NAMES:
+        # Imported when a config is built, not with this module: the registry's module loads torch.
+        from ktae.core.rollout import ROLLOUT_ADVANTAGES
+
+        if self.rollout_advantage not in ROLLOUT_ADVANTAGES:
             raise ValueError(
-                f"unknown rollout_advantage {self.rollout_advantage!r}; "
-                f"choose one of {', '.join(ROLLOUT_ADVANTAGE_NAMES)}"
+                f"unknown rollout_advantage {self.rollout_advantage!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}"
             )
         ids = self.ignore_token_ids
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):

@@ -1,7 +1,8 @@
 """Rollout-level advantages: one scalar per rollout from the scores of its group.
 
-Each estimator is a small pure function over dense group numbers, registered by name in
-``ROLLOUT_ADVANTAGES`` (the names ``KTAEConfig.rollout_advantage`` accepts).
+Each estimator is a small pure function over dense group numbers, registered by name with
+:func:`register_rollout_advantage` in ``ROLLOUT_ADVANTAGES`` (the names ``KTAEConfig.rollout_advantage``
+accepts). A user's own base registers the same way and is then usable by name everywhere a base is named.
 """
 
 from __future__ import annotations
@@ -12,20 +13,54 @@ import torch
 
 from ktae.core.groups import dense_groups, group_sums, validate_scores
 
+# fn(scores [B] float64, group [B] int64 in [0, num_groups), num_groups, epsilon) -> [B] float64
 RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 ROLLOUT_ADVANTAGES: dict[str, RolloutAdvantageFn] = {}
 
 
-def register_rollout_advantage(name: str) -> Callable[[RolloutAdvantageFn], RolloutAdvantageFn]:
+def register_rollout_advantage(
+    name: str,
+) -> Callable[[RolloutAdvantageFn], RolloutAdvantageFn]:
+    """Decorator registering a rollout-level advantage under ``name``.
+
+    Registering the same function again is a no-op (a re-imported module); a different function
+    under a taken name raises a ValueError.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"a rollout advantage needs a non-empty string name, got {name!r}"
+        )
+
     def decorator(fn: RolloutAdvantageFn) -> RolloutAdvantageFn:
+        if not callable(fn):
+            raise TypeError(
+                f"rollout advantage {name!r} must be a function, got {fn!r}"
+            )
+        taken = ROLLOUT_ADVANTAGES.get(name)
+        if taken is not None and taken is not fn:
+            raise ValueError(
+                f"rollout advantage {name!r} is already registered ({taken.__module__}.{taken.__qualname__}); "
+                "choose another name"
+            )
         ROLLOUT_ADVANTAGES[name] = fn
         return fn
 
     return decorator
 
 
+def get_rollout_advantage(name: str) -> RolloutAdvantageFn:
+    """The rollout-level advantage registered under ``name``; a ValueError lists the valid names."""
+    if name not in ROLLOUT_ADVANTAGES:
+        raise ValueError(
+            f"unknown rollout advantage {name!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}"
+        )
+    return ROLLOUT_ADVANTAGES[name]
+
+
 @register_rollout_advantage("grpo")
-def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+def grpo_advantage(
+    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
+) -> torch.Tensor:
     """GRPO: (s - mean_g) / (std_g + epsilon), Bessel-corrected std; a group of one uses mean 0, std 1.
 
     scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64.
@@ -41,7 +76,9 @@ def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, e
 
 
 @register_rollout_advantage("dr_grpo")
-def dr_grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+def dr_grpo_advantage(
+    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
+) -> torch.Tensor:
     """Dr. GRPO: s - mean_g, no division by the standard deviation. [B] -> [B] float64."""
     count = group_sums(torch.ones_like(scores), group, num_groups)
     mean = group_sums(scores, group, num_groups) / count
@@ -49,12 +86,25 @@ def dr_grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int
 
 
 @register_rollout_advantage("rloo")
-def rloo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
+def rloo_advantage(
+    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
+) -> torch.Tensor:
     """RLOO: s - mean of the other rollouts of the group; a group of one keeps its score. [B] -> [B] float64."""
     count = group_sums(torch.ones_like(scores), group, num_groups)[group]
     total = group_sums(scores, group, num_groups)[group]
     others = (total - scores) / (count - 1).clamp(min=1)
     return torch.where(count > 1, scores - others, scores)
+
+
+@register_rollout_advantage("none")
+def no_rollout_advantage(
+    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
+) -> torch.Tensor:
+    """No rollout-level part: 0 for every rollout, so the advantage is the key-token bonus alone.
+
+    Integrations that take the base from their framework compute the bonus with it. [B] -> [B] float64.
+    """
+    return torch.zeros_like(scores)
 
 
 def compute_rollout_advantages(
@@ -68,8 +118,7 @@ def compute_rollout_advantages(
     scores: [B] float (a rollout's total reward); group_index: [B] ints or hashable ids.
     Returns float32 [B] on scores.device.
     """
-    if method not in ROLLOUT_ADVANTAGES:
-        raise ValueError(f"unknown rollout advantage {method!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}")
+    advantage = get_rollout_advantage(method)
     scores = validate_scores(scores, None)
     group, group_ids = dense_groups(group_index, scores.shape[0], scores.device)
-    return ROLLOUT_ADVANTAGES[method](scores.double(), group, len(group_ids), float(epsilon)).float()
+    return advantage(scores.double(), group, len(group_ids), float(epsilon)).float()

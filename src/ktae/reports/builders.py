@@ -51,8 +51,8 @@ def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list
     fields = {f.name for f in dataclasses.fields(KTAEConfig)}
     algorithm = config.get("algorithm")
     section = algorithm.get("ktae") if isinstance(algorithm, dict) and "ktae" in algorithm else config.get("ktae")
-    if isinstance(section, dict):
-        options = dict(section)
+    if isinstance(section, dict):  # verl's section also names its base estimator (algorithm.ktae.base)
+        options = {key: value for key, value in section.items() if key != "base"}
     else:
         options = {key[5:]: value for key, value in config.items() if key.startswith("ktae_") and key[5:] in fields}
     options = {key: value for key, value in options.items() if value is not None}

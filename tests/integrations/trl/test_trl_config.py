@@ -39,6 +39,21 @@ def test_ktae_config_carries_every_field(tmp_path):
         ignore_token_ids=(1, 3), rollout_advantage="rloo", epsilon=1e-4,
     )
     assert make(tmp_path, ktae_ignore_token_ids=[9]).ktae_config(ignore_token_ids=[1]).ignore_token_ids == (9,)
+    # unset base: TRL supplies the rollout-level part, KTAE the bonus alone
+    assert make(tmp_path).ktae_config(ignore_token_ids=[]).rollout_advantage == "none"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scale_rewards": "batch"},
+        {"scale_rewards": "none"},
+        {"multi_objective_aggregation": "normalize_then_sum", "reward_weights": [1.0, 0.5]},
+        {"loss_type": "luspo", "importance_sampling_level": "sequence", "top_entropy_quantile": 0.2},
+    ],
+)
+def test_trls_own_rollout_advantage_settings_work_with_ktae(tmp_path, options):
+    assert make(tmp_path, **options).ktae
 
 
 @pytest.mark.parametrize(
@@ -51,8 +66,10 @@ def test_ktae_config_carries_every_field(tmp_path):
         ({"dynamic_sampling_metric": "acc"}, "unknown dynamic_sampling_metric"),
         ({"max_num_gen_batches": 0}, "max_num_gen_batches must be >= 1"),
         ({"overlong_buffer_length": 9}, "overlong_buffer_length must be in"),
-        ({"scale_rewards": "batch"}, "scale_rewards='batch'"),
-        ({"scale_rewards": "none"}, "ktae_rollout_advantage='dr_grpo'"),
+        ({"scale_rewards": "batch", "ktae_rollout_advantage": "rloo"},
+         "ktae_rollout_advantage='rloo' replaces TRL's rollout-level advantage, so scale_rewards='batch' would"),
+        ({"multi_objective_aggregation": "normalize_then_sum", "ktae_rollout_advantage": "grpo"},
+         "so multi_objective_aggregation='normalize_then_sum' would have no effect"),
     ],
 )
 def test_bad_values_raise_a_named_error(tmp_path, overrides, message):

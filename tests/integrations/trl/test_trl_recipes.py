@@ -21,8 +21,31 @@ def load(name, tmp_path):
     return load_config(RECIPES / f"{name}.yaml", [f"output_dir={tmp_path}", "bf16=false"])
 
 
+# Recipes beyond the paper's: each is a paper recipe with a few fields changed.
+VARIANTS = {
+    "qwen2.5-math-1.5b-grpo-ktae-rloo-entropy": (
+        "qwen2.5-math-1.5b-grpo-ktae", {"ktae_rollout_advantage": "rloo", "top_entropy_quantile": 0.2}
+    ),
+}
+
+
 def test_every_recipe_is_listed():
-    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(NAMES)
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*NAMES, *VARIANTS])
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_recipes_compose_through_trls_config_checks(name, tmp_path):
+    variant, job = load(name, tmp_path)  # KTAEGRPOConfig runs TRL's GRPOConfig checks and KTAE's
+    paper_name, changed = VARIANTS[name]
+    paper, paper_job = load(paper_name, tmp_path)
+    differing = {
+        f.name: getattr(variant, f.name)
+        for f in dataclasses.fields(variant)
+        if getattr(variant, f.name) != getattr(paper, f.name)
+    }
+    assert differing == changed and job == paper_job
+    assert variant.ktae
+    assert variant.ktae_config(ignore_token_ids=()).rollout_advantage == changed["ktae_rollout_advantage"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,5 +1,9 @@
+import dataclasses
+import importlib.machinery
 import json
 import logging
+import sys
+import types
 from collections import defaultdict
 
 import pytest
@@ -7,16 +11,32 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
+from trl.extras import profiling as trl_profiling
 from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
 
-from ktae import KTAEConfig, compute_ktae_advantages
+from ktae import KTAEConfig, compute_key_token_values, compute_rollout_advantages
 from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
 
 
-def make_trainer(model_dir, args, kinds=("mixed",)):
+def make_trainer(model_dir, args, kinds=("mixed",), reward_funcs=toy_reward):
     return KTAEGRPOTrainer(
-        model_dir, toy_reward, args=args, train_dataset=build_dataset(kinds), processing_class=build_tokenizer()
+        model_dir, reward_funcs, args=args, train_dataset=build_dataset(kinds), processing_class=build_tokenizer()
     )
+
+
+@pytest.fixture
+def trl_advantages(monkeypatch):
+    """TRL's own rollout-level advantages [B] of every generation round, as GRPOTrainer returns them."""
+    seen = []
+    generate = GRPOTrainer._generate_and_score_completions
+
+    def capture(self, inputs):
+        batch = generate(self, inputs)
+        seen.append(batch["advantages"].clone())
+        return batch
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", capture)
+    return seen
 
 
 def record(trainer):
@@ -34,7 +54,7 @@ def record(trainer):
     compute_loss = trainer._compute_loss
 
     def capture_loss(model, inputs):
-        losses.append({k: inputs[k].clone() for k in ("prompt_ids", "completion_ids", "advantages")})
+        losses.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         return compute_loss(model, inputs)
 
     trainer._compute_loss = capture_loss
@@ -45,22 +65,43 @@ def row_key(batch, i):
     return tuple(batch["prompt_ids"][i].tolist()), tuple(batch["completion_ids"][i].tolist())
 
 
-def check_rounds_match_the_core(trainer, rounds, losses):
-    """The advantages of every round are the core's on the whole batch, and the loss used exactly those rows."""
+def key_token_bonus(ids, mask, scores, groups, config) -> torch.Tensor:
+    """v(group, token) at every masked token, from the core's per-(group, token) values. [B, T]"""
+    mask = mask.bool()
+    scored = ~torch.isnan(scores)
+    records = compute_key_token_values(ids[scored], mask[scored], scores[scored], groups[scored], config=config)
+    value = {(r["group"], r["token"]): r["value"] for r in records.to_records()}
+    return torch.tensor(
+        [
+            [value[(int(g), int(t))] if m and ok else 0.0 for t, m in zip(row, row_mask)]
+            for g, ok, row, row_mask in zip(groups, scored, ids, mask)
+        ]
+    )
+
+
+def check_rounds_match_the_core(trainer, rounds, losses, trl_advantages=None):
+    """Every round's advantages are the rollout-level advantage (TRL's own, or the named KTAE base) plus the
+    core's key-token values at each token, and the loss used exactly those rows."""
     tokenizer = trainer.processing_class
-    core = KTAEConfig(ignore_token_ids=(tokenizer.pad_token_id, tokenizer.eos_token_id))
-    assert trainer.ktae_config == core
+    base = trainer.args.ktae_rollout_advantage
+    config = KTAEConfig(ignore_token_ids=(tokenizer.pad_token_id, tokenizer.eos_token_id))
+    assert trainer.ktae_config == dataclasses.replace(config, rollout_advantage=base or "none")
+    if base is None:
+        assert trl_advantages is not None and len(trl_advantages) == len(rounds)
     advantages_of_row, bonus_seen = {}, False
-    for batch, scores in rounds:
+    for number, (batch, scores) in enumerate(rounds):
         groups = torch.arange(len(scores)) // trainer.num_generations
-        expected = compute_ktae_advantages(
-            batch["completion_ids"], batch["completion_mask"], scores, groups, config=core
-        )
-        assert torch.equal(batch["advantages"], expected)
         mask = batch["completion_mask"].bool()
+        bonus = key_token_bonus(batch["completion_ids"], mask, scores, groups, config)
+        if base is None:
+            rollout = trl_advantages[number]
+        else:
+            rollout = compute_rollout_advantages(scores, groups, method=base, epsilon=config.epsilon)
+        expected = rollout[:, None] * mask + bonus
+        torch.testing.assert_close(batch["advantages"], expected, rtol=0, atol=1e-6)
         for i in range(len(scores)):
             advantages_of_row[row_key(batch, i)] = batch["advantages"][i]
-            bonus_seen |= len(set(expected[i][mask[i]].tolist())) > 1  # token-level, not one value per rollout
+        bonus_seen |= bool(bonus.abs().max() > 0.1)  # token-level, not one value per rollout
     assert bonus_seen
     for inputs in losses:
         assert inputs["advantages"].dim() == 2
@@ -68,18 +109,30 @@ def check_rounds_match_the_core(trainer, rounds, losses):
             assert torch.equal(inputs["advantages"][i], advantages_of_row[row_key(inputs, i)])
 
 
-def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_dir, tmp_path):
+def check_metrics_of_the_round(trainer, batch, scores, log):
+    """The ktae/* metrics logged for a one-round step describe that round's bonus."""
+    mask = batch["completion_mask"].bool()
+    groups = torch.arange(len(scores)) // trainer.num_generations
+    bonus = key_token_bonus(batch["completion_ids"], mask, scores, groups, trainer.ktae_config).double()
+    correct = (scores > 0)[:, None] & mask
+    assert log["ktae/large_bonus_share"] == pytest.approx(float((bonus.abs() > 0.5)[mask].double().mean()))
+    assert log["ktae/bonus_mean_correct"] == pytest.approx(float(bonus[correct].mean()))
+    assert log["ktae/bonus_mean_incorrect"] == pytest.approx(float(bonus[mask & ~correct].mean()))
+    assert 0 < log["ktae/time_share"] < 1
+    assert log["ktae/seconds"] == pytest.approx(log["step_time"] * log["ktae/time_share"])
+
+
+def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_dir, tmp_path, trl_advantages):
     args = KTAEGRPOConfig(**config_options(tmp_path, algo="grpo"))
     trainer = make_trainer(tiny_model_dir, args)
     rounds, losses = record(trainer)
     trainer.train()
     assert len(rounds) == 2 and len(losses) == 2
-    check_rounds_match_the_core(trainer, rounds, losses)
+    check_rounds_match_the_core(trainer, rounds, losses, trl_advantages)
     logs = trainer.state.log_history[0]
     assert trainer.ref_model is not None and "kl" in logs  # GRPO: KL loss against the reference
-    for key in ("ktae/large_bonus_share", "ktae/bonus_mean_correct", "ktae/bonus_mean_incorrect", "ktae/time_share"):
-        assert any(entry.get(key) is not None for entry in trainer.state.log_history), key
-    assert 0 < logs["ktae/time_share"] < 1
+    for (batch, scores), log in zip(rounds, trainer.state.log_history):
+        check_metrics_of_the_round(trainer, batch, scores, log)
 
     lines = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1] * 4 + [2] * 4  # one whole group per step
@@ -96,7 +149,97 @@ def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_di
     assert all(t["bonus"] < 0 for k in key_tokens for t in k["blamed"])
 
 
-def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path):
+def length_reward(completions, **kwargs) -> list[float]:
+    """A second reward: 1 for completions of 4 characters or fewer, else 0."""
+    return [float(len(text) <= 4) for text in completions]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scale_rewards": "batch"},
+        {"scale_rewards": "none"},
+        {"reward_weights": [1.0, 0.5]},
+        {"reward_weights": [2.0, 0.5], "multi_objective_aggregation": "normalize_then_sum", "scale_rewards": "batch"},
+        {"ktae_rollout_advantage": "rloo"},
+    ],
+    ids=["scale-batch", "scale-none", "weighted-rewards", "normalize-then-sum", "ktae-rloo-base"],
+)
+def test_every_trl_rollout_advantage_gets_the_bonus(tiny_model_dir, tmp_path, trl_advantages, options):
+    args = KTAEGRPOConfig(**config_options(tmp_path, max_steps=1, **options))
+    rewards = [toy_reward, length_reward] if "reward_weights" in options else toy_reward
+    trainer = make_trainer(tiny_model_dir, args, reward_funcs=rewards)
+    rounds, losses = record(trainer)
+    trainer.train()
+    check_rounds_match_the_core(trainer, rounds, losses, trl_advantages)
+    [(batch, scores)] = rounds
+    if "reward_weights" in options:  # correctness is decided on the weighted total reward
+        weights = torch.tensor(options["reward_weights"])
+        rewards = trainer._gathered_rewards_per_func
+        torch.testing.assert_close(scores, (rewards * weights).sum(1))
+    check_metrics_of_the_round(trainer, batch, scores, trainer.state.log_history[0])
+
+
+def test_every_loss_type_trains_on_the_token_advantages_with_the_entropy_mask(tiny_model_dir, tmp_path):
+    args = KTAEGRPOConfig(**config_options(tmp_path, max_steps=1, top_entropy_quantile=0.5))
+    trainer = make_trainer(tiny_model_dir, args)
+    _, losses = record(trainer)
+    trainer.train()
+    [inputs] = losses
+    assert inputs["advantages"].dim() == 2
+    rollout_level = inputs["advantages"].sum(1, keepdim=True) / inputs["completion_mask"].sum(1, keepdim=True)
+    flat = {**inputs, "advantages": rollout_level.expand_as(inputs["advantages"]) * inputs["completion_mask"]}
+    for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"):
+        trainer.loss_type = loss_type
+        trainer.model.zero_grad()
+        loss = trainer._compute_loss(trainer.model, inputs)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        assert torch.isfinite(loss) and grads.abs().sum() > 0, loss_type
+        # the per-token bonus changes what the loss sees, past the entropy mask
+        trainer.model.zero_grad()
+        trainer._compute_loss(trainer.model, flat).backward()
+        flat_grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        assert not torch.allclose(grads, flat_grads), loss_type
+
+
+def test_key_token_table_reaches_the_trackers_of_report_to(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = KTAEGRPOConfig(**config_options(tmp_path, max_steps=2, report_to="tensorboard"))
+    trainer = make_trainer(tiny_model_dir, args)
+    trackers = {}
+    for name in ("wandb", "trackio"):  # stand-ins for the W&B and trackio modules
+        tracker = types.ModuleType(name)
+        tracker.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        tracker.run, tracker.logged, tracker.Table = object(), [], lambda dataframe: dataframe
+        tracker.log = lambda data, step=None, tracker=tracker: tracker.logged.append((data, step))
+        monkeypatch.setitem(sys.modules, name, tracker)
+        monkeypatch.setattr(trl_profiling, name, tracker, raising=False)  # TRL's step timings go there too
+        trackers[name] = tracker
+    trainer.args.report_to = ["tensorboard", "wandb", "trackio"]  # after the callbacks are set up
+    trainer.train()
+    for tracker in trackers.values():
+        tables = [(data, step) for data, step in tracker.logged if "ktae/key_tokens" in data]
+        assert len(tables) == 2  # one table per logging step
+        for data, step in tables:
+            frame = data["ktae/key_tokens"]
+            assert step is None  # W&B / trackio keep their own step, as with TRL's completions table
+            assert list(frame.columns) == ["kind", "rank", "token", "token_id", "bonus", "groups"]
+            credited, blamed = frame[frame.kind == "credited"], frame[frame.kind == "blamed"]
+            assert (credited.bonus > 0).all() and (blamed.bonus < 0).all() and len(credited) + len(blamed) > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = list((tmp_path / "tb").glob("**/events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    texts = accumulator.Tensors("ktae/key_tokens/text_summary")
+    assert [t.step for t in texts] == [1, 2]
+    text = texts[-1].tensor_proto.string_val[0].decode()
+    assert "| credited | 1 |" in text or "| blamed | 1 |" in text
+    assert {"train/ktae/large_bonus_share", "train/ktae/time_share"} <= set(accumulator.Tags()["scalars"])
+
+
+def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path, trl_advantages):
     args = KTAEGRPOConfig(**config_options(tmp_path, algo="dapo"))
     trainer = make_trainer(tiny_model_dir, args)
     rounds, losses = record(trainer)
@@ -108,7 +251,7 @@ def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path):
         lengths = batch["completion_mask"].sum(1)
         toy = scores - torch.where(lengths >= args.max_completion_length, -1.0, 0.0)
         assert set(toy.tolist()) <= {0.0, 1.0}
-    check_rounds_match_the_core(trainer, rounds, losses)
+    check_rounds_match_the_core(trainer, rounds, losses, trl_advantages)
     assert "kl" not in trainer.state.log_history[0]
 
 
@@ -131,7 +274,7 @@ def test_ktae_off_reproduces_trl(tiny_model_dir, tmp_path):
     assert (tmp_path / "ours" / "rollouts.jsonl").exists()
 
 
-def test_dynamic_sampling_drops_groups_that_score_alike(tiny_model_dir, tmp_path):
+def test_dynamic_sampling_drops_groups_that_score_alike(tiny_model_dir, tmp_path, trl_advantages):
     options = config_options(tmp_path, dynamic_sampling=True, per_device_train_batch_size=8, max_steps=1)
     trainer = make_trainer(tiny_model_dir, KTAEGRPOConfig(**options), kinds=("easy", "hard", "mixed"))
     rounds, losses = record(trainer)
@@ -146,7 +289,7 @@ def test_dynamic_sampling_drops_groups_that_score_alike(tiny_model_dir, tmp_path
                 score_of_row[row_key(inputs, i)]
             )
         assert all(prompt.startswith("mixed") and len(set(s)) == 2 for prompt, s in groups.items()), groups
-    check_rounds_match_the_core(trainer, rounds, losses)
+    check_rounds_match_the_core(trainer, rounds, losses, trl_advantages)
     logs = [e for e in trainer.state.log_history if "dynamic_sampling/gen_batches" in e]
     assert len(logs) == 1 and logs[0]["dynamic_sampling/filler_group_share"] == 0
     assert len(rounds) == logs[0]["dynamic_sampling/gen_batches"] > 1  # it had to draw more prompts

@@ -7,7 +7,12 @@ import subprocess
 
 import pytest
 from ktae import KTAEConfig
-from ktae.integrations.verl import KTAE_TRAINER_MODES, ktae_config_from_algorithm, validate_ktae_run
+from ktae.integrations.verl import (
+    KTAE_TRAINER_MODES,
+    ktae_base_from_algorithm,
+    ktae_config_from_algorithm,
+    validate_ktae_run,
+)
 from ktae.integrations.verl.main import PLUGIN_MODULE, prepare_config
 
 # What verl's own validation needs on a CPU box with no recipe: micro-batching and a GPU layout.
@@ -22,20 +27,46 @@ RUNNABLE = [
 def test_ktae_keys_compose_with_verls_config(compose):
     config = compose(
         ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=8", "algorithm.ktae.alpha=2",
-         "algorithm.ktae.top=0.5", "algorithm.ktae.ignore_token_ids=[3,4]", "algorithm.ktae.rollout_advantage=rloo"]
+         "algorithm.ktae.top=0.5", "algorithm.ktae.ignore_token_ids=[3,4]", "algorithm.ktae.base=rloo"]
     )
     assert validate_ktae_run(config) == KTAEConfig(
-        alpha=2.0, top=0.5, ignore_token_ids=(3, 4), rollout_advantage="rloo"
+        alpha=2.0, top=0.5, ignore_token_ids=(3, 4), rollout_advantage="none"
     )
+    assert ktae_base_from_algorithm(config.algorithm) == "rloo"
     # verl's own sections are untouched by the KTAE config
     assert config.algorithm.norm_adv_by_std_in_grpo is True
     assert config.trainer.v1.trainer_mode == "sync"
 
 
-def test_defaults_follow_the_tokenizer_and_verls_normalisation(compose):
+def test_defaults_follow_the_tokenizer_and_the_papers_grpo_base(compose):
     config = compose(["algorithm.adv_estimator=ktae", "algorithm.norm_adv_by_std_in_grpo=False"])
     ktae = ktae_config_from_algorithm(config.algorithm, ignore_token_ids=(151643, 151645))
-    assert ktae == KTAEConfig(ignore_token_ids=(151643, 151645), rollout_advantage="dr_grpo")
+    assert ktae == KTAEConfig(ignore_token_ids=(151643, 151645), rollout_advantage="none")
+    assert ktae_base_from_algorithm(config.algorithm) == "grpo"  # verl's grpo reads norm_adv_by_std_in_grpo
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["grpo", "grpo_vectorized", "rloo", "rloo_vectorized", "reinforce_plus_plus", "reinforce_plus_plus_baseline",
+     "opo", "gpg", "grpo_passk"],
+)
+def test_every_base_ktae_can_feed_passes_start_up(compose, base):
+    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", f"algorithm.ktae.base={base}"])
+    assert validate_ktae_run(config) is not None
+
+
+def test_a_plugins_estimator_named_in_the_run_is_registered_before_the_check(compose, tmp_path, monkeypatch):
+    (tmp_path / "my_estimators.py").write_text(
+        "from verl.trainer.ppo.core_algos import register_adv_est\n"
+        "@register_adv_est('test_plugin_mean')\n"
+        "def mean_baseline(token_level_rewards, response_mask, index, config=None, **kwargs):\n"
+        "    raise NotImplementedError\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
+                      "algorithm.ktae.base=test_plugin_mean",
+                      "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=my_estimators"])
+    assert validate_ktae_run(config) is not None
 
 
 def test_other_estimators_ignore_the_ktae_section(compose):
@@ -60,13 +91,17 @@ def test_unknown_ktae_key_without_plus_is_refused_by_hydra(compose):
     [
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.top=-1"], "top must be >= 0"),
-        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.rollout_advantage=ppo"], "unknown rollout_advantage"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=ppo"],
+         "verl has no advantage estimator 'ppo'; registered: gae, grpo, "),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=ktae"], "base=ktae"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=remax"],
+         "verl's remax estimator needs reward_baselines, which KTAE cannot supply"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=gae"], "needs values, gamma, lam"),
+        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=optimal_token_baseline"],
+         "needs old_log_probs, sum_pi_squared, rollout_is_weights"),
+        (["actor_rollout_ref.rollout.n=4", "+algorithm.ktae.rollout_advantage=rloo"],
+         "algorithm.ktae.rollout_advantage does not apply to verl"),
         (["actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=fancy"], "trainer_mode"),
-        (
-            ["actor_rollout_ref.rollout.n=4", "algorithm.norm_adv_by_std_in_grpo=False",
-             "algorithm.ktae.rollout_advantage=grpo"],
-            "norm_adv_by_std_in_grpo=False",
-        ),
     ],
 )
 def test_bad_ktae_settings_fail_with_a_clear_message(compose, overrides, message):
@@ -109,6 +144,7 @@ RECIPES = {
     "grpo_baseline_qwen2.5-math-7b.sh": ("grpo", "Qwen/Qwen2.5-Math-7B"),
     "dapo_ktae_qwen2.5-math-7b.sh": ("ktae", "Qwen/Qwen2.5-Math-7B"),
     "dapo_baseline_qwen2.5-math-1.5b.sh": ("grpo", "Qwen/Qwen2.5-Math-1.5B"),
+    "rloo_ktae_qwen2.5-math-1.5b.sh": ("ktae", "Qwen/Qwen2.5-Math-1.5B"),
 }
 
 
@@ -162,6 +198,8 @@ def test_recipe_parses_through_verls_hydra_config(compose, repo_root, tmp_path, 
     assert (ktae is None) == (estimator != "ktae")
     if ktae is not None:
         assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)
+        assert ktae_base_from_algorithm(config.algorithm) == ("rloo" if recipe.startswith("rloo") else "grpo")
+    assert config.trainer.experiment_name == recipe.rsplit(".sh", 1)[0].replace("_", "-").replace("baseline", "grpo")
     prepare_config(config)  # verl's own start-up checks pass on the recipe as written
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 from verl import DataProto
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn, register_adv_est
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from ktae import KTAEConfig, compute_ktae_advantages
+from ktae import KTAEConfig, compute_key_token_values
 from ktae.integrations.verl import compute_ktae_outcome_advantage, response_tokens, tokenizer_ignore_token_ids
 
 PAD, EOS = 0, 1
@@ -79,24 +79,6 @@ def random_batch(seed: int) -> tuple[DataProto, list[list[int]], list[float], li
     return make_batch(rows, scores, row_uids), rows, scores, row_uids
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_verl_compute_advantage_equals_core_estimator(algorithm, seed):
-    data, _, scores, uids = random_batch(seed)
-    with response_tokens(data.batch["responses"], uids=uids, ignore_token_ids=(PAD, EOS)):
-        out = compute_advantage(data, adv_estimator="ktae", config=algorithm)
-    mask = data.batch["attention_mask"][:, -data.batch["responses"].shape[1] :]
-    expected = compute_ktae_advantages(
-        data.batch["responses"], mask, torch.tensor(scores), np.array(uids, dtype=object),
-        config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
-    )
-    assert out.batch["advantages"].dtype == torch.float32
-    torch.testing.assert_close(out.batch["advantages"], expected, rtol=0, atol=0)
-    torch.testing.assert_close(out.batch["returns"], expected, rtol=0, atol=0)
-    # KTAE really acts here: some token-level values differ from the rollout-level advantage.
-    rollout_level = compute_advantage(make_batch_like(data), adv_estimator="grpo", config=algorithm)
-    assert not torch.allclose(out.batch["advantages"], rollout_level.batch["advantages"])
-
-
 def make_batch_like(data: DataProto) -> DataProto:
     return DataProto.from_dict(
         tensors={k: v.clone() for k, v in data.batch.items() if k not in ("advantages", "returns")},
@@ -104,8 +86,103 @@ def make_batch_like(data: DataProto) -> DataProto:
     )
 
 
+def response_mask(data: DataProto) -> torch.Tensor:
+    return data.batch["attention_mask"][:, -data.batch["responses"].shape[1] :]
+
+
+def bonus_of(data: DataProto, config: KTAEConfig) -> torch.Tensor:
+    """v(group, token) at each response token, 0 off the mask, from the core's per-(group, token) table."""
+    mask = response_mask(data).bool()
+    scores = data.batch["token_level_rewards"].sum(-1)
+    uids = data.non_tensor_batch["uid"]
+    records = compute_key_token_values(data.batch["responses"], mask, scores, uids, config=config).to_records()
+    value = {(r["group"], r["token"]): r["value"] for r in records}
+    return torch.tensor(
+        [
+            [value[(uid, int(t))] if m else 0.0 for t, m in zip(row, row_mask)]
+            for uid, row, row_mask in zip(uids, data.batch["responses"], mask)
+        ]
+    )
+
+
+def verl_base(data: DataProto, base: str, algorithm) -> DataProto:
+    """verl's own advantage step with ``base`` as the estimator, on a copy of the batch."""
+    return compute_advantage(
+        make_batch_like(data), adv_estimator=base, config=algorithm,
+        norm_adv_by_std_in_grpo=algorithm.get("norm_adv_by_std_in_grpo", True),
+    )
+
+
+@register_adv_est("test_median_baseline")
+def median_baseline_advantage(token_level_rewards, response_mask, index, config=None, **kwargs):
+    """An estimator another plugin registers: score minus the group's median, on every response token."""
+    scores = token_level_rewards.sum(-1)
+    medians = {uid: scores[torch.tensor(index == uid)].median() for uid in set(index)}
+    advantages = (scores - torch.stack([medians[uid] for uid in index]))[:, None] * response_mask
+    return advantages, advantages
+
+
+BASES = [
+    ("grpo", {}),
+    ("grpo", {"norm_adv_by_std_in_grpo": False}),
+    ("grpo_vectorized", {}),
+    ("rloo", {}),
+    ("rloo_vectorized", {}),
+    ("reinforce_plus_plus", {}),
+    ("reinforce_plus_plus_baseline", {}),
+    ("remax", {}),
+    ("opo", {}),
+    ("gpg", {}),
+    ("grpo_passk", {}),
+    ("test_median_baseline", {}),
+]
+
+
+@pytest.mark.parametrize(("base", "options"), BASES, ids=[f"{b}{'-unscaled' if o else ''}" for b, o in BASES])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_advantage_is_verls_base_plus_the_key_token_values(algorithm, base, options, seed):
+    data, *_ = random_batch(seed)
+    if base == "remax":  # ReMax's greedy-rollout baseline, where the batch has one
+        data.batch["reward_baselines"] = torch.linspace(0.0, 1.0, len(data))
+    config = with_options(algorithm, base=base, **options)
+    uids = data.non_tensor_batch["uid"]
+    with response_tokens(data.batch["responses"], uids=uids, ignore_token_ids=(PAD, EOS)) as tokens:
+        out = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=config)
+    reference = verl_base(data, base, config)
+    bonus = bonus_of(data, KTAEConfig(ignore_token_ids=(PAD, EOS)))
+    assert bonus.abs().max() > 0.1  # the key-token term really acts
+    expected = reference.batch["advantages"] + bonus * response_mask(data)
+    assert out.batch["advantages"].dtype == torch.float32
+    torch.testing.assert_close(out.batch["advantages"], expected, rtol=0, atol=1e-6)
+    outside = response_mask(data) == 0
+    assert (out.batch["advantages"][outside] == reference.batch["advantages"][outside]).all()
+    # returns: verl's own where the base has separate ones (reward-to-go), else the advantages
+    if reference.batch["returns"] is reference.batch["advantages"]:
+        torch.testing.assert_close(out.batch["returns"], out.batch["advantages"], rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(out.batch["returns"], reference.batch["returns"], rtol=0, atol=0)
+    assert set(tokens.metrics) == {
+        "ktae/large_bonus_share", "ktae/bonus_mean_correct", "ktae/bonus_mean_incorrect", "ktae/seconds"
+    }
+
+
+def test_metrics_of_the_advantage_step(algorithm):
+    data, _, scores, _ = random_batch(8)
+    with response_tokens(data.batch["responses"], ignore_token_ids=(PAD, EOS)) as tokens:
+        compute_advantage(make_batch_like(data), adv_estimator="ktae", config=algorithm)
+    mask = response_mask(data).bool()
+    bonus = bonus_of(data, KTAEConfig(ignore_token_ids=(PAD, EOS)))
+    correct = torch.tensor(scores)[:, None].expand_as(mask) > 0
+    assert tokens.metrics["ktae/large_bonus_share"] == pytest.approx(float((bonus.abs() > 0.5)[mask].double().mean()))
+    assert tokens.metrics["ktae/bonus_mean_correct"] == pytest.approx(float(bonus[mask & correct].double().mean()))
+    assert tokens.metrics["ktae/bonus_mean_incorrect"] == pytest.approx(float(bonus[mask & ~correct].double().mean()))
+    assert tokens.metrics["ktae/bonus_mean_correct"] > 0 > tokens.metrics["ktae/bonus_mean_incorrect"]
+    assert 0 < tokens.metrics["ktae/seconds"] < 5
+    torch.testing.assert_close(tokens.scores, torch.tensor(scores))
+
+
 def test_worked_example_of_the_spec(algorithm):
-    # docs/spec.md, "Worked example": scores [1, 1, 0, 0], alpha = beta = gamma = top = 1.
+    # docs/spec.md, "Worked example": scores [1, 1, 0, 0], alpha = beta = gamma = top = 1, grpo base.
     rows = [[5, 7, 7, 9], [5, 8, 9], [6, 7, 9, 9], [6, 8]]
     data = make_batch(rows, [1.0, 1.0, 0.0, 0.0], ["p0"] * 4)
     with response_tokens(data.batch["responses"], ignore_token_ids=(PAD, EOS)):
@@ -119,43 +196,54 @@ def test_worked_example_of_the_spec(algorithm):
     torch.testing.assert_close(adv, torch.tensor(expected), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_top_zero_is_verls_grpo(algorithm, normalize):
-    """With the key-token term off, KTAE is verl's own grpo (std-normalised or not)."""
+@pytest.mark.parametrize("base", ["grpo", "rloo", "reinforce_plus_plus"])
+def test_top_zero_is_verls_base(algorithm, base):
+    """With the key-token term off, KTAE is verl's own base estimator."""
     data, *_ = random_batch(3)
-    config = with_options(algorithm, top=0.0, norm_adv_by_std_in_grpo=normalize)
+    config = with_options(algorithm, top=0.0, base=base)
     with response_tokens(data.batch["responses"], ignore_token_ids=(PAD, EOS)):
         ktae = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=config).batch["advantages"]
-    grpo = compute_advantage(
-        make_batch_like(data), adv_estimator="grpo", norm_adv_by_std_in_grpo=normalize, config=config
-    ).batch["advantages"]
-    torch.testing.assert_close(ktae, grpo, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ktae, verl_base(data, base, config).batch["advantages"], rtol=0, atol=0)
 
 
 def test_ktae_options_reach_the_estimator(algorithm):
-    data, _, scores, uids = random_batch(4)
+    data, *_ = random_batch(4)
     config = with_options(algorithm, alpha=2.0, gamma_tf=0.5, top=0.7)
     with response_tokens(data.batch["responses"], ignore_token_ids=(PAD,)):
-        adv = compute_advantage(data, adv_estimator="ktae", config=config).batch["advantages"]
-    mask = data.batch["attention_mask"][:, -data.batch["responses"].shape[1] :]
-    expected = compute_ktae_advantages(
-        data.batch["responses"], mask, torch.tensor(scores), np.array(uids, dtype=object),
-        config=KTAEConfig(alpha=2.0, gamma_tf=0.5, top=0.7, ignore_token_ids=(PAD,)),
-    )
-    torch.testing.assert_close(adv, expected, rtol=0, atol=0)
+        adv = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=config).batch["advantages"]
+    bonus = bonus_of(data, KTAEConfig(alpha=2.0, gamma_tf=0.5, top=0.7, ignore_token_ids=(PAD,)))
+    expected = verl_base(data, "grpo", config).batch["advantages"] + bonus * response_mask(data)
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
 
 
 def test_estimator_is_registered_and_accepts_responses_directly(algorithm):
     assert get_adv_estimator_fn("ktae") is compute_ktae_outcome_advantage
-    data, _, scores, uids = random_batch(5)
-    mask = data.batch["attention_mask"][:, -data.batch["responses"].shape[1] :]
+    data, *_ = random_batch(5)
     adv, returns = compute_ktae_outcome_advantage(
-        token_level_rewards=data.batch["token_level_rewards"], response_mask=mask,
+        token_level_rewards=data.batch["token_level_rewards"], response_mask=response_mask(data),
         index=data.non_tensor_batch["uid"], config=algorithm, responses=data.batch["responses"],
     )
-    expected = compute_ktae_advantages(data.batch["responses"], mask, torch.tensor(scores), uids)
-    torch.testing.assert_close(adv, expected, rtol=0, atol=0)
+    bonus = bonus_of(data, KTAEConfig()) * response_mask(data)
+    expected = verl_base(data, "grpo", algorithm).batch["advantages"] + bonus
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
     assert returns is adv
+
+
+@pytest.mark.parametrize(
+    ("base", "missing"),
+    [
+        ("remax", "reward_baselines"),
+        ("gae", "values, gamma, lam"),
+        ("optimal_token_baseline", "old_log_probs, sum_pi_squared, rollout_is_weights"),
+        ("gdpo", "non_tensor_batch, batch"),
+    ],
+)
+def test_a_base_whose_inputs_ktae_cannot_supply_is_refused(algorithm, base, missing):
+    data, *_ = random_batch(9)
+    with response_tokens(data.batch["responses"], ignore_token_ids=(PAD,)):
+        message = f"base={base}: verl's {base} estimator needs {missing}, which KTAE cannot"
+        with pytest.raises(ValueError, match=message):
+            compute_advantage(data, adv_estimator="ktae", config=with_options(algorithm, base=base))
 
 
 def test_without_response_tokens_the_error_says_how_to_launch(algorithm):

@@ -3,9 +3,9 @@ trainer registry."""
 
 from __future__ import annotations
 
-import uuid
-
 import json
+import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,11 +13,12 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-from ktae import KTAEConfig, compute_ktae_advantages
+from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
 from ktae.reports import load_rollouts
 from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
@@ -101,13 +102,110 @@ def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose
     trainer._compute_advantage(batch, metrics={})
 
     advantages = padded([queue.rows[key]["advantages"] for key in keys])
-    expected = compute_ktae_advantages(
-        padded([r["responses"] for r in rows]), padded([r["response_mask"] for r in rows]),
-        torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows],
-        config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
-    )
-    torch.testing.assert_close(advantages, expected, rtol=0, atol=0)
+    expected = expected_advantages(rows, "grpo", trainer.config.algorithm)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
     assert advantages[padded([r["response_mask"] for r in rows]) == 0].abs().max() == 0
+
+
+def expected_advantages(rows: list[dict], base: str, algorithm) -> torch.Tensor:
+    """verl's ``base`` on the rows plus the core's key-token bonus (ktae.KTAEConfig base "none")."""
+    responses, mask = padded([r["responses"] for r in rows]), padded([r["response_mask"] for r in rows])
+    scores = torch.tensor([r["score"] for r in rows])
+    rewards = torch.zeros(mask.shape)
+    rewards[torch.arange(len(rows)), mask.shape[1] - 1] = scores  # only the row sums matter to outcome bases
+    uids = np.array([r["uid"] for r in rows], dtype=object)
+    base_advantages, _ = get_adv_estimator_fn(base)(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=algorithm
+    )
+    bonus = compute_ktae_advantages(
+        responses, mask, scores, uids, config=KTAEConfig(ignore_token_ids=(PAD, EOS), rollout_advantage="none")
+    )
+    return base_advantages + bonus
+
+
+class FakeTable:
+    def __init__(self, dataframe):
+        self.dataframe = dataframe
+
+
+class FakeTracker:
+    """What the key-token table uses of the wandb and trackio modules."""
+
+    Table = FakeTable
+
+    def __init__(self):
+        self.run = object()
+        self.logged = []
+
+    def log(self, data, step=None):
+        self.logged.append((data, step))
+
+
+class FakeWriter:
+    def __init__(self):
+        self.texts = []
+
+    def add_text(self, tag, text, step):
+        self.texts.append((tag, text, step))
+
+
+def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, monkeypatch):
+    trainer = object.__new__(KTAEPPOTrainerSync)
+    trainer.config = compose(
+        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=rloo"]
+    )
+    trainer.tokenizer = make_tokenizer()
+    wandb, trackio, writer = FakeTracker(), FakeTracker(), FakeWriter()
+    trainer.logger = SimpleNamespace(logger={
+        "wandb": wandb, "trackio": SimpleNamespace(trackio=trackio), "tensorboard": SimpleNamespace(writer=writer),
+        "console": object(),
+    })
+    keys, rows = put_rollouts(queue, 4)
+    metrics = {}
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics)
+
+    # the advantages are verl's rloo plus the bonus, and the metrics describe that bonus
+    advantages = padded([queue.rows[key]["advantages"] for key in keys])
+    expected = expected_advantages(rows, "rloo", trainer.config.algorithm)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
+    mask = padded([r["response_mask"] for r in rows]).bool()
+    bonus = compute_ktae_advantages(
+        padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),
+        [r["uid"] for r in rows], config=KTAEConfig(ignore_token_ids=(PAD, EOS), rollout_advantage="none"),
+    ).double()
+    correct = torch.tensor([r["score"] > 0 for r in rows])[:, None] & mask
+    assert metrics["ktae/large_bonus_share"] == pytest.approx(float((bonus.abs() > 0.5)[mask].double().mean()))
+    assert metrics["ktae/bonus_mean_correct"] == pytest.approx(float(bonus[correct].mean()))
+    assert metrics["ktae/bonus_mean_incorrect"] == pytest.approx(float(bonus[mask & ~correct].mean()))
+    assert metrics["ktae/large_bonus_share"] > 0
+
+    # once the step's time is known: the time share, and the table goes to every logger that shows one
+    monkeypatch.setattr(verl_trainer_base.PPOTrainer, "_compute_metrics", lambda self, *args, **kwargs: None)
+    seconds = metrics["ktae/seconds"]
+    trainer._compute_metrics(None, metrics, {"step": 4.0}, global_steps=3, epoch=0)
+    assert metrics["ktae/time_share"] == pytest.approx(seconds / 4.0) and 0 < metrics["ktae/time_share"] < 1
+    for tracker in (wandb, trackio):
+        [(data, step)] = tracker.logged
+        frame = data["ktae/key_tokens"].dataframe
+        assert step == 3 and list(frame.columns) == ["kind", "rank", "token", "token_id", "bonus", "groups"]
+    credited = frame[frame.kind == "credited"]
+    blamed = frame[frame.kind == "blamed"]
+    assert len(credited) and len(blamed) and (credited.bonus > 0).all() and (blamed.bonus < 0).all()
+    assert list(credited.bonus) == sorted(credited.bonus, reverse=True)
+    # the top credited token is the one with the highest mean key-token value over its groups
+    values = compute_key_token_values(
+        padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),
+        [r["uid"] for r in rows], config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
+    )
+    means = {}
+    for token, value in zip(values.token.tolist(), values.value.tolist()):
+        if value != 0:
+            means.setdefault(token, []).append(value)
+    best = max(means, key=lambda t: np.mean(means[t]))
+    assert credited.token_id.iloc[0] == best and credited.bonus.iloc[0] == pytest.approx(np.mean(means[best]))
+    assert credited.token.iloc[0] == trainer.tokenizer.decode([best])
+    [(tag, text, step)] = writer.texts
+    assert tag == "ktae/key_tokens" and step == 3 and f"| credited | 1 | `{credited.token.iloc[0]}` |" in text
 
 
 def test_other_estimators_run_verls_step_unchanged(compose, queue):

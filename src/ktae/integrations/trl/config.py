@@ -61,8 +61,11 @@ class KTAEGRPOConfig(GRPOConfig):
     | ``overlong_buffer_length`` | 0 (off) | max_completion_length / 6 |
 
     Both keep TRL's default ``loss_type="dapo"`` (token-mean over the batch, as verl's default the
-    paper ran with). ``ktae_*`` fields mirror `ktae.KTAEConfig` field by field;
-    ``ktae_ignore_token_ids=None`` means the tokenizer's pad and end-of-sequence ids.
+    paper ran with). With ``ktae`` on, each token's advantage is the rollout-level advantage plus the
+    key-token bonus: TRL's own rollout-level advantage (every ``scale_rewards``, ``multi_objective_aggregation``
+    and ``reward_weights`` setting) unless ``ktae_rollout_advantage`` names a KTAE base. ``ktae_*`` fields
+    mirror `ktae.KTAEConfig` field by field; ``ktae_ignore_token_ids=None`` means the tokenizer's pad and
+    end-of-sequence ids.
     """
 
     algo: str = field(
@@ -91,12 +94,18 @@ class KTAEGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "Token ids that get no bonus. None: the tokenizer's pad and end-of-sequence ids."},
     )
-    ktae_rollout_advantage: str = field(
-        default=_KTAE_DEFAULTS.rollout_advantage,
-        metadata={"help": "Rollout-level base of the KTAE advantage: 'grpo', 'dr_grpo' or 'rloo'."},
+    ktae_rollout_advantage: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rollout-level base the key-token bonus is added to. None: TRL's own advantage (as "
+            "scale_rewards, multi_objective_aggregation and reward_weights shape it). A name: KTAE's base of that "
+            "name on the total reward ('grpo', 'dr_grpo', 'rloo', or one registered with "
+            "ktae.register_rollout_advantage)."
+        },
     )
     ktae_epsilon: float = field(
-        default=_KTAE_DEFAULTS.epsilon, metadata={"help": "Added to the group std in the GRPO normalisation."}
+        default=_KTAE_DEFAULTS.epsilon,
+        metadata={"help": "Added to the group std in KTAE's own 'grpo' base (ktae_rollout_advantage='grpo')."},
     )
     ktae_log_rollouts_steps: int = field(
         default=10,
@@ -193,24 +202,30 @@ class KTAEGRPOConfig(GRPOConfig):
             raise ValueError(f"beta must be >= 0, got {self.beta}")
 
     def _check_ktae_compatibility(self) -> None:
-        # With ktae on, the whole advantage (rollout-level base included) comes from the core estimator.
-        if self.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError(
-                "KTAE scores each rollout by its total reward: use multi_objective_aggregation='sum_then_normalize'"
-            )
-        if self.scale_rewards == "batch":
-            raise ValueError("scale_rewards='batch' has no KTAE counterpart; use 'group' or 'none' with ktae on")
-        if self.scale_rewards == "none" and self.ktae_rollout_advantage == "grpo":
-            raise ValueError(
-                "scale_rewards='none' with ktae on: set ktae_rollout_advantage='dr_grpo' (no std division), "
-                "the KTAE base that matches it"
-            )
+        # A named KTAE base replaces TRL's rollout-level advantage: the TRL settings that only shape that
+        # advantage would silently do nothing.
+        if self.ktae_rollout_advantage is None:
+            return
+        ignored = {"scale_rewards": ("group", self.scale_rewards)}
+        ignored["multi_objective_aggregation"] = ("sum_then_normalize", self.multi_objective_aggregation)
+        for name, (default, value) in ignored.items():
+            if value != default:
+                raise ValueError(
+                    f"ktae_rollout_advantage={self.ktae_rollout_advantage!r} replaces TRL's rollout-level advantage, "
+                    f"so {name}={value!r} would have no effect: unset ktae_rollout_advantage to add the KTAE bonus "
+                    f"to TRL's own advantage, or leave {name} at {default!r}"
+                )
 
     def ktae_config(self, ignore_token_ids: Iterable[int]) -> KTAEConfig:
-        """The `KTAEConfig` of the ``ktae_*`` fields; ``ignore_token_ids`` is used when the field is None."""
+        """The `KTAEConfig` of the ``ktae_*`` fields; ``ignore_token_ids`` is used when the field is None.
+
+        With ``ktae_rollout_advantage=None`` its base is "none": TRL supplies the rollout-level part.
+        """
         options = {f.name: getattr(self, f"ktae_{f.name}") for f in dataclasses.fields(KTAEConfig)}
         if options["ignore_token_ids"] is None:
             options["ignore_token_ids"] = tuple(ignore_token_ids)
+        if options["rollout_advantage"] is None:
+            options["rollout_advantage"] = "none"
         return KTAEConfig.from_dict(options)
 
 

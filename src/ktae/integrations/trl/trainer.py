@@ -7,11 +7,15 @@ One generation round, top to bottom (``_generate_and_score_round``):
 2. KTAE needs complete groups. Global row r belongs to group r // num_generations. When each process
    holds whole groups (its row count is a multiple of num_generations) the process computes them
    alone; otherwise the completions are padded and gathered, so every process sees every group.
-3. ``ktae.compute_ktae_advantages`` turns the rows into [B, T] advantages; each process keeps its
-   slice, which TRL's ``_compute_loss`` uses per token as it is.
-4. Metrics (``ktae/*``) go through TRL's ``_metrics``; every ``ktae_log_rollouts_steps`` steps whole
-   groups go to ``<output_dir>/rollouts.jsonl`` and the most credited and blamed tokens to
-   ``<output_dir>/key_tokens.jsonl``.
+3. Each token's advantage is the rollout-level advantage plus the key-token bonus
+   (``ktae.compute_ktae_advantages`` with base "none"): TRL's own rollout-level advantage, whatever
+   ``scale_rewards``, ``multi_objective_aggregation`` and ``reward_weights`` made it, or the KTAE base
+   named by ``ktae_rollout_advantage``. Each process keeps its slice, which TRL's ``_compute_loss``
+   uses per token as it is (with any ``loss_type`` and ``top_entropy_quantile``).
+4. Metrics (``ktae/*``, ktae.integrations.signals) go through TRL's ``_metrics``, and the most credited
+   and blamed tokens as a table to the W&B / trackio / TensorBoard loggers of ``report_to``; every
+   ``ktae_log_rollouts_steps`` steps whole groups go to ``<output_dir>/rollouts.jsonl`` and the top
+   tokens to ``<output_dir>/key_tokens.jsonl``.
 
 With ``dynamic_sampling`` (DAPO), rounds repeat on extra prompt batches until every process has
 enough groups whose rollouts do not all score alike, at most ``max_num_gen_batches`` rounds.
@@ -20,6 +24,7 @@ enough groups whose rollouts do not all score alike, at most ``max_num_gen_batch
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -33,9 +38,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import IterableDataset
+from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer
 
 from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
+from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
 
@@ -44,8 +51,6 @@ logger = logging.getLogger(__name__)
 ROLLOUTS_FILE = "rollouts.jsonl"
 KEY_TOKENS_FILE = "key_tokens.jsonl"
 STATE_FILE = "ktae_trainer_state.json"
-LARGE_BONUS = 0.5  # the "share of tokens whose bonus exceeds 0.5 in size" metric
-NUM_KEY_TOKENS = 10
 
 # How the generation outputs of several dynamic-sampling rounds are padded to one width.
 _RIGHT_PADDED = {"completion_ids", "completion_mask", "advantages", "old_per_token_logps",
@@ -162,7 +167,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
         ignore = {self._tokenizer.pad_token_id, *self.eos_token_ids} - {None}
         self.ktae_config = args.ktae_config(ignore_token_ids=sorted(ignore))
+        self._bonus_config = dataclasses.replace(self.ktae_config, rollout_advantage="none")
         self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
+        self._key_tokens_to_log: dict[str, list[dict]] | None = None  # for the trackers, at the next log
         self._gathered_rewards_per_func: torch.Tensor | None = None
         self._ktae_seconds = 0.0
         self._rollouts_logged_at: int | None = None  # global step of the last rollout log
@@ -202,7 +209,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
         view = self._group_rows(batch["completion_ids"], mask, len(inputs))
         view_scores = scores[view.rows]
         if self.args.ktae:
-            advantages, bonus = self._ktae_advantages(view, view_scores, group_size)
+            trl_advantages = batch["advantages"]  # [B] this process's rows
+            if len(view.rows) != len(view.local):  # every process's rows (collective, as the view's gather)
+                trl_advantages = self.accelerator.gather(trl_advantages)
+            advantages, bonus = self._ktae_advantages(view, view_scores, group_size, trl_advantages)
             batch["advantages"] = advantages[view.local, : batch["completion_ids"].shape[1]]
             self._log_ktae_metrics(view, view_scores, bonus, mode)
             self._ktae_seconds += time.perf_counter() - started  # the rollout log below is not KTAE's cost
@@ -230,26 +240,29 @@ class KTAEGRPOTrainer(GRPOTrainer):
         return GroupRows(ids, mask.bool(), rows, first_row + local)
 
     def _ktae_advantages(
-        self, view: GroupRows, scores: torch.Tensor, group_size: int
+        self, view: GroupRows, scores: torch.Tensor, group_size: int, trl_advantages: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """KTAE advantages [R, T] of the view's rows and their key-token bonus (advantage minus rollout-level part).
+        """KTAE advantages [R, T] of the view's rows and their key-token bonus [R, T].
 
-        Rollouts that no reward function scored (NaN) are left out of their group and get advantage 0, as in TRL.
+        advantage = rollout-level advantage (TRL's ``trl_advantages`` [R], or the KTAE base named by
+        ``ktae_rollout_advantage``) on every response token + the bonus. Rollouts that no reward function
+        scored (NaN) are left out of their group and get no bonus; TRL gives them advantage 0.
         """
         scored = ~torch.isnan(scores)
         groups = view.rows // group_size
-        advantages = torch.zeros(view.ids.shape, dtype=torch.float32, device=view.ids.device)
-        bonus = torch.zeros_like(advantages)
+        bonus = torch.zeros(view.ids.shape, dtype=torch.float32, device=view.ids.device)
+        rollout = trl_advantages.float()
         if scored.any():
             ids, mask = view.ids[scored], view.mask[scored]
-            advantages[scored] = compute_ktae_advantages(
-                ids, mask, scores[scored], groups[scored], config=self.ktae_config
+            bonus[scored] = compute_ktae_advantages(
+                ids, mask, scores[scored], groups[scored], config=self._bonus_config
             )
-            rollout = compute_rollout_advantages(
-                scores[scored], groups[scored], self.ktae_config.rollout_advantage, self.ktae_config.epsilon
-            )
-            bonus[scored] = (advantages[scored] - rollout[:, None]) * mask
-        return advantages, bonus
+            if self.args.ktae_rollout_advantage is not None:
+                rollout = torch.zeros_like(rollout)
+                rollout[scored] = compute_rollout_advantages(
+                    scores[scored], groups[scored], self.args.ktae_rollout_advantage, self.ktae_config.epsilon
+                )
+        return rollout[:, None] * view.mask + bonus, bonus
 
     # ------------------------------------------------------------------------------------------
     # Dynamic sampling (DAPO)
@@ -334,24 +347,41 @@ class KTAEGRPOTrainer(GRPOTrainer):
     # Metrics and logs
 
     def _log_ktae_metrics(self, view: GroupRows, scores: torch.Tensor, bonus: torch.Tensor, mode: str) -> None:
-        """Share of tokens with |bonus| > 0.5 and mean bonus on correct/incorrect rollouts, over all processes."""
-        mask, bonus = view.mask[view.local], bonus[view.local]
-        correct = (scores[view.local] > self.ktae_config.correct_threshold)[:, None] & mask
-        incorrect = ~correct & mask
-        sums = torch.stack(
-            [
-                ((bonus.abs() > LARGE_BONUS) & mask).sum(), mask.sum(),
-                (bonus * correct).sum(), correct.sum(),
-                (bonus * incorrect).sum(), incorrect.sum(),
-            ]
-        ).double()
-        large, tokens, on_correct, n_correct, on_incorrect, n_incorrect = self.accelerator.reduce(
-            sums, reduction="sum"
-        ).tolist()
-        metrics = self._metrics[mode]
-        metrics["ktae/large_bonus_share"].append(large / max(tokens, 1.0))
-        metrics["ktae/bonus_mean_correct"].append(on_correct / n_correct if n_correct else float("nan"))
-        metrics["ktae/bonus_mean_incorrect"].append(on_incorrect / n_incorrect if n_incorrect else float("nan"))
+        """The bonus metrics of ktae.integrations.signals over all processes; the main process keeps the
+        round's most credited and blamed tokens for the trackers' table."""
+        correct = scores[view.local] > self.ktae_config.correct_threshold
+        sums = self.accelerator.reduce(bonus_sums(bonus[view.local], view.mask[view.local], correct), reduction="sum")
+        for name, value in bonus_metrics(sums).items():
+            self._metrics[mode][name].append(value)
+        if mode == "train" and self.accelerator.is_main_process and self._key_token_backends():
+            groups = view.rows // (self.num_generations if self.model.training else self.num_generations_eval)
+            self._key_tokens_to_log = self._key_tokens(view, scores, groups)
+
+    def _key_token_backends(self) -> dict:
+        """The ``report_to`` loggers that show a table: W&B and trackio modules, TensorBoard's writer."""
+        report_to = self.args.report_to or []
+        backends = {}
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                backends["wandb"] = wandb
+        if "trackio" in report_to:
+            import trackio
+
+            backends["trackio"] = trackio
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                backends["tensorboard"] = callback.tb_writer
+        return backends
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if self._key_tokens_to_log is not None and self.accelerator.is_main_process:
+            # W&B / trackio keep their own step, as TRL's completions table does
+            backends = self._key_token_backends()
+            log_key_token_table(self._key_tokens_to_log, self.state.global_step, **backends, pass_step=False)
+            self._key_tokens_to_log = None
 
     def training_step(self, model, inputs, num_items_in_batch):
         output = super().training_step(model, inputs, num_items_in_batch)
@@ -420,26 +450,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
         values = compute_key_token_values(
             view.ids[scored], view.mask[scored], scores[scored], groups[scored], config=self.ktae_config
         )
-        nonzero = values.value != 0
-        tokens, inverse = torch.unique(values.token[nonzero], return_inverse=True)
-        count = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(inverse).double())
-        mean = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, values.value[nonzero]) / count
-        order = torch.argsort(mean, descending=True).tolist()
+        return top_key_tokens(values, self._decode_token)
 
-        def describe(indices: list[int]) -> list[dict]:
-            return [
-                {
-                    "token": self._tokenizer.decode([int(tokens[i])], skip_special_tokens=False),
-                    "token_id": int(tokens[i]),
-                    "bonus": float(mean[i]),
-                    "groups": int(count[i]),
-                }
-                for i in indices
-            ]
-
-        credited = [i for i in order if mean[i] > 0][:NUM_KEY_TOKENS]
-        blamed = [i for i in reversed(order) if mean[i] < 0][:NUM_KEY_TOKENS]
-        return {"credited": describe(credited), "blamed": describe(blamed)}
+    def _decode_token(self, token_id: int) -> str:
+        return self._tokenizer.decode([token_id], skip_special_tokens=False)
 
     # ------------------------------------------------------------------------------------------
     # The model card TRL writes with every checkpoint

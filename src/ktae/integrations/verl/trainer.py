@@ -7,6 +7,10 @@ fetches the tokens of the same rows, and runs verl's own advantage step inside
 trainer registry as ``ktae_<mode>``; :class:`KTAETaskRunner` (verl's TaskRunner, run by the launcher)
 imports this module in the Ray process where the trainer lives.
 
+The ``ktae/*`` metrics of each advantage step (ktae.integrations.signals) go into verl's metrics dict,
+so they reach every logger in ``trainer.logger``; ``ktae/time_share`` is added once the step's time is
+known, and the most credited and blamed tokens go to the W&B / trackio / TensorBoard loggers as a table.
+
 With ``trainer.ktae_rollouts_dir`` set, the trainer also appends the first
 ``trainer.ktae_rollout_groups_per_step`` prompt groups of every step to ``<dir>/rollouts.jsonl``, the
 format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used).
@@ -25,6 +29,8 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
+from ktae import compute_key_token_values
+from ktae.integrations.signals import log_key_token_table, top_key_tokens
 from ktae.integrations.verl.config import (
     KTAE_ESTIMATOR,
     KTAE_TRAINER_MODES,
@@ -45,6 +51,9 @@ class KTAETrainerMixin:
     """
 
     base_trainer_mode: str
+    # Set per step by the advantage steps, read by _compute_metrics: estimator seconds, latest key tokens.
+    _ktae_seconds: float = 0.0
+    _ktae_key_tokens: dict | None = None
 
     def __init__(self, config: DictConfig):
         validate_ktae_run(config)
@@ -55,16 +64,48 @@ class KTAETrainerMixin:
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
             return super()._compute_advantage(batch, metrics)
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "responses"])
-        responses = data["responses"]
-        if responses.is_nested:  # TransferQueue returns a plain tensor when all responses have one length
-            responses = responses.to_padded_tensor(padding=0)  # masked out: the value is never read
+        fields = ["uid", "responses", "response_mask"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        data = data.to_padded_tensor()  # padding is masked out: its value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
-        with response_tokens(responses, uids=uids, ignore_token_ids=tokenizer_ignore_token_ids(self.tokenizer)):
+        ignore = tokenizer_ignore_token_ids(self.tokenizer)
+        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore) as tokens:
             result = super()._compute_advantage(batch, metrics)
+        metrics.update(tokens.metrics)
+        self._ktae_seconds += tokens.metrics["ktae/seconds"]
+        if self._key_token_backends():
+            config = ktae_config_from_algorithm(self.config.algorithm, ignore_token_ids=ignore)
+            values = compute_key_token_values(data["responses"], data["response_mask"], tokens.scores, uids, config)
+            self._ktae_key_tokens = top_key_tokens(values, self._decode_token)
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
         return result
+
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
+            return
+        metrics["ktae/seconds"] = self._ktae_seconds  # every advantage step of this training step
+        metrics["ktae/time_share"] = self._ktae_seconds / timing_raw["step"] if timing_raw.get("step") else 0.0
+        self._ktae_seconds = 0.0
+        if self._ktae_key_tokens is not None:
+            log_key_token_table(self._ktae_key_tokens, global_steps, **self._key_token_backends())
+            self._ktae_key_tokens = None
+
+    def _key_token_backends(self) -> dict:
+        """The loggers of verl's Tracking that show a table: W&B and trackio modules, TensorBoard's writer."""
+        loggers = getattr(getattr(self, "logger", None), "logger", {})
+        backends = {}
+        if loggers.get("wandb") is not None and loggers["wandb"].run is not None:
+            backends["wandb"] = loggers["wandb"]
+        if "trackio" in loggers:
+            backends["trackio"] = loggers["trackio"].trackio
+        if "tensorboard" in loggers:
+            backends["tensorboard"] = loggers["tensorboard"].writer
+        return backends
+
+    def _decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     @functools.cached_property
     def _piece_style(self) -> str:
