@@ -2,6 +2,7 @@
 
 ktae eval --model PATH_OR_ID --data-dir ../shared/data/math-eval [--benchmarks aime24,math500] [--limit N]
 ktae eval --compare A/results.json B/results.json [--reference ../shared/data/math-eval/README.md]
+ktae eval --responses OUTPUTS.json[.gz] [--format released|ktae] [--output-dir DIR]
 """
 
 from __future__ import annotations
@@ -50,12 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="README_MD",
         help="with --compare: add the reference rows of this Markdown table (math-eval/README.md)",
     )
+    parser.add_argument(
+        "--responses",
+        nargs="+",
+        metavar="FILE",
+        help="grade these model outputs instead of generating (files, or folders of ktae response files)",
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "released", "ktae"],
+        help="with --responses: released (a JSON list of task_name/gt/model_output/reward records) or ktae "
+        "(the responses/*.jsonl of ktae eval); auto tells them apart",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ktae.evaluation.report import comparison_table, load_reference_rows, load_results
 
     try:
+        if args.responses:
+            from ktae.evaluation.rescore import run_command
+
+            return run_command(args)
         if args.compare:
             runs = [load_results(path) for path in args.compare]
             labels = [run["label"] for run in runs]

@@ -84,8 +84,9 @@ def summarize(records_by_benchmark: dict[str, list[dict]], settings: EvalSetting
         counts[name] = n
         results[name] = 100.0 * sum(r["correct"] for r in records) / n
         formatted[name] = 100.0 * sum(r["extracted"] is not None for r in records) / n
-        avg_lens[name] = sum(r["num_tokens"] for r in records) / n
-        max_lens[name] = max(r["num_tokens"] for r in records)
+        lengths = [r["num_tokens"] for r in records if r["num_tokens"] is not None]  # None: not known (re-scored)
+        avg_lens[name] = sum(lengths) / len(lengths) if lengths else None
+        max_lens[name] = max(lengths, default=None)
     return {
         "model": settings.model,
         "results": results,

@@ -31,7 +31,7 @@ def results_table(results: dict) -> str:
             _cell(results["results"][name]),
             _cell(results["formatted"][name]),
             _cell(results["avg_lens"][name], 0),
-            str(results["max_lens"][name]),
+            _cell(results["max_lens"][name], 0),
         ]
         for name in results["results"]
     ]
