@@ -257,6 +257,7 @@ CASES = [
     ("$8 \\%$", "9\\%", False),
     ("-2,-2", "a = -2, b = -2", True),
     ("-2,-2", "a=-2,b=-2", True),
+    ("-2,-2", "$a = -2, b = -2$", True),
     ("-2,-2", "a = -2, b = 2", False),
     ("-2,3", "a = -2, b = 3", True),
     ("-2,3", "a = -2, b = 4", False),
@@ -268,6 +269,7 @@ CASES = [
     ("1.325 \\times 10^{-27}", "4.416 \\times 10^{-27}", False),
     ("SRAC=LRAC", "SRAC = LRAC \\text{ and } SRMC = LRMC", False),
     ("2", "x = 2, y = 3", False),
+    ("2", "x = 2, y = 2", False),
 ]
 # fmt: on
 

@@ -102,15 +102,22 @@ def _top_level_parts(answer: str) -> list[str]:
     return parts
 
 
-def _without_names(answer: str) -> str | None:
-    """ "a = -2, b = -2" -> "-2, -2"; None unless the answer is two or more such named values."""
-    parts = _top_level_parts(answer)
+def _strip_delimiters(answer: str) -> str:
+    """``answer`` without one pair of math delimiters around all of it ("$8 \\%$" -> "8 \\%")."""
+    answer = answer.strip()
+    delimited = _DELIMITED.match(answer)
+    return answer if delimited is None else next(g for g in delimited.groups() if g is not None).strip()
+
+
+def _without_names(answer: str) -> tuple[str, int] | None:
+    """ "a = -2, b = -2" -> ("-2, -2", 2); None unless the answer is two or more such named values."""
+    parts = _top_level_parts(_strip_delimiters(answer))
     if len(parts) < 2:
         return None
     values = [_NAMED_VALUE.match(part) for part in parts]
     if not all(values):
         return None
-    return ", ".join(value.group(1) for value in values)
+    return ", ".join(value.group(1) for value in values), len(values)
 
 
 def _answer_forms(answer: str) -> list[str]:
@@ -121,13 +128,9 @@ def _answer_forms(answer: str) -> list[str]:
       Euler's number);
     - a trailing percent sign is read both as the number and as the number over 100 ("62.5%"
       matches 62.5 and 0.625);
-    - a number's ordinal suffix or prime marks are dropped ("12^{\\text{th}}" is 12);
-    - named values are also read without their names ("a = -2, b = -2" also as "-2, -2").
+    - a number's ordinal suffix or prime marks are dropped ("12^{\\text{th}}" is 12).
     """
-    answer = answer.strip()
-    delimited = _DELIMITED.match(answer)
-    if delimited:
-        answer = next(group for group in delimited.groups() if group is not None).strip()
+    answer = _strip_delimiters(answer)
     scientific = _SCIENTIFIC.match(answer)
     if scientific:
         return [f"{scientific.group(1)}\\times10^{{{int(scientific.group(2))}}}"]
@@ -135,10 +138,7 @@ def _answer_forms(answer: str) -> list[str]:
         number = _PERCENT.sub("", answer).strip()
         return [number, f"\\frac{{{number}}}{{100}}"] if number else []
     marked = _NUMBER_WITH_MARK.match(answer)
-    if marked:
-        return [marked.group(1)]
-    unnamed = _without_names(answer)
-    return [answer] if unnamed is None else [answer, unnamed]
+    return [marked.group(1)] if marked else [answer]
 
 
 @lru_cache(maxsize=2048)
@@ -193,11 +193,15 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     from math_verify import verify
 
     predicted = _parse(prediction)
-    if not predicted:
-        return False
+    unnamed = _without_names(prediction)
     for reference in references:
+        candidates = predicted
+        if unnamed is not None and len(_top_level_parts(_strip_delimiters(reference))) == unnamed[1]:
+            # "a = -2, b = -2" also reads as the list "-2, -2", against a list of as many values only:
+            # "x = 2, y = 2" does not answer "2"
+            candidates = predicted + _parse(unnamed[0])
         for gold in _parse(reference):
-            for pred in predicted:
+            for pred in candidates:
                 # math-verify's verify is not symmetric: gold first.
                 if verify(gold, pred, timeout_seconds=None) and _numbers_agree(gold, pred):
                     return True
