@@ -7,6 +7,7 @@ import runpy
 import stat
 import string
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,3 +366,36 @@ def test_verl_fsdp_checkpoint_after_model_merger(tiny_model_dir, math_eval_dir, 
     assert main([*argv, "1", "--max-new-tokens", "4", "--dtype", "float32", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["num_examples"] == {"aime24": 1} and len(results["per_problem"]["aime24"]) == 1
+
+
+
+def test_rescore_outputs_without_generating(tmp_path, capsys):
+    """``--responses``: grade a file of model outputs (the released format) and compare verdicts."""
+    released = Path(__file__).parents[1] / "evaluation" / "data" / "released_outputs.json"
+    out = tmp_path / "rescored"
+    assert main(["eval", "--responses", str(released), "--output-dir", str(out), "--check-timeout", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Minerva | 2 | 1 | 50.0 | [0.0, 100.0] | – | – | 100.0 | – | – |" in printed  # no token counts
+    assert "agreement with the file's verdicts" in printed and "| all | 9 |" in printed
+    assert "disagreements (2):" in printed and "- minerva #1: reference `\\frac{\\sin(3t)}{8}`" in printed
+    assert json.loads((out / "results.json").read_text())["results"]["amc23"] == 50.0
+
+    # its own output, in ktae's format, agrees with itself
+    assert main(["eval", "--responses", str(out), "--format", "ktae", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "disagreements (0):" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--responses", "{released}", "--model", "m"], "does not go with --model"),
+        (["--responses", "{tmp}/missing.json"], "responses file not found"),
+        (["--responses", "{released}", "--format", "ktae"], "not valid JSON"),
+        (["--responses", "{released}", "--check-timeout", "0"], "timeout_s must be > 0"),
+    ],
+)
+def test_rescore_bad_input_is_named(args, message, tmp_path, capsys):
+    released = Path(__file__).parents[1] / "evaluation" / "data" / "released_outputs.json"
+    args = [a.format(released=released, tmp=tmp_path) for a in args]
+    assert main(["eval", *args, "--output-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err

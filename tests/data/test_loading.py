@@ -80,3 +80,9 @@ def test_missing_file_and_unknown_template(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"problem": "p", "answer": "1"}])
     with pytest.raises(ValueError, match="unknown prompt template 'chatml'"):
         load_prompt_dataset(tmp_path / "d.jsonl", template="chatml")
+
+
+def test_numeric_and_nested_answers_read_as_the_rewards_read_them(tmp_path):
+    rows = [{"problem": "p1", "answer": 142.0}, {"problem": "p2", "answer": [["9.6\n"], "9.60"]}]
+    ds = load_prompt_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert ds["answer"] == [["142"], ["9.6", "9.60"]]  # an Arrow column has one type: all lists

@@ -240,6 +240,36 @@ CASES = [
     ("\\text{(C)}", "C", True),
     ("\\text{(C)}", "\\text{(C)}", True),
     ("\\text{(C)}", "D", False),
+    # forms seen in released evaluation outputs: an ordinal suffix, a unit mark after a number, a
+    # percent in math delimiters, a tuple's values named by its variables
+    ("12", "12^{\\text{th}}", True),
+    ("12", "12^{th}", True),
+    ("12", "12th", True),
+    ("12", "13^{\\text{th}}", False),
+    ("21", "21^{\\text{st}}", True),
+    ("0.003^{\\prime \\prime}", "0.003", True),
+    ("0.003^{\\prime \\prime}", "0.003''", True),
+    ("0.003^{\\prime \\prime}", "0.004", False),
+    ("0.003^{\\prime \\prime}", "0.004^{\\prime\\prime}", False),
+    ("$8 \\%$", "8\\%", True),
+    ("$8 \\%$", "8", True),
+    ("$8 \\%$", "0.08", True),
+    ("$8 \\%$", "9\\%", False),
+    ("-2,-2", "a = -2, b = -2", True),
+    ("-2,-2", "a=-2,b=-2", True),
+    ("-2,-2", "$a = -2, b = -2$", True),
+    ("-2,-2", "a = -2, b = 2", False),
+    ("-2,3", "a = -2, b = 3", True),
+    ("-2,3", "a = -2, b = 4", False),
+    ("(1,2)", "x = 1, y = 2", True),
+    ("(1,2)", "x = 2, y = 1", False),
+    # what must stay wrong: another number with the same unit, a percent far off, an extra claim
+    (["8.224 \\times 10^{-19}", "8.224 \\times 10^{-19}"], "8.534 \\times 10^{-19}", False),
+    (["3.3 \\times 10^{-10}", "3.3e-10"], "1.0 \\times 10^{33}\\%", False),
+    ("1.325 \\times 10^{-27}", "4.416 \\times 10^{-27}", False),
+    ("SRAC=LRAC", "SRAC = LRAC \\text{ and } SRMC = LRMC", False),
+    ("2", "x = 2, y = 3", False),
+    ("2", "x = 2, y = 2", False),
 ]
 # fmt: on
 

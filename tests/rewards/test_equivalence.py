@@ -1,4 +1,5 @@
 import json
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ def any_checker(request, checker):
         yield checker
     else:
         with AnswerChecker(num_workers=0) as in_process:
+            in_process.check(["1"], ["1"])  # loads the parser: its imports are no check's time
             yield in_process
 
 
@@ -135,3 +137,230 @@ def test_integer_fast_path_agrees_with_math_verify(a, b):
 
     through_parser = any(verify(g, p, timeout_seconds=None) for g in _parse(b) for p in _parse(a))
     assert check_answer(a, [b]) == through_parser
+
+
+@pytest.mark.parametrize(
+    "reference, expected",
+    [
+        ("12", ["12"]),
+        (" 9.6\n", ["9.6"]),
+        (142.0, ["142"]),  # an integral float is the integer
+        (142, ["142"]),
+        (-4.0, ["-4"]),
+        (0.5, ["0.5"]),
+        (1e-05, ["1e-05"]),
+        ([["9.6\n"]], ["9.6"]),  # nested lists flatten to the accepted answers
+        ([["1.9", "1.9"], [["2"]], 3.0], ["1.9", "2", "3"]),
+        (("a", ["b"]), ["a", "b"]),
+    ],
+)
+def test_references_as_users_have_them(reference, expected):
+    from ktae.rewards.equivalence import normalize_references
+
+    assert normalize_references(reference) == expected
+
+
+def test_references_from_numpy_and_deep_nesting():
+    import numpy as np
+
+    from ktae.rewards.equivalence import normalize_references
+
+    assert normalize_references(np.array([1.0, 2.5])) == ["1", "2.5"]
+    assert normalize_references(np.float64(3.0)) == ["3"]
+    deep = "7"
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = [deep]
+    assert normalize_references(deep) == ["7"]
+
+
+@pytest.mark.parametrize(
+    "reference, error, message",
+    [
+        ([], TypeError, "at least one answer"),
+        ([[], [[]]], TypeError, "at least one answer"),
+        (None, TypeError, "got NoneType"),
+        ({"answer": "1"}, TypeError, "got dict"),
+        (True, TypeError, "bool"),
+        (float("nan"), ValueError, "finite"),
+        (float("inf"), ValueError, "finite"),
+        (["1", " "], ValueError, "blank"),
+    ],
+)
+def test_bad_references_are_named(reference, error, message):
+    from ktae.rewards.equivalence import normalize_references
+
+    with pytest.raises(error, match=message):
+        normalize_references(reference)
+
+
+def test_numeric_and_nested_references_are_checked(checker):
+    answers = ["142", "142", "9.6", "3.3\\times10^{-10}", "143"]
+    references = [142.0, [142.0], [["9.6\n"]], [["3.3 \\times 10^{-10}\n", "3.3e-10\n"]], 142.0]
+    assert checker.check(answers, references) == [True, True, True, True, False]
+
+
+HUGE = ["2^{2005}", "3^{4000}", "10^{5000}", "1000!"]
+
+
+def test_huge_values_compare_exactly(checker):
+    """Beyond a float (~1.8e308): the same text always matches; equal values match; others do not."""
+    pairs = [(a, a, True) for a in HUGE] + [
+        ("2^{2005}", "2 \\cdot 2^{2004}", True),
+        ("2^{2005}", "4^{1002} \\cdot 2", True),
+        ("1000!", "1000 \\cdot 999!", True),
+        ("2^{2005}", "2^{2005}+1", False),
+        ("2^{2005}+1", "2^{2005}", False),
+        ("10^{5000}", "10^{4999}", False),
+        ("3^{4000}", "3^{3999}", False),
+    ]
+    verdicts = checker.verdicts([p for _, p, _ in pairs], [r for r, _, _ in pairs], timeout_s=30.0)
+    assert [v.equivalent for v in verdicts] == [e for *_, e in pairs], verdicts
+
+
+def test_numbers_agree_in_unbounded_floats():
+    from sympy import Integer, factorial
+
+    from ktae.rewards.equivalence import _numbers_agree
+
+    big = Integer(2) ** 2005
+    assert _numbers_agree(big, big) and _numbers_agree(factorial(1000), factorial(1000))
+    assert not _numbers_agree(big, Integer(2) ** 2006)
+    assert not _numbers_agree(Integer(10) ** 5000, Integer(10) ** 4999)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e300, "soon", None])
+def test_time_limits_must_be_positive_and_finite(bad):
+    with pytest.raises(ValueError, match="timeout_s must be"):
+        AnswerChecker(timeout_s=bad)
+    with pytest.raises(ValueError, match="timeout_s must be"):
+        run_with_deadline("1", ["1"], bad)
+    if bad is not None:  # None is "the checker's own limit" for these
+        with AnswerChecker(num_workers=0) as checker:
+            with pytest.raises(ValueError, match="timeout_s must be"):
+                checker.verdicts(["1"], ["1"], timeout_s=bad)
+        with pytest.raises(ValueError, match="timeout_s must be"):
+            is_equivalent("1", "1", timeout_s=bad)
+
+
+@pytest.fixture
+def fresh_default_checker(monkeypatch):
+    """The process-wide checker built again from the environment, closed and restored afterwards."""
+    from ktae.rewards import equivalence
+
+    monkeypatch.setattr(equivalence, "_default_checker", None)
+    yield
+    if equivalence._default_checker is not None:
+        equivalence._default_checker.close()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("KTAE_REWARD_TIMEOUT_S", "0"),
+        ("KTAE_REWARD_TIMEOUT_S", "inf"),
+        ("KTAE_REWARD_TIMEOUT_S", "abc"),
+        ("KTAE_REWARD_WORKERS", "-1"),
+        ("KTAE_REWARD_WORKERS", "two"),
+    ],
+)
+def test_bad_environment_is_named(monkeypatch, fresh_default_checker, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        is_equivalent("1", "1")
+
+
+def test_is_equivalent_follows_the_environments_time_limit(monkeypatch, fresh_default_checker):
+    monkeypatch.setenv("KTAE_REWARD_WORKERS", "0")
+    monkeypatch.setenv("KTAE_REWARD_TIMEOUT_S", "0.3")
+    assert is_equivalent("\\frac{1}{2}", "0.5")  # imports done
+    start = time.monotonic()
+    assert not is_equivalent("\\sum_{k=1}^{10^{12}} k^{k}", "5")
+    assert time.monotonic() - start < 3.0  # 0.3 s, not the 5 s default
+
+
+def test_a_timeout_during_the_first_check_leaves_the_parser_working():
+    """The first in-process check imports the parser; a timer firing inside those imports must not
+    leave a parser that fails on every later answer. Fresh interpreters, the timer firing at
+    different points of the imports."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from ktae.rewards.equivalence import run_with_deadline\n"
+        "run_with_deadline('\\\\frac{1}{2}', ['0.5'], float(sys.argv[1]))\n"
+        "print(run_with_deadline('x+1', ['1+x'], 60.0).equivalent)\n"
+    )
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, limit], stdout=subprocess.PIPE, text=True)
+        for limit in ("0.3", "1.0", "2.0")
+    ]
+    assert [run.communicate(timeout=300)[0].strip() for run in runs] == ["True"] * 3
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_busy_worker_dies_with_its_parent():
+    import subprocess
+
+    script = (
+        "import sys, threading, time\n"
+        "from ktae.rewards import AnswerChecker\n"
+        "checker = AnswerChecker(num_workers=1, timeout_s=120.0)\n"
+        "assert checker.check(['1'], ['1']) == [True]\n"
+        # a check that runs far longer than this test, started from a thread that then ends
+        "threading.Thread(target=checker.check, args=([\"\\\\sum_{k=1}^{10^{12}} k^{k}\"], ['5'])).start()\n"
+        "time.sleep(1.0)\n"
+        "print('busy', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "busy"
+        (worker,) = _children(parent.pid)
+        assert _alive(worker)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the worker outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_worker_started_from_a_thread_outlives_that_thread():
+    """The kernel's parent-death signal follows the thread that started a process; a worker must
+    not die when the thread-pool thread that started it ends."""
+    with AnswerChecker(num_workers=1, timeout_s=10.0) as checker:
+        thread = threading.Thread(target=checker.check, args=(["1"], ["1"]))
+        thread.start()
+        thread.join()
+        (worker,) = checker._idle
+        time.sleep(0.5)
+        assert worker.process.poll() is None
+        assert checker.check(["x+1"], ["1+x"]) == [True]
+        assert checker._idle == [worker]

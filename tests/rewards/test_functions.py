@@ -1,3 +1,7 @@
+import pickle
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -39,6 +43,21 @@ def test_overlong_penalty_matches_trl():
     assert ours == pytest.approx(trl_rewards.get_soft_overlong_punishment(128, 32)(ids))
 
 
+def test_overlong_penalty_pickles_and_keeps_its_metric_name():
+    """TRL may send reward functions to a spawned process, and logs each under its __name__."""
+    penalty = make_overlong_penalty(100, 20, 0.5)
+    copy = pickle.loads(pickle.dumps(penalty))
+    assert copy([[0] * 90, [0] * 10]) == penalty([[0] * 90, [0] * 10]) == [-0.25, 0.0]
+    assert penalty.__name__ == "overlong_penalty"
+
+
+def test_rewards_import_neither_torch_nor_trl():
+    """Rewards run without the trl extra, in light processes (verl reward workers, answer checkers)."""
+    code = "import sys, ktae.rewards; print(sorted(m for m in ('torch', 'trl') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
 def test_overlong_penalty_validates():
     with pytest.raises(ValueError, match="buffer_length"):
         make_overlong_penalty(100, 200)
@@ -55,3 +74,20 @@ def test_compute_score_verl_style():
     assert compute_score("math", "no answer", "204") == {"score": 0.0, "acc": False, "pred": ""}
     # ground truth as a numpy array of accepted answers (parquet list columns)
     assert compute_score("math", "\\boxed{2}", np.array(["1", "2"]))["acc"] is True
+
+
+def test_references_may_be_numbers_and_nested_lists():
+    completions = ["\\boxed{142}", "\\boxed{142}", "\\boxed{9.6}", "\\boxed{141}"]
+    answers = [142.0, [142.0], [["9.6\n"]], 142]
+    assert accuracy_reward(completions, answers) == [1.0, 1.0, 1.0, 0.0]
+    assert dapo_reward(completions, answer=answers) == [1.0, 1.0, 1.0, -1.0]
+    assert compute_score("amc", "so \\boxed{142}", 142.0)["acc"] is True
+    assert compute_score("minerva", "\\boxed{0.003}", [["0.003^{\\prime \\prime}\n"]])["acc"] is True
+
+
+def test_a_bare_string_of_answers_is_refused():
+    """A str is a sequence of characters: 'answer="23"' would pair two completions with "2" and "3"."""
+    with pytest.raises(TypeError, match="single str"):
+        accuracy_reward(["\\boxed{2}", "\\boxed{3}"], answer="23")
+    with pytest.raises(TypeError, match="single str"):
+        dapo_reward("\\boxed{2}", answer=["2"])

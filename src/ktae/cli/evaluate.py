@@ -3,6 +3,7 @@
 ktae eval --model PATH_OR_ID [--benchmarks aime24,math500] [--limit N] [--data-dir DIR | --hub]
 ktae eval --model PATH --samples 1 --samples-per-benchmark aime24=32,amc23=32 --temperature 0.6 --pass-k 1,8,32
 ktae eval --compare A/results.json B/results.json [--reference [paper | FILE]]
+ktae eval --responses OUTPUTS.json[.gz] [--format released|ktae] [--output-dir DIR]
 
 The five suites ship with the package (ktae/data/math_eval); --data-dir reads <benchmark>.jsonl files
 from another folder, --hub loads the suites from their Hugging Face hub datasets.
@@ -75,12 +76,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --compare: add reference rows; alone or 'paper': the KTAE paper's scores (shipped with ktae), "
         "else a .json file of that layout or a Markdown file with a table of benchmark columns",
     )
+    parser.add_argument(
+        "--responses",
+        nargs="+",
+        metavar="FILE",
+        help="grade these model outputs instead of generating (files, or folders of ktae response files)",
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "released", "ktae"],
+        help="with --responses: released (a JSON list of task_name/gt/model_output/reward records) or ktae "
+        "(the responses/*.jsonl of ktae eval); auto tells them apart",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ktae.evaluation.report import comparison_table, load_reference_rows, load_results
 
     try:
+        if args.responses:
+            from ktae.evaluation.rescore import run_command
+
+            return run_command(args)
         if args.compare:
             runs = [load_results(path) for path in args.compare]
             labels = [run["label"] for run in runs]

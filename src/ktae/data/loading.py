@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ktae.data.templates import apply_template, get_template
+from ktae.rewards.equivalence import normalize_references
 from ktae.rewards.extraction import extract_boxed
 
 MATH_TRAIN_HUB_ID = "DigitalLearningGmbH/MATH-lighteval"
@@ -54,13 +55,15 @@ def read_records(source: str | Path, split: str = "train", name: str | None = No
 
 
 def _as_answer(value, location: str, field: str) -> str | list[str]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v.strip() for v in value):
-        return list(value)
-    raise ValueError(f"{location}: field {field!r} must be a non-empty string or list of strings, got {value!r:.200}")
+    """The row's reference as the reward functions read it (``normalize_references``): one str, or
+    the list of accepted str when the field holds a list."""
+    try:
+        answers = normalize_references(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{location}: field {field!r} must be a non-empty string or list of them, or a number: {e}"
+        ) from None
+    return answers if isinstance(value, (list, tuple)) else answers[0]
 
 
 def to_example(

@@ -203,12 +203,14 @@ def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples
     samples = [(p, s) for p in problems for s in range(n)]
     scores = [sum(p["correct"]) / n for p in problems]
     ks = ([n] if n > 1 else []) if pass_k is None else [k for k in pass_k if k <= n]
+    # None: a length not known (re-scored outputs that carry text only)
+    lengths = [p["num_tokens"][s] for p, s in samples if p["num_tokens"][s] is not None]
     return {
         "results": _percent([p["correct"][s] for p, s in samples]),  # = the mean of scores: every problem has n
         "ci95": [100.0 * x for x in metrics.bootstrap_ci([scores], resamples=resamples, seed=seed)],
         "formatted": _percent([p["answers"][s] is not None for p, s in samples]),
-        "avg_lens": sum(p["num_tokens"][s] for p, s in samples) / len(samples),
-        "max_lens": max(p["num_tokens"][s] for p, s in samples),
+        "avg_lens": sum(lengths) / len(lengths) if lengths else None,
+        "max_lens": max(lengths, default=None),
         "truncated": _percent([p["truncated"][s] for p, s in samples]),
         "num_examples": len(problems),
         "samples": n,

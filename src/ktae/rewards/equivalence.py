@@ -17,7 +17,9 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
+import queue
 import re
 import select
 import signal
@@ -27,12 +29,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 
 from tqdm.auto import tqdm
 
 DEFAULT_TIMEOUT_S = 5.0
+# The longest time limit a check may have (SIGALRM timers overflow far above it).
+MAX_TIMEOUT_S = 86_400.0
 # A worker gets this long to import sympy/math-verify before its first task's clock starts.
 WORKER_STARTUP_TIMEOUT_S = 120.0
 # Numbers that math-verify finds equal (it rounds to 6 decimals) must also agree to this relative
@@ -53,6 +58,20 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 _PERCENT = re.compile(r"\\?%\s*$")
 _INTEGER = re.compile(r"^\s*[+-]?\d{1,100}\s*$")
 _SCIENTIFIC = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)[eE]([+-]?\d+)\s*$")
+# One pair of math delimiters around the whole answer: $...$, $$...$$, \(...\), \[...\].
+_DELIMITED = re.compile(r"^(?:\$\$([^$]*)\$\$|\$([^$]*)\$|\\\(([\s\S]*)\\\)|\\\[([\s\S]*)\\\])$")
+# A number followed by an ordinal suffix (12th, 12^{th}, 12^{\text{th}}) or by prime marks
+# (arcminutes/arcseconds, feet/inches: 0.003'', 0.003^{\prime\prime}): the mark is a unit, and
+# units are dropped like math-verify drops ^\circ and \text{ cm}.
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_SUFFIX = r"(?:\\(?:text|textrm|mathrm|mbox|textsuperscript)\s*\{\s*(?:st|nd|rd|th)\s*\}|st|nd|rd|th)"
+_PRIMES = r"(?:(?:\\prime|')\s*)+"
+_NUMBER_WITH_MARK = re.compile(
+    rf"^({_NUMBER})\s*(?:\^\s*\{{\s*(?:{_SUFFIX}|{_PRIMES})\s*\}}|\^\s*(?:{_SUFFIX}|\\prime)|{_SUFFIX}|['′″]+)$"
+)
+# An element "name = value" of a comma-separated answer, where name is one letter (subscripts
+# allowed) or a Greek letter: "a = -2, b = -2" names the variables of the tuple (-2, -2).
+_NAMED_VALUE = re.compile(r"^\s*(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=<>]+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -68,18 +87,58 @@ class CheckTimeout(BaseException):
     ``except Exception`` handlers do not swallow it and carry on past the deadline."""
 
 
-def _answer_forms(answer: str) -> list[str]:
-    """LaTeX forms math-verify should read for one answer: a trailing percent sign is read both as
-    the number and as the number over 100 ("62.5%" matches 62.5 and 0.625); plain scientific
-    notation "7.3e14" becomes "7.3\\times10^{14}" (LaTeX would read "e" as Euler's number)."""
+def _top_level_parts(answer: str) -> list[str]:
+    """``answer`` split at the commas outside any brackets or braces."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(answer):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(answer[start:i])
+            start = i + 1
+    parts.append(answer[start:])
+    return parts
+
+
+def _strip_delimiters(answer: str) -> str:
+    """``answer`` without one pair of math delimiters around all of it ("$8 \\%$" -> "8 \\%")."""
     answer = answer.strip()
+    delimited = _DELIMITED.match(answer)
+    return answer if delimited is None else next(g for g in delimited.groups() if g is not None).strip()
+
+
+def _without_names(answer: str) -> tuple[str, int] | None:
+    """ "a = -2, b = -2" -> ("-2, -2", 2); None unless the answer is two or more such named values."""
+    parts = _top_level_parts(_strip_delimiters(answer))
+    if len(parts) < 2:
+        return None
+    values = [_NAMED_VALUE.match(part) for part in parts]
+    if not all(values):
+        return None
+    return ", ".join(value.group(1) for value in values), len(values)
+
+
+def _answer_forms(answer: str) -> list[str]:
+    """LaTeX forms math-verify should read for one answer (any of them may match):
+
+    - math delimiters around the whole answer are dropped ("$8 \\%$" is "8 \\%");
+    - plain scientific notation "7.3e14" becomes "7.3\\times10^{14}" (LaTeX would read "e" as
+      Euler's number);
+    - a trailing percent sign is read both as the number and as the number over 100 ("62.5%"
+      matches 62.5 and 0.625);
+    - a number's ordinal suffix or prime marks are dropped ("12^{\\text{th}}" is 12).
+    """
+    answer = _strip_delimiters(answer)
     scientific = _SCIENTIFIC.match(answer)
     if scientific:
         return [f"{scientific.group(1)}\\times10^{{{int(scientific.group(2))}}}"]
     if _PERCENT.search(answer):
         number = _PERCENT.sub("", answer).strip()
         return [number, f"\\frac{{{number}}}{{100}}"] if number else []
-    return [answer]
+    marked = _NUMBER_WITH_MARK.match(answer)
+    return [marked.group(1)] if marked else [answer]
 
 
 @lru_cache(maxsize=2048)
@@ -94,8 +153,18 @@ def _parse(answer: str) -> tuple:
     return tuple(parsed)
 
 
+def load_parser() -> None:
+    """Import math-verify, sympy and the LaTeX parser and build their caches, once. Never under a
+    check's timer: an import cut short by the timer leaves a parser that fails on every later answer."""
+    _parse("0")
+
+
 def _numbers_agree(gold, pred) -> bool:
-    """False only when both are plain numbers that differ by more than the relative tolerance."""
+    """False only when both are plain numbers that differ by more than the relative tolerance.
+
+    Compared in sympy's floats, whose exponent is unbounded: 2^{2005} or 1000! (beyond a Python
+    float) compare like any other number.
+    """
     from sympy import Basic
 
     if not (isinstance(gold, Basic) and isinstance(pred, Basic)):
@@ -103,10 +172,10 @@ def _numbers_agree(gold, pred) -> bool:
     if not (getattr(gold, "is_number", False) and getattr(pred, "is_number", False)):
         return True
     try:
-        a, b = complex(gold.evalf(30)), complex(pred.evalf(30))
-    except (TypeError, ValueError, OverflowError, ArithmeticError):
+        a, b = gold.evalf(30), pred.evalf(30)
+        return bool(abs(a - b) <= NUMERIC_RELATIVE_TOLERANCE * max(abs(a), abs(b)))
+    except (TypeError, ValueError, OverflowError, ArithmeticError):  # not comparable as numbers: verify decided
         return True
-    return abs(a - b) <= NUMERIC_RELATIVE_TOLERANCE * max(abs(a), abs(b))
 
 
 def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
@@ -116,17 +185,23 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     """
     if prediction is None or not prediction.strip():
         return False
+    if any(prediction.strip() == reference.strip() for reference in references):
+        return True  # the same text is the same answer, however hard it is to parse or evaluate
     if _INTEGER.match(prediction) and all(_INTEGER.match(r) for r in references):
         # integers (AIME, AMC, much of MATH): the same verdict as math-verify without its LaTeX parser
         return any(int(prediction) == int(r) for r in references)
     from math_verify import verify
 
     predicted = _parse(prediction)
-    if not predicted:
-        return False
+    unnamed = _without_names(prediction)
     for reference in references:
+        candidates = predicted
+        if unnamed is not None and len(_top_level_parts(_strip_delimiters(reference))) == unnamed[1]:
+            # "a = -2, b = -2" also reads as the list "-2, -2", against a list of as many values only:
+            # "x = 2, y = 2" does not answer "2"
+            candidates = predicted + _parse(unnamed[0])
         for gold in _parse(reference):
-            for pred in predicted:
+            for pred in candidates:
                 # math-verify's verify is not symmetric: gold first.
                 if verify(gold, pred, timeout_seconds=None) and _numbers_agree(gold, pred):
                     return True
@@ -135,6 +210,7 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
 
 def run_with_deadline(prediction: str | None, references: Sequence[str], timeout_s: float) -> Verdict:
     """``check_answer`` under a SIGALRM timer of ``timeout_s`` seconds; main thread only."""
+    timeout_s = validate_timeout(timeout_s)
     if threading.current_thread() is not threading.main_thread():
         raise ValueError(
             "in-process answer checking needs the main thread (it uses a SIGALRM timer); "
@@ -142,6 +218,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         )
     if prediction is None or not prediction.strip():
         return Verdict(False, "no_answer")
+    load_parser()
 
     def on_alarm(signum, frame):
         raise CheckTimeout
@@ -165,24 +242,101 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
 
 
 def normalize_references(reference) -> list[str]:
-    """A reference answer (str, or a non-empty sequence of str: any of them is accepted) as a list."""
-    if isinstance(reference, str):
-        return [reference]
-    if hasattr(reference, "tolist"):  # numpy arrays from parquet columns
-        reference = reference.tolist()
-    if isinstance(reference, Sequence) and reference and all(isinstance(r, str) for r in reference):
-        return list(reference)
-    raise TypeError(f"a reference answer must be a str or a non-empty list of str, got {reference!r:.200}")
+    """The accepted answers of one reference, as a list of distinct stripped str.
+
+    A reference is a str, a number (an integral float is the integer: 142.0 -> "142"), or a list or
+    tuple of them nested to any depth (numpy arrays from parquet columns too), flattened; any of its
+    answers is accepted. Anything else, or no answer at all, is a TypeError; a blank answer is a
+    ValueError (it would make every response wrong).
+    """
+    answers: list[str] = []
+    pending = [reference]
+    while pending:  # depth-first, in order, without recursion (nesting depth is the caller's)
+        item = pending.pop()
+        if hasattr(item, "tolist") and not isinstance(item, str):  # numpy arrays and scalars
+            item = item.tolist()
+        if isinstance(item, str):
+            if not item.strip():
+                raise ValueError(f"a reference answer is blank in {reference!r:.200}")
+            answers.append(item.strip())
+        elif isinstance(item, bool):
+            raise TypeError(
+                f"a reference answer must be a str or a number, got the bool {item!r} in {reference!r:.200}"
+            )
+        elif isinstance(item, int):
+            answers.append(str(item))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"a reference answer must be a finite number, got {item!r} in {reference!r:.200}")
+            answers.append(str(int(item)) if item.is_integer() else repr(item))
+        elif isinstance(item, (list, tuple)):
+            pending.extend(reversed(item))
+        else:
+            raise TypeError(
+                f"a reference answer must be a str, a number or a list of them, got {type(item).__name__} "
+                f"in {reference!r:.200}"
+            )
+    if not answers:
+        raise TypeError(f"a reference answer must hold at least one answer, got {reference!r:.200}")
+    return list(dict.fromkeys(answers))
+
+
+def validate_timeout(timeout_s, name: str = "timeout_s") -> float:
+    """``timeout_s`` as a float of seconds, or a ValueError naming ``name``: a time limit must be a
+    positive finite number (0 would switch SIGALRM timers off, inf overflows them)."""
+    try:
+        value = float(timeout_s)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {timeout_s!r}") from None
+    if not 0 < value <= MAX_TIMEOUT_S:  # also refuses NaN
+        raise ValueError(f"{name} must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {timeout_s!r}")
+    return value
+
+
+class _Launcher:
+    """Starts processes from one thread that lives as long as the interpreter.
+
+    A worker asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), and "parent"
+    there means the thread that started it: a worker started from a thread-pool thread would die
+    with that thread. The main thread starts its own; other threads hand the start to this one.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, command: list[str], **kwargs) -> subprocess.Popen:
+        if threading.current_thread() is threading.main_thread():
+            return subprocess.Popen(command, **kwargs)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="ktae-worker-launcher", daemon=True)
+                self._thread.start()
+        started: Future = Future()
+        self._requests.put((command, kwargs, started))
+        return started.result()
+
+    def _serve(self) -> None:
+        while True:
+            command, kwargs, started = self._requests.get()
+            try:
+                started.set_result(subprocess.Popen(command, **kwargs))
+            except Exception as e:  # handed to the thread that asked
+                started.set_exception(e)
+
+
+_launcher = _Launcher()
 
 
 class _Worker:
     """One ``python -m ktae.rewards._worker`` process; JSON lines over its stdin/stdout."""
 
     def __init__(self, memory_limit_mb: int | None):
-        command = [sys.executable, "-m", "ktae.rewards._worker"]
+        command = [sys.executable, "-m", "ktae.rewards._worker", "--parent-pid", str(os.getpid())]
         if memory_limit_mb:
             command += ["--memory-limit-mb", str(memory_limit_mb)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.process = _launcher.popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.ready = False
 
     def send(self, message: dict) -> None:
@@ -224,10 +378,8 @@ class AnswerChecker:
             num_workers = min(8, os.cpu_count() or 1)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.num_workers = num_workers
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = validate_timeout(timeout_s)
         self.memory_limit_mb = memory_limit_mb
         self._idle: list[_Worker] = []
         self._started = 0
@@ -256,7 +408,7 @@ class AnswerChecker:
         progress bar over the checks (none when None)."""
         if len(answers) != len(references):
             raise ValueError(f"got {len(answers)} answers but {len(references)} references")
-        timeout_s = self.timeout_s if timeout_s is None else float(timeout_s)
+        timeout_s = self.timeout_s if timeout_s is None else validate_timeout(timeout_s)
         # A step's rollouts repeat answers (the right one most of all): check each distinct pair once.
         distinct: dict[tuple[str, tuple[str, ...]], int] = {}
         slot_of = []
@@ -389,20 +541,24 @@ def default_checker() -> AnswerChecker:
     global _default_checker
     with _default_lock:
         if _default_checker is None:
-            workers = os.environ.get("KTAE_REWARD_WORKERS")
-            _default_checker = AnswerChecker(
-                num_workers=int(workers) if workers else None,
-                timeout_s=float(os.environ.get("KTAE_REWARD_TIMEOUT_S", DEFAULT_TIMEOUT_S)),
+            workers = os.environ.get("KTAE_REWARD_WORKERS", "").strip()
+            if workers and not workers.isdigit():
+                raise ValueError(f"KTAE_REWARD_WORKERS must be a whole number >= 0, got {workers!r}")
+            timeout_s = validate_timeout(
+                os.environ.get("KTAE_REWARD_TIMEOUT_S", DEFAULT_TIMEOUT_S), "KTAE_REWARD_TIMEOUT_S"
             )
+            _default_checker = AnswerChecker(num_workers=int(workers) if workers else None, timeout_s=timeout_s)
             atexit.register(_default_checker.close)
         return _default_checker
 
 
-def is_equivalent(prediction: str, reference: str | Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """Whether the answer ``prediction`` equals ``reference`` (or any of a list of references).
+def is_equivalent(prediction: str, reference, timeout_s: float | None = None) -> bool:
+    """Whether the answer ``prediction`` equals ``reference`` (see ``normalize_references``: a str, a
+    number, or a list of accepted answers).
 
     ``prediction`` is an answer, not a whole response (see ``extract_answer``). The check runs in
-    the default checker's worker processes with a hard deadline of about ``timeout_s`` seconds;
-    callable from any thread. A timeout counts as not equivalent.
+    the default checker's worker processes with a hard deadline of about ``timeout_s`` seconds
+    (default: the default checker's, ``KTAE_REWARD_TIMEOUT_S``); callable from any thread. A
+    timeout counts as not equivalent.
     """
     return default_checker().verdicts([prediction], [reference], timeout_s)[0].equivalent

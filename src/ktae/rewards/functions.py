@@ -32,8 +32,15 @@ def score_responses(
     incorrect: float = 0.0,
     checker: AnswerChecker | None = None,
 ) -> list[float]:
-    """``correct`` where a response's extracted answer equals its reference (str or list of str),
-    else ``incorrect`` (also for no answer or a check that timed out)."""
+    """``correct`` where a response's extracted answer equals its reference (a str, a number or a
+    list of accepted answers, see ``normalize_references``), else ``incorrect`` (also for no answer
+    or a check that timed out). ``responses`` and ``answers`` are sequences, one item per response."""
+    for name, value in (("completions", responses), ("answers", answers)):
+        if isinstance(value, str):  # would pair each response with one character
+            raise TypeError(
+                f"{name} must be a list with one item per response, got a single str {value!r:.100}; "
+                f"for one reference shared by every response pass [reference] * len(completions)"
+            )
     if len(responses) != len(answers):
         raise ValueError(f"got {len(responses)} responses but {len(answers)} answers")
     extracted = [extract_answer(completion_text(r)) for r in responses]
@@ -51,36 +58,45 @@ def dapo_reward(completions, answer, **kwargs) -> list[float]:
     return score_responses(completions, answer, correct=1.0, incorrect=-1.0)
 
 
-def make_overlong_penalty(max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0):
+class _OverlongPenalty:
     """DAPO's soft overlong punishment (its Eq. 13) scaled by ``penalty_factor``, as a TRL reward function.
 
     A completion of L tokens gets 0 while L <= max - buffer, then falls linearly to
-    -penalty_factor at L = max, and -penalty_factor beyond. Same as
-    ``trl.rewards.get_soft_overlong_punishment`` when penalty_factor is 1.
+    -penalty_factor at L = max, and -penalty_factor beyond. The shape is TRL's
+    ``get_soft_overlong_punishment`` (imported on construction, so that ``ktae.rewards`` works
+    without TRL); this adds argument checks and the factor, which verl's ``overlong_buffer_cfg``
+    has too. A class, not a closure, so that it pickles (TRL may send reward functions to a
+    spawned process); ``__name__`` is the key of its TRL metrics (``rewards/overlong_penalty``).
     """
-    if max_completion_length <= 0:
-        raise ValueError(f"max_completion_length must be > 0, got {max_completion_length}")
-    if not 0 < buffer_length <= max_completion_length:
-        raise ValueError(
-            f"buffer_length must be in (0, max_completion_length={max_completion_length}], got {buffer_length}"
-        )
-    if penalty_factor < 0:
-        raise ValueError(f"penalty_factor must be >= 0, got {penalty_factor}")
-    expected = max_completion_length - buffer_length
 
-    def overlong_penalty(completion_ids, **kwargs) -> list[float]:
-        penalties = []
-        for ids in completion_ids:
-            length = len(ids)
-            if length <= expected:
-                penalties.append(0.0)
-            elif length <= max_completion_length:
-                penalties.append((expected - length) / buffer_length * penalty_factor)
-            else:
-                penalties.append(-float(penalty_factor))
-        return penalties
+    __name__ = "overlong_penalty"
 
-    return overlong_penalty
+    def __init__(self, max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0):
+        if max_completion_length <= 0:
+            raise ValueError(f"max_completion_length must be > 0, got {max_completion_length}")
+        if not 0 < buffer_length <= max_completion_length:
+            raise ValueError(
+                f"buffer_length must be in (0, max_completion_length={max_completion_length}], got {buffer_length}"
+            )
+        if not penalty_factor >= 0:
+            raise ValueError(f"penalty_factor must be >= 0, got {penalty_factor}")
+        try:
+            from trl.rewards import get_soft_overlong_punishment
+        except ImportError as e:
+            raise ImportError(f"the overlong penalty is TRL's; install TRL (pip install 'ktae[trl]'): {e}") from e
+        self.max_completion_length = max_completion_length
+        self.buffer_length = buffer_length
+        self.penalty_factor = float(penalty_factor)
+        self._punishment = get_soft_overlong_punishment(max_completion_length, buffer_length)
+
+    def __call__(self, completion_ids, **kwargs) -> list[float]:
+        return [self.penalty_factor * value for value in self._punishment(completion_ids)]
+
+
+def make_overlong_penalty(max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0):
+    """DAPO's soft overlong punishment as a TRL reward function (see ``_OverlongPenalty``): 0 up to
+    max - buffer tokens, then linear down to -penalty_factor at max, -penalty_factor beyond."""
+    return _OverlongPenalty(max_completion_length, buffer_length, penalty_factor)
 
 
 def compute_score(
@@ -99,7 +115,8 @@ def compute_score(
     Returns {"score", "acc", "pred"} like verl's own math_dapo scorer: ``acc`` is what DAPO's
     dynamic sampling filters on, ``pred`` the extracted answer ("" when none). Set
     ``incorrect_score: -1.0`` in ``custom_reward_function.reward_kwargs`` for DAPO's reward.
-    ``ground_truth`` is a str or a list/array of accepted str. Safe to call from any thread.
+    ``ground_truth`` is a str, a number, or a list/array (nested to any depth) of accepted answers.
+    Safe to call from any thread.
     """
     prediction = extract_answer(solution_str)
     correct = default_checker().check([prediction], [ground_truth], timeout_s)[0]

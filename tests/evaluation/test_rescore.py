@@ -1,0 +1,133 @@
+"""Re-scoring model outputs without generating (``ktae eval --responses``), on a small file in the
+released format (tests/evaluation/data/released_outputs.json: eight problems of the five suites,
+one with two samples, each with the verdict of the grader that wrote it)."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from ktae.evaluation.rescore import agreement_table, disagreement_list, read_outputs, rescore_files
+from ktae.rewards import AnswerChecker
+
+RELEASED = Path(__file__).parent / "data" / "released_outputs.json"
+# Accuracy % per suite, ours (and, here, the file's too: its two disagreements cancel out in Minerva).
+EXPECTED = {"aime24": 100.0, "amc23": 50.0, "math500": 50.0, "minerva": 50.0, "olympiadbench": 100.0}
+
+
+@pytest.fixture(scope="module")
+def checker():
+    with AnswerChecker(num_workers=1, timeout_s=10.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def rescored(checker, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rescored")
+    results, agreed = rescore_files(RELEASED, out, checker=checker)
+    return out, results, agreed
+
+
+def test_released_records_are_read_as_the_suites(tmp_path):
+    outputs = read_outputs(RELEASED)
+    assert len(outputs) == 9  # eight problems, one with two samples
+    assert [o.benchmark for o in outputs[:3]] == ["aime24", "amc23", "amc23"]
+    amc = [o for o in outputs if o.benchmark == "amc23"]
+    assert [(o.index, o.sample, o.answer, o.verdict) for o in amc] == [(0, 0, "36", True), (0, 1, "36", False)]
+    minerva = [o for o in outputs if o.benchmark == "minerva"]
+    assert minerva[0].answer == ["2.45 \\times 10^{-19}", "2.45e-19"]  # nested list, accepted answers
+    assert [o.index for o in minerva] == [0, 1]
+    assert outputs[0].problem == "How many positive divisors does $5184$ have, plus $38$?"
+    assert outputs[0].num_tokens is None
+    compressed = tmp_path / "outputs.json.gz"
+    compressed.write_bytes(gzip.compress(RELEASED.read_bytes()))
+    assert read_outputs(compressed) == read_outputs(RELEASED, "released") == outputs
+    lines = tmp_path / "outputs.jsonl"  # the same records as JSON lines
+    lines.write_text("".join(json.dumps(r) + "\n" for r in json.loads(RELEASED.read_text())))
+    assert read_outputs(lines) == outputs
+
+
+def test_every_response_is_graded_and_compared(rescored):
+    out, results, agreed = rescored
+    assert results["results"] == EXPECTED
+    assert results["num_examples"] == {"aime24": 1, "amc23": 1, "math500": 2, "minerva": 2, "olympiadbench": 2}  # problems
+    assert results["samples"]["amc23"] == 2
+    assert results["avg_lens"]["aime24"] is None  # the released format has no token counts
+    assert agreed["all"]["n"] == 9 and agreed["all"]["agree"] == pytest.approx(700 / 9)
+    minerva = agreed["benchmarks"]["minerva"]
+    assert (minerva["ours"], minerva["theirs"], minerva["agree"]) == (50.0, 50.0, 0.0)
+    assert (minerva["ours_only"], minerva["theirs_only"]) == (1, 1)
+    assert [(d["benchmark"], d["index"], d["extracted"], d["ours"], d["theirs"]) for d in agreed["disagreements"]] == [
+        ("minerva", 0, "2.61 \\times 10^{-19}", False, True),
+        ("minerva", 1, "\\frac{1}{8}\\sin(3t)", True, False),
+    ]
+    listing = disagreement_list(agreed)
+    assert "minerva #0: reference `2.45 \\times 10^{-19} | 2.45e-19`, extracted `2.61 \\times 10^{-19}`" in listing
+    assert "ours wrong, file correct" in listing and "ours correct, file wrong" in listing
+    assert "| Minerva | 2 | 50.0 | 50.0 | 0.0 | 1 | 1 |" in agreement_table(agreed)
+
+    assert json.loads((out / "results.json").read_text())["results"] == EXPECTED
+    assert json.loads((out / "agreement.json").read_text())["all"]["n"] == 9
+    assert "## Disagreements" in (out / "agreement.md").read_text()
+    amc = [json.loads(line) for line in (out / "responses" / "amc23.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["sample"], r["extracted"], r["correct"], r["file_correct"]) for r in amc] == [
+        (0, 0, "36", True, True),
+        (0, 1, "35", False, False),
+    ]
+    no_answer = json.loads((out / "responses" / "math500.jsonl").read_text().splitlines()[1])
+    assert no_answer["extracted"] is None and no_answer["check"] == "no_answer"
+
+
+def test_ktae_response_files_are_rescored_too(rescored, checker, tmp_path):
+    """A run's own responses/ folder: the same results, and full agreement with its verdicts."""
+    out, results, _ = rescored
+    again, agreed = rescore_files(out / "responses", tmp_path / "again", checker=checker)
+    assert again["results"] == results["results"]
+    assert agreed["all"]["agree"] == 100.0 and agreed["disagreements"] == []
+    single, _ = rescore_files([out / "responses" / "amc23.jsonl"], tmp_path / "one", format="ktae", checker=checker)
+    assert single["results"] == {"amc23": 50.0}
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ({"task_name": "aime"}, "record 0: missing field 'prompt'"),
+        ("text", "expected a JSON object"),
+        ([{"task_name": "aime", "prompt": "p", "model_output": ["x"]}], "record 0: missing field 'gt'"),
+        ([{"task_name": "aime", "prompt": "p", "gt": [], "model_output": ["x"]}], "record 0: field 'gt'"),
+        ([{"task_name": "aime", "prompt": "p", "gt": "1", "model_output": []}], "non-empty list of str"),
+        ([{"task_name": "aime", "prompt": "p", "gt": "1", "model_output": ["x"], "reward": [1, 0]}], "one verdict"),
+        ([{"task_name": "aime", "prompt": "p", "gt": "1", "model_output": ["x"], "reward": ["yes"]}], "verdict"),
+    ],
+)
+def test_malformed_released_records_are_named(tmp_path, records, message):
+    with pytest.raises(ValueError, match=message):
+        read_outputs(_write(tmp_path / "bad.json", records))
+
+
+def test_malformed_ktae_records_are_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"benchmark": "aime24", "answer": "1", "response": "x"}\n{"benchmark": "aime24"}\n')
+    with pytest.raises(ValueError, match=r"r.jsonl:2: missing field 'answer'"):
+        read_outputs(path)
+    path.write_text('{"benchmark": "aime24", "index": 0, "answer": "1", "response": "x"}\n' * 2)
+    with pytest.raises(ValueError, match="problem 0 sample 0 appears twice"):
+        read_outputs(path)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_outputs(RELEASED, "ktae")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_outputs(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="unknown responses format"):
+        read_outputs(RELEASED, "csv")
+
+
+def test_output_folder_must_not_hold_the_inputs(rescored, checker):
+    out, _, _ = rescored
+    with pytest.raises(ValueError, match="holds the responses being re-scored"):
+        rescore_files(out / "responses", out, checker=checker)
