@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
 from ktae.rewards import AnswerChecker, extract_answer
+from ktae.run_folder import write_atomic
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,6 @@ class EvalSettings:
     max_model_len: int = 4096
     limit: int | None = None
     data_dir: str | None = None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def score_benchmark(
@@ -137,7 +124,7 @@ def evaluate(
             path = output_dir / "responses" / f"{name}.jsonl"
             if path.is_file():
                 done[name] = _read_jsonl(path)
-    atomic_write_text(settings_path, json.dumps(asdict(settings), indent=2) + "\n")
+    write_atomic(settings_path, json.dumps(asdict(settings), indent=2) + "\n")
 
     todo = [name for name in names if name not in done]
     own_checker = checker is None
@@ -155,7 +142,7 @@ def evaluate(
             ]
             generations = generator.generate(prompts, settings.max_new_tokens, desc=name)
             records = score_benchmark(name, examples, prompts, generations, checker)
-            atomic_write_text(
+            write_atomic(
                 output_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records)
             )
             done[name] = records
@@ -163,5 +150,5 @@ def evaluate(
         if own_checker:
             checker.close()
     results = summarize({name: done[name] for name in names}, settings)
-    atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -11,6 +11,8 @@ from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
 
 from ktae import KTAEConfig, compute_ktae_advantages
 from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
+from ktae.reports.keytokens import analyse
+from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
 
 
 def make_trainer(model_dir, args, kinds=("mixed",)):
@@ -94,6 +96,16 @@ def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_di
     assert [k["step"] for k in key_tokens] == [1, 2]
     assert all(t["bonus"] > 0 for k in key_tokens for t in k["credited"])
     assert all(t["bonus"] < 0 for k in key_tokens for t in k["blamed"])
+    # one definition of "most credited/blamed": the report, recomputing from the logged rollouts (the
+    # whole batch here), ranks the same tokens with the same totals
+    for logged in key_tokens:
+        step_rollouts = [r for r in load_rollouts(tmp_path) if r.step == logged["step"]]
+        data = tokenize_rollouts(step_rollouts, ignore_token_ids=trainer.ktae_config.ignore_token_ids)
+        report = analyse(data, trainer.ktae_config).top_tokens(10)
+        for side in ("credited", "blamed"):
+            assert [t["token_id"] for t in logged[side]] == [t["token"] for t in report[side]]
+            assert [t["occurrences"] for t in logged[side]] == [t["occurrences"] for t in report[side]]
+            assert [t["total"] for t in logged[side]] == pytest.approx([t["total"] for t in report[side]])
 
 
 def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path):
