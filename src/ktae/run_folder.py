@@ -29,7 +29,7 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class RunFolderLock:
         self.path = Path(run_dir) / LOCK_FILE
         self._descriptor: int | None = None
 
-    def acquire(self) -> RunFolderLock:
+    def acquire(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -183,7 +183,7 @@ class RunFolderLock:
             holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(descriptor)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunFolderInUse(f"{self.path.parent} is in use by another process (pid {holder})") from None
+                raise RunFolderInUse(f"{self.path.parent} is being written by another process (pid {holder})") from None
             raise
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
@@ -195,7 +195,7 @@ class RunFolderLock:
             os.close(self._descriptor)  # closing the descriptor releases the flock
             self._descriptor = None
 
-    def __enter__(self) -> RunFolderLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
     def __exit__(self, *exc_info) -> None:

@@ -15,7 +15,6 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,7 @@ from ktae.integrations.verl.config import (
 )
 from ktae.integrations.verl.estimator import response_tokens, tokenizer_ignore_token_ids
 from ktae.reports.text import merge_pieces, tokenizer_piece_style
-
-ROLLOUTS_FILE = "rollouts.jsonl"
+from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
 
 class KTAETrainerMixin:
@@ -71,7 +69,7 @@ class KTAETrainerMixin:
         return tokenizer_piece_style(self.tokenizer)
 
     def _log_rollouts(self, batch) -> None:
-        """Append this step's first prompt groups, whole, to rollouts.jsonl (contracts: RUN_DIR/rollouts.jsonl)."""
+        """Append this step's first prompt groups, whole, to rollouts.jsonl as `RolloutRecord` lines."""
         fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         uids = data.pop("uid").tolist()
@@ -86,21 +84,20 @@ class KTAETrainerMixin:
             token_ids = response.tolist()
             pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
             score = float(rewards.sum())
-            records.append({
-                "step": self.global_steps,
-                "group": uid,
-                "prompt": self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
-                "response": "".join(pieces),
-                "token_ids": token_ids,
-                "tokens": pieces,
-                "score": score,
-                "correct": score > threshold,
-                "advantages": advantages.tolist(),
-            })
-        directory = Path(self.config.trainer.ktae_rollouts_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ROLLOUTS_FILE, "a") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
+            records.append(
+                RolloutRecord(
+                    step=self.global_steps,
+                    group=uid,
+                    prompt=self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
+                    response="".join(pieces),
+                    token_ids=token_ids,
+                    tokens=pieces,
+                    score=score,
+                    correct=score > threshold,
+                    advantages=advantages.tolist(),
+                )
+            )
+        append_jsonl(Path(self.config.trainer.ktae_rollouts_dir) / ROLLOUTS_FILE, records)
 
 
 @register_trainer(KTAE_TRAINER_MODES["sync"])
