@@ -155,6 +155,7 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
     assert set(_steps(run_dir / "rollouts.jsonl")) == {1} and len(_steps(run_dir / "rollouts.jsonl")) == 8
     assert _steps(run_dir / "key_tokens.jsonl") == [1]
     assert _tensorboard_steps(run_dir) == [1]
+    assert _tensorboard_steps(run_dir, "train/accuracy") == [1]  # TensorBoard sees the short names too
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,12 @@ import json
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ktae.integrations.trl.callbacks import AtomicCheckpointCallback, RunLogCallback, add_short_names
+from ktae.integrations.trl.callbacks import (
+    AtomicCheckpointCallback,
+    MetricsProgressCallback,
+    RunLogCallback,
+    add_short_names,
+)
 from ktae.run_folder import drop_steps_after, list_checkpoints
 
 
@@ -56,3 +61,12 @@ def test_checkpoints_are_published_whole_and_rotated(tmp_path):
         assert (tmp_path / "checkpoints" / f"checkpoint-{step}" / "model.safetensors").read_text() == str(step)
     (tmp_path / "checkpoints" / "checkpoint-7.tmp").mkdir()  # not a checkpoint name: ignored
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
+
+
+def test_progress_line_shows_the_logged_key_tokens_by_total_bonus(tmp_path):
+    entry = {"token": "7", "token_id": 9, "bonus": 0.25, "total": 2.0, "occurrences": 8, "groups": 2}
+    blamed = {**entry, "token": "x", "bonus": -0.5, "total": -1.5, "occurrences": 3}
+    (tmp_path / "key_tokens.jsonl").write_text(json.dumps({"step": 4, "credited": [entry], "blamed": [blamed]}) + "\n")
+    progress = MetricsProgressCallback(tmp_path)
+    assert progress._new_key_tokens().split("key tokens")[1] == " @ step 4 (total bonus): credited '7'+2.00 | blamed 'x'-1.50"
+    assert progress._new_key_tokens() is None  # shown once
