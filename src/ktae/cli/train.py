@@ -129,36 +129,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lock = None
+    lock = None  # held until the job ends; the kernel drops it if the process dies
     try:
-        if args.resume is not None:
-            if args.config is not None or args.output_dir is not None:
-                raise ValueError("--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir")
-            run_dir = args.resume
-            if not (run_dir / CONFIG_FILE).is_file():
-                raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-            lock = RunFolderLock(run_dir).acquire()
-            options = resolve_options(_read_recipe(run_dir / CONFIG_FILE), args.overrides)
-            finished = finished_step(run_dir, options.get("max_steps", -1))
-            if finished is not None:
-                print(
-                    f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
-                    f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
-                )
-                return 0
-        else:
-            recipe = _read_recipe(args.config) if args.config is not None else {}
-            options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
-            run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-            lock = RunFolderLock(run_dir).acquire()
-            if (run_dir / CONFIG_FILE).exists():
-                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
-        job = prepare_job(options, run_dir, resume=args.resume is not None)
+        try:
+            if args.resume is not None:
+                if args.config is not None or args.output_dir is not None:
+                    raise ValueError(
+                        "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
+                    )
+                run_dir = args.resume
+                if not (run_dir / CONFIG_FILE).is_file():
+                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+                lock = RunFolderLock(run_dir).acquire()
+                options = resolve_options(_read_recipe(run_dir / CONFIG_FILE), args.overrides)
+                finished = finished_step(run_dir, options.get("max_steps", -1))
+                if finished is not None:
+                    print(
+                        f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
+                        f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
+                    )
+                    return 0
+            else:
+                recipe = _read_recipe(args.config) if args.config is not None else {}
+                options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
+                run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+                lock = RunFolderLock(run_dir).acquire()
+                if (run_dir / CONFIG_FILE).exists():
+                    raise ValueError(
+                        f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
+                    )
+            job = prepare_job(options, run_dir, resume=args.resume is not None)
+        except (ValueError, OSError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
+            print(f"ktae train: error: {error}", file=sys.stderr)
+            return 2
         print(json.dumps(job.train(), indent=2))
         return 0
-    except (ValueError, OSError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
-        print(f"ktae train: error: {error}", file=sys.stderr)
-        return 2
     finally:
         if lock is not None:
             lock.release()
