@@ -321,7 +321,6 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
     ``config.yaml`` is written last, once all of that worked.
     """
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import ProgressCallback
     from transformers.integrations import TensorBoardCallback
 
@@ -387,6 +386,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         checkpoint = complete[-1] if complete else None
         print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
     if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
+        from torch.utils.tensorboard import SummaryWriter
+
         # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
         # RunLogCallback adds. On resume, purge_step hides the events of the steps after the checkpoint (the
         # run logs them again): TensorBoard drops events at or after it that were written before.
