@@ -60,18 +60,17 @@ def test_atomic_writes_replace_whole_files_with_the_umask_permissions(tmp_path):
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
-    with RunFolderLock(tmp_path):
-        with pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
-            RunFolderLock(tmp_path).acquire()
+    with RunFolderLock(tmp_path), pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
+        RunFolderLock(tmp_path).acquire()
     RunFolderLock(tmp_path).acquire().release()  # free again once released
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from ktae.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire()"
-         "; print('locked', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+    script = (
+        f"from ktae.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
+        "print('locked', flush=True); import time; time.sleep(60)"
     )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderInUse, match=f"pid {holder.pid}"):
@@ -91,14 +90,36 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 def test_rollout_records_are_what_the_reports_read(tmp_path):
     record = RolloutRecord(
-        step=3, group=7, prompt="1+2=", response="3<eos>", token_ids=[5, 1], tokens=["3", "<eos>"],
-        score=1.0, correct=True, advantages=[0.5, 0.0],
+        step=3,
+        group=7,
+        prompt="1+2=",
+        response="3<eos>",
+        token_ids=[5, 1],
+        tokens=["3", "<eos>"],
+        score=1.0,
+        correct=True,
+        advantages=[0.5, 0.0],
     )
     append_jsonl(tmp_path / ROLLOUTS_FILE, [record])
     assert json.loads((tmp_path / ROLLOUTS_FILE).read_text()) == {
-        "step": 3, "group": 7, "prompt": "1+2=", "response": "3<eos>", "token_ids": [5, 1],
-        "tokens": ["3", "<eos>"], "score": 1.0, "correct": True, "advantages": [0.5, 0.0],
+        "step": 3,
+        "group": 7,
+        "prompt": "1+2=",
+        "response": "3<eos>",
+        "token_ids": [5, 1],
+        "tokens": ["3", "<eos>"],
+        "score": 1.0,
+        "correct": True,
+        "advantages": [0.5, 0.0],
     }
     (read,) = load_rollouts(tmp_path)
-    assert (read.step, read.group, read.prompt, read.response, read.token_ids, read.tokens, read.score,
-            read.advantages) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])
+    assert (
+        read.step,
+        read.group,
+        read.prompt,
+        read.response,
+        read.token_ids,
+        read.tokens,
+        read.score,
+        read.advantages,
+    ) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])

@@ -152,7 +152,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
 
 def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", "--output-dir", str(run_dir), *SMALL, "max_steps=1", "eval_accuracy_steps=0"]) == 0
+    job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
+    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
     # as if killed after step 1 was logged, before its checkpoint
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     assert main(["train", "--resume", str(run_dir)]) == 0
