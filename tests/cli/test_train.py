@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,15 @@ SMALL = [
 
 def _steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def _tensorboard_steps(run_dir: Path, tag: str = "train/reward") -> list[int]:
+    """Steps of a scalar as TensorBoard shows it (events purged on resume left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
 
 
 def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
@@ -108,32 +118,70 @@ def _printed_summary(capsys) -> str:
     return out[out.rindex('{\n  "run_dir"') :]
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "ktae", "train", "--output-dir", str(run_dir), *SMALL, "max_steps=500", "save_steps=2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
+        while not (run_dir / ".lock").is_file():
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not lock its folder"
+            time.sleep(0.1)
+        # a second writer is refused while the run holds its folder, naming the holder
+        capsys.readouterr()
+        assert main(["train", "--output-dir", str(run_dir), *SMALL]) == 2
         while not (run_dir / "checkpoints" / "checkpoint-2").is_dir():
             assert process.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
+        assert main(["train", "--resume", str(run_dir)]) == 2
+        assert capsys.readouterr().err.count(f"being written by another process (pid {process.pid})") == 2
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert _steps(run_dir / "metrics.jsonl")[:2] == [1, 2]
     resumed_from = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir())
+    for name in ("metrics.jsonl", "rollouts.jsonl"):  # as a kill during an append leaves them
+        with open(run_dir / name, "a") as log:
+            log.write('{"step": 3, "tok')
 
-    assert main(["train", "--resume", str(run_dir), "max_steps=5"]) == 0
+    final = max(5, resumed_from + 2)  # a loaded machine may have let the killed run go past step 3
+    steps = list(range(1, final + 1))
+    assert main(["train", "--resume", str(run_dir), f"max_steps={final}"]) == 0
     out = capsys.readouterr().out
     assert f"resuming from {run_dir / 'checkpoints' / f'checkpoint-{resumed_from}'}" in out
     # every step logged exactly once, the killed run's and the resumed run's
-    assert _steps(run_dir / "metrics.jsonl") == [1, 2, 3, 4, 5]
-    assert set(_steps(run_dir / "rollouts.jsonl")) == {1, 2, 3, 4, 5}
-    state = json.loads((run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json").read_text())
-    assert state["global_step"] == 5
-    assert [h["step"] for h in state["log_history"] if "reward" in h] == [1, 2, 3, 4, 5]
+    assert _steps(run_dir / "metrics.jsonl") == steps
+    assert set(_steps(run_dir / "rollouts.jsonl")) == set(steps)
+    state = json.loads((run_dir / "checkpoints" / f"checkpoint-{final}" / "trainer_state.json").read_text())
+    assert state["global_step"] == final
+    assert [h["step"] for h in state["log_history"] if "reward" in h] == steps
     assert not list(run_dir.glob("checkpoint-*"))
+    assert "metrics.jsonl: dropped a torn last line" in caplog.text
+    assert "rollouts.jsonl: dropped a torn last line" in caplog.text
+    # TensorBoard shows every step once: the checkpoint's step kept, the killed run's later steps purged
+    assert _tensorboard_steps(run_dir) == steps
+
+    # a finished run is not trained further
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert f"is finished: it trained all {final} steps" in capsys.readouterr().out
+    assert _steps(run_dir / "metrics.jsonl") == steps
+    assert max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir()) == final
+
+
+def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
+    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
+    # as if killed after step 1 was logged, before its checkpoint
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "resuming from the start" in capsys.readouterr().out
+    assert _steps(run_dir / "metrics.jsonl") == [1]
+    assert set(_steps(run_dir / "rollouts.jsonl")) == {1} and len(_steps(run_dir / "rollouts.jsonl")) == 8
+    assert _steps(run_dir / "key_tokens.jsonl") == [1]
+    assert _tensorboard_steps(run_dir) == [1]
+    assert _tensorboard_steps(run_dir, "train/accuracy") == [1]  # TensorBoard sees the short names too
 
 
 @pytest.mark.parametrize(
@@ -146,6 +194,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
         ("task_operations=x", "unknown operator"),
         ("warm_start_target_accuracy=2", "target_accuracy"),
         ("reward=f1", "unknown reward"),
+        ("ktae_epsilon=0", "epsilon must be > 0"),
+        ("ktae_top=1e39", "top must be below"),
+        ("ktae_ignore_token_ids=[1.5]", "ignore_token_ids must hold ints"),
+        ("max_steps=-5", "max_steps must be >= 1"),
+        ("max_steps=0", "max_steps must be >= 1"),
+        ("save_steps=0", "save_steps must be > 0"),
+        ("per_device_train_batch_size=0", "per_device_train_batch_size must be >= 1"),
+        ("max_completion_length=-1", "max_completion_length must be >= 1"),
+        ("learning_rate=-0.1", "learning_rate must be a finite number >= 0"),
+        ("temperature=.nan", "temperature must be a finite number > 0"),
+        ("task_train_size=0", "task_train_size must be an integer >= 1"),
+        ("keep_checkpoints=0", "keep_checkpoints must be an integer >= 1 (or null)"),
+        ("tiny_hidden_size=-8", "tiny model hidden_size must be an integer >= 1"),
+        ("warm_start_batch_size=0", "warm start batch_size must be >= 1"),
     ],
 )
 def test_bad_key_or_value_is_named(tmp_path, capsys, override, message):
@@ -169,6 +231,19 @@ def test_resume_needs_a_run_folder_and_a_run_folder_is_not_overwritten(tmp_path,
     (tmp_path / "config.yaml").write_text("max_steps: 1\n")
     assert main(["train", "--output-dir", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("- max_steps\n- 1\n")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "config.yaml: a recipe is a mapping of keys to values, got list" in capsys.readouterr().err
+
+
+def test_a_start_that_fails_after_work_began_leaves_the_folder_free(tmp_path, capsys):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    command = ["train", "--output-dir", str(tmp_path / "run"), *SMALL, f"dataset_name={data}"]
+    for _ in range(2):  # the same command again meets the same error, not "already holds a run"
+        assert main(command) == 2
+        assert "the warm start measures accuracy on held-out prompts" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_unreachable_hub_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -52,6 +52,8 @@ def test_negative_ids_outside_the_mask_are_fine(backend):
         (dict(gamma_tf="1"), TypeError, "gamma_tf must be a number"),
         (dict(ignore_token_ids=(1, -5)), ValueError, "ignore_token_ids must be >= 0"),
         (dict(ignore_token_ids="12"), TypeError, "ignore_token_ids must be a sequence"),
+        (dict(epsilon=0.0), ValueError, "epsilon must be > 0"),
+        (dict(top=1e39), ValueError, "top must be below"),
     ],
 )
 def test_bad_config(options, error, match):

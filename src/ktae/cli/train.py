@@ -16,6 +16,10 @@ run from its last checkpoint. One job, top to bottom, in ``prepare_job`` then ``
    ``RUN_DIR/warm_start``;
 5. RL: ``KTAEGRPOTrainer`` with the run-folder callbacks; checkpoints land atomically in
    ``RUN_DIR/checkpoints``.
+
+The run folder (``ktae.run_folder``) is locked for the whole job: a second ``ktae train`` on it is
+refused. ``config.yaml`` is written once everything before the first RL step has worked, so a
+failed start leaves nothing that blocks running the same command again.
 """
 
 from __future__ import annotations
@@ -36,11 +40,22 @@ import yaml
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
+from ktae.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    WARM_START_DIR,
+    RunFolderInUse,
+    RunFolderLock,
+    checkpoint_step,
+    list_checkpoints,
+    read_jsonl,
+    unpublished_checkpoints,
+    write_atomic,
+)
 
 TINY_MODEL = "tiny"
 SYNTHETIC_DATASET = "synthetic"
-CONFIG_FILE = "config.yaml"
-WARM_START_DIR = "warm_start"
 REWARDS = ("accuracy", "dapo")
 
 # Job keys of their own sections, one per dataclass: task_* (synthetic task), tiny_* (tiny model
@@ -52,6 +67,14 @@ OTHER_JOB_KEYS = {
     "task_eval_size": "held-out prompts for the greedy accuracy (synthetic task)",
     "eval_accuracy_steps": "measure greedy accuracy on the held-out prompts every this many RL steps (0 = never)",
     "keep_checkpoints": "how many of the newest checkpoints to keep (null = all)",
+}
+# Job keys that hold counts: (smallest value, whether null is allowed).
+JOB_COUNTS = {
+    "task_train_size": (1, False),
+    "task_eval_size": (1, False),
+    "eval_accuracy_steps": (0, False),
+    "keep_checkpoints": (1, True),
+    "max_train_samples": (1, True),
 }
 
 #: The built-in job: a tiny Qwen2 on the synthetic task, on 2 CPU cores in a few minutes.
@@ -89,7 +112,7 @@ DEFAULT_JOB: dict[str, Any] = {
     "save_steps": 20,
     "seed": 0,
     "bf16": False,
-    "report_to": "none",
+    "report_to": "tensorboard",
     "ktae_log_rollouts_steps": 10,
 }
 
@@ -106,27 +129,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    lock = None  # held until the job ends; the kernel drops it if the process dies
     try:
-        if args.resume is not None:
-            if args.config is not None or args.output_dir is not None:
-                raise ValueError("--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir")
-            run_dir = args.resume
-            config_path = run_dir / CONFIG_FILE
-            if not config_path.is_file():
-                raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-            options = resolve_options(yaml.safe_load(config_path.read_text()), args.overrides)
-        else:
-            recipe = _read_recipe(args.config) if args.config is not None else {}
-            options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
-            run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-            if (run_dir / CONFIG_FILE).exists():
-                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
-        job = prepare_job(options, run_dir, resume=args.resume is not None)
-    except (ValueError, OSError, yaml.YAMLError) as error:  # OSError: files, and hubs out of reach
-        print(f"ktae train: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(job.train(), indent=2))
-    return 0
+        try:
+            if args.resume is not None:
+                if args.config is not None or args.output_dir is not None:
+                    raise ValueError(
+                        "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
+                    )
+                run_dir = args.resume
+                if not (run_dir / CONFIG_FILE).is_file():
+                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+                lock = RunFolderLock(run_dir).acquire()
+                options = resolve_options(_read_recipe(run_dir / CONFIG_FILE), args.overrides)
+                finished = finished_step(run_dir, options.get("max_steps", -1))
+                if finished is not None:
+                    print(
+                        f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
+                        f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
+                    )
+                    return 0
+            else:
+                recipe = _read_recipe(args.config) if args.config is not None else {}
+                options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
+                run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+                lock = RunFolderLock(run_dir).acquire()
+                if (run_dir / CONFIG_FILE).exists():
+                    raise ValueError(
+                        f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
+                    )
+            job = prepare_job(options, run_dir, resume=args.resume is not None)
+        except (ValueError, OSError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
+            print(f"ktae train: error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(job.train(), indent=2))
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -136,6 +176,19 @@ def _read_recipe(path: Path) -> dict[str, Any]:
     if loaded is not None and not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
     return dict(loaded or {})
+
+
+def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
+    """The step of the run's newest checkpoint when it has trained all its steps, else None.
+
+    ``max_steps=-1`` (train epochs): the step count the run computed, as its checkpoint recorded it.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    target = max_steps if max_steps > 0 else state["max_steps"]
+    return state["global_step"] if state["global_step"] >= target else None
 
 
 def job_keys() -> set[str]:
@@ -158,6 +211,13 @@ def resolve_options(
     build_trainer_config(options, output_dir="unused")  # validates every key and value now, before any work
     for prefix, cls in SECTIONS.items():
         section(options, prefix, cls)
+    for name, (minimum, nullable) in JOB_COUNTS.items():
+        value = options.get(name)
+        if name not in options or (value is None and nullable):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            null = " (or null)" if nullable else ""
+            raise ValueError(f"{name} must be an integer >= {minimum}{null}, got {value!r}")
     reward = options.get("reward")
     if reward is not None and reward not in REWARDS:
         raise ValueError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
@@ -242,10 +302,8 @@ class PreparedJob:
     started: float
 
     def train(self) -> dict[str, Any]:
-        from ktae.integrations.trl.callbacks import list_checkpoints
-
         self.trainer.train(resume_from_checkpoint=self.checkpoint)
-        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+        history = read_jsonl(self.run_dir / METRICS_FILE)
         return {
             "run_dir": str(self.run_dir),
             "steps": self.trainer.state.global_step,
@@ -261,8 +319,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     """Everything before the first RL step: run folder, data, warm start, trainer.
 
     User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
+    ``config.yaml`` is written last, once all of that worked.
     """
     from transformers import ProgressCallback
+    from transformers.integrations import TensorBoardCallback
 
     from ktae.integrations.trl import KTAEGRPOTrainer
     from ktae.integrations.trl.callbacks import (
@@ -270,7 +330,6 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         GreedyAccuracyCallback,
         MetricsProgressCallback,
         RunLogCallback,
-        list_checkpoints,
     )
     from ktae.integrations.trl.tiny import load_tokenizer
     from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
@@ -280,8 +339,6 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = build_trainer_config(options, run_dir)
     train_data, held_out = load_datasets(options)
-    resolved = {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}}
-    _write_atomically(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
     # the warm-started (or freshly built tiny) model in RUN_DIR/warm_start, else model_name_or_path.
@@ -327,11 +384,22 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     checkpoint = None
     if resume:
         complete = list_checkpoints(run_dir)
-        checkpoint = str(complete[-1]) if complete else None
+        checkpoint = complete[-1] if complete else None
         print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
-    for partial in run_dir.glob("checkpoint-*"):  # left by a run killed while saving
+    if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
+        from torch.utils.tensorboard import SummaryWriter
+
+        # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
+        # RunLogCallback adds. On resume, purge_step hides the events of the steps after the checkpoint (the
+        # run logs them again): TensorBoard drops events at or after it that were written before.
+        start = checkpoint_step(checkpoint) if checkpoint is not None else 0
+        writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
+        trainer.add_callback(TensorBoardCallback(writer))
+    for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
         shutil.rmtree(partial)
-    return PreparedJob(run_dir, trainer, checkpoint, warm_history, started)
+    resolved = {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}}
+    write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
 
 
 def describe_run(options: Mapping[str, Any], warm: WarmStartConfig):
@@ -361,9 +429,3 @@ def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool
 
 #: Fields whose value `algo` decides when unset: written explicitly to config.yaml.
 RESOLVED_FIELDS = ("beta", "epsilon", "epsilon_high", "loss_type", "dynamic_sampling", "overlong_buffer_length")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
 
 @dataclasses.dataclass(frozen=True)
 class KTAEConfig:
@@ -43,6 +45,11 @@ class KTAEConfig:
         for name in ("alpha", "beta_ig", "top", "epsilon"):
             if getattr(self, name) < 0:
                 raise ValueError(f"KTAEConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.epsilon == 0:
+            # a group whose rollouts all score alike has std 0: its GRPO advantages would be 0 / 0
+            raise ValueError("KTAEConfig.epsilon must be > 0: it keeps the GRPO normalisation of uniform groups finite")
+        if self.top >= FLOAT32_MAX:
+            raise ValueError(f"KTAEConfig.top must be below {FLOAT32_MAX:.3g} (advantages are float32), got {self.top}")
         # Imported when a config is built, not with this module: the registry's module loads torch.
         from ktae.core.rollout import ROLLOUT_ADVANTAGES
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
 from ktae.evaluation import metrics
-from ktae.reports.files import write_atomic
 from ktae.rewards import AnswerChecker, extract_answer
+from ktae.run_folder import read_jsonl, write_atomic
 
 
 @dataclass(frozen=True)
@@ -282,10 +282,6 @@ def results_json(results: dict) -> str:
 def write_results(output_dir: str | Path, results: dict) -> Path:
     """Write ``output_dir/results.json`` atomically (file mode from the umask); returns its path."""
     return write_atomic(Path(output_dir) / "results.json", results_json(results))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _resumable(output_dir: Path, settings: EvalSettings) -> bool:

@@ -146,7 +146,8 @@ def comparison_table(runs: list[dict], reference_rows: list[dict] = ()) -> str:
 def load_problem_records(results: dict, results_path: str | Path) -> dict[str, list[dict]] | None:
     """A run's per-problem records: its ``per_problem`` or, for results written before they were,
     rebuilt from the responses files beside ``results_path``; None when neither is there."""
-    from ktae.evaluation.harness import problem_records, read_jsonl
+    from ktae.evaluation.harness import problem_records
+    from ktae.run_folder import read_jsonl
 
     if "per_problem" in results:
         return results["per_problem"]

@@ -391,7 +391,7 @@ def rescore_files(
     """Read, grade and write the outputs of a re-scoring run in ``output_dir``; returns the results
     dict and the agreement (None when the file has no verdicts)."""
     from ktae.evaluation.harness import EvalSettings, summarize
-    from ktae.reports.files import write_atomic
+    from ktae.run_folder import write_atomic
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     output_dir = Path(output_dir)

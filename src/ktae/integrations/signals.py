@@ -9,9 +9,9 @@ Scalars (each framework's own metrics: TRL's ``_metrics``, verl's metrics dict):
 - ``ktae/time_share``: ``ktae/seconds`` divided by the step's wall time (generation, scoring, the
   advantage step and the update included), the share of a step KTAE costs.
 
-Table ``ktae/key_tokens``: the most credited and most blamed tokens of the step (mean key-token value
-over the prompt groups where the token has a nonzero value), as a W&B / trackio table and as TensorBoard
-text, through whichever of those loggers the run configured.
+Table ``ktae/key_tokens``: the most credited and most blamed tokens of the step (by total bonus, the
+ranking `ktae.reports.keytokens.rank_key_tokens` defines for the logs and reports too), as a W&B /
+trackio table and as TensorBoard text, through whichever of those loggers the run configured.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from collections.abc import Callable
 import torch
 
 from ktae.core.estimator import KeyTokenValues
+from ktae.core.groups import dense_groups
 
 LARGE_BONUS = 0.5
 NUM_KEY_TOKENS = 10
 KEY_TOKENS_TABLE = "ktae/key_tokens"
-KEY_TOKEN_COLUMNS = ("kind", "rank", "token", "token_id", "bonus", "groups")
+KEY_TOKEN_COLUMNS = ("kind", "rank", "token", "token_id", "total", "occurrences", "bonus", "groups")
 
 
 def bonus_sums(bonus: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
@@ -63,43 +64,45 @@ def bonus_metrics(sums: torch.Tensor) -> dict[str, float]:
 
 
 def top_key_tokens(
-    values: KeyTokenValues, decode: Callable[[int], str], limit: int = NUM_KEY_TOKENS
+    values: KeyTokenValues,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    group_index,
+    decode: Callable[[int], str],
+    limit: int = NUM_KEY_TOKENS,
 ) -> dict[str, list[dict]]:
-    """The ``limit`` tokens with the highest and the lowest mean key-token value.
+    """The step's most credited and blamed tokens, ranked by `ktae.reports.keytokens.rank_key_tokens`
+    (total bonus: value x occurrences, summed over the groups), decoded.
 
-    The mean is over the (group, token) pairs with a nonzero value (groups with both correct and
-    incorrect rollouts). Returns {"credited": [...], "blamed": [...]}, each entry {"token": decode(id),
-    "token_id", "bonus": mean value, "groups": pairs averaged}, strongest first.
+    values: ``compute_key_token_values(ids, mask, scores, group_index)``; ids, mask: [B, T]; group_index: [B]
+    as given to it. Returns {"credited": [...], "blamed": [...]}, each entry {"token": decode(id), "token_id",
+    "bonus": mean value per occurrence, "total", "occurrences", "groups"}, strongest first.
     """
-    nonzero = values.value != 0
-    tokens, inverse = torch.unique(values.token[nonzero].cpu(), return_inverse=True)
-    count = torch.zeros(len(tokens), dtype=torch.float64).index_add_(
-        0, inverse, torch.ones(len(inverse), dtype=torch.float64)
+    from ktae.reports.keytokens import rank_key_tokens
+
+    mask = mask.bool()
+    row_group, _ = dense_groups(group_index, ids.shape[0], ids.device)
+    # Occurrences of each (group, token) row of ``values``: count the masked (group, token) pairs and
+    # look the rows up among them (rows without a key are not packed into one int64, so ids of any size work).
+    observed = torch.stack([row_group[:, None].expand_as(ids)[mask], ids[mask].long()], dim=1)
+    rows = torch.stack([values.group.to(ids.device), values.token.to(ids.device).long()], dim=1)
+    _, inverse = torch.unique(torch.cat([rows, observed]), dim=0, return_inverse=True)
+    occurrences = torch.bincount(inverse[len(rows) :], minlength=int(inverse.max()) + 1 if len(inverse) else 0)
+    occurrences = occurrences[inverse[: len(rows)]]
+    ranked = rank_key_tokens(
+        values.token.cpu().numpy(), values.value.cpu().numpy(), occurrences.cpu().numpy(), limit
     )
-    total = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, values.value[nonzero].cpu().double())
-    mean = total / count.clamp(min=1)
-    order = torch.argsort(mean, descending=True).tolist()
-
-    def describe(indices: list[int]) -> list[dict]:
-        return [
-            {
-                "token": decode(int(tokens[i])),
-                "token_id": int(tokens[i]),
-                "bonus": float(mean[i]),
-                "groups": int(count[i]),
-            }
-            for i in indices
-        ]
-
-    credited = [i for i in order if mean[i] > 0][:limit]
-    blamed = [i for i in reversed(order) if mean[i] < 0][:limit]
-    return {"credited": describe(credited), "blamed": describe(blamed)}
+    for entries in ranked.values():
+        for entry in entries:
+            token_id = entry.pop("token")
+            entry.update(token=decode(token_id), token_id=token_id, bonus=entry["total"] / entry["occurrences"])
+    return ranked
 
 
 def key_token_rows(key_tokens: dict[str, list[dict]]) -> list[list]:
     """Rows of the ``ktae/key_tokens`` table, in ``KEY_TOKEN_COLUMNS`` order."""
     return [
-        [kind, rank, entry["token"], entry["token_id"], entry["bonus"], entry["groups"]]
+        [kind, rank, entry["token"], entry["token_id"], entry["total"], entry["occurrences"], entry["bonus"], entry["groups"]]
         for kind in ("credited", "blamed")
         for rank, entry in enumerate(key_tokens[kind], start=1)
     ]

@@ -20,7 +20,7 @@ import yaml
 
 from ktae import KTAEConfig
 from ktae.reports.curves import default_labels, plot_panels, plot_runs
-from ktae.reports.files import run_folders, write_atomic
+from ktae.reports.files import run_folders
 from ktae.reports.html import page, render_key_token_report
 from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
 from ktae.reports.rollouts import (
@@ -31,6 +31,7 @@ from ktae.reports.rollouts import (
     load_tokenizer,
     tokenize_rollouts,
 )
+from ktae.run_folder import CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, write_atomic
 
 STEP_TOP_COUNT = 5  # tokens per step in the run overview's table
 
@@ -41,7 +42,7 @@ def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list
     Reads the trainer's flat ``ktae_*`` keys (``KTAEGRPOConfig``), or a ``ktae`` mapping at the
     top or under ``algorithm`` (verl's ``algorithm.ktae``). Returns (None, []) when the run has no config file.
     """
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None, []
     with path.open(encoding="utf-8") as handle:
@@ -229,7 +230,7 @@ def build_run_report(
         prefix = f"{label.replace('/', '_')}/" if len(run_dirs) > 1 else ""
         notes: list[str] = []
         summaries: list[StepSummary] = []
-        if (run_dir / "rollouts.jsonl").is_file():
+        if (run_dir / ROLLOUTS_FILE).is_file():
             data, run_config, notes = _prepare(run_dir, tokenizer, config, None, ignore_token_ids)
             by_step: dict = {}
             for index, rollout in enumerate(data.rollouts):
@@ -256,7 +257,7 @@ def build_run_report(
         )
 
     body = ["<h1>KTAE run report</h1>", f'<p class="sub">{html.escape(", ".join(labels))}</p>']
-    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / "metrics.jsonl").is_file()]
+    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / METRICS_FILE).is_file()]
     if with_metrics:
         curves = plot_runs([p for _, p in with_metrics], out_dir / "curves.png", metrics, [l for l, _ in with_metrics])
         body += ["<h2>Training curves</h2>", _png_img(curves, "training curves")]

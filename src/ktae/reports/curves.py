@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ktae.reports.files import run_folders, write_atomic
+from ktae.reports.files import run_folders
+from ktae.run_folder import METRICS_FILE, write_atomic
 
 # Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
 # none of them gets every numeric metric. metrics="all" asks for every numeric metric.
@@ -40,7 +41,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
     by_step: dict[int, dict] = {}

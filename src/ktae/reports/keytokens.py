@@ -67,32 +67,48 @@ class KeyTokenAnalysis:
         return count, gap
 
     def top_tokens(self, count: int = 10) -> dict[str, list[dict]]:
-        """Tokens with the largest total credit (sum of v over their occurrences) and total blame.
-
-        Each entry: token id, label, total, occurrences, groups (where it occurs).
-        """
+        """The most credited and most blamed tokens (`rank_key_tokens`), each entry with its display label."""
         stats = self.stats
-        occurrences = stats["occ_true"] + stats["occ_false"]
-        tokens, inverse = np.unique(stats["token"], return_inverse=True)
-        total = np.bincount(inverse, weights=stats["value"] * occurrences, minlength=tokens.size)
-        total_occurrences = np.bincount(inverse, weights=occurrences, minlength=tokens.size)
-        groups = np.bincount(inverse, minlength=tokens.size)
+        ranked = rank_key_tokens(stats["token"], stats["value"], stats["occ_true"] + stats["occ_false"], count)
+        for entries in ranked.values():
+            for entry in entries:
+                entry["label"] = self.data.labels.get(entry["token"], str(entry["token"]))
+        return ranked
 
-        def entries(order):
-            return [
-                {
-                    "token": int(tokens[i]),
-                    "label": self.data.labels.get(int(tokens[i]), str(int(tokens[i]))),
-                    "total": float(total[i]),
-                    "occurrences": int(total_occurrences[i]),
-                    "groups": int(groups[i]),
-                }
-                for i in order
-            ]
 
-        credited = [i for i in np.argsort(-total, kind="stable") if total[i] > 0][:count]
-        blamed = [i for i in np.argsort(total, kind="stable") if total[i] < 0][:count]
-        return {"credited": entries(credited), "blamed": entries(blamed)}
+def rank_key_tokens(
+    token: np.ndarray, value: np.ndarray, occurrences: np.ndarray, count: int
+) -> dict[str, list[dict]]:
+    """The most credited and most blamed tokens of a batch: the one definition the trainer's logs, its
+    progress line and the reports share.
+
+    A token's credit is its total bonus: the sum of its key-token value over every occurrence (value x
+    occurrences, summed over the groups), which is what the token added to the batch's advantages.
+    Inputs, one entry per (group, token) pair, [K]: ``token`` ids, key-token ``value``, ``occurrences``
+    of the token in that group's responses. Returns ``{"credited": [...], "blamed": [...]}``, at most
+    ``count`` entries each (total > 0, largest first; total < 0, most negative first), each entry
+    ``{"token": id, "total", "occurrences", "groups"}`` (groups: how many groups the token occurs in).
+    """
+    token, value, occurrences = np.asarray(token), np.asarray(value, dtype=np.float64), np.asarray(occurrences)
+    tokens, inverse = np.unique(token, return_inverse=True)
+    total = np.bincount(inverse, weights=value * occurrences, minlength=tokens.size)
+    total_occurrences = np.bincount(inverse, weights=occurrences, minlength=tokens.size)
+    groups = np.bincount(inverse, minlength=tokens.size)
+
+    def entries(order):
+        return [
+            {
+                "token": int(tokens[i]),
+                "total": float(total[i]),
+                "occurrences": int(total_occurrences[i]),
+                "groups": int(groups[i]),
+            }
+            for i in order
+        ]
+
+    credited = [i for i in np.argsort(-total, kind="stable") if total[i] > 0][:count]
+    blamed = [i for i in np.argsort(total, kind="stable") if total[i] < 0][:count]
+    return {"credited": entries(credited), "blamed": entries(blamed)}
 
 
 def analyse(data: TokenizedRollouts, config: KTAEConfig | None = None) -> KeyTokenAnalysis:

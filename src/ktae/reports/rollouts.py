@@ -1,8 +1,8 @@
 """Reading sampled rollouts for reports, and turning each into token ids plus readable text.
 
 Accepted records (JSONL, one rollout per line), whichever trainer wrote them:
-- the TRL trainer's ``RUN_DIR/rollouts.jsonl`` (docs/reports.md): step, group, prompt,
-  response, token_ids, tokens, score, ...;
+- the trainers' ``rollouts.jsonl`` (TRL: ``RUN_DIR/rollouts.jsonl``; verl: ``trainer.ktae_rollouts_dir``),
+  one `ktae.run_folder.RolloutRecord` per line;
 - verl's ``trainer.rollout_data_dir`` dumps (``DIR/<step>.jsonl``): input, output, score, step,
   text only and no group id, so rollouts of the same prompt text at a step form a group;
 - any JSONL with a prompt, a response (text, ``tokens`` pieces and/or ``token_ids``), a score
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ktae.reports.text import SENTENCEPIECE, detect_piece_style, merge_pieces, piece_label, tokenizer_piece_style
+from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints
 
-# Accepted names of each field, in order of preference.
+# Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
 PROMPT_KEYS = ("prompt", "input")
 RESPONSE_KEYS = ("response", "output", "completion")
 GROUP_KEYS = ("group", "uid", "group_id", "prompt_id")
@@ -150,8 +151,8 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        if (path / "rollouts.jsonl").is_file():
-            return [path / "rollouts.jsonl"]
+        if (path / ROLLOUTS_FILE).is_file():
+            return [path / ROLLOUTS_FILE]
         files = list(path.glob("*.jsonl"))
         if files:
             return sorted(files, key=lambda f: (0, int(f.stem), "") if f.stem.isdigit() else (1, 0, f.name))
@@ -192,14 +193,12 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint of a run that holds a tokenizer (``checkpoints/checkpoint-N``), if any."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    candidates = [
+    with_tokenizer = [
         folder
-        for folder in checkpoints.glob("checkpoint-*")
-        if folder.name.split("-")[-1].isdigit()
-        and any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        for folder in list_checkpoints(run_dir)
+        if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     ]
-    return max(candidates, key=lambda f: int(f.name.split("-")[-1]), default=None)
+    return with_tokenizer[-1] if with_tokenizer else None
 
 
 def _drop_decoder_stripped_space(texts: list[str], decoded: str) -> None:

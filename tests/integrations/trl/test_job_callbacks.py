@@ -6,11 +6,11 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from ktae.integrations.trl.callbacks import (
     AtomicCheckpointCallback,
+    MetricsProgressCallback,
     RunLogCallback,
     add_short_names,
-    list_checkpoints,
-    truncate_jsonl,
 )
+from ktae.run_folder import drop_steps_after, list_checkpoints
 
 
 def _state(step: int) -> TrainerState:
@@ -35,18 +35,17 @@ def test_run_log_writes_lines_and_drops_steps_after_the_resumed_one(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert lines[1] == {"step": 2, "reward": 0.2, "rewards/accuracy_reward/mean": 0.2, "accuracy": 0.2}
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     # a run resumed from step 2 rewrites step 3
     RunLogCallback(tmp_path).on_train_begin(args, _state(2), TrainerControl())
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint(tmp_path):
+def test_drop_steps_after_keeps_steps_up_to_the_checkpoint(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps({"step": s, "v": s}) + "\n" for s in (1, 2, 2, 5)))
-    truncate_jsonl(path, 2)
+    drop_steps_after(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 2]
-    truncate_jsonl(tmp_path / "absent.jsonl", 3)  # nothing to do
+    drop_steps_after(tmp_path / "absent.jsonl", 3)  # nothing to do
     assert not (tmp_path / "absent.jsonl").exists()
 
 
@@ -62,3 +61,12 @@ def test_checkpoints_are_published_whole_and_rotated(tmp_path):
         assert (tmp_path / "checkpoints" / f"checkpoint-{step}" / "model.safetensors").read_text() == str(step)
     (tmp_path / "checkpoints" / "checkpoint-7.tmp").mkdir()  # not a checkpoint name: ignored
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-15"]
+
+
+def test_progress_line_shows_the_logged_key_tokens_by_total_bonus(tmp_path):
+    entry = {"token": "7", "token_id": 9, "bonus": 0.25, "total": 2.0, "occurrences": 8, "groups": 2}
+    blamed = {**entry, "token": "x", "bonus": -0.5, "total": -1.5, "occurrences": 3}
+    (tmp_path / "key_tokens.jsonl").write_text(json.dumps({"step": 4, "credited": [entry], "blamed": [blamed]}) + "\n")
+    progress = MetricsProgressCallback(tmp_path)
+    assert progress._new_key_tokens().split("key tokens")[1] == " @ step 4 (total bonus): credited '7'+2.00 | blamed 'x'-1.50"
+    assert progress._new_key_tokens() is None  # shown once

@@ -16,6 +16,8 @@ from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
 
 from ktae import KTAEConfig, compute_key_token_values, compute_rollout_advantages
 from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
+from ktae.reports.keytokens import analyse
+from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
 
 
 def make_trainer(model_dir, args, kinds=("mixed",), reward_funcs=toy_reward):
@@ -147,6 +149,16 @@ def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_di
     assert [k["step"] for k in key_tokens] == [1, 2]
     assert all(t["bonus"] > 0 for k in key_tokens for t in k["credited"])
     assert all(t["bonus"] < 0 for k in key_tokens for t in k["blamed"])
+    # one definition of "most credited/blamed": the report, recomputing from the logged rollouts (the
+    # whole batch here), ranks the same tokens with the same totals
+    for logged in key_tokens:
+        step_rollouts = [r for r in load_rollouts(tmp_path) if r.step == logged["step"]]
+        data = tokenize_rollouts(step_rollouts, ignore_token_ids=trainer.ktae_config.ignore_token_ids)
+        report = analyse(data, trainer.ktae_config).top_tokens(10)
+        for side in ("credited", "blamed"):
+            assert [t["token_id"] for t in logged[side]] == [t["token"] for t in report[side]]
+            assert [t["occurrences"] for t in logged[side]] == [t["occurrences"] for t in report[side]]
+            assert [t["total"] for t in logged[side]] == pytest.approx([t["total"] for t in report[side]])
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -224,7 +236,7 @@ def test_key_token_table_reaches_the_trackers_of_report_to(tiny_model_dir, tmp_p
         for data, step in tables:
             frame = data["ktae/key_tokens"]
             assert step is None  # W&B / trackio keep their own step, as with TRL's completions table
-            assert list(frame.columns) == ["kind", "rank", "token", "token_id", "bonus", "groups"]
+            assert list(frame.columns) == ["kind", "rank", "token", "token_id", "total", "occurrences", "bonus", "groups"]
             credited, blamed = frame[frame.kind == "credited"], frame[frame.kind == "blamed"]
             assert (credited.bonus > 0).all() and (blamed.bonus < 0).all() and len(credited) + len(blamed) > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

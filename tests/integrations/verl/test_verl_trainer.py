@@ -187,7 +187,7 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     for tracker in (wandb, trackio):
         [(data, step)] = tracker.logged
         frame = data["ktae/key_tokens"].dataframe
-        assert step == 3 and list(frame.columns) == ["kind", "rank", "token", "token_id", "bonus", "groups"]
+        assert step == 3 and list(frame.columns) == ["kind", "rank", "token", "token_id", "total", "occurrences", "bonus", "groups"]
     credited = frame[frame.kind == "credited"]
     blamed = frame[frame.kind == "blamed"]
     assert len(credited) and len(blamed) and (credited.bonus > 0).all() and (blamed.bonus < 0).all()

@@ -2,9 +2,9 @@
 
 - ``GreedyAccuracyCallback``: greedy accuracy on a held-out set every few steps (``eval/accuracy``),
   optionally stopping training once a target is reached (the warm start uses that).
-- ``RunLogCallback``: every logged step as one JSON line in ``metrics.jsonl`` and as TensorBoard
-  scalars under ``tb/``, with the contract's short names (``reward``, ``accuracy``,
-  ``completion_length``) added beside TRL's own; ``curves.png`` at the end of training.
+- ``RunLogCallback``: every logged step as one JSON line in ``metrics.jsonl``, with the run folder's
+  short names (``reward``, ``accuracy``, ``completion_length``) added beside TRL's own (TensorBoard,
+  through ``report_to``, sees them too); ``curves.png`` at the end of training.
 - ``AtomicCheckpointCallback``: moves each checkpoint the trainer has finished writing into
   ``checkpoints/`` with one ``os.replace``, so ``checkpoints/checkpoint-N`` is always complete.
 
@@ -13,10 +13,8 @@ All file writes happen on the main process only.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +22,20 @@ from pathlib import Path
 import torch
 from transformers import ProgressCallback, TrainerCallback
 
-CHECKPOINTS = "checkpoints"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+from ktae.run_folder import (
+    CHECKPOINTS_DIR,
+    CURVES_FILE,
+    KEY_TOKENS_FILE,
+    METRICS_FILE,
+    append_jsonl,
+    drop_steps_after,
+    list_checkpoints,
+    read_jsonl,
+)
 
 
 def add_short_names(record: dict) -> dict:
-    """Add the run folder's short names (docs/training.md) beside TRL's metric names, in place.
+    """Add the run folder's short names beside TRL's metric names, in place.
 
     ``accuracy`` is the share of correct rollouts: the mean of ``accuracy_reward`` (1/0), or of
     ``dapo_reward`` (+1/-1) mapped to [0, 1].
@@ -129,72 +135,47 @@ class GreedyAccuracyCallback(TrainerCallback):
 
 
 class RunLogCallback(TrainerCallback):
-    """Writes ``metrics.jsonl`` and TensorBoard scalars (``tb/``) per logged step; ``curves.png`` at the end.
+    """Writes ``metrics.jsonl`` per logged step and ``curves.png`` at the end.
 
-    On resume, records past the resumed step are dropped first, so a step killed after its log
-    line but before its checkpoint is logged once, by the resumed run.
+    Adds the short names to the step's logs in place, so that callbacks after it (TensorBoard) log
+    them too. On resume, records past the resumed step are dropped first, so a step killed after
+    its log line but before its checkpoint is logged once, by the resumed run.
     """
 
     def __init__(self, run_dir: str | os.PathLike, curve_labels: Sequence[str] | None = None):
         self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / METRICS_FILE
         self.curve_labels = curve_labels
-        self._writer = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        truncate_jsonl(self.metrics_path, state.global_step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops TensorBoard events written after the checkpoint we resume from.
-        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=state.global_step or None)
+        drop_steps_after(self.metrics_path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:
             return  # the end-of-training summary is no step's record (it stays in trainer_state.json)
+        add_short_names(logs)
         record = {"step": state.global_step}
         for key, value in logs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 record[key] = value
-        add_short_names(record)
-        if len(record) == 1:
-            return
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and math.isfinite(value):
-                    self._writer.add_scalar(key, value, state.global_step)
-            self._writer.flush()
+        if len(record) > 1:
+            append_jsonl(self.metrics_path, [record])
 
     def on_train_end(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        write_curves(self.run_dir)
+        if state.is_world_process_zero:
+            write_curves(self.run_dir)
 
 
 def write_curves(run_dir: Path) -> Path | None:
     """``run_dir/curves.png`` from its metrics.jsonl (the project's one curve plotter picks the metrics)."""
     from ktae.reports.curves import plot_runs
 
-    if not (run_dir / "metrics.jsonl").is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         return None
-    return plot_runs([run_dir], run_dir / "curves.png")
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep only the records of ``path`` with ``step <= last_step`` (atomically); no-op if absent."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    return plot_runs([run_dir], run_dir / CURVES_FILE)
 
 
 class AtomicCheckpointCallback(TrainerCallback):
@@ -219,7 +200,7 @@ class AtomicCheckpointCallback(TrainerCallback):
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not written.is_dir():
             return
-        target_root = self.run_dir / CHECKPOINTS
+        target_root = self.run_dir / CHECKPOINTS_DIR
         target_root.mkdir(parents=True, exist_ok=True)
         target = target_root / written.name
         if target.exists():  # a stale copy of the same step from before a resume
@@ -228,15 +209,6 @@ class AtomicCheckpointCallback(TrainerCallback):
         if self.keep is not None:
             for old in list_checkpoints(self.run_dir)[: -self.keep]:
                 shutil.rmtree(old)
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """The complete checkpoints of a run folder, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 #: What the progress line shows per logged step: (metric, label, format).
@@ -259,12 +231,12 @@ class MetricsProgressCallback(ProgressCallback):
     """Hugging Face's progress bar, with one compact line of the main metrics per logged step.
 
     When the trainer has written new key tokens (``key_tokens.jsonl`` in ``run_dir``), the line is
-    followed by the most credited and blamed tokens.
+    followed by the most credited and blamed tokens with their total bonus (`rank_key_tokens`).
     """
 
     def __init__(self, run_dir: str | os.PathLike | None = None):
         super().__init__()
-        self.key_tokens_path = Path(run_dir) / "key_tokens.jsonl" if run_dir is not None else None
+        self.key_tokens_path = Path(run_dir) / KEY_TOKENS_FILE if run_dir is not None else None
         self._key_tokens_seen = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -283,16 +255,17 @@ class MetricsProgressCallback(ProgressCallback):
     def _new_key_tokens(self) -> str | None:
         if self.key_tokens_path is None or not self.key_tokens_path.exists():
             return None
-        lines = self.key_tokens_path.read_text(encoding="utf-8").splitlines()
-        if len(lines) <= self._key_tokens_seen:
+        records = read_jsonl(self.key_tokens_path)
+        if len(records) <= self._key_tokens_seen:
             return None
-        self._key_tokens_seen = len(lines)
-        latest = json.loads(lines[-1])
+        self._key_tokens_seen = len(records)
+        latest = records[-1]
 
         def describe(entries):
-            return " ".join(f"{e['token']!r}{e['bonus']:+.2f}" for e in entries[:5]) or "-"
+            return " ".join(f"{e['token']!r}{e['total']:+.2f}" for e in entries[:5]) or "-"
 
-        return f"      key tokens @ step {latest['step']}: credited {describe(latest.get('credited', []))} | blamed {describe(latest.get('blamed', []))}"
+        credited, blamed = describe(latest.get("credited", [])), describe(latest.get("blamed", []))
+        return f"      key tokens @ step {latest['step']} (total bonus): credited {credited} | blamed {blamed}"
 
 
 def _number(value) -> bool:

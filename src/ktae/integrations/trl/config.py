@@ -9,6 +9,7 @@ few job keys (model, dataset, template, reward) that are not trainer options.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -149,6 +150,7 @@ class KTAEGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        self._check_trainer_values()
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.ktae and self.num_generations is not None and self.num_generations < 2:
@@ -177,6 +179,28 @@ class KTAEGRPOConfig(GRPOConfig):
                     "dynamic_sampling keeps whole groups on each process: per_device_train_batch_size * "
                     f"steps_per_generation ({rows}) must be a multiple of num_generations ({self.num_generations})"
                 )
+
+    def _check_trainer_values(self) -> None:
+        """`GRPOConfig` values that would fail only after the model loads, or silently train something else."""
+        sizes = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations")
+        optional_sizes = ("max_completion_length", "num_generations", "generation_batch_size", "steps_per_generation")
+        for name in sizes + optional_sizes:
+            value = getattr(self, name)
+            if (value is not None or name in sizes) and (value is None or value < 1):
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        # TrainingArguments reads any max_steps <= 0 as "train num_train_epochs epochs": only -1 says so.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1: train num_train_epochs epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs must be finite and > 0 with max_steps=-1, got {self.num_train_epochs}")
+        for name in ("save_steps", "logging_steps"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 (a step count, or a share of the steps below 1), got {value}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
 
     def _check_own_fields(self) -> None:
         self.ktae_config(ignore_token_ids=())  # KTAEConfig validates every ktae_* value with a named error
@@ -290,7 +314,10 @@ def config_from_dict(
     hints = typing.get_type_hints(KTAEGRPOConfig)
     kwargs = {k: _coerce(k, v, hints.get(k)) for k, v in options.items() if k in fields}
     job = {k: v for k, v in options.items() if k not in fields}
-    return KTAEGRPOConfig(**kwargs), job
+    try:
+        return KTAEGRPOConfig(**kwargs), job
+    except TypeError as error:  # a value of the wrong kind (ktae_ignore_token_ids: [1.5]) is a bad value too
+        raise ValueError(str(error)) from None
 
 
 def load_config(

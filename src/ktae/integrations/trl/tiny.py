@@ -60,6 +60,16 @@ class TinyModelConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 128
 
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tiny model {name} must be an integer >= 1, got {value!r}")
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"tiny model: hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads}), and that of num_key_value_heads ({self.num_key_value_heads})"
+            )
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -14,8 +14,9 @@ One generation round, top to bottom (``_generate_and_score_round``):
    uses per token as it is (with any ``loss_type`` and ``top_entropy_quantile``).
 4. Metrics (``ktae/*``, ktae.integrations.signals) go through TRL's ``_metrics``, and the most credited
    and blamed tokens as a table to the W&B / trackio / TensorBoard loggers of ``report_to``; every
-   ``ktae_log_rollouts_steps`` steps whole groups go to ``<output_dir>/rollouts.jsonl`` and the top
-   tokens to ``<output_dir>/key_tokens.jsonl``.
+   ``ktae_log_rollouts_steps`` steps whole groups go to ``<output_dir>/rollouts.jsonl``
+   (`ktae.run_folder.RolloutRecord` lines) and the most credited and blamed tokens
+   (`ktae.reports.keytokens.rank_key_tokens`) to ``<output_dir>/key_tokens.jsonl``.
 
 With ``dynamic_sampling`` (DAPO), rounds repeat on extra prompt batches until every process has
 enough groups whose rollouts do not all score alike, at most ``max_num_gen_batches`` rounds.
@@ -39,17 +40,17 @@ import torch
 import torch.nn.functional as F
 from datasets import IterableDataset
 from transformers.integrations import TensorBoardCallback
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
+from ktae.run_folder import KEY_TOKENS_FILE, ROLLOUTS_FILE, RolloutRecord, append_jsonl, drop_steps_after
 
 logger = logging.getLogger(__name__)
 
-ROLLOUTS_FILE = "rollouts.jsonl"
-KEY_TOKENS_FILE = "key_tokens.jsonl"
 STATE_FILE = "ktae_trainer_state.json"
 
 # How the generation outputs of several dynamic-sampling rounds are padded to one width.
@@ -175,6 +176,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         self._rollouts_logged_at: int | None = None  # global step of the last rollout log
         self._extra_batches_drawn = 0
         self._extra_batch_indices: Iterator[list[int]] | None = None
+        self.add_callback(DropLogsAfterStartStep())
 
     # ------------------------------------------------------------------------------------------
     # Scores and generation rounds
@@ -421,36 +423,35 @@ class KTAEGRPOTrainer(GRPOTrainer):
             pieces = token_pieces(self._tokenizer, token_ids)
             score = scores[position].item()
             records.append(
-                {
-                    "step": step,
-                    "group": int(groups[position]),
-                    "prompt": prompt_text(prompts[int(view.rows[position])]),
-                    "response": "".join(pieces),
-                    "token_ids": token_ids,
-                    "tokens": pieces,
-                    "score": None if score != score else score,
-                    "correct": bool(score > self.ktae_config.correct_threshold),
-                    "advantages": advantages[position][mask].tolist(),
-                }
+                RolloutRecord(
+                    step=step,
+                    group=int(groups[position]),
+                    prompt=prompt_text(prompts[int(view.rows[position])]),
+                    response="".join(pieces),
+                    token_ids=token_ids,
+                    tokens=pieces,
+                    score=None if score != score else score,
+                    correct=bool(score > self.ktae_config.correct_threshold),
+                    advantages=advantages[position][mask].tolist(),
+                )
             )
         output_dir = Path(self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with open(output_dir / ROLLOUTS_FILE, "a") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
+        append_jsonl(output_dir / ROLLOUTS_FILE, records)
         if self.args.ktae:
             self.ktae_key_tokens = self._key_tokens(view, scores, groups)
-            with open(output_dir / KEY_TOKENS_FILE, "a") as f:
-                f.write(json.dumps({"step": step, **self.ktae_key_tokens}) + "\n")
+            append_jsonl(output_dir / KEY_TOKENS_FILE, [{"step": step, **self.ktae_key_tokens}])
 
     def _key_tokens(self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor) -> dict[str, list[dict]]:
-        """Tokens with the highest and lowest mean key-token value over the groups where they get one."""
+        """The most credited and blamed tokens of the view's scored rows (`rank_key_tokens`), decoded.
+
+        Each entry: token (text), token_id, bonus (mean key-token value per occurrence), total, occurrences, groups.
+        """
         scored = ~torch.isnan(scores)
-        if not scored.any():
+        if not view.mask[scored].any():
             return {"credited": [], "blamed": []}
-        values = compute_key_token_values(
-            view.ids[scored], view.mask[scored], scores[scored], groups[scored], config=self.ktae_config
-        )
-        return top_key_tokens(values, self._decode_token)
+        ids, mask, groups = view.ids[scored], view.mask[scored], groups[scored]
+        values = compute_key_token_values(ids, mask, scores[scored], groups, config=self.ktae_config)
+        return top_key_tokens(values, ids, mask, groups, self._decode_token)
 
     def _decode_token(self, token_id: int) -> str:
         return self._tokenizer.decode([token_id], skip_special_tokens=False)
@@ -510,18 +511,16 @@ class KTAEGRPOTrainer(GRPOTrainer):
             with open(path) as f:
                 self._extra_batches_drawn = json.load(f)["extra_generation_batches"]
             self._extra_batch_indices = None
-        if self.accelerator.is_main_process:
-            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-                resumed_step = json.load(f)["global_step"]
-            self._drop_logs_after(resumed_step)
 
-    def _drop_logs_after(self, step: int) -> None:
-        """Remove log lines of steps after the checkpoint: the resumed run writes them again."""
-        for name in (ROLLOUTS_FILE, KEY_TOKENS_FILE):
-            path = Path(self.args.output_dir) / name
-            if not path.exists():
-                continue
-            kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
-            temporary = path.with_suffix(".jsonl.tmp")
-            temporary.write_text("".join(kept))
-            os.replace(temporary, path)
+
+class DropLogsAfterStartStep(TrainerCallback):
+    """At train begin, drops the lines of rollouts.jsonl and key_tokens.jsonl after the step training starts from.
+
+    That step is the resumed checkpoint's (0 for a fresh start): the run writes the later steps again, so
+    each step is logged once even when a killed run had logged steps its last checkpoint did not keep.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            for name in (ROLLOUTS_FILE, KEY_TOKENS_FILE):
+                drop_steps_after(Path(args.output_dir) / name, state.global_step)

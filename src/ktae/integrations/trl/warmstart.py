@@ -9,6 +9,7 @@ room for RL to improve on it.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -40,6 +41,11 @@ class WarmStartConfig:
             raise ValueError(f"warm start target_accuracy must be in [0, 1], got {self.target_accuracy}")
         if self.eval_steps < 1:
             raise ValueError(f"warm start eval_steps must be >= 1, got {self.eval_steps}")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"warm start {name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"warm start learning_rate must be a finite number >= 0, got {self.learning_rate}")
 
     def to_dict(self) -> dict:
         return asdict(self)

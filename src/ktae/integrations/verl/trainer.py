@@ -19,7 +19,6 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,7 @@ from ktae.integrations.verl.config import (
 )
 from ktae.integrations.verl.estimator import response_tokens, tokenizer_ignore_token_ids
 from ktae.reports.text import merge_pieces, tokenizer_piece_style
-
-ROLLOUTS_FILE = "rollouts.jsonl"
+from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
 
 class KTAETrainerMixin:
@@ -76,7 +74,9 @@ class KTAETrainerMixin:
         if self._key_token_backends():
             config = ktae_config_from_algorithm(self.config.algorithm, ignore_token_ids=ignore)
             values = compute_key_token_values(data["responses"], data["response_mask"], tokens.scores, uids, config)
-            self._ktae_key_tokens = top_key_tokens(values, self._decode_token)
+            self._ktae_key_tokens = top_key_tokens(
+                values, data["responses"], data["response_mask"], uids, self._decode_token
+            )
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
         return result
@@ -112,7 +112,7 @@ class KTAETrainerMixin:
         return tokenizer_piece_style(self.tokenizer)
 
     def _log_rollouts(self, batch) -> None:
-        """Append this step's first prompt groups, whole, to rollouts.jsonl (contracts: RUN_DIR/rollouts.jsonl)."""
+        """Append this step's first prompt groups, whole, to rollouts.jsonl as `RolloutRecord` lines."""
         fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         uids = data.pop("uid").tolist()
@@ -127,21 +127,20 @@ class KTAETrainerMixin:
             token_ids = response.tolist()
             pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
             score = float(rewards.sum())
-            records.append({
-                "step": self.global_steps,
-                "group": uid,
-                "prompt": self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
-                "response": "".join(pieces),
-                "token_ids": token_ids,
-                "tokens": pieces,
-                "score": score,
-                "correct": score > threshold,
-                "advantages": advantages.tolist(),
-            })
-        directory = Path(self.config.trainer.ktae_rollouts_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ROLLOUTS_FILE, "a") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
+            records.append(
+                RolloutRecord(
+                    step=self.global_steps,
+                    group=uid,
+                    prompt=self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
+                    response="".join(pieces),
+                    token_ids=token_ids,
+                    tokens=pieces,
+                    score=score,
+                    correct=score > threshold,
+                    advantages=advantages.tolist(),
+                )
+            )
+        append_jsonl(Path(self.config.trainer.ktae_rollouts_dir) / ROLLOUTS_FILE, records)
 
 
 @register_trainer(KTAE_TRAINER_MODES["sync"])

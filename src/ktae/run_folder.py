@@ -1,0 +1,202 @@
+"""The run folder that ``ktae train`` fills: its file names, how each file is written, and who may write it.
+
+Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
+
+    config.yaml                 CONFIG_FILE      the run's options; ``--resume`` reads them
+    metrics.jsonl               METRICS_FILE     one JSON object per logged step ({"step", <metric>: value})
+    rollouts.jsonl              ROLLOUTS_FILE    one `RolloutRecord` per line
+    key_tokens.jsonl            KEY_TOKENS_FILE  {"step", "credited": [...], "blamed": [...]} per logged step
+    tb/                         TENSORBOARD_DIR  TensorBoard events
+    checkpoints/checkpoint-N/   CHECKPOINTS_DIR  complete checkpoints only (published with one rename)
+    warm_start/                 WARM_START_DIR   the policy RL started from
+    curves.png                  CURVES_FILE      training curves of metrics.jsonl
+    .lock                       LOCK_FILE        held (flock) by the one process writing the folder
+
+The JSONL logs are appended one whole line per ``write``; a kill during an append can still leave a
+torn last line, which `read_jsonl` and `drop_steps_after` drop (with a warning) instead of failing.
+Whole files (config, reports, results) go through `write_atomic`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Self
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+KEY_TOKENS_FILE = "key_tokens.jsonl"
+TENSORBOARD_DIR = "tb"
+CHECKPOINTS_DIR = "checkpoints"
+WARM_START_DIR = "warm_start"
+CURVES_FILE = "curves.png"
+LOCK_FILE = ".lock"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+@dataclasses.dataclass
+class RolloutRecord:
+    """One sampled response as a line of ``rollouts.jsonl`` (both trainers write it; reports read it).
+
+    T is the number of response tokens kept: padding and everything after the end of sequence are
+    dropped, the end-of-sequence token itself is kept.
+    """
+
+    step: int  # the optimizer step these rollouts trained (1-based)
+    group: int | str  # id of the prompt group (rollouts of one prompt share it)
+    prompt: str  # the prompt as text (chat messages joined as "role: content" lines)
+    response: str  # == "".join(tokens)
+    token_ids: list[int]  # [T] response token ids
+    tokens: list[str]  # [T] display piece of each token
+    score: float | None  # total reward; None when no reward function scored the rollout
+    correct: bool  # score > the KTAE correct_threshold
+    advantages: list[float]  # [T] per-token advantage the update used
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+def write_atomic(path: str | os.PathLike, content: str | bytes) -> Path:
+    """Write a file through a temp file and ``os.replace``, so readers never see half of it.
+
+    The file gets the usual permissions (``0o666`` less the umask), not the temp file's private ones.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any] | RolloutRecord]) -> None:
+    """Append records as JSON lines with one ``write`` (a kill leaves at most one torn line at the end)."""
+    lines = "".join((r.to_json() if isinstance(r, RolloutRecord) else json.dumps(r)) + "\n" for r in records)
+    if not lines:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(lines)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSONL log of this folder, dropping a torn last line (with a warning).
+
+    A line that is not valid JSON anywhere but at the end is damage, not a torn append: ValueError
+    naming the file and line.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                logger.warning("%s: dropped a torn last line (%d characters, cut off mid-write)", path, len(line))
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return records
+
+
+def drop_steps_after(path: str | os.PathLike, step: int) -> None:
+    """Keep only the records of a JSONL log with ``"step" <= step`` (atomically); no-op if the file is absent.
+
+    Run on resume: the resumed run writes the later steps again. A torn last line is dropped too.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [record for record in read_jsonl(path) if record["step"] <= step]
+    write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a ``checkpoint-N`` folder name, None for any other name."""
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of a run folder (``checkpoints/checkpoint-N``), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def unpublished_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """``RUN_DIR/checkpoint-N`` folders: the trainer writes there first, so they may be incomplete."""
+    return [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) is not None]
+
+
+class RunFolderInUse(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+class RunFolderLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock``, which holds the owner's pid.
+
+    The kernel drops the lock when the process ends, however it ends, so a crashed run leaves no
+    stale lock; the file itself stays and is reused.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._descriptor: int | None = None
+
+    def acquire(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderInUse(f"{self.path.parent} is being written by another process (pid {holder})") from None
+            raise
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._descriptor = descriptor
+        return self
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the descriptor releases the flock
+            self._descriptor = None
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

@@ -1,0 +1,125 @@
+"""The run folder's own rules: torn log lines, atomic writes, the writer's lock, the rollout record."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ktae.reports.rollouts import load_rollouts
+from ktae.run_folder import (
+    ROLLOUTS_FILE,
+    RolloutRecord,
+    RunFolderInUse,
+    RunFolderLock,
+    append_jsonl,
+    drop_steps_after,
+    read_jsonl,
+    write_atomic,
+)
+
+
+def _torn_log(path, steps):
+    """A log whose last append was cut off mid-line by a kill."""
+    append_jsonl(path, [{"step": s, "reward": s / 10} for s in steps])
+    with open(path, "a") as handle:
+        handle.write('{"step": 9, "rew')
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    _torn_log(path, [1, 2, 3])
+    with caplog.at_level(logging.WARNING, logger="ktae.run_folder"):
+        assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
+    assert "torn last line" in caplog.text and str(path) in caplog.text
+    drop_steps_after(path, 2)  # resume: never fails on it, and leaves whole lines only
+    assert path.read_text() == '{"step": 1, "reward": 0.1}\n{"step": 2, "reward": 0.2}\n'
+
+
+def test_a_bad_line_before_the_last_is_damage_and_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, oops}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_atomic_writes_replace_whole_files_with_the_umask_permissions(tmp_path):
+    path = tmp_path / "sub" / "results.json"
+    old = os.umask(0o022)
+    try:
+        write_atomic(path, "one")
+        write_atomic(path, b"two")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "two"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    with RunFolderLock(tmp_path), pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
+        RunFolderLock(tmp_path).acquire()
+    RunFolderLock(tmp_path).acquire().release()  # free again once released
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    script = (
+        f"from ktae.run_folder import RunFolderLock; RunFolderLock({str(tmp_path)!r}).acquire(); "
+        "print('locked', flush=True); import time; time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderInUse, match=f"pid {holder.pid}"):
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            RunFolderLock(tmp_path).acquire().release()
+            break
+        except RunFolderInUse:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_rollout_records_are_what_the_reports_read(tmp_path):
+    record = RolloutRecord(
+        step=3,
+        group=7,
+        prompt="1+2=",
+        response="3<eos>",
+        token_ids=[5, 1],
+        tokens=["3", "<eos>"],
+        score=1.0,
+        correct=True,
+        advantages=[0.5, 0.0],
+    )
+    append_jsonl(tmp_path / ROLLOUTS_FILE, [record])
+    assert json.loads((tmp_path / ROLLOUTS_FILE).read_text()) == {
+        "step": 3,
+        "group": 7,
+        "prompt": "1+2=",
+        "response": "3<eos>",
+        "token_ids": [5, 1],
+        "tokens": ["3", "<eos>"],
+        "score": 1.0,
+        "correct": True,
+        "advantages": [0.5, 0.0],
+    }
+    (read,) = load_rollouts(tmp_path)
+    assert (
+        read.step,
+        read.group,
+        read.prompt,
+        read.response,
+        read.token_ids,
+        read.tokens,
+        read.score,
+        read.advantages,
+    ) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])
