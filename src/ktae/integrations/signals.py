@@ -102,7 +102,8 @@ def top_key_tokens(
 def key_token_rows(key_tokens: dict[str, list[dict]]) -> list[list]:
     """Rows of the ``ktae/key_tokens`` table, in ``KEY_TOKEN_COLUMNS`` order."""
     return [
-        [kind, rank, entry["token"], entry["token_id"], entry["total"], entry["occurrences"], entry["bonus"], entry["groups"]]
+        [kind, rank, entry["token"], entry["token_id"]]
+        + [entry["total"], entry["occurrences"], entry["bonus"], entry["groups"]]
         for kind in ("credited", "blamed")
         for rank, entry in enumerate(key_tokens[kind], start=1)
     ]
@@ -116,9 +117,11 @@ def key_token_markdown(key_tokens: dict[str, list[dict]], step: int) -> str:
         "| " + " | ".join(KEY_TOKEN_COLUMNS) + " |",
     ]
     lines.append("|" + " --- |" * len(KEY_TOKEN_COLUMNS))
-    for kind, rank, token, token_id, bonus, groups in key_token_rows(key_tokens):
+    for kind, rank, token, token_id, total, occurrences, bonus, groups in key_token_rows(key_tokens):
         shown = token.replace("|", "\\|").replace("\n", "\\n") or " "
-        lines.append(f"| {kind} | {rank} | `{shown}` | {token_id} | {bonus:+.4f} | {groups} |")
+        lines.append(
+            f"| {kind} | {rank} | `{shown}` | {token_id} | {total:+.4f} | {occurrences} | {bonus:+.4f} | {groups} |"
+        )
     return "\n".join(lines)
 
 

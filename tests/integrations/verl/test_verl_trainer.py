@@ -191,18 +191,23 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     credited = frame[frame.kind == "credited"]
     blamed = frame[frame.kind == "blamed"]
     assert len(credited) and len(blamed) and (credited.bonus > 0).all() and (blamed.bonus < 0).all()
-    assert list(credited.bonus) == sorted(credited.bonus, reverse=True)
-    # the top credited token is the one with the highest mean key-token value over its groups
+    assert list(credited.total) == sorted(credited.total, reverse=True)
+    # the top credited token is the one whose occurrences add the most bonus (value x occurrences over groups)
     values = compute_key_token_values(
         padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),
         [r["uid"] for r in rows], config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
     )
-    means = {}
-    for token, value in zip(values.token.tolist(), values.value.tolist()):
-        if value != 0:
-            means.setdefault(token, []).append(value)
-    best = max(means, key=lambda t: np.mean(means[t]))
-    assert credited.token_id.iloc[0] == best and credited.bonus.iloc[0] == pytest.approx(np.mean(means[best]))
+    value = {(r["group"], r["token"]): r["value"] for r in values.to_records()}
+    totals, occurrences = {}, {}
+    for r in rows:  # every response token of the group counts, including groups where its value is 0
+        for token in r["responses"][r["response_mask"].bool()].tolist():
+            if (r["uid"], token) in value:
+                totals[token] = totals.get(token, 0.0) + value[(r["uid"], token)]
+                occurrences[token] = occurrences.get(token, 0) + 1
+    best = max(totals, key=totals.get)
+    assert credited.token_id.iloc[0] == best and credited.total.iloc[0] == pytest.approx(totals[best])
+    assert credited.occurrences.iloc[0] == occurrences[best]
+    assert credited.bonus.iloc[0] == pytest.approx(totals[best] / occurrences[best])
     assert credited.token.iloc[0] == trainer.tokenizer.decode([best])
     [(tag, text, step)] = writer.texts
     assert tag == "ktae/key_tokens" and step == 3 and f"| credited | 1 | `{credited.token.iloc[0]}` |" in text
