@@ -8,6 +8,7 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.utils.data
 
 from ktae import compute_ktae_advantages
 from tests.core.reference import random_batch
@@ -28,6 +29,20 @@ def test_forked_child_computes_the_same_advantages():
     child.join(timeout=120)
     assert child.exitcode == 0, f"the forked child died (exit code {child.exitcode})"
     torch.testing.assert_close(torch.from_numpy(queue.get(timeout=5)), expected, atol=0, rtol=0)
+
+
+class _Advantages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return compute_ktae_advantages(*BATCH)
+
+
+def test_dataloader_workers_compute_the_same_advantages():
+    expected = compute_ktae_advantages(*BATCH)
+    for result in torch.utils.data.DataLoader(_Advantages(), batch_size=None, num_workers=2):
+        torch.testing.assert_close(result, expected, atol=0, rtol=0)
 
 
 def test_threads_compute_the_same_advantages():

@@ -312,7 +312,7 @@ def count(
     ids = None
     if not table_fits(vocab, int(lengths.sum())):
         # Compact the ids to 0..distinct-1 (one sort) so the tables stay the batch's size.
-        ids, compact = torch.unique(responses[mask], return_inverse=True)
+        ids, compact = torch.unique(responses[mask].to(torch.int64), return_inverse=True)
         responses = torch.zeros(responses.shape, dtype=torch.int64).masked_scatter_(mask, compact)
         vocab = max(len(ids), 1)
     layout = _group_layout(group, num_groups)
