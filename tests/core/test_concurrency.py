@@ -7,6 +7,7 @@ import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import torch
 import torch.utils.data
 
@@ -18,6 +19,10 @@ BATCH = random_batch(4, num_groups=6, max_group=8, max_len=40, vocab=50)
 
 def _advantages_in_child(queue):
     queue.put(compute_ktae_advantages(*BATCH).numpy())
+    try:
+        queue.put(compute_ktae_advantages(*BATCH, backend="cpu-kernels").numpy())
+    except RuntimeError as error:
+        queue.put(str(error))
 
 
 def test_forked_child_computes_the_same_advantages():
@@ -29,6 +34,11 @@ def test_forked_child_computes_the_same_advantages():
     child.join(timeout=120)
     assert child.exitcode == 0, f"the forked child died (exit code {child.exitcode})"
     torch.testing.assert_close(torch.from_numpy(queue.get(timeout=5)), expected, atol=0, rtol=0)
+    explicit = queue.get(timeout=5)
+    if numba.threading_layer() == "omp":  # GNU OpenMP does not survive the fork: the kernels refuse, saying why
+        assert "backend 'cpu-kernels' cannot run: this process was forked" in explicit
+    else:
+        torch.testing.assert_close(torch.from_numpy(explicit), expected, atol=0, rtol=0)
 
 
 class _Advantages(torch.utils.data.Dataset):

@@ -219,9 +219,10 @@ def unavailable_reason() -> str | None:
     """
     if forked and _layer_at_fork not in ("workqueue", "tbb"):
         return (
-            f"this process was forked from one using OpenMP threads (numba threading layer {_layer_at_fork!r} "
-            "at the fork), which do not survive a fork; count with backend='sort' here, start workers with "
-            "'spawn', or set NUMBA_THREADING_LAYER=workqueue (or tbb) in the parent"
+            f"this process was forked (numba threading layer at the fork: {_layer_at_fork or 'not started'}), "
+            "and only a workqueue or tbb layer started before the fork runs in a forked child, since GNU OpenMP "
+            "threads do not survive a fork; count with backend='sort' here, start workers with 'spawn', or set "
+            "NUMBA_THREADING_LAYER=workqueue (or tbb) in the parent"
         )
     return None
 
