@@ -10,12 +10,14 @@ from ktae.cli import main
 TINY = ["bench", "--groups", "2", "--group-size", "4", "--max-len", "16", "--repeats", "1", "--device", "cpu"]
 
 
-def test_tiny_benchmark_writes_its_rows(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["cpu-kernels", "sort"])
+def test_tiny_benchmark_writes_its_rows(tmp_path, capsys, backend):
     out = tmp_path / "rows.json"
-    assert main([*TINY, "--reference-max-groups", "2", "--json", str(out)]) == 0
+    assert main([*TINY, "--backend", backend, "--reference-max-groups", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["groups"] == 2 and rows[0]["max_abs_diff_vs_reference"] < 1e-5
-    assert "| 2 | 8 |" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert f"backend {backend}" in output and "| 2 | 8 |" in output
 
 
 @pytest.mark.parametrize(
@@ -28,6 +30,7 @@ def test_tiny_benchmark_writes_its_rows(tmp_path, capsys):
         (["--groups", "2,x"], "--groups must be comma-separated integers"),
         (["--json", "{tmp}/missing/rows.json"], "cannot write into"),
         (["--json", "{tmp}"], "is a folder"),
+        (["--backend", "cpu-kernels", "--device", "meta"], "the benchmark runs on cpu or cuda"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, options, message):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ktae import KTAEConfig, compute_ktae_advantages
+from ktae.core.counting import BACKENDS
 
 QWEN_VOCAB = 151_936
 QWEN_EOS = 151_643
@@ -145,11 +146,11 @@ def _peak_extra_memory(fn, device: str) -> int:
 
 
 def run_benchmark(sizes, group_size: int, max_len: int, repeats: int, reference_max_groups: int, device: str,
-                  zipf: float) -> list[dict]:
+                  zipf: float, backend: str = "auto") -> list[dict]:
     rows = []
     for num_groups in sizes:
         responses, mask, scores, groups = make_batch(num_groups, group_size, max_len, zipf=zipf, device=device)
-        ktae = lambda: compute_ktae_advantages(responses, mask, scores, groups)  # noqa: E731
+        ktae = lambda: compute_ktae_advantages(responses, mask, scores, groups, backend=backend)  # noqa: E731
         grpo = lambda: compute_ktae_advantages(responses, mask, scores, groups, config=KTAEConfig(top=0.0))  # noqa: E731
         row = {
             "groups": num_groups,
@@ -195,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the slow released-style reference only up to this many groups (default: 8)")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the token ids (default: 1.1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="how the estimator counts tokens (default: auto; see ktae.core.counting)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
 
@@ -218,6 +221,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)"
     if device.type not in ("cpu", "cuda"):
         return f"--device {args.device}: the benchmark runs on cpu or cuda"
+    if args.backend == "cpu-kernels" and device.type != "cpu":
+        return f"--backend cpu-kernels needs --device cpu, got {args.device}"
     if args.json is not None:
         if args.json.is_dir():
             return f"--json {args.json} is a folder; give a file path"
@@ -235,10 +240,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in args.groups.split(",") if x.strip()]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"ktae bench on {args.device} ({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}")
+          f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}, "
+          f"backend {args.backend}")
     print(HEADER, flush=True)
     rows = run_benchmark(sizes, args.group_size, args.max_len, args.repeats, args.reference_max_groups, args.device,
-                         args.zipf)
+                         args.zipf, args.backend)
     if args.json:
         try:
             args.json.write_text(json.dumps({"device": args.device, "device_name": device_name, "rows": rows}, indent=2))
