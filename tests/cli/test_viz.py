@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import re
 
 import pytest
@@ -127,3 +128,77 @@ def test_viz_reports_bad_input_clearly(tmp_path, tokenizer, capsys):
     assert "--label" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["viz", "--run", str(run), "--rollouts", str(run / "rollouts.jsonl")])
+
+
+def _text_rollouts(path, **extra):
+    """A tiny text-only rollouts file (no tokenizer needed); ``extra`` goes into the first record."""
+    records = [{"group": 0, "prompt": "2+3=?", "response": RESPONSES[i < 2], "score": float(i < 2)} for i in range(4)]
+    records[0].update(extra)
+    return _jsonl(path, records)
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("ktae viz: error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_viz_refuses_bad_output_paths(tmp_path, tokenizer, capsys):
+    rollouts = _text_rollouts(tmp_path / "r.jsonl")
+    (tmp_path / "folder").mkdir()
+    assert main(["viz", "--rollouts", str(rollouts), "--out", str(tmp_path / "folder")]) == 2
+    _one_line_error(capsys, "is a folder")
+    run = make_run(tmp_path / "run", tokenizer)
+    (tmp_path / "file").write_text("")
+    assert main(["viz", "--run", str(run), "--out", str(tmp_path / "file")]) == 2
+    _one_line_error(capsys, "is a file")
+    assert main(["viz", "--rollouts", str(rollouts), "--out", str(tmp_path / "file" / "r.html")]) == 2
+    _one_line_error(capsys, "File exists")  # an unwritable place, also where root may write anywhere
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):
+            assert main(["viz", "--rollouts", str(rollouts), "--out", str(locked / "r.html")]) == 2
+            _one_line_error(capsys, "Permission denied")
+            assert main(["viz", "--run", str(run), "--out", str(locked / "report")]) == 2
+            _one_line_error(capsys, "Permission denied")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_viz_refuses_a_missing_tokenizer(tmp_path, capsys):
+    rollouts = _text_rollouts(tmp_path / "r.jsonl")
+    assert main(["viz", "--rollouts", str(rollouts), "--tokenizer", str(tmp_path / "no-such-tokenizer")]) == 2
+    _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ('"step": Infinity', "'step' must be a whole number"),
+        ('"step": NaN', "'step' must be a whole number"),
+        ('"step": 1.5', "'step' must be a whole number"),
+        ('"token_ids": [1, 18446744073709551616], "tokens": ["a", "b"]', "below 2**63"),
+    ],
+)
+def test_viz_refuses_out_of_range_numbers_in_records(tmp_path, capsys, line, needle):
+    rollouts = _text_rollouts(tmp_path / "r.jsonl")
+    text = rollouts.read_text().splitlines()
+    text[0] = text[0][:-1] + ", " + line + "}"
+    rollouts.write_text("\n".join(text) + "\n")
+    assert main(["viz", "--rollouts", str(rollouts)]) == 2
+    _one_line_error(capsys, "r.jsonl:1", needle)
+
+
+def test_viz_with_a_huge_token_id_stays_small(tmp_path):
+    # One id of 2e9 among small ones: counted like any other id, without an id-sized table.
+    records = [
+        {"group": 0, "prompt": "p", "token_ids": [5, 6, 2_000_000_000 if i == 0 else 7], "tokens": ["a", "b", "c"],
+         "score": float(i < 2)}
+        for i in range(4)
+    ]
+    rollouts = _jsonl(tmp_path / "r.jsonl", records)
+    assert main(["viz", "--rollouts", str(rollouts), "--ignore-token-ids", "7"]) == 0
+    assert (tmp_path / "r.html").is_file()

@@ -34,12 +34,12 @@ G = [0, 0]
 def test_bad_input(backend, fn, kwargs, error, match):
     args = dict(responses=R, response_mask=M, scores=S, group_index=G) | kwargs
     with pytest.raises(error, match=match):
-        fn(**args)
+        fn(**args, backend=backend)
 
 
 def test_negative_ids_outside_the_mask_are_fine(backend):
     responses = torch.tensor([[1, 2, 3], [4, 5, -100]])
-    adv = compute_ktae_advantages(responses, M, S, G)
+    adv = compute_ktae_advantages(responses, M, S, G, backend=backend)
     assert (adv[~M] == 0).all()
 
 
@@ -78,5 +78,46 @@ def test_device_mismatch_is_reported():
 
 
 def test_numpy_int_groups_and_list_scores(backend):
-    adv = compute_ktae_advantages(R, M, [1, 0], np.array([3, 3]))
+    adv = compute_ktae_advantages(R, M, [1, 0], np.array([3, 3]), backend=backend)
     assert adv.shape == R.shape
+
+
+@pytest.mark.parametrize(
+    "group_index",
+    [[1, True], [1, 1.0], [True, 1.0], ["1", 1], [np.int64(1), np.float64(1.0)]],
+)
+def test_mixed_group_id_types_are_refused(group_index):
+    with pytest.raises(TypeError, match=r"group_index mixes id types \(.*\); use one type"):
+        compute_ktae_advantages(R, M, S, group_index)
+
+
+def test_nan_group_ids_are_refused():
+    with pytest.raises(ValueError, match="group_index holds a NaN id"):
+        compute_ktae_advantages(R, M, S, [float("nan"), float("nan")])
+
+
+def test_one_kind_of_group_ids_is_fine():
+    ints = compute_ktae_advantages(R, M, S, [np.int64(4), 4])  # numpy and Python ints are one kind
+    for ids in (["a", "a"], [4.0, 4.0], [(1, 2), (1, 2)]):
+        torch.testing.assert_close(compute_ktae_advantages(R, M, S, ids), ints)
+
+
+def test_scores_that_require_grad_are_constants(backend):
+    scores = S.clone().requires_grad_(True)
+    adv = compute_ktae_advantages(R, M, scores, G, backend=backend)
+    assert not adv.requires_grad
+    torch.testing.assert_close(adv, compute_ktae_advantages(R, M, S, G, backend=backend))
+    values = compute_key_token_values(R, M, scores, G, backend=backend)
+    assert not values.value.requires_grad
+
+
+def test_config_as_a_mapping():
+    cfg = {"top": 0.5, "ignore_token_ids": [3]}
+    torch.testing.assert_close(
+        compute_ktae_advantages(R, M, S, G, config=cfg), compute_ktae_advantages(R, M, S, G, config=KTAEConfig(top=0.5, ignore_token_ids=(3,)))
+    )
+    assert compute_key_token_values(R, M, S, G, config=cfg).value.abs().max() <= 0.5
+    with pytest.raises(ValueError, match=r"unknown KTAE option\(s\) \['tpo'\]"):
+        compute_ktae_advantages(R, M, S, G, config={"tpo": 0.5})
+    with pytest.raises(TypeError, match="config must be a KTAEConfig, a mapping of its options or None, got list"):
+        compute_ktae_advantages(R, M, S, G, config=[("top", 0.5)])

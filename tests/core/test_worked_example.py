@@ -27,7 +27,7 @@ ADVANTAGES = [
 
 
 def test_key_token_table(backend):
-    values = compute_key_token_values(RESPONSES, MASK, SCORES, [0, 0, 0, 0])
+    values = compute_key_token_values(RESPONSES, MASK, SCORES, [0, 0, 0, 0], backend=backend)
     rows = {r["token"]: r for r in values.to_records()}
     assert sorted(rows) == sorted(EXPECTED)
     for token, (table, p, ig, v) in EXPECTED.items():
@@ -41,7 +41,7 @@ def test_key_token_table(backend):
 
 
 def test_advantages(backend):
-    adv = compute_ktae_advantages(RESPONSES, MASK, SCORES, [0, 0, 0, 0], config=KTAEConfig())
+    adv = compute_ktae_advantages(RESPONSES, MASK, SCORES, [0, 0, 0, 0], config=KTAEConfig(), backend=backend)
     assert adv.dtype == torch.float32 and adv.shape == RESPONSES.shape
     torch.testing.assert_close(adv, torch.tensor(ADVANTAGES), atol=1e-6, rtol=0)
     assert (adv[MASK == 0] == 0).all()
@@ -53,6 +53,6 @@ def test_pad_id_ignored_even_when_masked_in(backend):
     responses[0, 3] = 3
     responses[2, 3] = 3
     cfg = KTAEConfig(ignore_token_ids=(3,))
-    adv = compute_ktae_advantages(responses, MASK, SCORES, [0, 0, 0, 0], config=cfg)
+    adv = compute_ktae_advantages(responses, MASK, SCORES, [0, 0, 0, 0], config=cfg, backend=backend)
     assert adv[0, 3].item() == pytest.approx(0.866024, abs=1e-6)
     assert adv[2, 3].item() == pytest.approx(-0.866024, abs=1e-6)

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ktae import KTAEConfig, compute_ktae_advantages
+from ktae.core.counting import BACKENDS
 
 QWEN_VOCAB = 151_936
 QWEN_EOS = 151_643
@@ -144,11 +146,11 @@ def _peak_extra_memory(fn, device: str) -> int:
 
 
 def run_benchmark(sizes, group_size: int, max_len: int, repeats: int, reference_max_groups: int, device: str,
-                  zipf: float) -> list[dict]:
+                  zipf: float, backend: str = "auto") -> list[dict]:
     rows = []
     for num_groups in sizes:
         responses, mask, scores, groups = make_batch(num_groups, group_size, max_len, zipf=zipf, device=device)
-        ktae = lambda: compute_ktae_advantages(responses, mask, scores, groups)  # noqa: E731
+        ktae = lambda: compute_ktae_advantages(responses, mask, scores, groups, backend=backend)  # noqa: E731
         grpo = lambda: compute_ktae_advantages(responses, mask, scores, groups, config=KTAEConfig(top=0.0))  # noqa: E731
         row = {
             "groups": num_groups,
@@ -194,22 +196,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the slow released-style reference only up to this many groups (default: 8)")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the token ids (default: 1.1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="how the estimator counts tokens (default: auto; see ktae.core.counting)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
 
-def run(args: argparse.Namespace) -> int:
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, found before any work starts; None when nothing is."""
     try:
         sizes = [int(x) for x in args.groups.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"ktae bench: --groups must be comma-separated integers, got {args.groups!r}") from None
+        return f"--groups must be comma-separated integers, got {args.groups!r}"
     if not sizes or min(sizes) < 1 or args.group_size < 2 or args.max_len < 1 or args.repeats < 1:
-        raise SystemExit("ktae bench: --groups, --max-len and --repeats must be >= 1 and --group-size >= 2")
+        return "--groups, --max-len and --repeats must be >= 1 and --group-size >= 2"
+    if not (math.isfinite(args.zipf) and args.zipf > 1):
+        return f"--zipf must be a finite number > 1 (a Zipf law needs an exponent above 1), got {args.zipf}"
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        return f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {args.device}: CUDA is not available to this torch build ({torch.__version__}); use --device cpu"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)"
+    if device.type not in ("cpu", "cuda"):
+        return f"--device {args.device}: the benchmark runs on cpu or cuda"
+    if args.backend == "cpu-kernels" and device.type != "cpu":
+        return f"--backend cpu-kernels needs --device cpu, got {args.device}"
+    if args.json is not None:
+        if args.json.is_dir():
+            return f"--json {args.json} is a folder; give a file path"
+        folder = args.json.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return f"--json {args.json}: cannot write into {folder} (missing or not writable)"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _usage_error(args)
+    if problem:
+        print(f"ktae bench: error: {problem}", file=sys.stderr)
+        return 2
+    sizes = [int(x) for x in args.groups.split(",") if x.strip()]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"ktae bench on {args.device} ({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}")
+          f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}, "
+          f"backend {args.backend}")
     print(HEADER, flush=True)
     rows = run_benchmark(sizes, args.group_size, args.max_len, args.repeats, args.reference_max_groups, args.device,
-                         args.zipf)
+                         args.zipf, args.backend)
     if args.json:
-        args.json.write_text(json.dumps({"device": args.device, "device_name": device_name, "rows": rows}, indent=2))
+        try:
+            args.json.write_text(json.dumps({"device": args.device, "device_name": device_name, "rows": rows}, indent=2))
+        except OSError as error:
+            print(f"ktae bench: error: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
+            return 2
     return 0

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             if args.label and len(args.label) != len(args.run):
                 raise ValueError(f"--label given {len(args.label)} time(s) for {len(args.run)} --run folder(s)")
             out = args.out or (args.run[0] / "report" if len(args.run) == 1 else Path("ktae-report"))
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"--out {out} is a file; a --run report is a folder")
             index = build_run_report(
                 args.run, out, labels=args.label, tokenizer=args.tokenizer, config=overrides or None, steps=steps,
                 ignore_token_ids=args.ignore_token_ids, metrics=args.metrics, strong=args.strong,
@@ -81,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--label and --metrics apply to --run reports")
             rollouts = args.rollouts
             out = args.out or (rollouts / "report.html" if rollouts.is_dir() else rollouts.with_suffix(".html"))
+            if out.is_dir():
+                raise ValueError(f"--out {out} is a folder; a --rollouts report is one .html file")
             report = build_report(
                 rollouts, out, tokenizer=args.tokenizer, config=overrides or None, steps=steps,
                 ignore_token_ids=args.ignore_token_ids, strong=args.strong,
             )
             print(f"report: {report}")
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"ktae viz: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:  # OSError: unreadable input, unwritable output, no tokenizer
+        print(f"ktae viz: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

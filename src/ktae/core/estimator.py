@@ -1,20 +1,21 @@
 """The KTAE estimator: per-(group, token) contingency statistics, key-token values, advantages.
 
-Counting runs over the whole batch at once: numba kernels with per-thread vocabulary tables on the
-CPU, one stable sort of (group, token) keys elsewhere. The Fisher p-values come from per-margin
-tables (``ktae.core.fisher``) and every other formula is vectorized over the (group, token) pairs.
-Memory is O(B * T + threads * vocabulary); nothing is sized groups x vocabulary.
+Counting runs over the whole batch at once, by one backend of ``ktae.core.counting`` (numba kernels
+on the CPU, one stable sort of (group, token) keys on any device). The Fisher p-values come from
+per-margin tables (``ktae.core.fisher``) and every other formula is vectorized over the (group,
+token) pairs. Memory is bounded by the batch: nothing is sized groups x vocabulary, nor by an id's value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from ktae.core import cpu
 from ktae.core.config import KTAEConfig
+from ktae.core.counting import Counts, check_backend, count_tokens, fork_safe_threads
 from ktae.core.fisher import fisher_pvalue_tables, table_offsets
 from ktae.core.groups import dense_groups, group_sums, validate_batch
 from ktae.core.rollout import ROLLOUT_ADVANTAGES
@@ -23,9 +24,6 @@ from ktae.core.rollout import ROLLOUT_ADVANTAGES
 BM25_K1 = 2.0
 BM25_B = 0.5
 TF_EPS = 1e-5
-
-# The numba kernels serve CPU tensors; tests switch them off to run the sort path on the CPU.
-USE_CPU_KERNELS = True
 
 
 @dataclasses.dataclass
@@ -84,62 +82,18 @@ class KeyTokenValues:
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 3: counting. Two interchangeable backends: numba kernels on the CPU (``ktae.core.cpu``),
-# and a stable sort of (group, token) keys on any other device.
+# Step 3: counting, by one of the backends of ``ktae.core.counting``.
 
 
-def _segment_sums(values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """Sums of consecutive segments of ``values`` [N] beginning at ``starts`` [K] (sorted, starts[0] = 0)."""
-    cumulative = torch.cumsum(values, 0, dtype=torch.int64)
-    ends = torch.cat([starts[1:], starts.new_tensor([values.shape[0]])]) - 1
-    before = torch.cat([cumulative.new_zeros(1), cumulative[starts[1:] - 1]])
-    return cumulative[ends] - before
-
-
-def _count_tokens_sorted(
-    responses: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, correct: torch.Tensor, vocab: int, num_groups: int
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Per-(group, token) counts of the masked tokens by one stable sort; any device.
-
-    Returns ((group, token, a, b, f_true, f_false) [K], segment [N]: the pair of each masked position
-    in row-major order).
-    """
-    rows = torch.repeat_interleave(torch.arange(responses.shape[0], device=responses.device), mask.sum(dim=1))
-    tokens = responses[mask].to(torch.int64)
-    # A stable sort keeps positions of one (group, token) in row order, so a new rollout inside a
-    # segment shows as a change of row. int32 keys sort markedly faster when they fit.
-    key = group[rows] * vocab + tokens
-    sorted_key, order = torch.sort(key if num_groups * vocab >= 2**31 else key.to(torch.int32), stable=True)
-    sorted_rows = rows[order]
-    new_key = torch.ones_like(sorted_key, dtype=torch.bool)
-    new_key[1:] = sorted_key[1:] != sorted_key[:-1]
-    new_row = new_key.clone()
-    new_row[1:] |= sorted_rows[1:] != sorted_rows[:-1]
-    sorted_correct = correct[sorted_rows]
-
-    starts = torch.nonzero(new_key).flatten()
-    occurrences = torch.diff(starts, append=starts.new_tensor([tokens.shape[0]]))
-    f_true = _segment_sums(sorted_correct, starts)
-    presence = _segment_sums(new_row, starts)
-    a = _segment_sums(new_row & sorted_correct, starts)
-    pair_key = sorted_key[starts].to(torch.int64)
-    segment = torch.empty_like(order)
-    segment[order] = torch.cumsum(new_key, 0) - 1
-    return (pair_key // vocab, pair_key % vocab, a, presence - a, f_true, occurrences - f_true), segment
-
-
-def _on_cpu_kernels(responses: torch.Tensor) -> bool:
-    return USE_CPU_KERNELS and responses.device.type == "cpu"
-
-
-def _scan(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """Smallest and largest token id at masked positions ((0, -1) when none), and row lengths [B]."""
-    if _on_cpu_kernels(responses):
-        return cpu.scan_masked(responses, mask)
-    lengths = mask.sum(dim=1)
-    if not bool(mask.any()):
-        return 0, -1, lengths
-    return int(torch.where(mask, responses, 0).min()), int(torch.where(mask, responses, -1).max()), lengths
+def _config(config: KTAEConfig | Mapping[str, Any] | None) -> KTAEConfig:
+    """The options: a KTAEConfig, a mapping of its fields (``KTAEConfig.from_dict``), or None for the defaults."""
+    if config is None:
+        return KTAEConfig()
+    if isinstance(config, KTAEConfig):
+        return config
+    if isinstance(config, Mapping):
+        return KTAEConfig.from_dict(config)
+    raise TypeError(f"config must be a KTAEConfig, a mapping of its options or None, got {type(config).__name__}")
 
 
 def _count(
@@ -149,45 +103,20 @@ def _count(
     group_ids: list,
     correct: torch.Tensor,
     counted: torch.Tensor,
-) -> tuple[TokenStatistics, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """Statistics of the groups flagged in ``counted`` [G] (the others get no (group, token) pairs).
-
-    Returns the statistics and ``place(values [K], rollout [B]) -> [B, T] float32``, which writes
-    rollout[i] + the value of each masked token's (group, token) pair, 0 off the mask.
-    """
-    if _on_cpu_kernels(responses):
-        responses = responses.contiguous()
-    low, high, lengths = _scan(responses, mask)
-    if low < 0:
-        raise ValueError(f"responses contain a negative token id ({low}) at a masked (response) position")
-    num_groups, vocab = len(group_ids), max(high + 1, 1)
+    backend: str,
+    vocab_size: int | None,
+) -> tuple[TokenStatistics, Counts]:
+    """Statistics of the groups flagged in ``counted`` [G] (the others get no (group, token) pairs),
+    and the backend's counts (to write values back with ``Counts.place``)."""
+    num_groups = len(group_ids)
+    counts = count_tokens(responses, mask, group, num_groups, correct, counted, backend, vocab_size)
     per_group = (
         group_sums(correct, group, num_groups),
         group_sums(~correct, group, num_groups),
-        group_sums(lengths * correct, group, num_groups),
-        group_sums(lengths * ~correct, group, num_groups),
+        group_sums(counts.lengths * correct, group, num_groups),
+        group_sums(counts.lengths * ~correct, group, num_groups),
     )
-    if _on_cpu_kernels(responses):
-        layout = cpu.group_layout(group, num_groups)
-        *pairs, entry_ptr = cpu.count_tokens(responses, mask, lengths, *layout, correct, counted, vocab)
-
-        def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
-            return cpu.write_advantages(responses, mask, *layout, entry_ptr, pairs[1], values, rollout, vocab)
-
-    else:
-        token_mask = mask & counted[group][:, None]
-        if bool(token_mask.any()):
-            pairs, segment = _count_tokens_sorted(responses, token_mask, group, correct, vocab, num_groups)
-        else:
-            pairs = [torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6)]
-            segment = torch.zeros(0, dtype=torch.int64, device=mask.device)
-
-        def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
-            advantages = torch.where(mask, rollout.float()[:, None], 0.0)
-            advantages[token_mask] += values.float()[segment]
-            return advantages
-
-    return TokenStatistics(group_ids, *pairs, *per_group), place
+    return TokenStatistics(group_ids, *counts.pairs, *per_group), counts
 
 
 def collect_token_statistics(
@@ -195,23 +124,32 @@ def collect_token_statistics(
     response_mask: torch.Tensor,
     scores,
     group_index,
-    config: KTAEConfig | None = None,
+    config: KTAEConfig | Mapping[str, Any] | None = None,
+    *,
+    backend: str = "auto",
+    vocab_size: int | None = None,
 ) -> TokenStatistics:
     """Sums per (group, token) and per group for one batch (or one data-parallel shard).
 
     responses: [B, T] int; response_mask: [B, T] bool or 0/1; scores: [B]; group_index: [B] ids.
+    backend and vocab_size: as in ``compute_ktae_advantages``.
     Shards of one step combine with ``merge_token_statistics`` when their group ids are global.
     """
-    config = config or KTAEConfig()
+    fork_safe_threads()
+    config = _config(config)
     mask, scores = validate_batch(responses, response_mask, scores)
+    check_backend(backend, vocab_size, responses.device)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
     every_group = torch.ones(len(group_ids), dtype=torch.bool, device=responses.device)
-    stats, _ = _count(responses, mask, group, group_ids, scores > config.correct_threshold, every_group)
+    stats, _ = _count(
+        responses, mask, group, group_ids, scores > config.correct_threshold, every_group, backend, vocab_size
+    )
     return stats
 
 
 def merge_token_statistics(shards: list[TokenStatistics]) -> TokenStatistics:
     """Add up the statistics of several shards, matching groups by id and (group, token) pairs."""
+    fork_safe_threads()
     if not shards:
         raise ValueError("merge_token_statistics needs at least one shard")
     numbers: dict = {}
@@ -229,8 +167,9 @@ def merge_token_statistics(shards: list[TokenStatistics]) -> TokenStatistics:
         return total
 
     group = torch.cat([to_global[s.group.to(device)] for s, to_global in zip(shards, remap)])
-    token = torch.cat([s.token.to(device) for s in shards])
-    vocab = int(token.max()) + 1 if token.numel() else 1
+    # Key the pairs by compacted token ids: group * (distinct tokens) + token never overflows int64.
+    ids, token = torch.unique(torch.cat([s.token.to(device) for s in shards]), return_inverse=True)
+    vocab = max(len(ids), 1)
     pair_key, pair = torch.unique(group * vocab + token, return_inverse=True)
 
     def per_pair(field: str) -> torch.Tensor:
@@ -240,7 +179,7 @@ def merge_token_statistics(shards: list[TokenStatistics]) -> TokenStatistics:
     return TokenStatistics(
         list(numbers),
         pair_key // vocab,
-        pair_key % vocab,
+        ids[pair_key % vocab],
         *(per_pair(f) for f in ("a", "b", "f_true", "f_false")),
         *(per_group(f) for f in ("n_true", "n_false", "len_true", "len_false")),
     )
@@ -342,22 +281,25 @@ def _values(stats: TokenStatistics, config: KTAEConfig, terms: _GroupTerms, entr
     return value
 
 
-def _pair_values(stats: TokenStatistics, config: KTAEConfig) -> torch.Tensor:
-    """The values alone, [K] float64: one fused kernel on the CPU, the formulas above elsewhere."""
+def _pair_values(stats: TokenStatistics, config: KTAEConfig, counts: Counts) -> torch.Tensor:
+    """The values alone, [K] float64: the backend's fused kernel when it has one, the formulas above otherwise."""
     terms = _group_terms(stats, config)
-    if not (_on_cpu_kernels(stats.token) and config.enabled):
+    if counts.fused_values is None or not config.enabled:
         return _values(stats, config, terms, terms.entry(stats), _term_frequency(stats, terms))
-    return cpu.pair_values(
+    return counts.fused_values(
         stats.group, stats.token, stats.a, stats.b, stats.f_true, stats.f_false, terms.offset, terms.width,
         terms.b_step, terms.scale_true, terms.scale_false, terms.tables["strength"], terms.tables["h"],
         _ignored_ids(config, stats.token.device), config.gamma_tf, config.top, BM25_K1 + 1, TF_EPS,
     )
 
 
-def key_token_values_from_statistics(stats: TokenStatistics, config: KTAEConfig | None = None) -> KeyTokenValues:
+def key_token_values_from_statistics(
+    stats: TokenStatistics, config: KTAEConfig | Mapping[str, Any] | None = None
+) -> KeyTokenValues:
     """Key-token value of every (group, token) pair from its statistics (spec steps 4-6), with the
     intermediate statistics for reports. All [K]."""
-    config = config or KTAEConfig()
+    fork_safe_threads()
+    config = _config(config)
     terms = _group_terms(stats, config)
     entry = terms.entry(stats)
     tables = terms.tables
@@ -384,15 +326,22 @@ def compute_key_token_values(
     response_mask: torch.Tensor,
     scores,
     group_index,
-    config: KTAEConfig | None = None,
+    config: KTAEConfig | Mapping[str, Any] | None = None,
+    *,
+    backend: str = "auto",
+    vocab_size: int | None = None,
 ) -> KeyTokenValues:
     """Key-token value and statistics of every (group, token) pair of a batch.
 
     responses: [B, T] int; response_mask: [B, T]; scores: [B]; group_index: [B] ids.
+    backend and vocab_size: as in ``compute_ktae_advantages``.
     """
-    return key_token_values_from_statistics(
-        collect_token_statistics(responses, response_mask, scores, group_index, config), config
+    fork_safe_threads()
+    config = _config(config)
+    stats = collect_token_statistics(
+        responses, response_mask, scores, group_index, config, backend=backend, vocab_size=vocab_size
     )
+    return key_token_values_from_statistics(stats, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,16 +353,25 @@ def compute_ktae_advantages(
     response_mask: torch.Tensor,
     scores,
     group_index,
-    config: KTAEConfig | None = None,
+    config: KTAEConfig | Mapping[str, Any] | None = None,
+    *,
+    backend: str = "auto",
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Token-level KTAE advantage: rollout-level advantage plus the key-token value of each token.
 
     responses: [B, T] int token ids (right-padded); response_mask: [B, T] bool or 0/1;
-    scores: [B] float; group_index: [B] ints or hashable ids (rollouts of a group need not be adjacent).
+    scores: [B] float, treated as constants (detached); group_index: [B] ids of one type: ints, strings
+    or other hashables (rollouts of a group need not be adjacent).
+    config: a KTAEConfig, a mapping of its options (``KTAEConfig.from_dict``) or None (the defaults).
+    backend: how tokens are counted, "auto", "cpu-kernels" or "sort" (``ktae.core.counting``).
+    vocab_size: when given, a token id >= vocab_size at a masked position is refused by name.
     Returns float32 [B, T] on responses.device, exactly 0 where the mask is 0.
     """
-    config = config or KTAEConfig()
+    fork_safe_threads()
+    config = _config(config)
     mask, scores = validate_batch(responses, response_mask, scores)
+    check_backend(backend, vocab_size, responses.device)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
     rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
     if not config.enabled:
@@ -422,5 +380,6 @@ def compute_ktae_advantages(
     correct = scores > config.correct_threshold
     n_true = group_sums(correct, group, len(group_ids))
     n_all = group_sums(torch.ones_like(correct), group, len(group_ids))
-    stats, place = _count(responses, mask, group, group_ids, correct, (n_true > 0) & (n_true < n_all))
-    return place(_pair_values(stats, config), rollout)
+    mixed = (n_true > 0) & (n_true < n_all)
+    stats, counts = _count(responses, mask, group, group_ids, correct, mixed, backend, vocab_size)
+    return counts.place(_pair_values(stats, config, counts), rollout)

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+
+
+def _id_kind(kind: type) -> str:
+    """The kind of a group id's type; ids of different kinds must not meet in one batch."""
+    if issubclass(kind, (bool, np.bool_)):
+        return "bool"
+    if issubclass(kind, (Integral, np.integer)):
+        return "int"
+    if issubclass(kind, (Real, np.floating)):
+        return "float"
+    if issubclass(kind, (str, np.str_)):
+        return "str"
+    return kind.__name__
+
+
+def _check_id_kinds(group_index) -> None:
+    """Refuse ids of mixed kinds (1, True and 1.0 are equal keys and would merge silently) and NaN ids
+    (never equal to themselves, so each would be a group of its own)."""
+    kinds = {_id_kind(kind) for kind in set(map(type, group_index))}
+    if len(kinds) > 1:
+        raise TypeError(
+            f"group_index mixes id types ({', '.join(sorted(kinds))}); use one type (ints or strings), "
+            "since for example 1, True and 1.0 would count as one group"
+        )
+    if kinds == {"float"} and any(math.isnan(gid) for gid in group_index):
+        raise ValueError("group_index holds a NaN id")
 
 
 def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[torch.Tensor, list]:
     """Number the groups 0..G-1.
 
     group_index: [B] ints (tensor, ndarray, list) or hashable ids (verl's numpy object array of uid
-    strings). Rollouts of one group need not be adjacent.
+    strings), all of one kind: ints, strings, floats, or one other hashable type; mixed kinds are
+    refused (1, True and 1.0 are equal as keys). Rollouts of one group need not be adjacent.
     Returns (group [B] int64 on ``device``, group_ids: the original id of each dense number).
     """
     if isinstance(group_index, torch.Tensor):
@@ -31,6 +60,7 @@ def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[to
         raise TypeError(f"group_index must be a tensor, an array or a sequence of ids, got {type(group_index).__name__}")
     if len(group_index) != batch_size:
         raise ValueError(f"group_index has {len(group_index)} entries, expected {batch_size} (one per rollout)")
+    _check_id_kinds(group_index)
     numbers: dict[Hashable, int] = {}
     try:
         group = [numbers.setdefault(gid, len(numbers)) for gid in group_index]
@@ -46,11 +76,13 @@ def group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> to
 
 
 def validate_scores(scores, device: torch.device | None) -> torch.Tensor:
-    """scores: [B] real numbers, all finite. Returns a tensor on ``device`` (its own when None)."""
+    """scores: [B] real numbers, all finite. Returns a tensor on ``device`` (its own when None), detached:
+    advantages are constants of the policy-gradient loss."""
     if not isinstance(scores, torch.Tensor):
         scores = torch.as_tensor(np.asarray(scores, dtype=np.float64), device=device)
     elif device is not None and scores.device != device:
         raise ValueError(f"scores are on {scores.device} but responses are on {device}")
+    scores = scores.detach()
     if scores.dim() != 1:
         raise ValueError(f"scores must have shape [B], got {list(scores.shape)}")
     if scores.dtype == torch.bool or scores.is_complex():

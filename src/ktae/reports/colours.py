@@ -1,33 +1,25 @@
 """The diverging colour scale of key-token values: red for blamed tokens, blue for credited ones.
 
 Values in (-top, top) fall into ``2 * steps + 1`` buckets; bucket 0 (|v| < top / (2 * steps))
-is left uncoloured so that weakly weighted text reads as plain text. Colours follow
-ColorBrewer's RdBu (readable by most colour-blind readers); each bucket's text colour is the one
-of black or white with the higher contrast.
+is left uncoloured so that weakly weighted text reads as plain text. Colours come from
+matplotlib's "RdBu" colormap (ColorBrewer's RdBu, readable by most colour-blind readers), its
+red half for negative values and its blue half for positive ones; each bucket's text colour is
+the one of black or white with the higher contrast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import matplotlib
 import numpy as np
+from matplotlib.colors import to_hex
 
-# ColorBrewer RdBu, from neutral out to the extreme of each side.
-_NEGATIVE_ANCHORS = ("#f7f7f7", "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f")
-_POSITIVE_ANCHORS = ("#f7f7f7", "#d1e5f0", "#92c5de", "#4393c3", "#2166ac", "#053061")
+_COLORMAP = matplotlib.colormaps["RdBu"]  # red at 0, neutral at 0.5, blue at 1
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
     return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
-
-
-def _interpolate(anchors: tuple[str, ...], position: float) -> str:
-    """Colour at ``position`` in [0, 1] along a piecewise-linear ramp through ``anchors``."""
-    scaled = position * (len(anchors) - 1)
-    low = min(int(scaled), len(anchors) - 2)
-    mix = scaled - low
-    rgb = (1 - mix) * _rgb(anchors[low]) + mix * _rgb(anchors[low + 1])
-    return "#" + "".join(f"{int(round(c)):02x}" for c in rgb)
 
 
 def relative_luminance(hex_colour: str) -> float:
@@ -72,8 +64,7 @@ class DivergingScale:
             raise ValueError(f"bucket {bucket} outside [-{self.steps}, {self.steps}]")
         if bucket == 0:
             return None
-        anchors = _POSITIVE_ANCHORS if bucket > 0 else _NEGATIVE_ANCHORS
-        return _interpolate(anchors, abs(bucket) / self.steps)
+        return to_hex(_COLORMAP(0.5 + 0.5 * bucket / self.steps))
 
     def foreground(self, bucket: int) -> str:
         """Text colour on a bucket's background: black or white, whichever contrasts more."""

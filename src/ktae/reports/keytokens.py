@@ -143,11 +143,13 @@ def analyse(data: TokenizedRollouts, config: KTAEConfig | None = None) -> KeyTok
     stats = {name: getattr(values, name).cpu().numpy() for name in names}
     stats["group"] = np.asarray(values.group_ids, dtype=np.int64)[stats["group"]]
 
-    # The stats row of every token: look its (group, token) key up among the rows' keys.
-    vocab = int(flat_tokens.max()) + 1
-    row_keys = stats["group"] * vocab + stats["token"]
+    # The stats row of every token: look its (group, token) key up among the rows' keys, keyed by
+    # compacted token ids so that group * vocab + token cannot overflow whatever the ids.
+    token_ids, flat_compact = np.unique(flat_tokens, return_inverse=True)
+    vocab = len(token_ids)
+    row_keys = stats["group"] * vocab + np.searchsorted(token_ids, stats["token"])
     order = np.argsort(row_keys, kind="stable")
-    flat_keys = np.repeat(rollout_group, lengths) * vocab + flat_tokens
+    flat_keys = np.repeat(rollout_group, lengths) * vocab + flat_compact.reshape(-1)
     found = np.minimum(np.searchsorted(row_keys[order], flat_keys), order.size - 1)
     if not np.array_equal(row_keys[order][found], flat_keys):
         raise RuntimeError("the estimator returned no statistics for some (group, token) pairs")

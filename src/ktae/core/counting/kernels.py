@@ -1,16 +1,28 @@
-"""CPU kernels for the per-(group, token) counts and for writing the advantages back.
+"""The "cpu-kernels" counting backend: numba kernels for CPU tensors.
 
-On the CPU, a sort of every masked token (the device-agnostic path in ``ktae.core.estimator``) is
-dominated by memory traffic. These numba kernels visit each token twice instead, with one
-vocabulary-sized scratch table per thread that stays in cache: groups run in parallel, each group
-counts its tokens into the table, then resets the entries it touched.
+On the CPU, a sort of every masked token (the "sort" backend) is dominated by memory traffic.
+These kernels visit each token twice instead, with one scratch table per worker indexed by token
+id that stays in cache: groups run in parallel, each group counts its tokens into the table, then
+resets the entries it touched. The table has one entry per id in 0..max id, so ids are compacted
+first (one sort) when their range is large for the batch (``table_fits``): memory stays bounded by
+the batch, never by the value of an id.
+
+Processes and threads: kernel launches are serialised by a lock (numba's workqueue threading
+layer aborts on concurrent launches); in a forked child, ``unavailable_reason`` says whether
+numba's threading layer survived the fork (``ktae.core.counting``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+
 import numba
 import numpy as np
 import torch
+
+from ktae.core.counting.base import Counts
 
 _KERNEL = dict(parallel=True, cache=True, nogil=True)
 
@@ -173,12 +185,71 @@ def _pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, sca
         out[i] = top * np.tanh(strength[e] * (h[e] + gamma * tf) / 2)
 
 
+# Smallest id range given a table whatever the batch: 2**18 int32 entries (1 MiB per worker) cover
+# the vocabularies of current language models.
+TABLE_MIN_IDS = 2**18
+
+_lock = threading.Lock()
+# Set in a forked child: numba's threading layer in the parent at the fork (None: not started).
+forked = False
+_layer_at_fork: str | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _lock, forked, _layer_at_fork
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process
+        layer = None
+    if not forked or layer is not None:
+        _layer_at_fork = layer
+    forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot run in this process, or None when they can.
+
+    After a fork only numba's fork-safe layers (workqueue, tbb) can run, and only when the parent had
+    started one: GNU OpenMP (numba's omp layer, which shares its thread pool with torch's intra-op
+    threads) does not survive a fork.
+    """
+    if forked and _layer_at_fork not in ("workqueue", "tbb"):
+        return (
+            f"this process was forked (numba threading layer at the fork: {_layer_at_fork or 'not started'}), "
+            "and only a workqueue or tbb layer started before the fork runs in a forked child, since GNU OpenMP "
+            "threads do not survive a fork; count with backend='sort' here, start workers with 'spawn', or set "
+            "NUMBA_THREADING_LAYER=workqueue (or tbb) in the parent"
+        )
+    return None
+
+
+def _serialised(function):
+    """Run one kernel launch at a time in this process (numba's workqueue layer is not thread-safe)."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with _lock:
+            return function(*args, **kwargs)
+
+    return run
+
+
+def table_fits(vocab: int, tokens: int) -> bool:
+    """Whether ids 0..vocab-1 get a scratch table without compaction: at most max(TABLE_MIN_IDS, tokens)."""
+    return vocab <= max(TABLE_MIN_IDS, tokens)
+
+
 def _workers(num_groups: int) -> int:
-    # A few chunks per thread balance uneven groups; each worker owns vocabulary-sized scratch.
+    # A few chunks per thread balance uneven groups; each worker owns an id-indexed scratch table.
     return max(1, min(num_groups, 4 * numba.get_num_threads()))
 
 
-def scan_masked(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+@_serialised
+def scan(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
     """(smallest id, largest id, lengths [B]) over the masked positions of CPU tensors [B, T];
     the ids are (0, -1) when nothing is masked in."""
     lengths = np.empty(responses.shape[0], np.int64)
@@ -186,7 +257,7 @@ def scan_masked(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, 
     return int(low), int(high), torch.from_numpy(lengths)
 
 
-def group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ordered by group and each group's start in that order. [B] int64, [G + 1] int64."""
     rows_by_group = torch.argsort(group, stable=True)
     group_ptr = torch.zeros(num_groups + 1, dtype=torch.int64)
@@ -194,26 +265,14 @@ def group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, to
     return rows_by_group, group_ptr
 
 
-def count_tokens(
-    responses: torch.Tensor,
-    mask: torch.Tensor,
-    lengths: torch.Tensor,
-    rows_by_group: torch.Tensor,
-    group_ptr: torch.Tensor,
-    correct: torch.Tensor,
-    counted: torch.Tensor,
-    vocab: int,
-) -> tuple[torch.Tensor, ...]:
-    """Per-(group, token) counts of the counted groups, grouped by group.
-
-    responses, mask: [B, T]; lengths, correct: [B]; rows_by_group, group_ptr: ``group_layout``;
-    counted: [G] bool (groups to count).
-    Returns (group, token, a, b, f_true, f_false) [K] int64 and entry_ptr [G + 1] (each group's range).
-    """
+@_serialised
+def _count_pairs(responses, mask, lengths, rows_by_group, group_ptr, correct, counted, vocab: int):
+    """(group, token, a, b, f_true, f_false) [K] int64 of the counted groups, grouped by group, and
+    entry_ptr [G + 1] (each group's range)."""
     num_groups = counted.shape[0]
     workers = _workers(num_groups)
     arrays = (responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy())
-    # Scratch for one group's distinct tokens: at most its masked tokens, at most the vocabulary.
+    # Scratch for one group's distinct tokens: at most its masked tokens, at most the id range.
     cumulative = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths[rows_by_group], 0)])[group_ptr]
     scratch_len = max(1, min(int(torch.diff(cumulative).max()) if num_groups else 0, vocab))
     entries = np.empty(num_groups, np.int64)
@@ -222,21 +281,12 @@ def count_tokens(
     entry_ptr[1:] = torch.cumsum(torch.from_numpy(entries), 0)
     outputs = [np.empty(int(entry_ptr[-1]), np.int64) for _ in range(6)]
     _count_groups(*arrays, entry_ptr.numpy(), correct.numpy(), vocab, workers, scratch_len, *outputs)
-    return (*(torch.from_numpy(x) for x in outputs), entry_ptr)
+    return tuple(torch.from_numpy(x) for x in outputs), entry_ptr
 
 
-def write_advantages(
-    responses: torch.Tensor,
-    mask: torch.Tensor,
-    rows_by_group: torch.Tensor,
-    group_ptr: torch.Tensor,
-    entry_ptr: torch.Tensor,
-    token: torch.Tensor,
-    value: torch.Tensor,
-    rollout: torch.Tensor,
-    vocab: int,
-) -> torch.Tensor:
-    """[B, T] float32 advantages from per-entry values laid out by ``count_tokens``."""
+@_serialised
+def _write(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, rollout, vocab: int) -> torch.Tensor:
+    """[B, T] float32 advantages from per-entry values laid out by ``_count_pairs``."""
     out = torch.empty(responses.shape, dtype=torch.float32)
     _write_advantages(
         responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy(), entry_ptr.numpy(),
@@ -246,6 +296,36 @@ def write_advantages(
     return out
 
 
+def count(
+    responses: torch.Tensor,
+    mask: torch.Tensor,
+    lengths: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    correct: torch.Tensor,
+    counted: torch.Tensor,
+    vocab: int,
+) -> Counts:
+    """Per-(group, token) counts of the counted groups (see ``Counts``); CPU tensors.
+
+    responses [B, T] (contiguous), mask [B, T] bool with ids in [0, vocab) on it; lengths [B] from ``scan``.
+    """
+    ids = None
+    if not table_fits(vocab, int(lengths.sum())):
+        # Compact the ids to 0..distinct-1 (one sort) so the tables stay the batch's size.
+        ids, compact = torch.unique(responses[mask].to(torch.int64), return_inverse=True)
+        responses = torch.zeros(responses.shape, dtype=torch.int64).masked_scatter_(mask, compact)
+        vocab = max(len(ids), 1)
+    layout = _group_layout(group, num_groups)
+    (pair_group, token, *sums), entry_ptr = _count_pairs(responses, mask, lengths, *layout, correct, counted, vocab)
+
+    def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+        return _write(responses, mask, *layout, entry_ptr, token, values, rollout, vocab)
+
+    return Counts(pair_group, token if ids is None else ids[token], *sums, lengths, place, fused_values=pair_values)
+
+
+@_serialised
 def pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
                 ignored, gamma: float, top: float, k1_plus_1: float, eps: float) -> torch.Tensor:
     """Key-token value of every (group, token) pair, [K] float64; see ``_pair_values``."""
