@@ -78,7 +78,7 @@ def packaged_smollm2() -> Path:
 
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError("loading a .gguf model needs the gguf package: pip install 'ktae[gguf]' (or pip install gguf)")
+        raise ImportError("loading a .gguf model needs the gguf package: pip install 'ktae[gguf]'")
 
 
 def resolve_model_source(name: str | os.PathLike, weights: bool = False) -> ModelSource:
@@ -159,7 +159,10 @@ class SpecialTokens:
     changes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        text = f"end of sequence {self.eos_token!r} (id {self.eos_token_id}), padding {self.pad_token!r} (id {self.pad_token_id})"
+        text = (
+            f"end of sequence {self.eos_token!r} (id {self.eos_token_id}), "
+            f"padding {self.pad_token!r} (id {self.pad_token_id})"
+        )
         return text + ("; " + "; ".join(self.changes) if self.changes else "")
 
 
@@ -219,7 +222,9 @@ def resolve_special_tokens(tokenizer) -> SpecialTokens:
         # A declared eos that is no part of any prompt (a base model's <|endoftext|>) still ends text:
         # the generation config keeps it (`end_token_ids`); the chat turn's end comes first.
         new = tokenizer.convert_ids_to_tokens(end_of_turn)
-        changes.append(f"end of sequence set to the chat template's end of turn {new!r} (metadata: {tokenizer.eos_token!r})")
+        changes.append(
+            f"end of sequence set to the chat template's end of turn {new!r} (metadata: {tokenizer.eos_token!r})"
+        )
         tokenizer.eos_token = new
     elif declared_eos is None:
         logger.warning("the tokenizer names no end-of-sequence token and has no chat template to find one in")
@@ -235,7 +240,7 @@ def resolve_special_tokens(tokenizer) -> SpecialTokens:
         tokenizer.eos_token, tokenizer.eos_token_id, tokenizer.pad_token, tokenizer.pad_token_id, changes
     )
     if changes:
-        logger.info("tokenizer special tokens: %s", chosen.describe())
+        logger.warning("tokenizer metadata corrected: %s", chosen.describe())
     return chosen
 
 

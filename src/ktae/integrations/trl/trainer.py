@@ -35,8 +35,13 @@ import torch.nn.functional as F
 from datasets import IterableDataset
 from trl import GRPOTrainer
 
-from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
+from ktae import (
+    compute_key_token_values,
+    compute_ktae_advantages,
+    compute_rollout_advantages,
+)
 from ktae.integrations.trl.config import KTAEGRPOConfig
+from ktae.models import ignored_token_ids, token_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +69,6 @@ class GroupRows:
     mask: torch.Tensor
     rows: torch.Tensor
     local: torch.Tensor
-
-
-def token_pieces(tokenizer, token_ids: list[int], context: int = 6) -> list[str]:
-    """Decoded text piece of each token; the pieces concatenate to the decoded text.
-
-    A token that ends inside a multi-byte character gets "" and the character goes to the token
-    that completes it. Decoding a few tokens of context keeps tokenizers that strip a leading
-    space at the start of a decode (SentencePiece) right.
-    """
-    pieces, done = [], 0
-    for end in range(1, len(token_ids) + 1):
-        start = max(0, done - context)
-        before = tokenizer.decode(token_ids[start:done], skip_special_tokens=False)
-        after = tokenizer.decode(token_ids[start:end], skip_special_tokens=False)
-        if after.endswith("\ufffd") and end < len(token_ids) or not after.startswith(before):
-            pieces.append("")
-            continue
-        pieces.append(after[len(before):])
-        done = end
-    return pieces
 
 
 def prompt_text(prompt: Any) -> str:
@@ -156,8 +141,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
             raise ValueError("dynamic_sampling draws extra prompts by index: it needs a map-style train_dataset")
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
-        ignore = {self._tokenizer.pad_token_id, *self.eos_token_ids} - {None}
-        self.ktae_config = args.ktae_config(ignore_token_ids=sorted(ignore))
+        self.ktae_config = args.ktae_config(ignore_token_ids=ignored_token_ids(self._tokenizer, self.eos_token_ids))
         self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
         self._gathered_rewards_per_func: torch.Tensor | None = None
         self._ktae_seconds = 0.0
@@ -418,8 +402,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
         )
         nonzero = values.value != 0
         tokens, inverse = torch.unique(values.token[nonzero], return_inverse=True)
-        count = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(inverse).double())
-        mean = torch.zeros(len(tokens), dtype=torch.float64).index_add_(0, inverse, values.value[nonzero]) / count
+        zeros = torch.zeros(len(tokens), dtype=torch.float64, device=tokens.device)
+        count = zeros.index_add(0, inverse, torch.ones_like(inverse).double())
+        mean = zeros.index_add(0, inverse, values.value[nonzero].double()) / count
         order = torch.argsort(mean, descending=True).tolist()
 
         def describe(indices: list[int]) -> list[dict]:

@@ -15,7 +15,6 @@ from ktae.integrations.verl.config import (
 from ktae.integrations.verl.estimator import (
     compute_ktae_outcome_advantage,
     response_tokens,
-    tokenizer_ignore_token_ids,
 )
 
 __all__ = [
@@ -24,6 +23,5 @@ __all__ = [
     "compute_ktae_outcome_advantage",
     "ktae_config_from_algorithm",
     "response_tokens",
-    "tokenizer_ignore_token_ids",
     "validate_ktae_run",
 ]

@@ -14,7 +14,6 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from ktae.integrations.verl.config import (
     ktae_config_from_algorithm,
     validate_ktae_run,
 )
-from ktae.integrations.verl.estimator import response_tokens, tokenizer_ignore_token_ids
-from ktae.reports.text import merge_pieces, tokenizer_piece_style
+from ktae.integrations.verl.estimator import response_tokens
+from ktae.models import ignored_token_ids, token_pieces
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -60,15 +59,11 @@ class KTAETrainerMixin:
         if responses.is_nested:  # TransferQueue returns a plain tensor when all responses have one length
             responses = responses.to_padded_tensor(padding=0)  # masked out: the value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
-        with response_tokens(responses, uids=uids, ignore_token_ids=tokenizer_ignore_token_ids(self.tokenizer)):
+        with response_tokens(responses, uids=uids, ignore_token_ids=ignored_token_ids(self.tokenizer)):
             result = super()._compute_advantage(batch, metrics)
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
         return result
-
-    @functools.cached_property
-    def _piece_style(self) -> str:
-        return tokenizer_piece_style(self.tokenizer)
 
     def _log_rollouts(self, batch) -> None:
         """Append this step's first prompt groups, whole, to rollouts.jsonl (contracts: RUN_DIR/rollouts.jsonl)."""
@@ -77,14 +72,13 @@ class KTAETrainerMixin:
         uids = data.pop("uid").tolist()
         logged = set(list(dict.fromkeys(uids))[: self.config.trainer.get("ktae_rollout_groups_per_step", 4)])
         threshold = ktae_config_from_algorithm(self.config.algorithm).correct_threshold
-        special = self.tokenizer.all_special_tokens
         columns = [data[name].unbind(0) for name in ("prompts", "responses", "rm_scores", "advantages")]
         records = []
         for uid, prompt, response, rewards, advantages in zip(uids, *columns):
             if uid not in logged:
                 continue
             token_ids = response.tolist()
-            pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
+            pieces = token_pieces(self.tokenizer, token_ids)
             score = float(rewards.sum())
             records.append({
                 "step": self.global_steps,
