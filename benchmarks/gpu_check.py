@@ -149,7 +149,7 @@ def environment(device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="results file (default: gpu_check.json)")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="results file (gpu_check.json)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --quick: check the script)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: 1 training step, 1 evaluation problem")
     args = parser.parse_args(argv)
