@@ -21,6 +21,17 @@ pytestmark = pytest.mark.skipif(
     reason=f"the packaged SmolLM2 is not installed: {SMOLLM2_INSTALL}",
 )
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """On a 2-core machine shared with other jobs, torch's second thread mostly waits for the first."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> (its GGUF metadata's eos) and <|im_end|> (the real end)
 MAX_TOKENS = 24
 

@@ -25,11 +25,16 @@ from ktae.data.templates import apply_template
 
 #: (name, pronoun) of the story's owner.
 PEOPLE = (("Mia", "She"), ("Tom", "He"), ("Ana", "She"), ("Leo", "He"), ("Sara", "She"), ("Ben", "He"))
+#: Plural nouns whose singular drops the final "s".
 ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards")
-GAINS = ("buys {n} more {item}", "finds {n} more {item}", "gets {n} more {item} from a friend")
-LOSSES = ("gives away {n} {item}", "loses {n} {item}", "gives {n} {item} to a friend")
+GAINS = ("buys {n} more {noun}", "finds {n} more {noun}", "gets {n} more {noun} from a friend")
+LOSSES = ("gives away {n} {noun}", "loses {n} {noun}", "gives {n} {noun} to a friend")
 #: The prompt template of the word problems (`ktae.data.templates`): the boxed-answer instruction as the system turn.
 TEMPLATE = "qwen_math"
+
+
+def _noun(number: int, item: str) -> str:
+    return item if number != 1 else item[:-1]
 
 
 def sample_word_problem(rng: random.Random, task: ArithmeticTask) -> dict:
@@ -38,14 +43,14 @@ def sample_word_problem(rng: random.Random, task: ArithmeticTask) -> dict:
     item = rng.choice(ITEMS)
     n_terms = rng.randint(task.min_terms, task.max_terms)
     value = rng.randint(1, task.max_operand)
-    sentences = [f"{name} has {value} {item}."]
-    steps = [f"{name} starts with {value} {item}."]
+    sentences = [f"{name} has {value} {_noun(value, item)}."]
+    steps = [f"{name} starts with {value} {_noun(value, item)}."]
     for number in range(n_terms - 1):
         operand = rng.randint(1, task.max_operand)
         operator = rng.choice(task.operations)
         if operator == "-" and operand > value:
             operator = "+"
-        phrase = rng.choice(GAINS if operator == "+" else LOSSES).format(n=operand, item=item)
+        phrase = rng.choice(GAINS if operator == "+" else LOSSES).format(n=operand, noun=_noun(operand, item))
         sentences.append(f"{pronoun if number == 0 else 'Then ' + pronoun.lower()} {phrase}.")
         result = value + operand if operator == "+" else value - operand
         steps.append(f"{value} {operator} {operand} = {result}")
