@@ -119,9 +119,9 @@ def resolve_model_source(name: str | os.PathLike, weights: bool = False) -> Mode
 # Tokenizers
 
 
-def load_tokenizer(name_or_path: str | os.PathLike | ModelSource):
+def load_tokenizer(name_or_path: str | os.PathLike | ModelSource, resolve: bool = True):
     """The tokenizer of a model (see `resolve_model_source`), its special tokens resolved
-    (`resolve_special_tokens`). Left padding, for generation.
+    (`resolve_special_tokens`; ``resolve=False`` leaves that to the caller). Left padding, for generation.
 
     A tokenizer saved from a bare ``tokenizers`` object (the tiny model's, a GGUF model's) loads as
     it was saved: transformers would otherwise pick the class from the ``config.json`` beside it
@@ -144,7 +144,8 @@ def load_tokenizer(name_or_path: str | os.PathLike | ModelSource):
     else:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.pretrained_kwargs())
     tokenizer.padding_side = "left"
-    resolve_special_tokens(tokenizer)
+    if resolve:
+        resolve_special_tokens(tokenizer)
     return tokenizer
 
 

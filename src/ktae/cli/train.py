@@ -232,9 +232,10 @@ def load_model_and_tokenizer(options: Mapping[str, Any]):
 
         tokenizer = build_tokenizer()
         return build_model(tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)), tokenizer
-    from ktae.models import load_causal_lm, load_tokenizer
+    from ktae.models import load_causal_lm, load_tokenizer, resolve_special_tokens
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name, resolve=False)
+    print(f"[ktae train] tokenizer of {name}: {resolve_special_tokens(tokenizer).describe()}")
     return load_causal_lm(name, tokenizer, dtype=options.get("torch_dtype") or "auto"), tokenizer
 
 
