@@ -14,6 +14,7 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from ktae.integrations.verl.config import (
     validate_ktae_run,
 )
 from ktae.integrations.verl.estimator import response_tokens
-from ktae.models import ignored_token_ids, token_pieces
+from ktae.models import ignored_token_ids
+from ktae.reports.text import merge_pieces, tokenizer_piece_style
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -65,6 +67,10 @@ class KTAETrainerMixin:
             self._log_rollouts(batch)
         return result
 
+    @functools.cached_property
+    def _piece_style(self) -> str:
+        return tokenizer_piece_style(self.tokenizer)
+
     def _log_rollouts(self, batch) -> None:
         """Append this step's first prompt groups, whole, to rollouts.jsonl (contracts: RUN_DIR/rollouts.jsonl)."""
         fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
@@ -72,13 +78,14 @@ class KTAETrainerMixin:
         uids = data.pop("uid").tolist()
         logged = set(list(dict.fromkeys(uids))[: self.config.trainer.get("ktae_rollout_groups_per_step", 4)])
         threshold = ktae_config_from_algorithm(self.config.algorithm).correct_threshold
+        special = self.tokenizer.all_special_tokens
         columns = [data[name].unbind(0) for name in ("prompts", "responses", "rm_scores", "advantages")]
         records = []
         for uid, prompt, response, rewards, advantages in zip(uids, *columns):
             if uid not in logged:
                 continue
             token_ids = response.tolist()
-            pieces = token_pieces(self.tokenizer, token_ids)
+            pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
             score = float(rewards.sum())
             records.append({
                 "step": self.global_steps,
