@@ -4,7 +4,7 @@ import re
 
 from ktae.data.synthetic import ArithmeticTask
 from ktae.data.templates import BOXED_INSTRUCTION
-from ktae.data.word_problems import make_word_problem_dataset
+from ktae.data.word_problems import EXAMPLE, make_word_problem_dataset
 from ktae.rewards import accuracy_reward
 
 NUMBER = {"has": 1, "buys": 1, "finds": 1, "gets": 1, "gives": -1, "loses": -1}
@@ -28,8 +28,9 @@ def test_word_problems_are_deterministic_solvable_chat_prompts():
     for row in rows:
         system, user = row["prompt"]
         assert system == {"role": "system", "content": BOXED_INSTRUCTION} and user["role"] == "user"
-        assert user["content"].endswith("have now?")
-        assert int(row["answer"]) == story_value(user["content"]) >= 0  # never below zero
+        example, story = user["content"].split("Now solve: ")
+        assert example == EXAMPLE.removesuffix("Now solve: ") and story.endswith("have now?")
+        assert int(row["answer"]) == story_value(story) >= 0  # never below zero
         steps = row["completion"][0]["content"].split("\n")
         assert 1 <= len(steps) - 2 <= 3  # one line per operation, between the opening and the answer
         assert accuracy_reward([row["completion"][0]["content"]], answer=[row["answer"]]) == [1.0]

@@ -5,7 +5,7 @@ terms, largest operand, operators), told as a short story that a small instructi
 can follow and partly solve, generated locally and deterministically from a seed:
 
     prompt      [{"role": "system", "content": "Please reason step by step, ..."},
-                 {"role": "user", "content": "Mia has 7 marbles. She finds 5 more marbles. Then she
+                 {"role": "user", "content": "Example: ... \\boxed{5}.\n\nNow solve: Mia has 7 marbles. She finds 5 more marbles. Then she
                   gives away 3 marbles. How many marbles does Mia have now?"}]
     answer      "9"
     completion  [{"role": "assistant", "content": "Mia starts with 7 marbles.\\n7 + 5 = 12\\n12 - 3 = 9\\n
@@ -29,6 +29,13 @@ PEOPLE = (("Mia", "She"), ("Tom", "He"), ("Ana", "She"), ("Leo", "He"), ("Sara",
 ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards")
 GAINS = ("buys {n} more {noun}", "finds {n} more {noun}", "gets {n} more {noun} from a friend")
 LOSSES = ("gives away {n} {noun}", "loses {n} {noun}", "gives {n} {noun} to a friend")
+#: A worked example before each problem: small instruction-tuned models ignore the system turn's
+#: "\boxed{}" request far more often without one (SmolLM2-135M, greedy: 0 of 8 answers boxed without
+#: it, some with it).
+EXAMPLE = (
+    "Example: Ann has 2 pens. She buys 3 more pens. How many pens does Ann have now?\n"
+    "Ann starts with 2 pens.\n2 + 3 = 5\nThe answer is \\boxed{5}.\n\nNow solve: "
+)
 #: The prompt template of the word problems (`ktae.data.templates`): the boxed-answer instruction as the system turn.
 TEMPLATE = "qwen_math"
 
@@ -58,7 +65,7 @@ def sample_word_problem(rng: random.Random, task: ArithmeticTask) -> dict:
     sentences.append(f"How many {item} does {name} have now?")
     steps.append(f"The answer is \\boxed{{{value}}}.")
     return {
-        "prompt": apply_template(" ".join(sentences), TEMPLATE),
+        "prompt": apply_template(EXAMPLE + " ".join(sentences), TEMPLATE),
         "answer": str(value),
         "completion": [{"role": "assistant", "content": "\n".join(steps)}],
     }
