@@ -34,16 +34,31 @@ TRAIN_STEPS = 10
 EVAL_LIMIT = 4
 # The tiny job of `ktae train`, without the warm start: GRPO+KTAE steps on the synthetic task.
 TRAIN_OPTIONS = [
-    "warm_start_max_steps=0", "eval_accuracy_steps=0", "num_generations=8", "per_device_train_batch_size=64",
-    "max_completion_length=40", "ktae_log_rollouts_steps=5", "save_steps=1000", "task_train_size=2000",
+    "warm_start_max_steps=0",
+    "eval_accuracy_steps=0",
+    "num_generations=8",
+    "per_device_train_batch_size=64",
+    "max_completion_length=40",
+    "ktae_log_rollouts_steps=5",
+    "save_steps=1000",
+    "task_train_size=2000",
 ]
 # --quick: the same pieces at toy sizes, to check the script on a CPU in seconds.
 QUICK_GROUPS = (2, 4)
 QUICK_MAX_LEN = 64
 QUICK_TRAIN_OPTIONS = [
-    "tiny_hidden_size=32", "tiny_intermediate_size=64", "tiny_num_hidden_layers=1", "tiny_num_attention_heads=2",
-    "tiny_num_key_value_heads=1", "task_train_size=64", "task_eval_size=8", "warm_start_max_steps=0",
-    "eval_accuracy_steps=0", "num_generations=4", "per_device_train_batch_size=8", "max_completion_length=12",
+    "tiny_hidden_size=32",
+    "tiny_intermediate_size=64",
+    "tiny_num_hidden_layers=1",
+    "tiny_num_attention_heads=2",
+    "tiny_num_key_value_heads=1",
+    "task_train_size=64",
+    "task_eval_size=8",
+    "warm_start_max_steps=0",
+    "eval_accuracy_steps=0",
+    "num_generations=4",
+    "per_device_train_batch_size=8",
+    "max_completion_length=12",
     "ktae_log_rollouts_steps=1",
 ]
 PROBLEMS = [("2+3+4=", "9"), ("1+1+5=", "7"), ("3+3+3=", "9"), ("4+2+1=", "7")]
@@ -126,16 +141,37 @@ def check_evaluation(device: str, model_dir: Path, work: Path, limit: int, max_n
     (data / "aime24.jsonl").write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in PROBLEMS))
     out = work / "eval"
     started = time.perf_counter()
-    code = main([
-        "eval", "--model", str(model_dir), "--benchmarks", "aime24", "--data-dir", str(data), "--limit", str(limit),
-        "--max-new-tokens", str(max_new_tokens), "--template", "plain", "--backend", "transformers",
-        "--device", device, "--output-dir", str(out),
-    ])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--benchmarks",
+            "aime24",
+            "--data-dir",
+            str(data),
+            "--limit",
+            str(limit),
+            "--max-new-tokens",
+            str(max_new_tokens),
+            "--template",
+            "plain",
+            "--backend",
+            "transformers",
+            "--device",
+            device,
+            "--output-dir",
+            str(out),
+        ]
+    )
     if code != 0:
         raise RuntimeError(f"ktae eval exited with {code}")
     results = json.loads((out / "results.json").read_text())
-    return {"seconds": round(time.perf_counter() - started, 1), "results": results["results"],
-            "num_examples": results["num_examples"]}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results["results"],
+        "num_examples": results["num_examples"],
+    }
 
 
 def environment(device: str) -> dict:

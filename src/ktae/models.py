@@ -130,8 +130,10 @@ def load_tokenizer(name_or_path: str | os.PathLike | ModelSource, resolve: bool 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     source = name_or_path if isinstance(name_or_path, ModelSource) else resolve_model_source(name_or_path)
-    if source.is_local and source.gguf_file is None and not any(
-        (Path(source.path) / f).is_file() for f in _TOKENIZER_FILES
+    if (
+        source.is_local
+        and source.gguf_file is None
+        and not any((Path(source.path) / f).is_file() for f in _TOKENIZER_FILES)
     ):
         raise FileNotFoundError(f"model folder {source.path!r} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     config = Path(source.path) / "tokenizer_config.json"
@@ -185,9 +187,7 @@ def _render_chat(tokenizer, messages: list[dict[str, str]], add_generation_promp
 
 def chat_end_of_turn(tokenizer) -> int | None:
     """The id of the special token the chat template puts right after an assistant message, if any."""
-    text = _render_chat(
-        tokenizer, [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}], False
-    )
+    text = _render_chat(tokenizer, [{"role": "user", "content": "1"}, {"role": "assistant", "content": _PROBE}], False)
     if text is None or _PROBE not in text:
         return None
     after = text[text.rfind(_PROBE) + len(_PROBE) :]

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"the packaged SmolLM2 is not installed: {SMOLLM2_INSTALL}",
 )
 
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """On a 2-core machine shared with other jobs, torch's second thread mostly waits for the first."""
@@ -39,11 +40,23 @@ MAX_TOKENS = 24
 def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     run = tmp_path / "run"
     started = time.perf_counter()
-    assert main([
-        "train", "--output-dir", str(run), "model_name_or_path=smollm2", "max_steps=2", "num_generations=4",
-        f"max_completion_length={MAX_TOKENS}", "per_device_train_batch_size=8", "warm_start_max_steps=0",
-        "eval_accuracy_steps=0",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--output-dir",
+                str(run),
+                "model_name_or_path=smollm2",
+                "max_steps=2",
+                "num_generations=4",
+                f"max_completion_length={MAX_TOKENS}",
+                "per_device_train_batch_size=8",
+                "warm_start_max_steps=0",
+                "eval_accuracy_steps=0",
+            ]
+        )
+        == 0
+    )
     train_seconds = time.perf_counter() - started
     out = capsys.readouterr().out
     assert "end of turn '<|im_end|>' (metadata: '<|im_start|>')" in out  # the correction, printed
@@ -83,10 +96,26 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     problems = [{"problem": "What is 2 + 3?", "answer": "5"}, {"problem": "What is 4 + 4?", "answer": "8"}]
     (data / "aime24.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
     results_dir = tmp_path / "eval"
-    assert main([
-        "eval", "--model", str(checkpoint), "--benchmarks", "aime24", "--data-dir", str(data), "--limit", "2",
-        "--max-new-tokens", "16", "--output-dir", str(results_dir),
-    ]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(checkpoint),
+                "--benchmarks",
+                "aime24",
+                "--data-dir",
+                str(data),
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "16",
+                "--output-dir",
+                str(results_dir),
+            ]
+        )
+        == 0
+    )
     responses = [json.loads(line) for line in (results_dir / "responses" / "aime24.jsonl").read_text().splitlines()]
     assert len(responses) == 2 and all(0 < r["num_tokens"] <= 16 for r in responses)
     assert json.loads((results_dir / "results.json").read_text())["num_examples"] == {"aime24": 2}
