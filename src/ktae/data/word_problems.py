@@ -5,10 +5,10 @@ terms, largest operand, operators), told as a short story simple enough for a sm
 instruction-tuned model to attempt, generated locally and deterministically from a seed:
 
     prompt      [{"role": "system", "content": "Please reason step by step, ..."},
-                 {"role": "user", "content": "Example: ... \\boxed{5}.\n\nNow solve: Mia has 7 marbles.
+                 {"role": "user", "content": "Example: ... \\boxed{5}.\\n\\nNow solve: Mia has 7 marbles.
                   She finds 5 more marbles. Then she gives away 3 marbles. How many marbles does Mia have now?"}]
     answer      "9"
-    completion  [{"role": "assistant", "content": "Mia starts with 7 marbles.\n7 + 5 = 12\n12 - 3 = 9\n
+    completion  [{"role": "assistant", "content": "Mia starts with 7 marbles.\\n7 + 5 = 12\\n12 - 3 = 9\\n
                   The answer is \\boxed{9}."}]
 
 Prompts are chat messages (TRL's conversational format), so the model's own chat template renders
