@@ -399,3 +399,15 @@ def test_rescore_bad_input_is_named(args, message, tmp_path, capsys):
     args = [a.format(released=released, tmp=tmp_path) for a in args]
     assert main(["eval", *args, "--output-dir", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_of_a_folder_without_a_model_is_a_named_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "--model", str(empty), "--benchmarks", "aime24", "--data-dir", str(tmp_path)]) == 2
+    assert "holds no model: no config.json and no tokenizer files" in capsys.readouterr().err
+    from ktae.integrations.trl.tiny import build_tokenizer
+
+    build_tokenizer().save_pretrained(empty)  # a tokenizer alone is not a model either
+    assert main(["eval", "--model", str(empty), "--benchmarks", "aime24", "--data-dir", str(tmp_path)]) == 2
+    assert "has no config.json: it holds a tokenizer, not a model" in capsys.readouterr().err

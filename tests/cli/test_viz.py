@@ -202,3 +202,39 @@ def test_viz_with_a_huge_token_id_stays_small(tmp_path):
     rollouts = _jsonl(tmp_path / "r.jsonl", records)
     assert main(["viz", "--rollouts", str(rollouts), "--ignore-token-ids", "7"]) == 0
     assert (tmp_path / "r.html").is_file()
+
+
+# A `ktae train` job scaled down to seconds: a 1-layer tiny model, no warm start, one RL step.
+TRAIN_ONE_STEP = [
+    "tiny_hidden_size=32", "tiny_intermediate_size=64", "tiny_num_hidden_layers=1", "tiny_num_attention_heads=2",
+    "tiny_num_key_value_heads=1", "task_train_size=64", "task_eval_size=8", "warm_start_max_steps=0",
+    "num_generations=4", "per_device_train_batch_size=8", "max_completion_length=12", "eval_accuracy_steps=0",
+    "ktae_log_rollouts_steps=1", "max_steps=1", "save_steps=1",
+]
+
+
+def test_viz_decodes_a_ktae_train_run_with_the_tokenizer_the_run_used(tmp_path, tokenizer, capsys):
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *TRAIN_ONE_STEP]) == 0
+    checkpoint = run / "checkpoints" / "checkpoint-1"
+    # The folder holds the tiny tokenizer beside a Qwen2 config.json: plain AutoTokenizer takes Qwen2's
+    # byte-level tokenizer from it, which splits the run's text into other ids.
+    assert (checkpoint / "config.json").is_file()
+    marker = "\n\\boxed{"
+    assert AutoTokenizer.from_pretrained(checkpoint)(marker)["input_ids"] != tokenizer(marker)["input_ids"]
+    # Rollouts with token ids only: the report must decode them with the run's own tokenizer.
+    records = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    responses = [r.pop("response") for r in records]
+    for record in records:
+        del record["tokens"]
+    _jsonl(run / "rollouts.jsonl", records)
+    assert main(["viz", "--run", str(run)]) == 0
+    groups, text = page_groups(run / "report" / "step-1.html")
+    assert "ignored token ids [0, 1]" in text  # the tiny tokenizer's <pad> and <eos>
+    shown = [
+        "".join(group["tok"]["text"][t] for t in base64.b64decode(rollout["seq"]))
+        for group in groups for rollout in group["rollouts"]
+    ]
+    assert sorted(shown) == sorted(responses)

@@ -9,9 +9,11 @@ run from its last checkpoint. One job, top to bottom, in ``prepare_job`` then ``
 1. options: the built-in defaults, then the recipe, then ``key=value`` overrides, validated by the
    trainer engineer's ``config_from_dict`` (unknown keys and bad values raise a ValueError);
 2. model and tokenizer: ``model_name_or_path: tiny`` builds them (``tiny_*`` keys), anything else
-   is a hub id or local folder;
-3. data: ``dataset_name: synthetic`` draws the arithmetic task (``task_*`` keys), anything else is
-   loaded with ``datasets`` and must have ``prompt`` and ``answer`` columns;
+   is a hub id, a local folder, a ``.gguf`` file or ``smollm2`` (`ktae.models`); a real model's job
+   starts from `REAL_MODEL_JOB` instead of the tiny defaults;
+3. data: ``dataset_name: synthetic`` draws the arithmetic task and ``word_problems`` the same
+   arithmetic told in English, as chat prompts (``task_*`` keys); anything else is loaded with
+   ``datasets`` and must have ``prompt`` and ``answer`` columns;
 4. warm start (``warm_start_max_steps > 0``): SFT until greedy accuracy reaches the target, saved to
    ``RUN_DIR/warm_start``;
 5. RL: ``KTAEGRPOTrainer`` with the run-folder callbacks; checkpoints land atomically in
@@ -56,6 +58,7 @@ from ktae.run_folder import (
 
 TINY_MODEL = "tiny"
 SYNTHETIC_DATASET = "synthetic"
+WORD_PROBLEMS_DATASET = "word_problems"
 REWARDS = ("accuracy", "dapo")
 
 # Job keys of their own sections, one per dataclass: task_* (synthetic task), tiny_* (tiny model
@@ -117,6 +120,38 @@ DEFAULT_JOB: dict[str, Any] = {
 }
 
 
+#: What a real (pretrained) model's job changes in `DEFAULT_JOB`: English word problems it can partly
+#: solve from the start (no warm start), AdamW at the small learning rate of the paper's recipes, and
+#: bf16 on a GPU that supports it (`default_job` fills it in).
+REAL_MODEL_JOB: dict[str, Any] = {
+    "dataset_name": WORD_PROBLEMS_DATASET,
+    "task_min_terms": 2,
+    "task_max_terms": 3,
+    "task_max_operand": 9,
+    "task_operations": "+-",
+    "task_train_size": 2000,
+    "task_eval_size": 50,
+    "warm_start_max_steps": 0,
+    "optim": "adamw_torch",
+    "learning_rate": 1.0e-6,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "num_generations": 8,
+    "per_device_train_batch_size": 16,
+    "max_completion_length": 128,
+}
+
+
+def default_job(model_name_or_path: Any) -> dict[str, Any]:
+    """The built-in job for a model: `DEFAULT_JOB` for the tiny model, with `REAL_MODEL_JOB` for any other."""
+    if model_name_or_path in (None, TINY_MODEL):
+        return dict(DEFAULT_JOB)
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {**DEFAULT_JOB, **REAL_MODEL_JOB, "bf16": bf16}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="recipe YAML (default: the built-in tiny CPU job)")
     parser.add_argument(
@@ -151,7 +186,13 @@ def run(args: argparse.Namespace) -> int:
                     return 0
             else:
                 recipe = _read_recipe(args.config) if args.config is not None else {}
-                options = resolve_options(recipe, args.overrides, defaults=DEFAULT_JOB if args.config is None else None)
+                if args.config is None:
+                    from ktae.integrations.trl.config import parse_overrides
+
+                    defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
+                else:
+                    defaults = None
+                options = resolve_options(recipe, args.overrides, defaults=defaults)
                 run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
                 lock = RunFolderLock(run_dir).acquire()
                 if (run_dir / CONFIG_FILE).exists():
@@ -159,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
                     )
             job = prepare_job(options, run_dir, resume=args.resume is not None)
-        except (ValueError, OSError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
+        except (ValueError, OSError, ImportError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
         print(json.dumps(job.train(), indent=2))
@@ -245,33 +286,35 @@ def build_trainer_config(options: Mapping[str, Any], output_dir: str | os.PathLi
 def load_model_and_tokenizer(options: Mapping[str, Any]):
     name = options.get("model_name_or_path")
     if name is None:
-        raise ValueError("model_name_or_path is missing: a hub id, a local folder, or 'tiny'")
+        raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
     if name == TINY_MODEL:
         from ktae.integrations.trl.tiny import build_model, build_tokenizer
 
         tokenizer = build_tokenizer()
         return build_model(tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)), tokenizer
-    from transformers import AutoModelForCausalLM
+    from ktae.models import load_causal_lm, load_tokenizer, resolve_special_tokens
 
-    from ktae.integrations.trl.tiny import load_tokenizer
-
-    tokenizer = load_tokenizer(name)
-    dtype = options.get("torch_dtype") or "auto"
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype), tokenizer
+    tokenizer = load_tokenizer(name, resolve=False)
+    print(f"[ktae train] tokenizer of {name}: {resolve_special_tokens(tokenizer).describe()}")
+    return load_causal_lm(name, tokenizer, dtype=options.get("torch_dtype") or "auto"), tokenizer
 
 
 def load_datasets(options: Mapping[str, Any]):
     """(train, held-out eval or None) prompt datasets with ``prompt`` and ``answer`` columns."""
     name = options.get("dataset_name")
     if name is None:
-        raise ValueError("dataset_name is missing: a hub id, a local path, or 'synthetic'")
-    if name == SYNTHETIC_DATASET:
+        raise ValueError(
+            f"dataset_name is missing: a hub id, a local path, {SYNTHETIC_DATASET!r} or {WORD_PROBLEMS_DATASET!r}"
+        )
+    if name in (SYNTHETIC_DATASET, WORD_PROBLEMS_DATASET):
         from ktae.data.synthetic import make_arithmetic_dataset
+        from ktae.data.word_problems import make_word_problem_dataset
 
+        make = make_arithmetic_dataset if name == SYNTHETIC_DATASET else make_word_problem_dataset
         task = section(options, "task_", ArithmeticTask)
         seed = options.get("task_seed") or 0
-        train = make_arithmetic_dataset(options.get("task_train_size") or 16000, seed=2 * seed + 1, task=task)
-        held_out = make_arithmetic_dataset(options.get("task_eval_size") or 200, seed=2 * seed + 2, task=task)
+        train = make(options.get("task_train_size") or 16000, seed=2 * seed + 1, task=task)
+        held_out = make(options.get("task_eval_size") or 200, seed=2 * seed + 2, task=task)
         return train, held_out
     from ktae.data import MATH_TRAIN_HUB_ID, load_math_train, load_prompt_dataset
 
@@ -331,8 +374,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         MetricsProgressCallback,
         RunLogCallback,
     )
-    from ktae.integrations.trl.tiny import load_tokenizer
     from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
+    from ktae.models import load_tokenizer, resolve_model_source
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -341,11 +384,15 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     train_data, held_out = load_datasets(options)
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
-    # the warm-started (or freshly built tiny) model in RUN_DIR/warm_start, else model_name_or_path.
+    # the warm-started (or freshly built tiny, or GGUF-converted) model in RUN_DIR/warm_start, else
+    # model_name_or_path. A GGUF model is converted once (dequantized, safetensors), its tokens resolved.
     warm = section(options, "warm_start_", WarmStartConfig)
     warm_dir = run_dir / WARM_START_DIR
     warm_history = None
-    if warm.max_steps > 0 or options.get("model_name_or_path") == TINY_MODEL:
+    name = options.get("model_name_or_path")
+    if name is None:
+        raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
+    if warm.max_steps > 0 or name == TINY_MODEL or resolve_model_source(name).gguf_file is not None:
         if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
             model, tokenizer = load_model_and_tokenizer(options)
             if warm.max_steps > 0:
@@ -378,6 +425,11 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         callbacks=callbacks,
     )
     trainer.run_description = describe_run(options, warm)
+    print(
+        f"[ktae train] policy {policy}: end of sequence {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), "
+        f"padding {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}); generation stops at ids "
+        f"{trainer.eos_token_ids}; KTAE ignores ids {list(trainer.ktae_config.ignore_token_ids)}"
+    )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsProgressCallback(run_dir))
 

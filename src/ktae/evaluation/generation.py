@@ -9,12 +9,9 @@ repetition penalty from the model's generation config), seeded.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
-# "org/name" or "name": what a Hugging Face hub id looks like; anything else is a local path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+from ktae.models import resolve_model_source
 
 
 @dataclass(frozen=True)
@@ -37,18 +34,13 @@ class Generation:
 
 
 def check_model_source(model: str) -> None:
-    """A local model folder must exist; a hub id is left for ``from_pretrained`` to resolve."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise FileNotFoundError(f"model path {model!r} is a file; give the model's folder")
-        return
-    if not _HUB_ID.match(model) or model.startswith((".", "~")):
-        raise FileNotFoundError(f"model path not found: {model!r}")
+    """The model must be a hub id, a model folder, a .gguf file or ``smollm2`` (`ktae.models.resolve_model_source`)."""
+    resolve_model_source(model, weights=True)
 
 
-def select_backend(name: str = "auto") -> str:
-    """ "auto": vLLM when it is installed and a GPU is present, else transformers."""
+def select_backend(name: str = "auto", model: str | None = None) -> str:
+    """ "auto": vLLM when it is installed and a GPU is present, else transformers; a GGUF model
+    (``model``) always goes to transformers, which dequantizes it."""
     if name not in ("auto", "vllm", "transformers"):
         raise ValueError(f"unknown backend {name!r}; choose auto, vllm or transformers")
     has_vllm = importlib.util.find_spec("vllm") is not None
@@ -56,11 +48,14 @@ def select_backend(name: str = "auto") -> str:
         raise ValueError(
             "backend 'vllm': vllm is not installed (pip install 'ktae[vllm]'), or use --backend transformers"
         )
+    gguf = model is not None and resolve_model_source(model).gguf_file is not None
+    if name == "vllm" and gguf:
+        raise ValueError(f"the vllm backend does not load GGUF models such as {model!r}: use --backend transformers")
     if name != "auto":
         return name
     import torch
 
-    return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
+    return "vllm" if has_vllm and torch.cuda.is_available() and not gguf else "transformers"
 
 
 def check_device(device: str | None) -> None:
@@ -83,9 +78,9 @@ def check_device(device: str | None) -> None:
         raise ValueError(f"device {device!r}: MPS is not available")
 
 
-def check_generator_options(backend: str, options: dict) -> str:
+def check_generator_options(backend: str, options: dict, model: str | None = None) -> str:
     """Validate ``make_generator``'s backend and options before anything loads; returns the backend."""
-    backend = select_backend(backend)
+    backend = select_backend(backend, model)
     for name in ("batch_size", "tensor_parallel_size"):
         if name in options and not (isinstance(options[name], int) and options[name] >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {options[name]!r}")
@@ -114,25 +109,26 @@ class TransformersGenerator:
         trust_remote_code: bool = False,
     ):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        # the project's tokenizer loader: also reloads the tiny tokenizers `ktae train` saves as they were
-        from ktae.integrations.trl.tiny import load_tokenizer
+        from ktae.models import (
+            default_dtype,
+            end_token_ids,
+            load_causal_lm,
+            load_tokenizer,
+        )
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.max_model_len = max_model_len
-        self.tokenizer = load_tokenizer(model)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(model)  # left padding, pad and end tokens resolved
+        self.model = load_causal_lm(
+            model,
+            self.tokenizer,
+            dtype=default_dtype(self.device) if dtype == "auto" else dtype,
+            trust_remote_code=trust_remote_code,
+        )
         self.model.to(self.device).eval()
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.eos_ids = set(end_token_ids(self.tokenizer, self.model.generation_config.eos_token_id))
 
     def generate(
         self,
@@ -264,8 +260,7 @@ class VLLMGenerator:
 def make_generator(model: str, backend: str = "auto", **options):
     """The generator for ``backend`` ("auto", "vllm", "transformers"); options go to its constructor
     (batch_size and device only apply to transformers, tensor_parallel_size and seed to vLLM)."""
-    check_model_source(model)
-    backend = select_backend(backend)
+    backend = select_backend(backend, model)
     if backend == "vllm":
         for key in ("batch_size", "device"):
             options.pop(key, None)

@@ -319,7 +319,7 @@ def evaluate(
     names = parse_benchmark_names(benchmarks)
     get_template(settings.template)
     check_model_source(settings.model)
-    backend = check_generator_options(backend, generator_options or {})
+    backend = check_generator_options(backend, generator_options or {}, settings.model)
     unused = [name for name in settings.samples_per_benchmark if name not in names]
     if unused:
         raise ValueError(f"samples_per_benchmark names {', '.join(unused)}, not among the benchmarks run")

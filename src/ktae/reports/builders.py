@@ -28,7 +28,6 @@ from ktae.reports.rollouts import (
     TokenizedRollouts,
     find_run_tokenizer,
     load_rollouts,
-    load_tokenizer,
     tokenize_rollouts,
 )
 from ktae.run_folder import CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, write_atomic
@@ -64,7 +63,13 @@ def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list
 
 
 def _tokenizer(tokenizer, run_dir: Path | None):
-    """A tokenizer object from an object, a path or hub id, or the run's newest checkpoint."""
+    """A tokenizer object from an object, a path or hub id, or the run's newest checkpoint.
+
+    Loaded as training and evaluation load it (`ktae.models.load_tokenizer`), so that a report splits
+    and labels the run's tokens exactly as the run did.
+    """
+    from ktae.models import load_tokenizer
+
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     if tokenizer is not None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ktae.reports.text import SENTENCEPIECE, detect_piece_style, merge_pieces, piece_label, tokenizer_piece_style
+from ktae.models import ignored_token_ids, token_pieces
+from ktae.reports.text import TEXT, detect_piece_style, merge_pieces, piece_label
 from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints
 
 # Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
@@ -184,15 +185,6 @@ def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -
     return rollouts
 
 
-def load_tokenizer(name_or_path: str | os.PathLike):
-    """A Hugging Face tokenizer from a local folder or a hub id."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as error:  # pragma: no cover - transformers is in the trl and verl extras
-        raise ImportError("reading a tokenizer needs transformers: pip install 'ktae[trl]'") from error
-    return AutoTokenizer.from_pretrained(str(name_or_path))
-
-
 def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint of a run that holds a tokenizer (``checkpoints/checkpoint-N``), if any."""
     with_tokenizer = [
@@ -201,20 +193,6 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
         if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     ]
     return with_tokenizer[-1] if with_tokenizer else None
-
-
-def _drop_decoder_stripped_space(texts: list[str], decoded: str) -> None:
-    """SentencePiece decoders (Llama 2, Mistral) strip one leading space ('▁' of the first word):
-    do the same when that is the only difference from the tokenizer's own decoding."""
-    joined = "".join(texts)
-    if joined != decoded and joined.startswith(" ") and joined[1:] == decoded:
-        first = next(index for index, text in enumerate(texts) if text)
-        texts[first] = texts[first][1:]
-
-
-def _tokenizer_ignore_ids(tokenizer) -> tuple[int, ...]:
-    ids = {getattr(tokenizer, name, None) for name in ("pad_token_id", "eos_token_id")}
-    return tuple(sorted(int(i) for i in ids if isinstance(i, int)))
 
 
 def tokenize_rollouts(
@@ -250,7 +228,7 @@ def tokenize_rollouts(
         elif tokenizer is not None:
             if token_ids is None:
                 token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
-            pieces.append(tokenizer.convert_ids_to_tokens(list(token_ids)))
+            pieces.append(token_pieces(tokenizer, token_ids))  # decoded text, as the trainers log it
         elif token_ids is not None:
             raise ValueError(
                 f"rollout {index} (group {rollout.group!r}) has token_ids but no 'tokens' pieces to show: "
@@ -274,7 +252,7 @@ def tokenize_rollouts(
         ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         ignore_token_ids = ()
     elif ignore_token_ids is None and tokenizer is not None:
-        ignore_token_ids = _tokenizer_ignore_ids(tokenizer)
+        ignore_token_ids = ignored_token_ids(tokenizer)
     elif ignore_token_ids is None:
         ignore_token_ids = ()
         notices.append(
@@ -282,17 +260,14 @@ def tokenize_rollouts(
             "training ignored them. Pass --tokenizer or --ignore-token-ids."
         )
 
-    # The piece style of the tokenizer's pieces, and separately of the pieces the records carry.
+    # Pieces decoded by the tokenizer are text; the pieces records carry may be raw byte-level or
+    # SentencePiece pieces (other tools' logs), merged into text here.
     record_pieces = (piece for row, tok in zip(pieces, from_tokenizer) if not tok for piece in row)
     record_style = detect_piece_style(record_pieces, special)
-    tokenizer_style = tokenizer_piece_style(tokenizer) if any(from_tokenizer) else None
     texts, labels = [], {}
     for row_ids, row_pieces, tok in zip(ids, pieces, from_tokenizer):
-        style = tokenizer_style if tok else record_style
-        merged = merge_pieces(row_pieces, style, special)
-        if tok and style == SENTENCEPIECE:
-            _drop_decoder_stripped_space(merged, tokenizer.decode(row_ids))
-        texts.append(merged)
+        style = TEXT if tok else record_style
+        texts.append(merge_pieces(row_pieces, style, special))
         for token_id, piece in zip(row_ids, row_pieces):
             if token_id not in labels:
                 labels[token_id] = piece_label(piece, style, special)

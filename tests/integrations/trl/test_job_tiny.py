@@ -3,7 +3,8 @@
 import torch
 
 from ktae.data.synthetic import ArithmeticTask, make_arithmetic_dataset
-from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer, load_tokenizer
+from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer
+from ktae.models import load_tokenizer
 
 
 def test_tokenizer_is_lossless_on_the_task_and_boxed_is_one_token():

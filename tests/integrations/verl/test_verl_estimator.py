@@ -14,7 +14,7 @@ from verl.trainer.ppo.core_algos import get_adv_estimator_fn, register_adv_est
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from ktae import KTAEConfig, compute_key_token_values
-from ktae.integrations.verl import compute_ktae_outcome_advantage, response_tokens, tokenizer_ignore_token_ids
+from ktae.integrations.verl import compute_ktae_outcome_advantage, response_tokens
 
 PAD, EOS = 0, 1
 
@@ -260,14 +260,3 @@ def test_rows_out_of_order_are_refused(algorithm):
     with response_tokens(data.batch["responses"][:, :-1], ignore_token_ids=(PAD,)):
         with pytest.raises(ValueError, match="same \\[batch, response length\\] shape"):
             compute_advantage(data, adv_estimator="ktae", config=algorithm)
-
-
-def test_tokenizer_ignore_token_ids():
-    class Tokenizer:
-        pad_token_id = 151643
-        eos_token_id = 151645
-
-    assert tokenizer_ignore_token_ids(Tokenizer()) == (151643, 151645)
-    Tokenizer.pad_token_id = None
-    Tokenizer.eos_token_id = [7, 3]
-    assert tokenizer_ignore_token_ids(Tokenizer()) == (3, 7)

@@ -8,10 +8,7 @@ Qwen2 causal LM of a few hundred thousand parameters.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ktae.data.synthetic import ALPHABET, BOXED
 
@@ -32,21 +29,6 @@ def build_tokenizer():
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
     )
     return tokenizer
-
-
-def load_tokenizer(name_or_path: str | os.PathLike):
-    """``AutoTokenizer.from_pretrained``, except for a tokenizer saved from a bare ``tokenizers`` object.
-
-    transformers 5 picks the tokenizer class from the model type when the saved config names the
-    generic backend, so the tiny tokenizer saved beside a Qwen2 model would come back as Qwen2's
-    byte-level tokenizer and split text differently. Such folders load as they were saved.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config = Path(name_or_path) / "tokenizer_config.json"
-    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "TokenizersBackend":
-        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 @dataclass(frozen=True)

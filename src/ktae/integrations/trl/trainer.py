@@ -47,7 +47,15 @@ from ktae import compute_key_token_values, compute_ktae_advantages, compute_roll
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
-from ktae.run_folder import KEY_TOKENS_FILE, ROLLOUTS_FILE, RolloutRecord, append_jsonl, drop_steps_after
+from ktae.run_folder import (
+    KEY_TOKENS_FILE,
+    ROLLOUTS_FILE,
+    RolloutRecord,
+    append_jsonl,
+    drop_steps_after,
+    write_atomic,
+)
+from ktae.models import ignored_token_ids, token_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -71,26 +79,6 @@ class GroupRows:
     mask: torch.Tensor
     rows: torch.Tensor
     local: torch.Tensor
-
-
-def token_pieces(tokenizer, token_ids: list[int], context: int = 6) -> list[str]:
-    """Decoded text piece of each token; the pieces concatenate to the decoded text.
-
-    A token that ends inside a multi-byte character gets "" and the character goes to the token
-    that completes it. Decoding a few tokens of context keeps tokenizers that strip a leading
-    space at the start of a decode (SentencePiece) right.
-    """
-    pieces, done = [], 0
-    for end in range(1, len(token_ids) + 1):
-        start = max(0, done - context)
-        before = tokenizer.decode(token_ids[start:done], skip_special_tokens=False)
-        after = tokenizer.decode(token_ids[start:end], skip_special_tokens=False)
-        if after.endswith("\ufffd") and end < len(token_ids) or not after.startswith(before):
-            pieces.append("")
-            continue
-        pieces.append(after[len(before):])
-        done = end
-    return pieces
 
 
 def prompt_text(prompt: Any) -> str:
@@ -166,8 +154,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
             raise ValueError("dynamic_sampling draws extra prompts by index: it needs a map-style train_dataset")
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
-        ignore = {self._tokenizer.pad_token_id, *self.eos_token_ids} - {None}
-        self.ktae_config = args.ktae_config(ignore_token_ids=sorted(ignore))
+        self.ktae_config = args.ktae_config(ignore_token_ids=ignored_token_ids(self._tokenizer, self.eos_token_ids))
         self._bonus_config = dataclasses.replace(self.ktae_config, rollout_advantage="none")
         self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
         self._key_tokens_to_log: dict[str, list[dict]] | None = None  # for the trackers, at the next log
@@ -486,11 +473,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             accuracy=accuracy,
             tags=list(dict.fromkeys([*self._tag_names, self.args.algo, *tags])),
         )
-        path = Path(self.args.output_dir) / "README.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".md.tmp")
-        temporary.write_text(card, encoding="utf-8")
-        os.replace(temporary, path)  # readers see the previous card or the new one, never half of one
+        write_atomic(Path(self.args.output_dir) / "README.md", card)  # never half a card
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped

@@ -21,7 +21,6 @@ from ktae.integrations.verl.estimator import (
     compute_base_advantage,
     compute_ktae_outcome_advantage,
     response_tokens,
-    tokenizer_ignore_token_ids,
 )
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "ktae_base_from_algorithm",
     "ktae_config_from_algorithm",
     "response_tokens",
-    "tokenizer_ignore_token_ids",
     "validate_ktae_run",
 ]

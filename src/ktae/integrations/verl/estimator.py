@@ -41,7 +41,7 @@ class ResponseTokens:
 
     responses: [B, T] token ids, rows in the order of the batch verl builds (right-padded);
     uids: [B] the uid of each row, checked against verl's ``index`` (None skips the check);
-    ignore_token_ids: the tokenizer's pad and end-of-sequence ids.
+    ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`).
     Filled by the estimator: ``metrics`` (``ktae/*``, see ktae.integrations.signals) and ``scores`` [B]
     (the summed token-level rewards that decided correctness).
     """
@@ -73,16 +73,6 @@ def response_tokens(
         yield tokens
     finally:
         _RESPONSE_TOKENS.reset(reset)
-
-
-def tokenizer_ignore_token_ids(tokenizer) -> tuple[int, ...]:
-    """The tokenizer's pad and end-of-sequence ids (the tokens KTAE gives no value), without None."""
-    ids = set()
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is None:
-            continue
-        ids.update([token_id] if isinstance(token_id, int) else token_id)
-    return tuple(sorted(int(t) for t in ids))
 
 
 def _current_tokens(responses, response_mask: torch.Tensor, index) -> ResponseTokens:

@@ -36,7 +36,8 @@ from ktae.integrations.verl.config import (
     ktae_config_from_algorithm,
     validate_ktae_run,
 )
-from ktae.integrations.verl.estimator import response_tokens, tokenizer_ignore_token_ids
+from ktae.integrations.verl.estimator import response_tokens
+from ktae.models import ignored_token_ids
 from ktae.reports.text import merge_pieces, tokenizer_piece_style
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
@@ -66,7 +67,7 @@ class KTAETrainerMixin:
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         data = data.to_padded_tensor()  # padding is masked out: its value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
-        ignore = tokenizer_ignore_token_ids(self.tokenizer)
+        ignore = ignored_token_ids(self.tokenizer)
         with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore) as tokens:
             result = super()._compute_advantage(batch, metrics)
         metrics.update(tokens.metrics)

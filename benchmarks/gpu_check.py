@@ -1,0 +1,229 @@
+"""Offline GPU check: the estimator, training and evaluation on one CUDA GPU, with no network.
+
+    python benchmarks/gpu_check.py [--out gpu_check.json]            # on a GPU node, under 5 minutes
+    python benchmarks/gpu_check.py --device cpu --quick               # the script's own pieces, on a CPU
+
+Three parts, one JSON file of results (also printed):
+
+1. estimator: ``compute_ktae_advantages`` at 8, 64, 256 and 1024 groups x 16 rollouts x 3072 tokens
+   (the batches of ``ktae bench``): median of 5 timed calls after a warm-up, each between two
+   ``torch.cuda.synchronize()``, and the largest difference from the CPU result on the same batch;
+2. training: 10 steps of GRPO+KTAE with the tiny model (`ktae train`'s job, no warm start), on the GPU;
+3. evaluation: ``ktae eval --limit 4`` of the checkpoint just trained, on the GPU (transformers
+   backend), on a four-problem benchmark file written here (no download).
+
+Nothing is downloaded: the tiny model and its tokenizer are built locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GROUP_SIZE = 16
+MAX_LEN = 3072
+GROUPS = (8, 64, 256, 1024)
+REPEATS = 5
+TRAIN_STEPS = 10
+EVAL_LIMIT = 4
+# The tiny job of `ktae train`, without the warm start: GRPO+KTAE steps on the synthetic task.
+TRAIN_OPTIONS = [
+    "warm_start_max_steps=0",
+    "eval_accuracy_steps=0",
+    "num_generations=8",
+    "per_device_train_batch_size=64",
+    "max_completion_length=40",
+    "ktae_log_rollouts_steps=5",
+    "save_steps=1000",
+    "task_train_size=2000",
+]
+# --quick: the same pieces at toy sizes, to check the script on a CPU in seconds.
+QUICK_GROUPS = (2, 4)
+QUICK_MAX_LEN = 64
+QUICK_TRAIN_OPTIONS = [
+    "tiny_hidden_size=32",
+    "tiny_intermediate_size=64",
+    "tiny_num_hidden_layers=1",
+    "tiny_num_attention_heads=2",
+    "tiny_num_key_value_heads=1",
+    "task_train_size=64",
+    "task_eval_size=8",
+    "warm_start_max_steps=0",
+    "eval_accuracy_steps=0",
+    "num_generations=4",
+    "per_device_train_batch_size=8",
+    "max_completion_length=12",
+    "ktae_log_rollouts_steps=1",
+]
+PROBLEMS = [("2+3+4=", "9"), ("1+1+5=", "7"), ("3+3+3=", "9"), ("4+2+1=", "7")]
+
+
+def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[dict]:
+    """Median time of the estimator on ``device`` and its largest difference from the CPU result."""
+    import torch
+
+    from ktae import KTAEConfig, compute_ktae_advantages
+    from ktae.cli.bench import QWEN_EOS, make_batch
+
+    config = KTAEConfig(ignore_token_ids=(QWEN_EOS,))
+    rows = []
+    for num_groups in groups:
+        batch = make_batch(num_groups, GROUP_SIZE, max_len)
+        on_cpu = compute_ktae_advantages(*batch, config=config)
+        on_device = [x.to(device) for x in batch]
+
+        def call():
+            return compute_ktae_advantages(*on_device, config=config)
+
+        result = call()  # warm-up
+        times = []
+        for _ in range(REPEATS):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = call()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        row = {
+            "groups": num_groups,
+            "rollouts": num_groups * GROUP_SIZE,
+            "max_len": max_len,
+            "response_tokens": int(batch[1].sum()),
+            "median_ms": round(1000 * statistics.median(times), 3),
+            "times_ms": [round(1000 * t, 3) for t in times],
+            "max_abs_diff_vs_cpu": float((result.cpu() - on_cpu).abs().max()),
+        }
+        if device.startswith("cuda"):
+            row["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats()
+        print(f"[gpu_check] estimator {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
+    """``steps`` GRPO+KTAE steps of the tiny job; the policy must sit on ``device``."""
+    from ktae.cli.train import default_job, prepare_job, resolve_options
+
+    options = resolve_options({}, [*overrides, f"max_steps={steps}"], defaults=default_job("tiny"))
+    if device == "cpu":
+        options["use_cpu"] = True
+    started = time.perf_counter()
+    job = prepare_job(options, run_dir)
+    model_device = str(next(job.trainer.model.parameters()).device)
+    if not model_device.startswith(device):
+        raise RuntimeError(f"the policy is on {model_device}, not {device}")
+    summary = job.train()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "steps": summary["steps"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "policy_device": model_device,
+        "ktae_seconds_per_step": [m.get("ktae/seconds") for m in metrics],
+        "accuracy": [m.get("accuracy") for m in metrics],
+        "checkpoints": summary["checkpoints"],
+    }
+
+
+def check_evaluation(device: str, model_dir: Path, work: Path, limit: int, max_new_tokens: int) -> dict:
+    """``ktae eval --limit`` of ``model_dir`` on ``device``, on a benchmark file written here."""
+    from ktae.cli import main
+
+    data = work / "bench"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "aime24.jsonl").write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in PROBLEMS))
+    out = work / "eval"
+    started = time.perf_counter()
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--benchmarks",
+            "aime24",
+            "--data-dir",
+            str(data),
+            "--limit",
+            str(limit),
+            "--max-new-tokens",
+            str(max_new_tokens),
+            "--template",
+            "plain",
+            "--backend",
+            "transformers",
+            "--device",
+            device,
+            "--output-dir",
+            str(out),
+        ]
+    )
+    if code != 0:
+        raise RuntimeError(f"ktae eval exited with {code}")
+    results = json.loads((out / "results.json").read_text())
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results["results"],
+        "num_examples": results["num_examples"],
+    }
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda"):
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="results file (gpu_check.json)")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --quick: check the script)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: 1 training step, 1 evaluation problem")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"gpu_check: error: no CUDA GPU: torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees none. "
+            "Run it on a GPU node with a CUDA build of torch; --device cpu --quick checks the script itself.",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.device.startswith("cuda") and not args.quick:
+        print("gpu_check: error: the full check times the GPU: use --device cpu only with --quick", file=sys.stderr)
+        return 2
+    report = {"environment": environment(args.device), "quick": args.quick}
+    started = time.perf_counter()
+    report["estimator"] = check_estimator(
+        args.device, QUICK_GROUPS if args.quick else GROUPS, QUICK_MAX_LEN if args.quick else MAX_LEN
+    )
+    with tempfile.TemporaryDirectory(prefix="ktae-gpu-check-") as work:
+        work = Path(work)
+        run_dir = work / "run"
+        report["training"] = check_training(
+            args.device, run_dir, QUICK_TRAIN_OPTIONS if args.quick else TRAIN_OPTIONS, 1 if args.quick else TRAIN_STEPS
+        )
+        checkpoint = run_dir / "checkpoints" / report["training"]["checkpoints"][-1]
+        report["evaluation"] = check_evaluation(
+            args.device, checkpoint, work, 1 if args.quick else EVAL_LIMIT, 8 if args.quick else 40
+        )
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"[gpu_check] results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py: it refuses clearly without CUDA, and its pieces run on a CPU (--quick)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_refuses_without_a_gpu(gpu_check, tmp_path, capsys):
+    assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+    assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "r.json")]) == 2
+    assert "only with --quick" in capsys.readouterr().err
+
+
+def test_quick_cpu_run_writes_every_part(gpu_check, tmp_path):
+    out = tmp_path / "r.json"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["groups"] for row in report["estimator"]] == list(gpu_check.QUICK_GROUPS)
+    assert all(row["max_abs_diff_vs_cpu"] == 0.0 and len(row["times_ms"]) == 5 for row in report["estimator"])
+    assert report["training"]["steps"] == 1 and report["training"]["policy_device"] == "cpu"
+    assert report["evaluation"]["num_examples"] == {"aime24": 1}

