@@ -24,8 +24,8 @@ def batch(seed):
     return random_batch(seed, num_groups=int(rng.integers(1, 6)), max_group=6, max_len=10, vocab=8)
 
 
-def values_by_key(responses, mask, scores, groups, cfg=KTAEConfig()):
-    kv = compute_key_token_values(responses, mask, scores, groups, config=cfg)
+def values_by_key(responses, mask, scores, groups, cfg=None):
+    kv = compute_key_token_values(responses, mask, scores, groups, config=cfg or KTAEConfig())
     return {(r["group"], r["token"]): r["value"] for r in kv.to_records()}
 
 

@@ -275,7 +275,9 @@ def _values(stats: TokenStatistics, config: KTAEConfig, terms: _GroupTerms, entr
     """v = top * tanh(strength * (h + gamma TF) / 2), 0 for ignored token ids. [K] float64."""
     if not config.enabled:
         return torch.zeros_like(tf)
-    value = config.top * torch.tanh(terms.tables["strength"][entry] * (terms.tables["h"][entry] + config.gamma_tf * tf) / 2)
+    value = config.top * torch.tanh(
+        terms.tables["strength"][entry] * (terms.tables["h"][entry] + config.gamma_tf * tf) / 2
+    )
     if config.ignore_token_ids:
         value = torch.where(torch.isin(stats.token, _ignored_ids(config, stats.token.device)), 0.0, value)
     return value
@@ -287,9 +289,24 @@ def _pair_values(stats: TokenStatistics, config: KTAEConfig, counts: Counts) -> 
     if counts.fused_values is None or not config.enabled:
         return _values(stats, config, terms, terms.entry(stats), _term_frequency(stats, terms))
     return counts.fused_values(
-        stats.group, stats.token, stats.a, stats.b, stats.f_true, stats.f_false, terms.offset, terms.width,
-        terms.b_step, terms.scale_true, terms.scale_false, terms.tables["strength"], terms.tables["h"],
-        _ignored_ids(config, stats.token.device), config.gamma_tf, config.top, BM25_K1 + 1, TF_EPS,
+        stats.group,
+        stats.token,
+        stats.a,
+        stats.b,
+        stats.f_true,
+        stats.f_false,
+        terms.offset,
+        terms.width,
+        terms.b_step,
+        terms.scale_true,
+        terms.scale_false,
+        terms.tables["strength"],
+        terms.tables["h"],
+        _ignored_ids(config, stats.token.device),
+        config.gamma_tf,
+        config.top,
+        BM25_K1 + 1,
+        TF_EPS,
     )
 
 

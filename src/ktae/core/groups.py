@@ -57,7 +57,9 @@ def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[to
         ids, group = np.unique(group_index, return_inverse=True)
         return torch.as_tensor(group.reshape(-1), dtype=torch.int64, device=device), ids.tolist()
     if isinstance(group_index, (str, bytes)) or not isinstance(group_index, (Sequence, np.ndarray)):
-        raise TypeError(f"group_index must be a tensor, an array or a sequence of ids, got {type(group_index).__name__}")
+        raise TypeError(
+            f"group_index must be a tensor, an array or a sequence of ids, got {type(group_index).__name__}"
+        )
     if len(group_index) != batch_size:
         raise ValueError(f"group_index has {len(group_index)} entries, expected {batch_size} (one per rollout)")
     _check_id_kinds(group_index)

@@ -111,15 +111,30 @@ def _distinct_tokens(responses, mask, rows_by_group, group_ptr, counted, vocab, 
     for w in numba.prange(workers):
         for g in range(w, num_groups, workers):
             entries[g] = (
-                _distinct_in_group(responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], slots[w], seen[w])
+                _distinct_in_group(responses, mask, rows_by_group[group_ptr[g] : group_ptr[g + 1]], slots[w], seen[w])
                 if counted[g]
                 else 0
             )
 
 
 @numba.njit(**_KERNEL)
-def _count_groups(responses, mask, rows_by_group, group_ptr, entry_ptr, correct, vocab, workers, scratch_len,
-                  group, token, a, b, f_true, f_false):
+def _count_groups(
+    responses,
+    mask,
+    rows_by_group,
+    group_ptr,
+    entry_ptr,
+    correct,
+    vocab,
+    workers,
+    scratch_len,
+    group,
+    token,
+    a,
+    b,
+    f_true,
+    f_false,
+):
     """Count each group's distinct tokens into its range [entry_ptr[g], entry_ptr[g + 1]) of the outputs.
 
     Worker w takes groups w, w + workers, ... with its own scratch tables.
@@ -133,8 +148,17 @@ def _count_groups(responses, mask, rows_by_group, group_ptr, entry_ptr, correct,
             group[e0:e1] = g
             if e1 > e0:
                 _count_group(
-                    responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], correct, slots[w],
-                    token[e0:e1], a[e0:e1], b[e0:e1], f_true[e0:e1], f_false[e0:e1], last_row[w],
+                    responses,
+                    mask,
+                    rows_by_group[group_ptr[g] : group_ptr[g + 1]],
+                    correct,
+                    slots[w],
+                    token[e0:e1],
+                    a[e0:e1],
+                    b[e0:e1],
+                    f_true[e0:e1],
+                    f_false[e0:e1],
+                    last_row[w],
                 )
 
 
@@ -155,8 +179,7 @@ def _write_group(responses, mask, rows, token, value, rollout, slot, out):
 
 
 @numba.njit(**_KERNEL)
-def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, rollout, vocab, workers,
-                      out):
+def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, rollout, vocab, workers, out):
     """out[r, j] = rollout[r] + value of token responses[r, j] in r's group, 0 where mask is 0."""
     num_groups = group_ptr.shape[0] - 1
     slots = np.full((workers, vocab), -1, np.int32)
@@ -164,14 +187,39 @@ def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, toke
         for g in range(w, num_groups, workers):
             e0, e1 = entry_ptr[g], entry_ptr[g + 1]
             _write_group(
-                responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], token[e0:e1], value[e0:e1], rollout,
-                slots[w], out,
+                responses,
+                mask,
+                rows_by_group[group_ptr[g] : group_ptr[g + 1]],
+                token[e0:e1],
+                value[e0:e1],
+                rollout,
+                slots[w],
+                out,
             )
 
 
 @numba.njit(**_KERNEL)
-def _pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
-                 ignored, gamma, top, k1_plus_1, eps, out):
+def _pair_values(
+    group,
+    token,
+    a,
+    b,
+    f_true,
+    f_false,
+    offset,
+    width,
+    b_step,
+    scale_true,
+    scale_false,
+    strength,
+    h,
+    ignored,
+    gamma,
+    top,
+    k1_plus_1,
+    eps,
+    out,
+):
     """The per-pair part of ``ktae.core.estimator._values`` and ``_term_frequency``, fused in one pass."""
     for i in numba.prange(token.shape[0]):
         g = group[i]
@@ -289,9 +337,17 @@ def _write(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, r
     """[B, T] float32 advantages from per-entry values laid out by ``_count_pairs``."""
     out = torch.empty(responses.shape, dtype=torch.float32)
     _write_advantages(
-        responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy(), entry_ptr.numpy(),
-        token.numpy(), value.to(torch.float32).numpy(), rollout.to(torch.float32).numpy(), vocab,
-        _workers(entry_ptr.shape[0] - 1), out.numpy(),
+        responses.numpy(),
+        mask.numpy(),
+        rows_by_group.numpy(),
+        group_ptr.numpy(),
+        entry_ptr.numpy(),
+        token.numpy(),
+        value.to(torch.float32).numpy(),
+        rollout.to(torch.float32).numpy(),
+        vocab,
+        _workers(entry_ptr.shape[0] - 1),
+        out.numpy(),
     )
     return out
 
@@ -326,13 +382,36 @@ def count(
 
 
 @_serialised
-def pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
-                ignored, gamma: float, top: float, k1_plus_1: float, eps: float) -> torch.Tensor:
+def pair_values(
+    group,
+    token,
+    a,
+    b,
+    f_true,
+    f_false,
+    offset,
+    width,
+    b_step,
+    scale_true,
+    scale_false,
+    strength,
+    h,
+    ignored,
+    gamma: float,
+    top: float,
+    k1_plus_1: float,
+    eps: float,
+) -> torch.Tensor:
     """Key-token value of every (group, token) pair, [K] float64; see ``_pair_values``."""
     out = np.empty(token.shape[0], np.float64)
     _pair_values(
         *(x.numpy() for x in (group, token, a, b, f_true, f_false, offset, width, b_step)),
         *(x.double().numpy() for x in (scale_true, scale_false, strength, h)),
-        ignored.numpy(), float(gamma), float(top), float(k1_plus_1), float(eps), out,
+        ignored.numpy(),
+        float(gamma),
+        float(top),
+        float(k1_plus_1),
+        float(eps),
+        out,
     )
     return torch.from_numpy(out)
