@@ -14,13 +14,11 @@ from tokenizers import Tokenizer, models
 from transfer_queue import KVBatchMeta
 from transformers import PreTrainedTokenizerFast
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-from verl.trainer.ppo.v1 import get_trainer_cls
-from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
+from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
-from ktae.integrations.verl import KTAE_TRAINER_MODES
-from ktae.integrations.verl import trainer as ktae_trainer
+from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
 from ktae.reports import load_rollouts
 
