@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from ktae.core.groups import dense_groups, group_sums, validate_scores
+from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_scores
 
 # fn(scores [B] float64, group [B] int64 in [0, num_groups), num_groups, epsilon) -> [B] float64
 RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
@@ -94,8 +94,8 @@ def no_rollout_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: 
 
 
 def compute_rollout_advantages(
-    scores: torch.Tensor,
-    group_index,
+    scores: ScoresLike,
+    group_index: GroupIndex,
     method: str = "grpo",
     epsilon: float = 1e-6,
 ) -> torch.Tensor:
