@@ -452,8 +452,8 @@ def count(
     def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
         return _write(responses, mask, *layout, entry_ptr, token, values, rollout, vocab)
 
-    token = token if ids is None else ids[token]
-    return Counts(pair_group, token, a, b, f_true, f_false, lengths, place, fused_values=pair_values)
+    token_ids = token if ids is None else ids[token]  # ``place`` reads the compacted ``token``
+    return Counts(pair_group, token_ids, a, b, f_true, f_false, lengths, place, fused_values=pair_values)
 
 
 @_serialised
