@@ -13,6 +13,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
@@ -89,7 +90,8 @@ def group_names(keys: list[tuple], prompts: list[str]) -> list[str]:
     keyed_by_prompt = [prompt for (_, group), prompt in zip(keys, prompts) if group == prompt]
     # A character-wise common prefix of texts (not of paths) is what is wanted here.
     shared = os.path.commonprefix(keyed_by_prompt) if len(set(keyed_by_prompt)) > 1 else ""  # noqa: RUF071
-    shared = re.match(r"(?s).*\s|", shared).group(0)  # back to the end of a whole word
+    word_end = re.match(r"(?s).*\s", shared)  # back to the end of a whole word
+    shared = word_end.group(0) if word_end else ""
     names = []
     for (step, group), prompt in zip(keys, prompts):
         if group == prompt:
@@ -139,6 +141,7 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
         token_ids = stats["token"][rows].tolist()
         labels = {}
         for index, (token_id, shown) in enumerate(zip(token_ids, text)):
+            assert shown is not None  # every pair's token occurs in one of the group's rollouts
             label = data.labels.get(token_id, str(token_id))
             if label != visible_whitespace(shown):
                 labels[index] = label
@@ -217,7 +220,7 @@ def render_key_token_report(
     analysis: KeyTokenAnalysis,
     title: str,
     subtitle: str = "",
-    notices: list[str] = (),
+    notices: Sequence[str] = (),
     strong: float = STRONG_VALUE,
 ) -> str:
     """The HTML of a key-token report over the analysed rollouts."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ktae.data import (
@@ -68,7 +69,7 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
 def prepare(
     output_dir: Path,
     train: str = MATH_TRAIN_HUB_ID,
-    val: list[str] = ("math500",),
+    val: Sequence[str] = ("math500",),
     benchmarks_dir: str | None = None,
     template: str = "qwen_math",
     limit: int | None = None,
