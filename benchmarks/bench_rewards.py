@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="folder of <suite>.jsonl files (default: the suites shipped with ktae)"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of <suite>.jsonl files (default: the suites shipped with ktae)",
     )
     args = parser.parse_args()
     responses, answers = build_batch(args.data_dir, args.n, args.rollouts, args.seed)

@@ -47,8 +47,14 @@ def synthetic_rollouts(path: Path, rollouts: int, tokens: int, group_size: int, 
                 swap = rng.random(tokens) < 0.05
                 ids[swap] = rng.choice(favoured, size=int(swap.sum()))
             ids = ids.tolist()
-            record = {"step": 1, "group": index // group_size, "prompt": f"Problem {index // group_size}",
-                      "token_ids": ids, "tokens": [pieces[i] for i in ids], "score": float(correct)}
+            record = {
+                "step": 1,
+                "group": index // group_size,
+                "prompt": f"Problem {index // group_size}",
+                "token_ids": ids,
+                "tokens": [pieces[i] for i in ids],
+                "score": float(correct),
+            }
             handle.write(json.dumps(record) + "\n")
 
 
@@ -64,11 +70,27 @@ def open_in_chromium(url: str, screenshot: Path) -> tuple[float | None, float]:
     with tempfile.TemporaryDirectory() as profile:
         start = time.perf_counter()
         result = subprocess.run(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--window-size=1200,1400",
-             f"--screenshot={screenshot}", url],
-            capture_output=True, text=True, timeout=300, check=False,
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1200,1400",
+                f"--screenshot={screenshot}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         wall = time.perf_counter() - start
     if not screenshot.is_file():
@@ -90,9 +112,11 @@ def main() -> None:
     try:
         synthetic_rollouts(rollouts_path, args.rollouts, args.tokens, args.group_size)
         total_tokens = args.rollouts * args.tokens
-        print(f"{args.rollouts} rollouts x {args.tokens} tokens = {total_tokens:,} tokens, "
-              f"groups of {args.group_size}; "
-              f"rollouts.jsonl {rollouts_path.stat().st_size / 1e6:.1f} MB")
+        print(
+            f"{args.rollouts} rollouts x {args.tokens} tokens = {total_tokens:,} tokens, "
+            f"groups of {args.group_size}; "
+            f"rollouts.jsonl {rollouts_path.stat().st_size / 1e6:.1f} MB"
+        )
 
         start = time.perf_counter()
         rollouts = load_rollouts(rollouts_path)
@@ -101,8 +125,10 @@ def main() -> None:
         tokenized = time.perf_counter()
         analyse(data)
         analysed = time.perf_counter()
-        print(f"stages: read {loaded - start:.2f} s, pieces {tokenized - loaded:.2f} s, "
-              f"statistics (compute_key_token_values) {analysed - tokenized:.2f} s")
+        print(
+            f"stages: read {loaded - start:.2f} s, pieces {tokenized - loaded:.2f} s, "
+            f"statistics (compute_key_token_values) {analysed - tokenized:.2f} s"
+        )
 
         start = time.perf_counter()
         report = build_report(rollouts_path, folder / "report.html")
@@ -115,12 +141,15 @@ def main() -> None:
         blank.write_text("<!DOCTYPE html><html><body></body></html>")
         _, baseline = open_in_chromium(blank.as_uri(), folder / "blank.png")
         render_ms, wall = open_in_chromium(report.as_uri(), folder / "report.png")
-        print(f"headless Chromium: first render done {render_ms / 1000:.2f} s after navigation start; "
-              f"screenshot after {wall:.2f} s vs {baseline:.2f} s for a blank page (+{wall - baseline:.2f} s)")
+        print(
+            f"headless Chromium: first render done {render_ms / 1000:.2f} s after navigation start; "
+            f"screenshot after {wall:.2f} s vs {baseline:.2f} s for a blank page (+{wall - baseline:.2f} s)"
+        )
         last = -(-args.rollouts // args.group_size) - 1
         render_ms, wall = open_in_chromium(report.as_uri() + f"#g{last}", folder / "last-group.png")
-        print(f"opened on the last group (#g{last}): first render {render_ms / 1000:.2f} s, "
-              f"screenshot after {wall:.2f} s")
+        print(
+            f"opened on the last group (#g{last}): first render {render_ms / 1000:.2f} s, screenshot after {wall:.2f} s"
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-from ktae.cli.train import DEFAULT_JOB, WARM_START_DIR, load_datasets, load_model_and_tokenizer, resolve_options, run_job, section
+from ktae.cli.train import (
+    DEFAULT_JOB,
+    WARM_START_DIR,
+    load_datasets,
+    load_model_and_tokenizer,
+    resolve_options,
+    run_job,
+    section,
+)
 from ktae.integrations.trl.warmstart import WarmStartConfig, warm_start
 from ktae.reports.curves import plot_runs, read_metrics
 
@@ -57,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         for seed in args.seeds:
             run_dir = args.work / "runs" / f"{name.lower().replace('+', '-')}-seed{seed}"
-            options = {**base, **VARIANTS[name], "seed": seed, "model_name_or_path": str(warm_dir), "warm_start_max_steps": 0}
+            options = {
+                **base,
+                **VARIANTS[name],
+                "seed": seed,
+                "model_name_or_path": str(warm_dir),
+                "warm_start_max_steps": 0,
+            }
             if not (run_dir / "done.json").is_file():
                 print(f"[compare_ktae] {name} seed {seed} -> {run_dir}", flush=True)
                 shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over (no mid-run checkpoints)
@@ -69,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "warm_start_accuracy": warm_history,
         "seeds": args.seeds,
-        "options": {k: v for k, v in base.items() if k in ("max_steps", "learning_rate", "num_generations",
-                                                          "per_device_train_batch_size", "max_completion_length")},
+        "options": {
+            k: v
+            for k, v in base.items()
+            if k
+            in ("max_steps", "learning_rate", "num_generations", "per_device_train_batch_size", "max_completion_length")
+        },
         "variants": table,
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
@@ -132,7 +150,9 @@ def render_table(report: dict) -> str:
     warm = report["warm_start_accuracy"]
     note = (
         f"\nGreedy accuracy on 200 held-out problems, mean ± standard deviation over seeds {report['seeds']}; "
-        f"warm start (SFT) accuracy {warm[-1][1]:.3f}. " if warm else "\n"
+        f"warm start (SFT) accuracy {warm[-1][1]:.3f}. "
+        if warm
+        else "\n"
     )
     return "\n".join(lines) + note + f"Settings: {report['options']}.\n"
 

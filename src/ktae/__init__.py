@@ -6,6 +6,25 @@ so ``import ktae.rewards`` (in answer-checking and verl reward workers) does not
 """
 
 import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); ``__getattr__`` imports at run time
+    from ktae.core.config import KTAEConfig as KTAEConfig
+    from ktae.core.estimator import (
+        KeyTokenValues as KeyTokenValues,
+        TokenStatistics as TokenStatistics,
+        collect_token_statistics as collect_token_statistics,
+        compute_key_token_values as compute_key_token_values,
+        compute_ktae_advantages as compute_ktae_advantages,
+        key_token_values_from_statistics as key_token_values_from_statistics,
+        merge_token_statistics as merge_token_statistics,
+    )
+    from ktae.core.rollout import (
+        ROLLOUT_ADVANTAGES as ROLLOUT_ADVANTAGES,
+        compute_rollout_advantages as compute_rollout_advantages,
+        get_rollout_advantage as get_rollout_advantage,
+        register_rollout_advantage as register_rollout_advantage,
+    )
 
 __version__ = "0.1.0"
 
@@ -27,7 +46,7 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'ktae' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

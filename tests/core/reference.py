@@ -118,8 +118,15 @@ def reference(responses, mask, scores, groups, cfg):
     return out, values
 
 
-def random_batch(seed: int, num_groups: int = 5, max_group: int = 8, max_len: int = 24, vocab: int = 12,
-                 adjacent: bool = False, ids: str = "int"):
+def random_batch(
+    seed: int,
+    num_groups: int = 5,
+    max_group: int = 8,
+    max_len: int = 24,
+    vocab: int = 12,
+    adjacent: bool = False,
+    ids: str = "int",
+):
     """A random batch: ragged groups (1..max_group rollouts), right-padded responses, 0/1 scores."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, max_group + 1, size=num_groups)

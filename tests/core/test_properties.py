@@ -2,8 +2,7 @@
 
 import numpy as np
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ktae import (
     KTAEConfig,
@@ -24,8 +23,8 @@ def batch(seed):
     return random_batch(seed, num_groups=int(rng.integers(1, 6)), max_group=6, max_len=10, vocab=8)
 
 
-def values_by_key(responses, mask, scores, groups, cfg=KTAEConfig()):
-    kv = compute_key_token_values(responses, mask, scores, groups, config=cfg)
+def values_by_key(responses, mask, scores, groups, cfg=None):
+    kv = compute_key_token_values(responses, mask, scores, groups, config=cfg or KTAEConfig())
     return {(r["group"], r["token"]): r["value"] for r in kv.to_records()}
 
 

@@ -114,7 +114,8 @@ def test_scores_that_require_grad_are_constants(backend):
 def test_config_as_a_mapping():
     cfg = {"top": 0.5, "ignore_token_ids": [3]}
     torch.testing.assert_close(
-        compute_ktae_advantages(R, M, S, G, config=cfg), compute_ktae_advantages(R, M, S, G, config=KTAEConfig(top=0.5, ignore_token_ids=(3,)))
+        compute_ktae_advantages(R, M, S, G, config=cfg),
+        compute_ktae_advantages(R, M, S, G, config=KTAEConfig(top=0.5, ignore_token_ids=(3,))),
     )
     assert compute_key_token_values(R, M, S, G, config=cfg).value.abs().max() <= 0.5
     with pytest.raises(ValueError, match=r"unknown KTAE option\(s\) \['tpo'\]"):

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from ktae.data import benchmarks
-from ktae.data import BENCHMARKS, load_benchmark, parse_benchmark_names
+from ktae.data import BENCHMARKS, benchmarks, load_benchmark, parse_benchmark_names
 from ktae.data.benchmarks import reference_scores
 from ktae.evaluation import load_reference_rows
 
@@ -49,14 +48,14 @@ def test_hub_source_reads_the_suites_own_fields(monkeypatch):
 def test_names():
     assert list(BENCHMARKS) == list(SIZES)
     assert parse_benchmark_names("aime24, math500,aime24") == ["aime24", "math500"]
-    with pytest.raises(ValueError, match="unknown benchmark.*'gsm8k'.*choose from aime24"):
+    with pytest.raises(ValueError, match=r"unknown benchmark.*'gsm8k'.*choose from aime24"):
         parse_benchmark_names("aime24,gsm8k")
     with pytest.raises(ValueError, match="no benchmark"):
         parse_benchmark_names(" , ")
 
 
 def test_missing_suite_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="benchmark 'amc23'.*amc23.jsonl not found"):
+    with pytest.raises(FileNotFoundError, match=r"benchmark 'amc23'.*amc23\.jsonl not found"):
         load_benchmark("amc23", tmp_path)
 
 

@@ -75,7 +75,7 @@ def test_malformed_rows_are_named_by_file_and_line(tmp_path, line, message):
 
 
 def test_missing_file_and_unknown_template(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         read_records(tmp_path / "nope.jsonl")
     write_jsonl(tmp_path / "d.jsonl", [{"problem": "p", "answer": "1"}])
     with pytest.raises(ValueError, match="unknown prompt template 'chatml'"):

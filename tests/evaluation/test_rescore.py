@@ -51,7 +51,13 @@ def test_released_records_are_read_as_the_suites(tmp_path):
 def test_every_response_is_graded_and_compared(rescored):
     out, results, agreed = rescored
     assert results["results"] == EXPECTED
-    assert results["num_examples"] == {"aime24": 1, "amc23": 1, "math500": 2, "minerva": 2, "olympiadbench": 2}  # problems
+    assert results["num_examples"] == {
+        "aime24": 1,
+        "amc23": 1,
+        "math500": 2,
+        "minerva": 2,
+        "olympiadbench": 2,
+    }  # problems
     assert results["samples"]["amc23"] == 2
     assert results["avg_lens"]["aime24"] is None  # the released format has no token counts
     assert agreed["all"]["n"] == 9 and agreed["all"]["agree"] == pytest.approx(700 / 9)

@@ -54,8 +54,14 @@ def test_screenshot_is_not_blank_and_shows_both_colours(chromium, report, tmp_pa
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    result = run_chromium(chromium, report.as_uri(), f"--screenshot={shot}", "--window-size=1200,1400",
-                          "--hide-scrollbars", "--virtual-time-budget=5000")
+    result = run_chromium(
+        chromium,
+        report.as_uri(),
+        f"--screenshot={shot}",
+        "--window-size=1200,1400",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    )
     assert shot.is_file(), result.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     assert pixels.std() > 20 and len(np.unique(pixels, axis=0)) > 50  # a page, not a blank canvas

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def test_colours_diverge_red_to_blue_and_darken_with_size():
         blue, red = _rgb(scale.background(bucket)), _rgb(scale.background(-bucket))
         assert blue[2] > blue[0] and red[0] > red[2]
     luminance = [relative_luminance(scale.background(b)) for b in range(1, 11)]
-    assert all(later < earlier for earlier, later in zip(luminance, luminance[1:]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(luminance))
     assert scale.legend()[0] == (-1.0, scale.background(-10)) and scale.legend()[10] == (0.0, None)
 
 

@@ -22,8 +22,10 @@ def _colour_pixels(png, rgb):
 
 
 def test_read_metrics_sorts_steps_and_keeps_the_last_record_of_a_resumed_step(tmp_path):
-    run = _write_run(tmp_path / "run", [{"step": 2, "reward": 0.5}, {"step": 1, "reward": 0.1},
-                                        {"step": 2, "reward": 0.7, "accuracy": 0.3}])
+    run = _write_run(
+        tmp_path / "run",
+        [{"step": 2, "reward": 0.5}, {"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.7, "accuracy": 0.3}],
+    )
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2]
     assert records[1] == {"step": 2, "reward": 0.7, "accuracy": 0.3}
@@ -35,13 +37,15 @@ def test_read_metrics_names_the_bad_line(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "reward": 1}\n{"step": 2, \n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         read_metrics(run)
-    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl"):
         read_metrics(tmp_path / "nowhere")
 
 
 def test_available_metrics_puts_default_ones_first_and_skips_non_numbers():
-    records = [[{"step": 1, "loss": 1.0, "reward": 0.2, "note": "x", "epoch": 0.1, "ktae/strong_share": 0.3}],
-               [{"step": 1, "accuracy": 0.5, "flag": True}]]
+    records = [
+        [{"step": 1, "loss": 1.0, "reward": 0.2, "note": "x", "epoch": 0.1, "ktae/strong_share": 0.3}],
+        [{"step": 1, "accuracy": 0.5, "flag": True}],
+    ]
     assert available_metrics(records) == ["reward", "accuracy", "ktae/strong_share", "loss"]
 
 

@@ -72,7 +72,10 @@ def test_group_names_drop_the_template_text_all_prompts_share():
     prompts = [template.format("What is 2+2?"), template.format("Solve x^2 = 4."), "p"]
     keys = [(3, prompts[0]), (3, prompts[1]), (None, 7)]  # verl dumps: the prompt is the group id
     assert group_names(keys, prompts) == [
-        "step 3 · prompt …What is 2+2? assistant", "step 3 · prompt …Solve x^2 = 4. assistant", "group 7"]
+        "step 3 · prompt …What is 2+2? assistant",
+        "step 3 · prompt …Solve x^2 = 4. assistant",
+        "group 7",
+    ]
     long = "x" * 100
     assert group_names([(1, long)], [long]) == [f"step 1 · prompt {'x' * 62}…"]
 
@@ -105,8 +108,10 @@ def test_report_is_self_contained_and_escapes_model_text(tmp_path, byte_level_to
 
 def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "config.yaml").write_text("algo: dapo\nktae: true\nktae_top: 0.5\nktae_beta_ig: 2\n"
-                                               "ktae_ignore_token_ids: null\nktae_log_rollouts_steps: 5\n")
+    (tmp_path / "a" / "config.yaml").write_text(
+        "algo: dapo\nktae: true\nktae_top: 0.5\nktae_beta_ig: 2\n"
+        "ktae_ignore_token_ids: null\nktae_log_rollouts_steps: 5\n"
+    )
     config, notes = run_ktae_config(tmp_path / "a")
     assert (config.top, config.beta_ig, config.ignore_token_ids, notes) == (0.5, 2.0, (), [])
     (tmp_path / "b").mkdir()

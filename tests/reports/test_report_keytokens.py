@@ -21,7 +21,12 @@ def test_the_spec_worked_example():
     stats = {name: column[order] for name, column in analysis.stats.items()}
     assert stats["token"].tolist() == [5, 6, 7, 8, 9]
     assert [(a, b, c, d) for a, b, c, d in zip(stats["a"], stats["b"], stats["c"], stats["d"])] == [
-        (2, 0, 0, 2), (0, 2, 2, 0), (1, 1, 1, 1), (1, 1, 1, 1), (2, 1, 0, 1)]
+        (2, 0, 0, 2),
+        (0, 2, 2, 0),
+        (1, 1, 1, 1),
+        (1, 1, 1, 1),
+        (2, 1, 0, 1),
+    ]
     np.testing.assert_allclose(stats["p_value"], [1 / 3, 1 / 3, 1, 1, 1], atol=1e-6)
     np.testing.assert_allclose(stats["info_gain"], [1, 1, 0, 0, 0.311278], atol=1e-6)
     np.testing.assert_allclose(stats["value"], [1, -1, 0, 0, 0.029752], atol=1e-6)
@@ -45,8 +50,10 @@ def test_summaries_of_the_worked_example():
 def test_the_same_group_id_at_two_steps_is_two_groups_and_matches_the_estimator():
     flipped = [(ids, 1.0 - score) for ids, score in EXAMPLE]
     rows = [*EXAMPLE, *flipped]
-    rollouts = [Rollout(step, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids])
-                for step, (ids, s) in zip([1] * 4 + [2] * 4, rows)]
+    rollouts = [
+        Rollout(step, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids])
+        for step, (ids, s) in zip([1] * 4 + [2] * 4, rows)
+    ]
     analysis = analyse(tokenize_rollouts(rollouts))
     assert analysis.group_keys == [(1, "g"), (2, "g")]
     values = [analysis.stats["value"][r] for r in analysis.row_of_token]
@@ -76,10 +83,16 @@ def test_ignored_ids_and_config_reach_the_estimator():
 
 def test_logged_advantages_are_checked_against_the_recomputed_ones():
     # The spec's advantages for the worked example, as a trainer would log them.
-    logged = [[1.866024, 0.866024, 0.866024, 0.895775], [1.866024, 0.866024, 0.895775],
-              [-1.866024, -0.866024, -0.836272, -0.836272], [-1.866024, -0.866024]]
-    rollouts = [Rollout(0, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids], advantages=adv)
-                for (ids, s), adv in zip(EXAMPLE, logged)]
+    logged = [
+        [1.866024, 0.866024, 0.866024, 0.895775],
+        [1.866024, 0.866024, 0.895775],
+        [-1.866024, -0.866024, -0.836272, -0.836272],
+        [-1.866024, -0.866024],
+    ]
+    rollouts = [
+        Rollout(0, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids], advantages=adv)
+        for (ids, s), adv in zip(EXAMPLE, logged)
+    ]
     count, gap = analyse(tokenize_rollouts(rollouts)).stored_advantage_gap()
     assert count == 4 and gap < 1e-5
     # A GRPO run without KTAE logs the rollout-level advantage only: the gap is the value of token 5.

@@ -174,8 +174,16 @@ CASES = [
     ("$(-\\frac{1}{2}, \\frac{7}{2})$", "(0.5, 3.5)", False),
     ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", True),
     ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\7\\end{pmatrix}", False),
-    ("\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}", "\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}", True),
-    ("\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}", "\\begin{pmatrix} 18 \\\\ -49 \\\\ 96 \\end{pmatrix}", False),
+    (
+        "\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}",
+        "\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}",
+        True,
+    ),
+    (
+        "\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}",
+        "\\begin{pmatrix} 18 \\\\ -49 \\\\ 96 \\end{pmatrix}",
+        False,
+    ),
     # lists and sets of answers (OlympiadBench)
     ("1,2,5,8,9", "9,8,5,2,1", True),
     ("1,2,5,8,9", "1, 2, 5, 8, 9", True),

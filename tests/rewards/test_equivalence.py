@@ -26,7 +26,11 @@ def test_equivalence_table(checker):
 
 def test_every_suite_reference_equals_itself(checker, math_eval_dir):
     """No reference answer of the five suites is lost to a parser failure or a timeout."""
-    answers = [json.loads(line)["answer"] for path in sorted(math_eval_dir.glob("*.jsonl")) for line in open(path)]
+    answers = [
+        json.loads(line)["answer"]
+        for path in sorted(math_eval_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
     assert len(answers) == 30 + 83 + 500 + 272 + 675
     refs = [a for a in answers if not (isinstance(a, str) and a.isdigit())]  # integers are covered by the table
     predictions = [a if isinstance(a, str) else a[0] for a in refs]
@@ -82,9 +86,8 @@ def test_hard_deadline_kills_a_stuck_worker():
 
 def test_worker_that_cannot_start_is_an_error(monkeypatch):
     monkeypatch.setattr("sys.executable", "false")  # exits at once, before its ready line
-    with AnswerChecker(num_workers=1) as checker:
-        with pytest.raises(RuntimeError, match="exited while starting"):
-            checker.check(["1"], ["1"])
+    with AnswerChecker(num_workers=1) as checker, pytest.raises(RuntimeError, match="exited while starting"):
+        checker.check(["1"], ["1"])
 
 
 def test_is_equivalent_from_threads():
@@ -235,9 +238,8 @@ def test_time_limits_must_be_positive_and_finite(bad):
     with pytest.raises(ValueError, match="timeout_s must be"):
         run_with_deadline("1", ["1"], bad)
     if bad is not None:  # None is "the checker's own limit" for these
-        with AnswerChecker(num_workers=0) as checker:
-            with pytest.raises(ValueError, match="timeout_s must be"):
-                checker.verdicts(["1"], ["1"], timeout_s=bad)
+        with AnswerChecker(num_workers=0) as checker, pytest.raises(ValueError, match="timeout_s must be"):
+            checker.verdicts(["1"], ["1"], timeout_s=bad)
         with pytest.raises(ValueError, match="timeout_s must be"):
             is_equivalent("1", "1", timeout_s=bad)
 

@@ -11,6 +11,7 @@ the peak extra memory of the KTAE call, and the ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,8 +32,15 @@ QWEN_VOCAB = 151_936
 QWEN_EOS = 151_643
 
 
-def make_batch(num_groups: int, group_size: int, max_len: int, vocab: int = QWEN_VOCAB, zipf: float = 1.1,
-               seed: int = 0, device: str = "cpu"):
+def make_batch(
+    num_groups: int,
+    group_size: int,
+    max_len: int,
+    vocab: int = QWEN_VOCAB,
+    zipf: float = 1.1,
+    seed: int = 0,
+    device: str = "cpu",
+):
     """responses [B, T] int64 (right-padded with the eos id), mask [B, T] bool, scores [B], group ids [B]."""
     rng = np.random.default_rng(seed)
     batch = num_groups * group_size
@@ -74,28 +82,32 @@ def released_style_reference(responses, mask, scores, groups, vocab: int = QWEN_
             avg = (len_t + len_f) / 2
             n = n_t + n_f
 
-            def entropy(q):
-                return -sum(x * math.log2(x) for x in (q, 1 - q) if x > 0)
-
-            def saturate(f, length):
-                if length == 0:
-                    return 0.0
-                tf = f / length
-                return tf * 3 / (tf + 2 * (0.5 + 0.5 * length / avg))
-
             for t in torch.nonzero(a_all + b_all).flatten().tolist():
                 a, b = int(a_all[t]), int(b_all[t])
                 c, d = n_t - a, n_f - b
                 p = min(fisher_exact([[a, b], [c, d]]).pvalue, 1.0)
                 fisher = 0.0 if p >= 1.0 else math.exp(-2 * p)
-                ig = entropy(n_t / n) - ((a + b) / n * entropy(a / (a + b)) + ((c + d) / n * entropy(c / (c + d)) if c + d else 0))
+                ig = _entropy(n_t / n) - (
+                    (a + b) / n * _entropy(a / (a + b)) + ((c + d) / n * _entropy(c / (c + d)) if c + d else 0)
+                )
                 h = math.asin(math.sqrt(a / n_t)) - math.asin(math.sqrt(b / n_f))
-                s_t, s_f = saturate(int(f_t_all[t]), len_t), saturate(int(f_f_all[t]), len_f)
+                s_t, s_f = _saturate(int(f_t_all[t]), len_t, avg), _saturate(int(f_f_all[t]), len_f, avg)
                 x = h + s_t / (s_f + 1e-5) - s_f / (s_t + 1e-5)
                 value[t] = math.tanh((fisher + ig) * x / 4)
         for i, r in enumerate(rows.tolist()):
             out[r] = torch.where(mask[r], adv[i] + value[responses[r]], 0.0)
     return out
+
+
+def _entropy(q: float) -> float:
+    return -sum(x * math.log2(x) for x in (q, 1 - q) if x > 0)
+
+
+def _saturate(f: int, length: int, avg: float) -> float:
+    if length == 0:
+        return 0.0
+    tf = f / length
+    return tf * 3 / (tf + 2 * (0.5 + 0.5 * length / avg))
 
 
 def _median_seconds(fn, repeats: int, device: str) -> float:
@@ -145,13 +157,22 @@ def _peak_extra_memory(fn, device: str) -> int:
     return max(peak, _rss_bytes()) - before
 
 
-def run_benchmark(sizes, group_size: int, max_len: int, repeats: int, reference_max_groups: int, device: str,
-                  zipf: float, backend: str = "auto") -> list[dict]:
+def run_benchmark(
+    sizes,
+    group_size: int,
+    max_len: int,
+    repeats: int,
+    reference_max_groups: int,
+    device: str,
+    zipf: float,
+    backend: str = "auto",
+) -> list[dict]:
     rows = []
     for num_groups in sizes:
         responses, mask, scores, groups = make_batch(num_groups, group_size, max_len, zipf=zipf, device=device)
-        ktae = lambda: compute_ktae_advantages(responses, mask, scores, groups, backend=backend)  # noqa: E731
-        grpo = lambda: compute_ktae_advantages(responses, mask, scores, groups, config=KTAEConfig(top=0.0))  # noqa: E731
+        batch = (responses, mask, scores, groups)
+        ktae = functools.partial(compute_ktae_advantages, *batch, backend=backend)
+        grpo = functools.partial(compute_ktae_advantages, *batch, config=KTAEConfig(top=0.0))
         row = {
             "groups": num_groups,
             "rollouts": num_groups * group_size,
@@ -173,16 +194,22 @@ def run_benchmark(sizes, group_size: int, max_len: int, repeats: int, reference_
 
 
 HEADER = (
-    "| groups | rollouts | response tokens | KTAE | GRPO | KTAE/GRPO | peak extra mem | reference | speed-up | max diff |\n"
+    "| groups | rollouts | response tokens | KTAE | GRPO | KTAE/GRPO "
+    "| peak extra mem | reference | speed-up | max diff |\n"
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def _format_row(row: dict) -> str:
     ms = lambda s: f"{s * 1e3:,.1f} ms"  # noqa: E731
-    ref = (ms(row["reference_s"]), f"{row['speedup_vs_reference']:,.0f}x", f"{row['max_abs_diff_vs_reference']:.1e}") if "reference_s" in row else ("-", "-", "-")
+    ref = (
+        (ms(row["reference_s"]), f"{row['speedup_vs_reference']:,.0f}x", f"{row['max_abs_diff_vs_reference']:.1e}")
+        if "reference_s" in row
+        else ("-", "-", "-")
+    )
     return (
-        f"| {row['groups']} | {row['rollouts']} | {row['response_tokens']:,} | {ms(row['ktae_s'])} | {ms(row['grpo_s'])} "
+        f"| {row['groups']} | {row['rollouts']} | {row['response_tokens']:,} "
+        f"| {ms(row['ktae_s'])} | {ms(row['grpo_s'])} "
         f"| {row['ktae_over_grpo']:.1f} | {row['peak_extra_mib']:,.0f} MiB | {ref[0]} | {ref[1]} | {ref[2]} |"
     )
 
@@ -192,12 +219,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-size", type=int, default=16, help="rollouts per group (default: 16)")
     parser.add_argument("--max-len", type=int, default=3072, help="response length T (default: 3072)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, median reported")
-    parser.add_argument("--reference-max-groups", type=int, default=8,
-                        help="run the slow released-style reference only up to this many groups (default: 8)")
+    parser.add_argument(
+        "--reference-max-groups",
+        type=int,
+        default=8,
+        help="run the slow released-style reference only up to this many groups (default: 8)",
+    )
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the token ids (default: 1.1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="how the estimator counts tokens (default: auto; see ktae.core.counting)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how the estimator counts tokens (default: auto; see ktae.core.counting)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
 
@@ -216,7 +251,9 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     except (RuntimeError, ValueError):
         return f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
     if device.type == "cuda" and not torch.cuda.is_available():
-        return f"--device {args.device}: CUDA is not available to this torch build ({torch.__version__}); use --device cpu"
+        return (
+            f"--device {args.device}: CUDA is not available to this torch build ({torch.__version__}); use --device cpu"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         return f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)"
     if device.type not in ("cpu", "cuda"):
@@ -239,15 +276,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sizes = [int(x) for x in args.groups.split(",") if x.strip()]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"ktae bench on {args.device} ({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}, "
-          f"backend {args.backend}")
+    print(
+        f"ktae bench on {args.device} ({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{args.group_size} rollouts x {args.max_len} tokens per group, vocabulary {QWEN_VOCAB:,}, zipf {args.zipf}, "
+        f"backend {args.backend}"
+    )
     print(HEADER, flush=True)
-    rows = run_benchmark(sizes, args.group_size, args.max_len, args.repeats, args.reference_max_groups, args.device,
-                         args.zipf, args.backend)
+    rows = run_benchmark(
+        sizes,
+        args.group_size,
+        args.max_len,
+        args.repeats,
+        args.reference_max_groups,
+        args.device,
+        args.zipf,
+        args.backend,
+    )
     if args.json:
         try:
-            args.json.write_text(json.dumps({"device": args.device, "device_name": device_name, "rows": rows}, indent=2))
+            args.json.write_text(
+                json.dumps({"device": args.device, "device_name": device_name, "rows": rows}, indent=2)
+            )
         except OSError as error:
             print(f"ktae bench: error: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
             return 2

@@ -62,7 +62,7 @@ class KTAEConfig:
             raise TypeError(f"KTAEConfig.ignore_token_ids must be a sequence of ints, got {ids!r}")
         ids = tuple(ids)
         for token_id in ids:
-            if isinstance(token_id, bool) or not isinstance(token_id, int) and not hasattr(token_id, "__index__"):
+            if isinstance(token_id, bool) or (not isinstance(token_id, int) and not hasattr(token_id, "__index__")):
                 raise TypeError(f"KTAEConfig.ignore_token_ids must hold ints, got {token_id!r}")
             if int(token_id) < 0:
                 raise ValueError(f"KTAEConfig.ignore_token_ids must be >= 0, got {int(token_id)}")

@@ -9,7 +9,7 @@ token) pairs. Memory is bounded by the batch: nothing is sized groups x vocabula
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ import torch
 from ktae.core.config import KTAEConfig
 from ktae.core.counting import Counts, check_backend, count_tokens, fork_safe_threads
 from ktae.core.fisher import fisher_pvalue_tables, table_offsets
-from ktae.core.groups import dense_groups, group_sums, validate_batch
+from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_batch
 from ktae.core.rollout import ROLLOUT_ADVANTAGES
 
 # BM25-style saturation constants of the term-frequency correction (spec, step 5).
@@ -37,7 +37,7 @@ class TokenStatistics:
     (masked tokens of correct/incorrect rollouts). All int64.
     """
 
-    group_ids: list
+    group_ids: list[Hashable]
     group: torch.Tensor
     token: torch.Tensor
     a: torch.Tensor
@@ -58,7 +58,7 @@ class KeyTokenValues:
     ``p_value``, ``fisher`` (F), ``info_gain`` (IG, bits), ``h``, ``tf`` and ``value`` are float64.
     """
 
-    group_ids: list
+    group_ids: list[Hashable]
     group: torch.Tensor
     token: torch.Tensor
     a: torch.Tensor
@@ -72,7 +72,7 @@ class KeyTokenValues:
     tf: torch.Tensor
     value: torch.Tensor
 
-    def to_records(self) -> list[dict]:
+    def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per (group, token), for reports and JSON."""
         columns = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "group_ids"}
         records = [dict(zip(columns, row)) for row in zip(*columns.values())]
@@ -100,7 +100,7 @@ def _count(
     responses: torch.Tensor,
     mask: torch.Tensor,
     group: torch.Tensor,
-    group_ids: list,
+    group_ids: list[Hashable],
     correct: torch.Tensor,
     counted: torch.Tensor,
     backend: str,
@@ -122,8 +122,8 @@ def _count(
 def collect_token_statistics(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
-    scores,
-    group_index,
+    scores: ScoresLike,
+    group_index: GroupIndex,
     config: KTAEConfig | Mapping[str, Any] | None = None,
     *,
     backend: str = "auto",
@@ -152,7 +152,7 @@ def merge_token_statistics(shards: list[TokenStatistics]) -> TokenStatistics:
     fork_safe_threads()
     if not shards:
         raise ValueError("merge_token_statistics needs at least one shard")
-    numbers: dict = {}
+    numbers: dict[Hashable, int] = {}
     for shard in shards:
         for gid in shard.group_ids:
             numbers.setdefault(gid, len(numbers))
@@ -271,11 +271,15 @@ def _ignored_ids(config: KTAEConfig, device: torch.device) -> torch.Tensor:
     return torch.tensor(config.ignore_token_ids, dtype=torch.int64, device=device)
 
 
-def _values(stats: TokenStatistics, config: KTAEConfig, terms: _GroupTerms, entry: torch.Tensor, tf: torch.Tensor):
+def _values(
+    stats: TokenStatistics, config: KTAEConfig, terms: _GroupTerms, entry: torch.Tensor, tf: torch.Tensor
+) -> torch.Tensor:
     """v = top * tanh(strength * (h + gamma TF) / 2), 0 for ignored token ids. [K] float64."""
     if not config.enabled:
         return torch.zeros_like(tf)
-    value = config.top * torch.tanh(terms.tables["strength"][entry] * (terms.tables["h"][entry] + config.gamma_tf * tf) / 2)
+    value = config.top * torch.tanh(
+        terms.tables["strength"][entry] * (terms.tables["h"][entry] + config.gamma_tf * tf) / 2
+    )
     if config.ignore_token_ids:
         value = torch.where(torch.isin(stats.token, _ignored_ids(config, stats.token.device)), 0.0, value)
     return value
@@ -287,9 +291,24 @@ def _pair_values(stats: TokenStatistics, config: KTAEConfig, counts: Counts) -> 
     if counts.fused_values is None or not config.enabled:
         return _values(stats, config, terms, terms.entry(stats), _term_frequency(stats, terms))
     return counts.fused_values(
-        stats.group, stats.token, stats.a, stats.b, stats.f_true, stats.f_false, terms.offset, terms.width,
-        terms.b_step, terms.scale_true, terms.scale_false, terms.tables["strength"], terms.tables["h"],
-        _ignored_ids(config, stats.token.device), config.gamma_tf, config.top, BM25_K1 + 1, TF_EPS,
+        stats.group,
+        stats.token,
+        stats.a,
+        stats.b,
+        stats.f_true,
+        stats.f_false,
+        terms.offset,
+        terms.width,
+        terms.b_step,
+        terms.scale_true,
+        terms.scale_false,
+        terms.tables["strength"],
+        terms.tables["h"],
+        _ignored_ids(config, stats.token.device),
+        config.gamma_tf,
+        config.top,
+        BM25_K1 + 1,
+        TF_EPS,
     )
 
 
@@ -324,8 +343,8 @@ def key_token_values_from_statistics(
 def compute_key_token_values(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
-    scores,
-    group_index,
+    scores: ScoresLike,
+    group_index: GroupIndex,
     config: KTAEConfig | Mapping[str, Any] | None = None,
     *,
     backend: str = "auto",
@@ -351,8 +370,8 @@ def compute_key_token_values(
 def compute_ktae_advantages(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
-    scores,
-    group_index,
+    scores: ScoresLike,
+    group_index: GroupIndex,
     config: KTAEConfig | Mapping[str, Any] | None = None,
     *,
     backend: str = "auto",

@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from numbers import Integral, Real
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import torch
+
+# [B] group ids: an integer tensor or array, or a sequence (or object array) of hashable ids of one kind.
+GroupIndex: TypeAlias = "torch.Tensor | npt.NDArray[Any] | Sequence[Hashable]"
+# [B] real numbers: a tensor, an array or a sequence.
+ScoresLike: TypeAlias = "torch.Tensor | npt.NDArray[Any] | Sequence[float]"
 
 
 def _id_kind(kind: type) -> str:
@@ -23,7 +30,7 @@ def _id_kind(kind: type) -> str:
     return kind.__name__
 
 
-def _check_id_kinds(group_index) -> None:
+def _check_id_kinds(group_index: Sequence[Hashable] | npt.NDArray[Any]) -> None:
     """Refuse ids of mixed kinds (1, True and 1.0 are equal keys and would merge silently) and NaN ids
     (never equal to themselves, so each would be a group of its own)."""
     kinds = {_id_kind(kind) for kind in set(map(type, group_index))}
@@ -32,11 +39,11 @@ def _check_id_kinds(group_index) -> None:
             f"group_index mixes id types ({', '.join(sorted(kinds))}); use one type (ints or strings), "
             "since for example 1, True and 1.0 would count as one group"
         )
-    if kinds == {"float"} and any(math.isnan(gid) for gid in group_index):
+    if kinds == {"float"} and any(isinstance(gid, Real) and math.isnan(gid) for gid in group_index):
         raise ValueError("group_index holds a NaN id")
 
 
-def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[torch.Tensor, list]:
+def dense_groups(group_index: GroupIndex, batch_size: int, device: torch.device) -> tuple[torch.Tensor, list[Hashable]]:
     """Number the groups 0..G-1.
 
     group_index: [B] ints (tensor, ndarray, list) or hashable ids (verl's numpy object array of uid
@@ -57,7 +64,9 @@ def dense_groups(group_index, batch_size: int, device: torch.device) -> tuple[to
         ids, group = np.unique(group_index, return_inverse=True)
         return torch.as_tensor(group.reshape(-1), dtype=torch.int64, device=device), ids.tolist()
     if isinstance(group_index, (str, bytes)) or not isinstance(group_index, (Sequence, np.ndarray)):
-        raise TypeError(f"group_index must be a tensor, an array or a sequence of ids, got {type(group_index).__name__}")
+        raise TypeError(
+            f"group_index must be a tensor, an array or a sequence of ids, got {type(group_index).__name__}"
+        )
     if len(group_index) != batch_size:
         raise ValueError(f"group_index has {len(group_index)} entries, expected {batch_size} (one per rollout)")
     _check_id_kinds(group_index)
@@ -75,7 +84,7 @@ def group_sums(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> to
     return torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
 
 
-def validate_scores(scores, device: torch.device | None) -> torch.Tensor:
+def validate_scores(scores: ScoresLike, device: torch.device | None) -> torch.Tensor:
     """scores: [B] real numbers, all finite. Returns a tensor on ``device`` (its own when None), detached:
     advantages are constants of the policy-gradient loss."""
     if not isinstance(scores, torch.Tensor):
@@ -95,7 +104,9 @@ def validate_scores(scores, device: torch.device | None) -> torch.Tensor:
     return scores
 
 
-def validate_batch(responses: torch.Tensor, response_mask: torch.Tensor, scores) -> tuple[torch.Tensor, torch.Tensor]:
+def validate_batch(
+    responses: torch.Tensor, response_mask: torch.Tensor, scores: ScoresLike
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check the shapes, dtypes and devices of one batch.
 
     responses: [B, T] integer ids; response_mask: [B, T] bool or 0/1 numbers; scores: [B].

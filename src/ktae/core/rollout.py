@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from ktae.core.groups import dense_groups, group_sums, validate_scores
+from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_scores
 
 # fn(scores [B] float64, group [B] int64 in [0, num_groups), num_groups, epsilon) -> [B] float64
 RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
@@ -27,15 +27,11 @@ def register_rollout_advantage(
     under a taken name raises a ValueError.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(
-            f"a rollout advantage needs a non-empty string name, got {name!r}"
-        )
+        raise ValueError(f"a rollout advantage needs a non-empty string name, got {name!r}")
 
     def decorator(fn: RolloutAdvantageFn) -> RolloutAdvantageFn:
         if not callable(fn):
-            raise TypeError(
-                f"rollout advantage {name!r} must be a function, got {fn!r}"
-            )
+            raise TypeError(f"rollout advantage {name!r} must be a function, got {fn!r}")
         taken = ROLLOUT_ADVANTAGES.get(name)
         if taken is not None and taken is not fn:
             raise ValueError(
@@ -51,16 +47,12 @@ def register_rollout_advantage(
 def get_rollout_advantage(name: str) -> RolloutAdvantageFn:
     """The rollout-level advantage registered under ``name``; a ValueError lists the valid names."""
     if name not in ROLLOUT_ADVANTAGES:
-        raise ValueError(
-            f"unknown rollout advantage {name!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}"
-        )
+        raise ValueError(f"unknown rollout advantage {name!r}; choose one of {', '.join(ROLLOUT_ADVANTAGES)}")
     return ROLLOUT_ADVANTAGES[name]
 
 
 @register_rollout_advantage("grpo")
-def grpo_advantage(
-    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
-) -> torch.Tensor:
+def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """GRPO: (s - mean_g) / (std_g + epsilon), Bessel-corrected std; a group of one uses mean 0, std 1.
 
     scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64.
@@ -76,9 +68,7 @@ def grpo_advantage(
 
 
 @register_rollout_advantage("dr_grpo")
-def dr_grpo_advantage(
-    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
-) -> torch.Tensor:
+def dr_grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """Dr. GRPO: s - mean_g, no division by the standard deviation. [B] -> [B] float64."""
     count = group_sums(torch.ones_like(scores), group, num_groups)
     mean = group_sums(scores, group, num_groups) / count
@@ -86,9 +76,7 @@ def dr_grpo_advantage(
 
 
 @register_rollout_advantage("rloo")
-def rloo_advantage(
-    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
-) -> torch.Tensor:
+def rloo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """RLOO: s - mean of the other rollouts of the group; a group of one keeps its score. [B] -> [B] float64."""
     count = group_sums(torch.ones_like(scores), group, num_groups)[group]
     total = group_sums(scores, group, num_groups)[group]
@@ -97,9 +85,7 @@ def rloo_advantage(
 
 
 @register_rollout_advantage("none")
-def no_rollout_advantage(
-    scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float
-) -> torch.Tensor:
+def no_rollout_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """No rollout-level part: 0 for every rollout, so the advantage is the key-token bonus alone.
 
     Integrations that take the base from their framework compute the bonus with it. [B] -> [B] float64.
@@ -108,8 +94,8 @@ def no_rollout_advantage(
 
 
 def compute_rollout_advantages(
-    scores: torch.Tensor,
-    group_index,
+    scores: ScoresLike,
+    group_index: GroupIndex,
     method: str = "grpo",
     epsilon: float = 1e-6,
 ) -> torch.Tensor:

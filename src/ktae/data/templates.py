@@ -33,7 +33,7 @@ class PromptTemplate:
         if not self.chat:
             return user
         messages = [{"role": "system", "content": self.system}] if self.system is not None else []
-        return messages + [{"role": "user", "content": user}]
+        return [*messages, {"role": "user", "content": user}]
 
 
 TEMPLATES: dict[str, PromptTemplate] = {

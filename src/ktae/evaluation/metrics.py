@@ -98,7 +98,7 @@ def majority_correct(groups: Sequence[int | None], correct: Sequence[bool]) -> b
             counts[group] = counts.get(group, 0) + 1  # dicts keep first-appearance order
     if not counts:
         return False
-    winner = max(counts, key=counts.get)  # the first of the largest
+    winner = max(counts, key=lambda group: counts[group])  # the first of the largest
     return any(right for group, right in zip(groups, correct) if group == winner)
 
 

@@ -42,7 +42,12 @@ def results_table(results: dict) -> str:
         cells += [_cell((get("pass_at_k") or {}).get(k)) for k in ks]
         cells += [_cell((get("maj_at_k") or {}).get(k)) for k in ks]
         if lengths:
-            cells += [_cell(get("formatted")), _cell(get("avg_lens"), 0), _cell(get("max_lens"), 0), _cell(get("truncated"))]
+            cells += [
+                _cell(get("formatted")),
+                _cell(get("avg_lens"), 0),
+                _cell(get("max_lens"), 0),
+                _cell(get("truncated")),
+            ]
         else:
             cells += ["", "", "", ""]
         return cells

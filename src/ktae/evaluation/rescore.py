@@ -138,7 +138,7 @@ def _read_released(path: Path, records) -> list[Output]:
 
 def _optional(record: dict, name: str, kind, where: str):
     value = record.get(name)
-    if value is not None and (isinstance(value, bool) and kind is not bool or not isinstance(value, kind)):
+    if value is not None and ((isinstance(value, bool) and kind is not bool) or not isinstance(value, kind)):
         raise ValueError(f"{where}: field {name!r} must be {kind.__name__}, got {value!r:.100}")
     return value
 

@@ -89,9 +89,7 @@ def top_key_tokens(
     _, inverse = torch.unique(torch.cat([rows, observed]), dim=0, return_inverse=True)
     occurrences = torch.bincount(inverse[len(rows) :], minlength=int(inverse.max()) + 1 if len(inverse) else 0)
     occurrences = occurrences[inverse[: len(rows)]]
-    ranked = rank_key_tokens(
-        values.token.cpu().numpy(), values.value.cpu().numpy(), occurrences.cpu().numpy(), limit
-    )
+    ranked = rank_key_tokens(values.token.cpu().numpy(), values.value.cpu().numpy(), occurrences.cpu().numpy(), limit)
     for entries in ranked.values():
         for entry in entries:
             token_id = entry.pop("token")
@@ -102,8 +100,16 @@ def top_key_tokens(
 def key_token_rows(key_tokens: dict[str, list[dict]]) -> list[list]:
     """Rows of the ``ktae/key_tokens`` table, in ``KEY_TOKEN_COLUMNS`` order."""
     return [
-        [kind, rank, entry["token"], entry["token_id"]]
-        + [entry["total"], entry["occurrences"], entry["bonus"], entry["groups"]]
+        [
+            kind,
+            rank,
+            entry["token"],
+            entry["token_id"],
+            entry["total"],
+            entry["occurrences"],
+            entry["bonus"],
+            entry["groups"],
+        ]
         for kind in ("credited", "blamed")
         for rank, entry in enumerate(key_tokens[kind], start=1)
     ]

@@ -163,15 +163,22 @@ def plot_panels(
         for label, points in lines.items():
             if points:
                 steps, values = zip(*points)
-                axis.plot(steps, values, label=label, color=colours[label], linewidth=1.4,
-                          marker="o" if len(points) < 30 else None, markersize=3)
+                axis.plot(
+                    steps,
+                    values,
+                    label=label,
+                    color=colours[label],
+                    linewidth=1.4,
+                    marker="o" if len(points) < 30 else None,
+                    markersize=3,
+                )
         if ylim is not None:
             axis.set_ylim(*ylim)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step", fontsize=9)
         axis.grid(True, alpha=0.3)
         axis.tick_params(labelsize=8)
-    for axis in axes[len(panels):]:
+    for axis in axes[len(panels) :]:
         axis.set_visible(False)
     if len(line_labels) > 1:
         handles = [Line2D([], [], color=colours[label]) for label in line_labels]

@@ -13,6 +13,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 
 import numpy as np
@@ -24,8 +25,18 @@ from ktae.reports.text import visible_whitespace
 TOP_COUNT = 10
 ADVANTAGE_TOLERANCE = 1e-4  # logged advantages are float32
 # Statistics of a token shown on hover: page key -> KeyTokenAnalysis.stats column.
-_PROFILE_COLUMNS = {"a": "a", "b": "b", "oT": "occ_true", "oF": "occ_false", "p": "p_value", "F": "fisher",
-                    "IG": "info_gain", "h": "h", "TF": "tf", "v": "value"}
+_PROFILE_COLUMNS = {
+    "a": "a",
+    "b": "b",
+    "oT": "occ_true",
+    "oF": "occ_false",
+    "p": "p_value",
+    "F": "fisher",
+    "IG": "info_gain",
+    "h": "h",
+    "TF": "tf",
+    "v": "value",
+}
 _COUNT_COLUMNS = frozenset({"a", "b", "oT", "oF"})
 
 
@@ -41,11 +52,10 @@ def page(title: str, body: str, scale: DivergingScale | None = None, data: dict 
         # "<" escaped inside JSON strings, so no text can close the <script> element.
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
         script = (
-            f'<script type="application/json" id="ktae-data">{payload}</script>\n'
-            f"<script>{_asset('report.js')}</script>"
+            f'<script type="application/json" id="ktae-data">{payload}</script>\n<script>{_asset("report.js")}</script>'
         )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{css}</style></head>\n<body>\n{body}\n{script}\n</body></html>\n"
     )
@@ -78,8 +88,10 @@ def group_names(keys: list[tuple], prompts: list[str]) -> list[str]:
     """A short title per group: "step S · group G", or the prompt for groups keyed by their prompt
     (verl's dumps) without the part all those prompts share (a chat template's system text)."""
     keyed_by_prompt = [prompt for (_, group), prompt in zip(keys, prompts) if group == prompt]
-    shared = os.path.commonprefix(keyed_by_prompt) if len(set(keyed_by_prompt)) > 1 else ""
-    shared = re.match(r"(?s).*\s|", shared).group(0)  # back to the end of a whole word
+    # A character-wise common prefix of texts (not of paths) is what is wanted here.
+    shared = os.path.commonprefix(keyed_by_prompt) if len(set(keyed_by_prompt)) > 1 else ""  # noqa: RUF071
+    word_end = re.match(r"(?s).*\s", shared)  # back to the end of a whole word
+    shared = word_end.group(0) if word_end else ""
     names = []
     for (step, group), prompt in zip(keys, prompts):
         if group == prompt:
@@ -102,8 +114,9 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
     local = np.empty(stats["value"].size, dtype=np.int64)
     prompts = [data.rollouts[members[0]].prompt for members in rollouts_by_group]
     groups = []
-    for group, (name, rows, members) in enumerate(zip(group_names(analysis.group_keys, prompts), rows_by_group,
-                                                      rollouts_by_group)):
+    for group, (name, rows, members) in enumerate(
+        zip(group_names(analysis.group_keys, prompts), rows_by_group, rollouts_by_group)
+    ):
         rows = rows[np.argsort(-occurrences[rows], kind="stable")]  # frequent tokens first
         local[rows] = np.arange(rows.size)
         text: list[str | None] = [None] * rows.size
@@ -128,6 +141,7 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
         token_ids = stats["token"][rows].tolist()
         labels = {}
         for index, (token_id, shown) in enumerate(zip(token_ids, text)):
+            assert shown is not None  # every pair's token occurs in one of the group's rollouts
             label = data.labels.get(token_id, str(token_id))
             if label != visible_whitespace(shown):
                 labels[index] = label
@@ -175,12 +189,15 @@ def top_tokens_html(top: dict[str, list[dict]], scale: DivergingScale) -> str:
 
     def table(title: str, entries: list[dict]) -> str:
         means = scale.buckets([e["total"] / e["occurrences"] for e in entries]).tolist()
-        rows = "".join(
-            f'<tr><td><span class="tok {scale.css_class(bucket)}">{html.escape(e["label"])}</span></td>'
-            f'<td class="num">{e["total"]:+.2f}</td>'
-            f'<td class="num">{e["occurrences"]}</td><td class="num">{e["groups"]}</td></tr>'
-            for e, bucket in zip(entries, means)
-        ) or '<tr><td colspan="4">none</td></tr>'
+        rows = (
+            "".join(
+                f'<tr><td><span class="tok {scale.css_class(bucket)}">{html.escape(e["label"])}</span></td>'
+                f'<td class="num">{e["total"]:+.2f}</td>'
+                f'<td class="num">{e["occurrences"]}</td><td class="num">{e["groups"]}</td></tr>'
+                for e, bucket in zip(entries, means)
+            )
+            or '<tr><td colspan="4">none</td></tr>'
+        )
         return (
             f"<div><h3>{title}</h3><table><tr><th>token</th><th>total v</th><th>occurrences</th><th>groups</th></tr>"
             f"{rows}</table></div>"
@@ -203,7 +220,7 @@ def render_key_token_report(
     analysis: KeyTokenAnalysis,
     title: str,
     subtitle: str = "",
-    notices: list[str] = (),
+    notices: Sequence[str] = (),
     strong: float = STRONG_VALUE,
 ) -> str:
     """The HTML of a key-token report over the analysed rollouts."""
@@ -224,7 +241,7 @@ def render_key_token_report(
     tokens = sum(ids.size for ids in analysis.data.token_ids)
     mixed = int(np.sum((analysis.n_true > 0) & (analysis.n_false > 0)))
     facts = (
-        f"<div class=\"facts\"><span><b>{len(analysis.group_keys)}</b> groups ({mixed} with correct and incorrect "
+        f'<div class="facts"><span><b>{len(analysis.group_keys)}</b> groups ({mixed} with correct and incorrect '
         f"rollouts)</span><span><b>{len(analysis.data.rollouts)}</b> rollouts, <b>{int(analysis.correct.sum())}</b> "
         f"correct</span><span><b>{tokens:,}</b> tokens</span>"
         f"<span>|v| &gt; {strong:g}: <b>{100 * shares['strong']:.1f}%</b>"

@@ -76,9 +76,7 @@ class KeyTokenAnalysis:
         return ranked
 
 
-def rank_key_tokens(
-    token: np.ndarray, value: np.ndarray, occurrences: np.ndarray, count: int
-) -> dict[str, list[dict]]:
+def rank_key_tokens(token: np.ndarray, value: np.ndarray, occurrences: np.ndarray, count: int) -> dict[str, list[dict]]:
     """The most credited and most blamed tokens of a batch: the one definition the trainer's logs, its
     progress line and the reports share.
 

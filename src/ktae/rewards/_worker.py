@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         # on top of what the imports mapped (a CUDA build of torch maps gigabytes it never touches)
         import resource
 
-        mapped = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         limit = mapped + args.memory_limit_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     protocol.write(json.dumps({"ready": True}) + "\n")

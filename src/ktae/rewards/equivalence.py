@@ -32,8 +32,18 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# One reference: an accepted answer (str or number), or a list, tuple or array of them, nested to any
+# depth (see ``normalize_references``).
+Reference: TypeAlias = "str | int | float | Sequence[Reference] | npt.NDArray[Any] | np.generic"
 
 DEFAULT_TIMEOUT_S = 5.0
 # The longest time limit a check may have (SIGALRM timers overflow far above it).
@@ -115,9 +125,10 @@ def _without_names(answer: str) -> tuple[str, int] | None:
     if len(parts) < 2:
         return None
     values = [_NAMED_VALUE.match(part) for part in parts]
-    if not all(values):
+    named = [value.group(1) for value in values if value is not None]
+    if len(named) < len(values):
         return None
-    return ", ".join(value.group(1) for value in values), len(values)
+    return ", ".join(named), len(named)
 
 
 def _answer_forms(answer: str) -> list[str]:
@@ -142,11 +153,11 @@ def _answer_forms(answer: str) -> list[str]:
 
 
 @lru_cache(maxsize=2048)
-def _parse(answer: str) -> tuple:
+def _parse(answer: str) -> tuple[Any, ...]:
     """math-verify's parse of every form of ``answer`` (LaTeX extraction only), flattened."""
     from math_verify import LatexExtractionConfig, parse
 
-    parsed = []
+    parsed: list[Any] = []  # sympy expressions and strings
     for form in _answer_forms(answer):
         # Wrapping in \boxed makes math-verify take the whole answer as the expression.
         parsed.extend(parse(f"\\boxed{{{form}}}", extraction_config=[LatexExtractionConfig()], parsing_timeout=None))
@@ -159,7 +170,7 @@ def load_parser() -> None:
     _parse("0")
 
 
-def _numbers_agree(gold, pred) -> bool:
+def _numbers_agree(gold: Any, pred: Any) -> bool:
     """False only when both are plain numbers that differ by more than the relative tolerance.
 
     Compared in sympy's floats, whose exponent is unbounded: 2^{2005} or 1000! (beyond a Python
@@ -220,7 +231,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         return Verdict(False, "no_answer")
     load_parser()
 
-    def on_alarm(signum, frame):
+    def on_alarm(signum: int, frame: FrameType | None) -> NoReturn:
         raise CheckTimeout
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -241,7 +252,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         signal.signal(signal.SIGALRM, previous)
 
 
-def normalize_references(reference) -> list[str]:
+def normalize_references(reference: Reference) -> list[str]:
     """The accepted answers of one reference, as a list of distinct stripped str.
 
     A reference is a str, a number (an integral float is the integer: 142.0 -> "142"), or a list or
@@ -250,7 +261,7 @@ def normalize_references(reference) -> list[str]:
     ValueError (it would make every response wrong).
     """
     answers: list[str] = []
-    pending = [reference]
+    pending: list[Any] = [reference]
     while pending:  # depth-first, in order, without recursion (nesting depth is the caller's)
         item = pending.pop()
         if hasattr(item, "tolist") and not isinstance(item, str):  # numpy arrays and scalars
@@ -281,7 +292,7 @@ def normalize_references(reference) -> list[str]:
     return list(dict.fromkeys(answers))
 
 
-def validate_timeout(timeout_s, name: str = "timeout_s") -> float:
+def validate_timeout(timeout_s: float | str, name: str = "timeout_s") -> float:
     """``timeout_s`` as a float of seconds, or a ValueError naming ``name``: a time limit must be a
     positive finite number (0 would switch SIGALRM timers off, inf overflows them)."""
     try:
@@ -302,18 +313,20 @@ class _Launcher:
     """
 
     def __init__(self) -> None:
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], Future[subprocess.Popen[bytes]]]] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def popen(self, command: list[str], **kwargs) -> subprocess.Popen:
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         if threading.current_thread() is threading.main_thread():
             return subprocess.Popen(command, **kwargs)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="ktae-worker-launcher", daemon=True)
                 self._thread.start()
-        started: Future = Future()
+        started: Future[subprocess.Popen[bytes]] = Future()
         self._requests.put((command, kwargs, started))
         return started.result()
 
@@ -337,14 +350,17 @@ class _Worker:
         if memory_limit_mb:
             command += ["--memory-limit-mb", str(memory_limit_mb)]
         self.process = _launcher.popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        # Both are pipes, as asked for above.
+        self.stdin = cast(IO[bytes], self.process.stdin)
+        self.stdout = cast(IO[bytes], self.process.stdout)
         self.ready = False
 
-    def send(self, message: dict) -> None:
-        self.process.stdin.write((json.dumps(message) + "\n").encode())
+    def send(self, message: dict[str, Any]) -> None:
+        self.stdin.write((json.dumps(message) + "\n").encode())
 
-    def receive(self) -> dict | None:
+    def receive(self) -> dict[str, Any] | None:
         """The next message; ``None`` when the worker has died."""
-        line = self.process.stdout.readline()
+        line = self.stdout.readline()
         return json.loads(line) if line else None
 
     def close(self, kill: bool = False) -> None:
@@ -352,7 +368,7 @@ class _Worker:
             if kill:
                 self.process.kill()
             else:
-                self.process.stdin.close()
+                self.stdin.close()
             self.process.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
@@ -389,17 +405,19 @@ class AnswerChecker:
     def __enter__(self) -> AnswerChecker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check(self, answers: Sequence[str | None], references: Sequence, timeout_s: float | None = None) -> list[bool]:
+    def check(
+        self, answers: Sequence[str | None], references: Sequence[Reference], timeout_s: float | None = None
+    ) -> list[bool]:
         """Whether each answer equals (any of) its references; see ``verdicts``."""
         return [v.equivalent for v in self.verdicts(answers, references, timeout_s)]
 
     def verdicts(
         self,
         answers: Sequence[str | None],
-        references: Sequence,
+        references: Sequence[Reference],
         timeout_s: float | None = None,
         progress: str | None = None,
     ) -> list[Verdict]:
@@ -411,7 +429,7 @@ class AnswerChecker:
         timeout_s = self.timeout_s if timeout_s is None else validate_timeout(timeout_s)
         # A step's rollouts repeat answers (the right one most of all): check each distinct pair once.
         distinct: dict[tuple[str, tuple[str, ...]], int] = {}
-        slot_of = []
+        slot_of: list[int | None] = []
         for i, (answer, reference) in enumerate(zip(answers, references)):
             if answer is not None and not isinstance(answer, str):
                 raise TypeError(f"answer {i} must be a str or None, got {type(answer).__name__}")
@@ -429,9 +447,16 @@ class AnswerChecker:
                     bar.update()
             elif pairs:
                 self._run_in_workers(pairs, timeout_s, checked, bar)
-        return [Verdict(False, "no_answer") if slot is None else checked[slot] for slot in slot_of]
+        verdicts = cast(list[Verdict], checked)  # every pair was checked above
+        return [Verdict(False, "no_answer") if slot is None else verdicts[slot] for slot in slot_of]
 
-    def _run_in_workers(self, pairs: list[tuple[str, tuple[str, ...]]], timeout_s: float, results: list, bar) -> None:
+    def _run_in_workers(
+        self,
+        pairs: list[tuple[str, tuple[str, ...]]],
+        timeout_s: float,
+        results: list[Verdict | None],
+        bar: tqdm,
+    ) -> None:
         hard_timeout_s = timeout_s + max(1.0, 0.5 * timeout_s)  # the worker's own timer fires first
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (answer index, hard deadline)
 
@@ -454,8 +479,8 @@ class AnswerChecker:
                         continue
                     busy[worker] = (i, deadline_for(worker))
                 wait_s = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
-                readable, _, _ = select.select([w.process.stdout for w in busy], [], [], wait_s)
-                for worker in [w for w in busy if w.process.stdout in readable]:
+                readable, _, _ = select.select([w.stdout for w in busy], [], [], wait_s)
+                for worker in [w for w in busy if w.stdout in readable]:
                     message = worker.receive()
                     i, _ = busy[worker]
                     if message is None:
@@ -552,7 +577,7 @@ def default_checker() -> AnswerChecker:
         return _default_checker
 
 
-def is_equivalent(prediction: str, reference, timeout_s: float | None = None) -> bool:
+def is_equivalent(prediction: str, reference: Reference, timeout_s: float | None = None) -> bool:
     """Whether the answer ``prediction`` equals ``reference`` (see ``normalize_references``: a str, a
     number, or a list of accepted answers).
 

@@ -7,13 +7,17 @@ extra_info, **reward_kwargs)`` once per response, possibly from a thread pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
-from ktae.rewards.equivalence import AnswerChecker, default_checker
+from ktae.rewards.equivalence import AnswerChecker, Reference, default_checker
 from ktae.rewards.extraction import extract_answer
 
+# A completion as TRL passes it: the text, or chat messages whose last message's "content" is the text.
+Completion: TypeAlias = "str | Sequence[Mapping[str, Any]]"
 
-def completion_text(completion) -> str:
+
+def completion_text(completion: Completion) -> str:
     """The text of a completion: a str, or chat messages whose last message's content is the text."""
     if isinstance(completion, str):
         return completion
@@ -25,8 +29,8 @@ def completion_text(completion) -> str:
 
 
 def score_responses(
-    responses: Sequence,
-    answers: Sequence,
+    responses: Sequence[Completion],
+    answers: Sequence[Reference],
     *,
     correct: float = 1.0,
     incorrect: float = 0.0,
@@ -48,12 +52,12 @@ def score_responses(
     return [correct if ok else incorrect for ok in equivalent]
 
 
-def accuracy_reward(completions, answer, **kwargs) -> list[float]:
+def accuracy_reward(completions: Sequence[Completion], answer: Sequence[Reference], **kwargs: Any) -> list[float]:
     """TRL reward function: 1.0 for a correct final answer, 0.0 otherwise."""
     return score_responses(completions, answer, correct=1.0, incorrect=0.0)
 
 
-def dapo_reward(completions, answer, **kwargs) -> list[float]:
+def dapo_reward(completions: Sequence[Completion], answer: Sequence[Reference], **kwargs: Any) -> list[float]:
     """TRL reward function: DAPO's rule-based reward, +1.0 correct, -1.0 otherwise."""
     return score_responses(completions, answer, correct=1.0, incorrect=-1.0)
 
@@ -89,27 +93,29 @@ class _OverlongPenalty:
         self.penalty_factor = float(penalty_factor)
         self._punishment = get_soft_overlong_punishment(max_completion_length, buffer_length)
 
-    def __call__(self, completion_ids, **kwargs) -> list[float]:
+    def __call__(self, completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
         return [self.penalty_factor * value for value in self._punishment(completion_ids)]
 
 
-def make_overlong_penalty(max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0):
+def make_overlong_penalty(
+    max_completion_length: int, buffer_length: int, penalty_factor: float = 1.0
+) -> _OverlongPenalty:
     """DAPO's soft overlong punishment as a TRL reward function (see ``_OverlongPenalty``): 0 up to
     max - buffer tokens, then linear down to -penalty_factor at max, -penalty_factor beyond."""
     return _OverlongPenalty(max_completion_length, buffer_length, penalty_factor)
 
 
 def compute_score(
-    data_source,
+    data_source: str,
     solution_str: str,
-    ground_truth,
-    extra_info=None,
+    ground_truth: Reference,
+    extra_info: Mapping[str, Any] | None = None,
     *,
     correct_score: float = 1.0,
     incorrect_score: float = 0.0,
     timeout_s: float | None = None,
-    **kwargs,
-) -> dict:
+    **kwargs: Any,
+) -> dict[str, Any]:
     """verl custom reward function (``custom_reward_function.path``/``name``).
 
     Returns {"score", "acc", "pred"} like verl's own math_dapo scorer: ``acc`` is what DAPO's

@@ -6,6 +6,7 @@ import os
 import subprocess
 
 import pytest
+
 from ktae import KTAEConfig
 from ktae.integrations.verl import (
     KTAE_TRAINER_MODES,
@@ -26,8 +27,14 @@ RUNNABLE = [
 
 def test_ktae_keys_compose_with_verls_config(compose):
     config = compose(
-        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=8", "algorithm.ktae.alpha=2",
-         "algorithm.ktae.top=0.5", "algorithm.ktae.ignore_token_ids=[3,4]", "algorithm.ktae.base=rloo"]
+        [
+            "algorithm.adv_estimator=ktae",
+            "actor_rollout_ref.rollout.n=8",
+            "algorithm.ktae.alpha=2",
+            "algorithm.ktae.top=0.5",
+            "algorithm.ktae.ignore_token_ids=[3,4]",
+            "algorithm.ktae.base=rloo",
+        ]
     )
     assert validate_ktae_run(config) == KTAEConfig(
         alpha=2.0, top=0.5, ignore_token_ids=(3, 4), rollout_advantage="none"
@@ -47,8 +54,17 @@ def test_defaults_follow_the_tokenizer_and_the_papers_grpo_base(compose):
 
 @pytest.mark.parametrize(
     "base",
-    ["grpo", "grpo_vectorized", "rloo", "rloo_vectorized", "reinforce_plus_plus", "reinforce_plus_plus_baseline",
-     "opo", "gpg", "grpo_passk"],
+    [
+        "grpo",
+        "grpo_vectorized",
+        "rloo",
+        "rloo_vectorized",
+        "reinforce_plus_plus",
+        "reinforce_plus_plus_baseline",
+        "opo",
+        "gpg",
+        "grpo_passk",
+    ],
 )
 def test_every_base_ktae_can_feed_passes_start_up(compose, base):
     config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", f"algorithm.ktae.base={base}"])
@@ -63,9 +79,14 @@ def test_a_plugins_estimator_named_in_the_run_is_registered_before_the_check(com
         "    raise NotImplementedError\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
-                      "algorithm.ktae.base=test_plugin_mean",
-                      "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=my_estimators"])
+    config = compose(
+        [
+            "algorithm.adv_estimator=ktae",
+            "actor_rollout_ref.rollout.n=4",
+            "algorithm.ktae.base=test_plugin_mean",
+            "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=my_estimators",
+        ]
+    )
     assert validate_ktae_run(config) is not None
 
 
@@ -82,7 +103,7 @@ def test_unknown_ktae_key_fails_at_start_up(compose):
 def test_unknown_ktae_key_without_plus_is_refused_by_hydra(compose):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException, match="algorithm.ktae.betaa"):
+    with pytest.raises(ConfigCompositionException, match=r"algorithm\.ktae\.betaa"):
         compose(["algorithm.ktae.betaa=2"])
 
 
@@ -91,16 +112,24 @@ def test_unknown_ktae_key_without_plus_is_refused_by_hydra(compose):
     [
         (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1"),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.top=-1"], "top must be >= 0"),
-        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=ppo"],
-         "verl has no advantage estimator 'ppo'; registered: gae, grpo, "),
+        (
+            ["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=ppo"],
+            "verl has no advantage estimator 'ppo'; registered: gae, grpo, ",
+        ),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=ktae"], "base=ktae"),
-        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=remax"],
-         "verl's remax estimator needs reward_baselines, which KTAE cannot supply"),
+        (
+            ["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=remax"],
+            "verl's remax estimator needs reward_baselines, which KTAE cannot supply",
+        ),
         (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=gae"], "needs values, gamma, lam"),
-        (["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=optimal_token_baseline"],
-         "needs old_log_probs, sum_pi_squared, rollout_is_weights"),
-        (["actor_rollout_ref.rollout.n=4", "+algorithm.ktae.rollout_advantage=rloo"],
-         "algorithm.ktae.rollout_advantage does not apply to verl"),
+        (
+            ["actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=optimal_token_baseline"],
+            "needs old_log_probs, sum_pi_squared, rollout_is_weights",
+        ),
+        (
+            ["actor_rollout_ref.rollout.n=4", "+algorithm.ktae.rollout_advantage=rloo"],
+            "algorithm.ktae.rollout_advantage does not apply to verl",
+        ),
         (["actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=fancy"], "trainer_mode"),
     ],
 )
@@ -112,22 +141,34 @@ def test_bad_ktae_settings_fail_with_a_clear_message(compose, overrides, message
 
 def test_prepare_config_points_the_run_at_the_ktae_trainer(compose):
     for mode, ktae_mode in KTAE_TRAINER_MODES.items():
-        config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
-                          f"trainer.v1.trainer_mode={mode}", *RUNNABLE])
+        config = compose(
+            [
+                "algorithm.adv_estimator=ktae",
+                "actor_rollout_ref.rollout.n=4",
+                f"trainer.v1.trainer_mode={mode}",
+                *RUNNABLE,
+            ]
+        )
         prepare_config(config)
         assert config.trainer.v1.trainer_mode == ktae_mode
         env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
         assert env_vars.VERL_USE_EXTERNAL_MODULES == PLUGIN_MODULE
-    baseline = compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4", *RUNNABLE,
-                        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=mine"])
+    baseline = compose(
+        [
+            "algorithm.adv_estimator=grpo",
+            "actor_rollout_ref.rollout.n=4",
+            *RUNNABLE,
+            "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=mine",
+        ]
+    )
     prepare_config(baseline)
     assert baseline.trainer.v1.trainer_mode == "sync"
-    assert baseline.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == f"mine,{PLUGIN_MODULE}"
+    assert f"mine,{PLUGIN_MODULE}" == baseline.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
 
 
 def test_launcher_refuses_verls_legacy_trainer(compose):
     config = compose(["algorithm.adv_estimator=grpo", "trainer.use_v1=False", *RUNNABLE])
-    with pytest.raises(ValueError, match="remove trainer.use_v1=False"):
+    with pytest.raises(ValueError, match=r"remove trainer\.use_v1=False"):
         prepare_config(config)
 
 
@@ -156,8 +197,15 @@ def recipe_overrides(repo_root, tmp_path, recipe: str) -> list[str]:
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "DATA_DIR": "/data/math"}
     env.pop("MODEL_PATH", None)
-    out = subprocess.run(["bash", str(repo_root / "recipes" / "verl" / recipe)], env=env, cwd=repo_root,
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["bash", str(repo_root / "recipes" / "verl" / recipe)],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     args = out.split("\0")[:-1]
     assert args[:2] == ["-m", "ktae.integrations.verl"]
     return args[2:]
@@ -204,6 +252,10 @@ def test_recipe_parses_through_verls_hydra_config(compose, repo_root, tmp_path, 
 
 
 def test_recipe_refuses_an_unknown_model(repo_root):
-    result = subprocess.run(["bash", str(repo_root / "recipes" / "verl" / "grpo.sh"), "3b", "ktae"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(repo_root / "recipes" / "verl" / "grpo.sh"), "3b", "ktae"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "MODEL must be 1.5b or 7b" in result.stderr

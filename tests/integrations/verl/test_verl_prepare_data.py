@@ -16,8 +16,12 @@ from ktae.integrations.verl.reward import compute_score
 
 MATH_ROWS = [
     {"problem": "What is $2+2$?", "solution": "We add: $2+2=\\boxed{4}$.", "level": "Level 1", "type": "Algebra"},
-    {"problem": "Half of one?", "solution": "It is $\\frac{1}{2}$, i.e. $\\boxed{\\frac{1}{2}}$.", "level": "Level 2",
-     "type": "Prealgebra"},
+    {
+        "problem": "Half of one?",
+        "solution": "It is $\\frac{1}{2}$, i.e. $\\boxed{\\frac{1}{2}}$.",
+        "level": "Level 2",
+        "type": "Prealgebra",
+    },
 ]
 
 
@@ -30,15 +34,19 @@ def math_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>")),
-                                  pad_token="<pad>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>")),
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     return tok
 
 
 def test_math_and_math500_in_verls_format(compose, tokenizer, math_file, tmp_path, math_eval_dir):
-    written = prepare(tmp_path / "out", train=str(math_file), val=["math500", "aime24"],
-                      benchmarks_dir=str(math_eval_dir), limit=3)
+    written = prepare(
+        tmp_path / "out", train=str(math_file), val=["math500", "aime24"], benchmarks_dir=str(math_eval_dir), limit=3
+    )
     data_config = compose([]).data
     with open_dict(data_config):
         data_config.filter_overlong_prompts = False
@@ -46,8 +54,10 @@ def test_math_and_math500_in_verls_format(compose, tokenizer, math_file, tmp_pat
     train = RLHFDataset(data_files=[str(written["train"])], tokenizer=tokenizer, config=data_config)
     assert len(train) == 2
     first = train[0]
-    assert first["raw_prompt"] == [{"role": "system", "content": BOXED_INSTRUCTION},
-                                   {"role": "user", "content": "What is $2+2$?"}]
+    assert first["raw_prompt"] == [
+        {"role": "system", "content": BOXED_INSTRUCTION},
+        {"role": "user", "content": "What is $2+2$?"},
+    ]
     assert first["data_source"] == "math" and first["reward_model"] == {"style": "rule", "ground_truth": "4"}
     assert train[1]["reward_model"]["ground_truth"] == "\\frac{1}{2}"
     truth = train[1]["reward_model"]["ground_truth"]

@@ -40,13 +40,20 @@ def finished(repo_root, tmp_path_factory):
             {**base, "VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "ktae.integrations.verl"},
         ),
         "launcher": (
-            [sys.executable, "-m", "ktae.integrations.verl", "algorithm.adv_estimator=ktae",
-             "actor_rollout_ref.rollout.n=1"],
+            [
+                sys.executable,
+                "-m",
+                "ktae.integrations.verl",
+                "algorithm.adv_estimator=ktae",
+                "actor_rollout_ref.rollout.n=1",
+            ],
             {**base, "HYDRA_FULL_ERROR": "0"},
         ),
     }
     procs = {
-        name: subprocess.Popen(command, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            command, env=env, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for name, (command, env) in commands.items()
     }
     return {name: (proc.wait(timeout=300), *proc.communicate()) for name, proc in procs.items()}

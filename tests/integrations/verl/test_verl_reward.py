@@ -24,15 +24,22 @@ def tokenizer():
 
 def reward_config(compose, name: str, *extra: str):
     return compose(
-        ["reward.custom_reward_function.path=pkg://ktae.integrations.verl.reward",
-         f"reward.custom_reward_function.name={name}", *extra]
+        [
+            "reward.custom_reward_function.path=pkg://ktae.integrations.verl.reward",
+            f"reward.custom_reward_function.name={name}",
+            *extra,
+        ]
     )
 
 
 def test_verl_loads_and_calls_compute_score(compose):
     score = get_custom_reward_fn(reward_config(compose, "compute_score"))
-    right = score(data_source="math", solution_str="so the answer is \\boxed{\\frac{1}{2}}", ground_truth="0.5",
-                  extra_info={"index": 0})
+    right = score(
+        data_source="math",
+        solution_str="so the answer is \\boxed{\\frac{1}{2}}",
+        ground_truth="0.5",
+        extra_info={"index": 0},
+    )
     wrong = score(data_source="math", solution_str="the answer is \\boxed{3}", ground_truth="0.5", extra_info={})
     none = score(data_source="math", solution_str="no box here", ground_truth=np.array(["4", "four"]), extra_info={})
     assert (right["score"], right["acc"]) == (1.0, True)
@@ -59,10 +66,14 @@ def response_item(tokenizer, words: list[str], ground_truth: str, prompt_length:
 def test_dapo_reward_with_verls_overlong_shaping_equals_ktae_rewards(compose, tokenizer):
     max_length, buffer = 16, 8
     config = reward_config(
-        compose, "compute_dapo_score", "reward.reward_manager.name=dapo",
-        f"+reward.reward_kwargs.max_resp_len={max_length}", "+reward.reward_kwargs.overlong_buffer_cfg.enable=True",
+        compose,
+        "compute_dapo_score",
+        "reward.reward_manager.name=dapo",
+        f"+reward.reward_kwargs.max_resp_len={max_length}",
+        "+reward.reward_kwargs.overlong_buffer_cfg.enable=True",
         f"+reward.reward_kwargs.overlong_buffer_cfg.len={buffer}",
-        "+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor=1.0", "+reward.reward_kwargs.overlong_buffer_cfg.log=True",
+        "+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor=1.0",
+        "+reward.reward_kwargs.overlong_buffer_cfg.log=True",
     )
     manager = load_reward_manager(config, tokenizer)
     assert type(manager).__name__ == "DAPORewardManager"
@@ -70,7 +81,13 @@ def test_dapo_reward_with_verls_overlong_shaping_equals_ktae_rewards(compose, to
     # Responses up to max_resp_len tokens: the recipes set it to data.max_response_length, which the
     # rollout never exceeds (beyond it verl's penalty keeps growing while ktae's stops at -factor).
     cases = []
-    for filler, answer in [(0, "\\boxed{4}"), (7, "\\boxed{4}"), (11, "\\boxed{5}"), (12, "\\boxed{4}"), (2, "\\boxed{5}")]:
+    for filler, answer in [
+        (0, "\\boxed{4}"),
+        (7, "\\boxed{4}"),
+        (11, "\\boxed{5}"),
+        (12, "\\boxed{4}"),
+        (2, "\\boxed{5}"),
+    ]:
         words = ["the", "answer", "is", *["so"] * filler, answer]
         result = manager.loop.run_until_complete(manager.run_single(response_item(tokenizer, words, "4")))
         text = " ".join(words)

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
 from transfer_queue import KVBatchMeta
+from transformers import PreTrainedTokenizerFast
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-from verl.trainer.ppo.v1 import get_trainer_cls
-from verl.trainer.ppo.v1 import trainer_base as verl_trainer_base
+from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
-from ktae.reports import load_rollouts
 from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
+from ktae.reports import load_rollouts
 
 PAD, EOS = 0, 1
 
@@ -36,7 +35,7 @@ class InMemoryTransferQueue:
     def kv_batch_put(self, keys, partition_id, fields, tags=None):
         for i, key in enumerate(keys):
             row = self.rows.setdefault(key, {})
-            for name in fields.keys():
+            for name in fields:
                 column = fields[name]
                 row[name] = column.unbind(0)[i] if isinstance(column, torch.Tensor) else list(column)[i]
 
@@ -58,8 +57,9 @@ def queue(monkeypatch):
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """Ids 0 and 1 are pad and eos, 2..8 the letters a..g."""
     vocab = {"<pad>": PAD, "<eos>": EOS, **{chr(ord("a") + i): 2 + i for i in range(7)}}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
-                                   pad_token="<pad>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>", eos_token="<eos>"
+    )
 
 
 def put_rollouts(queue, seed: int) -> tuple[list[str], list[dict]]:
@@ -80,10 +80,12 @@ def put_rollouts(queue, seed: int) -> tuple[list[str], list[dict]]:
             rm_scores = torch.zeros(length)
             rm_scores[-1] = score
             keys.append(f"{uid}_{session}_0")
-            rows.append({"uid": uid, "responses": responses, "response_mask": mask, "rm_scores": rm_scores,
-                         "score": score})
-    queue.kv_batch_put(keys, "train", list_of_dict_to_tensordict([{k: v for k, v in r.items() if k != "score"}
-                                                                  for r in rows]))
+            rows.append(
+                {"uid": uid, "responses": responses, "response_mask": mask, "rm_scores": rm_scores, "score": score}
+            )
+    queue.kv_batch_put(
+        keys, "train", list_of_dict_to_tensordict([{k: v for k, v in r.items() if k != "score"} for r in rows])
+    )
     return keys, rows
 
 
@@ -156,10 +158,14 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     )
     trainer.tokenizer = make_tokenizer()
     wandb, trackio, writer = FakeTracker(), FakeTracker(), FakeWriter()
-    trainer.logger = SimpleNamespace(logger={
-        "wandb": wandb, "trackio": SimpleNamespace(trackio=trackio), "tensorboard": SimpleNamespace(writer=writer),
-        "console": object(),
-    })
+    trainer.logger = SimpleNamespace(
+        logger={
+            "wandb": wandb,
+            "trackio": SimpleNamespace(trackio=trackio),
+            "tensorboard": SimpleNamespace(writer=writer),
+            "console": object(),
+        }
+    )
     keys, rows = put_rollouts(queue, 4)
     metrics = {}
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics)
@@ -170,8 +176,11 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
     mask = padded([r["response_mask"] for r in rows]).bool()
     bonus = compute_ktae_advantages(
-        padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),
-        [r["uid"] for r in rows], config=KTAEConfig(ignore_token_ids=(PAD, EOS), rollout_advantage="none"),
+        padded([r["responses"] for r in rows]),
+        mask,
+        torch.tensor([r["score"] for r in rows]),
+        [r["uid"] for r in rows],
+        config=KTAEConfig(ignore_token_ids=(PAD, EOS), rollout_advantage="none"),
     ).double()
     correct = torch.tensor([r["score"] > 0 for r in rows])[:, None] & mask
     assert metrics["ktae/large_bonus_share"] == pytest.approx(float((bonus.abs() > 0.5)[mask].double().mean()))
@@ -187,15 +196,27 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     for tracker in (wandb, trackio):
         [(data, step)] = tracker.logged
         frame = data["ktae/key_tokens"].dataframe
-        assert step == 3 and list(frame.columns) == ["kind", "rank", "token", "token_id", "total", "occurrences", "bonus", "groups"]
+        assert step == 3 and list(frame.columns) == [
+            "kind",
+            "rank",
+            "token",
+            "token_id",
+            "total",
+            "occurrences",
+            "bonus",
+            "groups",
+        ]
     credited = frame[frame.kind == "credited"]
     blamed = frame[frame.kind == "blamed"]
     assert len(credited) and len(blamed) and (credited.bonus > 0).all() and (blamed.bonus < 0).all()
     assert list(credited.total) == sorted(credited.total, reverse=True)
     # the top credited token is the one whose occurrences add the most bonus (value x occurrences over groups)
     values = compute_key_token_values(
-        padded([r["responses"] for r in rows]), mask, torch.tensor([r["score"] for r in rows]),
-        [r["uid"] for r in rows], config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
+        padded([r["responses"] for r in rows]),
+        mask,
+        torch.tensor([r["score"] for r in rows]),
+        [r["uid"] for r in rows],
+        config=KTAEConfig(ignore_token_ids=(PAD, EOS)),
     )
     value = {(r["group"], r["token"]): r["value"] for r in values.to_records()}
     totals, occurrences = {}, {}
@@ -220,8 +241,11 @@ def test_other_estimators_run_verls_step_unchanged(compose, queue):
     keys, rows = put_rollouts(queue, 2)
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
     ktae_off = compute_ktae_advantages(
-        padded([r["responses"] for r in rows]), padded([r["response_mask"] for r in rows]),
-        torch.tensor([r["score"] for r in rows]), [r["uid"] for r in rows], config=KTAEConfig(top=0.0),
+        padded([r["responses"] for r in rows]),
+        padded([r["response_mask"] for r in rows]),
+        torch.tensor([r["score"] for r in rows]),
+        [r["uid"] for r in rows],
+        config=KTAEConfig(top=0.0),
     )
     torch.testing.assert_close(padded([queue.rows[k]["advantages"] for k in keys]), ktae_off, rtol=0, atol=1e-6)
 
@@ -234,23 +258,37 @@ def test_ktae_trainers_are_registered_over_verls_modes():
 
 def test_ktae_trainer_validates_and_restores_the_verl_mode(compose, monkeypatch):
     seen = {}
-    monkeypatch.setattr(verl_trainer_base.PPOTrainer, "__init__", lambda self, config: seen.setdefault("mode", config.trainer.v1.trainer_mode))
-    config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=ktae_sync"])
+    monkeypatch.setattr(
+        verl_trainer_base.PPOTrainer,
+        "__init__",
+        lambda self, config: seen.setdefault("mode", config.trainer.v1.trainer_mode),
+    )
+    config = compose(
+        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=ktae_sync"]
+    )
     KTAEPPOTrainerSync(config)
     assert seen["mode"] == "sync" and config.trainer.v1.trainer_mode == "sync"
-    bad = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1", "trainer.v1.trainer_mode=ktae_sync"])
-    with pytest.raises(ValueError, match="rollout.n"):
+    bad = compose(
+        ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1", "trainer.v1.trainer_mode=ktae_sync"]
+    )
+    with pytest.raises(ValueError, match=r"rollout\.n"):
         KTAEPPOTrainerSync(bad)
 
 
 def test_rollout_log_in_the_format_ktae_viz_reads(compose, queue, tmp_path):
     trainer = object.__new__(KTAEPPOTrainerSync)
-    trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4",
-                              f"trainer.ktae_rollouts_dir={tmp_path}", "trainer.ktae_rollout_groups_per_step=1"])
+    trainer.config = compose(
+        [
+            "algorithm.adv_estimator=ktae",
+            "actor_rollout_ref.rollout.n=4",
+            f"trainer.ktae_rollouts_dir={tmp_path}",
+            "trainer.ktae_rollout_groups_per_step=1",
+        ]
+    )
     trainer.tokenizer = make_tokenizer()
     trainer.global_steps = 7
     keys, rows = put_rollouts(queue, 3)
-    for key, row in zip(keys, rows):
+    for key in keys:
         queue.rows[key]["prompts"] = torch.tensor([2, 3])
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
 

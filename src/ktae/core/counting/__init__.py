@@ -19,12 +19,11 @@ layer ran in the parent, in which case the kernels still serve.
 from __future__ import annotations
 
 import operator
-from types import ModuleType
 
 import torch
 
 from ktae.core.counting import kernels, sort
-from ktae.core.counting.base import Counts
+from ktae.core.counting.base import Backend, Counts
 
 BACKENDS = ("auto", "cpu-kernels", "sort")
 
@@ -57,7 +56,7 @@ def check_backend(backend: str, vocab_size: int | None, device: torch.device) ->
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
 
 
-def _backend(backend: str, device: torch.device) -> ModuleType:
+def _backend(backend: str, device: torch.device) -> Backend:
     """The module of a checked backend name ("auto" resolved for ``device``)."""
     if backend == "sort" or device.type != "cpu" or kernels.unavailable_reason():
         return sort

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
+
+# (group, token, a, b, f_true, f_false): [K] int64 each, one entry per (group, token) pair.
+Pairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -31,6 +35,28 @@ class Counts:
     fused_values: Callable[..., torch.Tensor] | None = None
 
     @property
-    def pairs(self) -> tuple[torch.Tensor, ...]:
+    def pairs(self) -> Pairs:
         """(group, token, a, b, f_true, f_false)."""
         return self.group, self.token, self.a, self.b, self.f_true, self.f_false
+
+
+class Backend(Protocol):
+    """What a counting backend module provides (``ktae.core.counting.kernels``, ``ktae.core.counting.sort``)."""
+
+    def scan(self, responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """(smallest id, largest id, lengths [B]) over the masked positions; (0, -1) when none."""
+        ...
+
+    def count(
+        self,
+        responses: torch.Tensor,
+        mask: torch.Tensor,
+        lengths: torch.Tensor,
+        group: torch.Tensor,
+        num_groups: int,
+        correct: torch.Tensor,
+        counted: torch.Tensor,
+        vocab: int,
+    ) -> Counts:
+        """Per-(group, token) counts of the groups flagged in ``counted``, ids in [0, vocab)."""
+        ...

@@ -17,18 +17,30 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import numba
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from ktae.core.counting.base import Counts
+from ktae.core.counting.base import Counts, Pairs
 
-_KERNEL = dict(parallel=True, cache=True, nogil=True)
+_kernel = numba.njit(parallel=True, cache=True, nogil=True)
+_inline = numba.njit(inline="always")
+
+# numpy views of the tensors the kernels read and write. numba compiles for the arguments' actual
+# dtypes; these annotations are for readers and the type checker.
+Ids: TypeAlias = npt.NDArray[np.integer[Any]]  # token ids of any integer dtype
+Int64s: TypeAlias = npt.NDArray[np.int64]
+Int32s: TypeAlias = npt.NDArray[np.int32]
+Bools: TypeAlias = npt.NDArray[np.bool_]
+Floats: TypeAlias = npt.NDArray[np.floating[Any]]
 
 
-@numba.njit(**_KERNEL)
-def _scan_masked(responses, mask, lengths):
+@_kernel
+def _scan_masked(responses: Ids, mask: Bools, lengths: Int64s) -> tuple[int, int]:
     """(smallest, largest) token id over the masked positions, (0, -1) when there are none;
     lengths[r] receives the number of masked positions of row r."""
     rows = responses.shape[0]
@@ -48,8 +60,20 @@ def _scan_masked(responses, mask, lengths):
     return lows.min() if rows else 0, highs.max() if rows else -1
 
 
-@numba.njit(inline="always")
-def _count_group(responses, mask, rows, correct, slot, token, a, b, f_true, f_false, last_row):
+@_inline
+def _count_group(
+    responses: Ids,
+    mask: Bools,
+    rows: Int64s,
+    correct: Bools,
+    slot: Int32s,
+    token: Int64s,
+    a: Int64s,
+    b: Int64s,
+    f_true: Int64s,
+    f_false: Int64s,
+    last_row: Int64s,
+) -> None:
     """Count one group's rows into entries 0.. of the output slices (first-seen order).
 
     slot[t] is token t's entry, -1 when unseen; the entries' slots are reset to -1 before returning.
@@ -85,8 +109,8 @@ def _count_group(responses, mask, rows, correct, slot, token, a, b, f_true, f_fa
         slot[token[e]] = -1
 
 
-@numba.njit(inline="always")
-def _distinct_in_group(responses, mask, rows, slot, seen):
+@_inline
+def _distinct_in_group(responses: Ids, mask: Bools, rows: Int64s, slot: Int32s, seen: Int64s) -> int:
     """Number of distinct tokens of one group; marks them in slot and resets it before returning."""
     k = 0
     for r in rows:
@@ -102,8 +126,18 @@ def _distinct_in_group(responses, mask, rows, slot, seen):
     return k
 
 
-@numba.njit(**_KERNEL)
-def _distinct_tokens(responses, mask, rows_by_group, group_ptr, counted, vocab, workers, scratch_len, entries):
+@_kernel
+def _distinct_tokens(
+    responses: Ids,
+    mask: Bools,
+    rows_by_group: Int64s,
+    group_ptr: Int64s,
+    counted: Bools,
+    vocab: int,
+    workers: int,
+    scratch_len: int,
+    entries: Int64s,
+) -> None:
     """entries[g] = number of distinct masked tokens of group g (0 for groups not counted)."""
     num_groups = group_ptr.shape[0] - 1
     slots = np.full((workers, vocab), -1, np.int32)
@@ -111,15 +145,30 @@ def _distinct_tokens(responses, mask, rows_by_group, group_ptr, counted, vocab, 
     for w in numba.prange(workers):
         for g in range(w, num_groups, workers):
             entries[g] = (
-                _distinct_in_group(responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], slots[w], seen[w])
+                _distinct_in_group(responses, mask, rows_by_group[group_ptr[g] : group_ptr[g + 1]], slots[w], seen[w])
                 if counted[g]
                 else 0
             )
 
 
-@numba.njit(**_KERNEL)
-def _count_groups(responses, mask, rows_by_group, group_ptr, entry_ptr, correct, vocab, workers, scratch_len,
-                  group, token, a, b, f_true, f_false):
+@_kernel
+def _count_groups(
+    responses: Ids,
+    mask: Bools,
+    rows_by_group: Int64s,
+    group_ptr: Int64s,
+    entry_ptr: Int64s,
+    correct: Bools,
+    vocab: int,
+    workers: int,
+    scratch_len: int,
+    group: Int64s,
+    token: Int64s,
+    a: Int64s,
+    b: Int64s,
+    f_true: Int64s,
+    f_false: Int64s,
+) -> None:
     """Count each group's distinct tokens into its range [entry_ptr[g], entry_ptr[g + 1]) of the outputs.
 
     Worker w takes groups w, w + workers, ... with its own scratch tables.
@@ -133,13 +182,24 @@ def _count_groups(responses, mask, rows_by_group, group_ptr, entry_ptr, correct,
             group[e0:e1] = g
             if e1 > e0:
                 _count_group(
-                    responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], correct, slots[w],
-                    token[e0:e1], a[e0:e1], b[e0:e1], f_true[e0:e1], f_false[e0:e1], last_row[w],
+                    responses,
+                    mask,
+                    rows_by_group[group_ptr[g] : group_ptr[g + 1]],
+                    correct,
+                    slots[w],
+                    token[e0:e1],
+                    a[e0:e1],
+                    b[e0:e1],
+                    f_true[e0:e1],
+                    f_false[e0:e1],
+                    last_row[w],
                 )
 
 
-@numba.njit(inline="always")
-def _write_group(responses, mask, rows, token, value, rollout, slot, out):
+@_inline
+def _write_group(
+    responses: Ids, mask: Bools, rows: Int64s, token: Int64s, value: Floats, rollout: Floats, slot: Int32s, out: Floats
+) -> None:
     """Write one group's rows: rollout advantage plus the value of each token's entry."""
     for e in range(token.shape[0]):
         slot[token[e]] = e
@@ -154,9 +214,20 @@ def _write_group(responses, mask, rows, token, value, rollout, slot, out):
         slot[token[e]] = -1
 
 
-@numba.njit(**_KERNEL)
-def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, rollout, vocab, workers,
-                      out):
+@_kernel
+def _write_advantages(
+    responses: Ids,
+    mask: Bools,
+    rows_by_group: Int64s,
+    group_ptr: Int64s,
+    entry_ptr: Int64s,
+    token: Int64s,
+    value: Floats,
+    rollout: Floats,
+    vocab: int,
+    workers: int,
+    out: Floats,
+) -> None:
     """out[r, j] = rollout[r] + value of token responses[r, j] in r's group, 0 where mask is 0."""
     num_groups = group_ptr.shape[0] - 1
     slots = np.full((workers, vocab), -1, np.int32)
@@ -164,14 +235,39 @@ def _write_advantages(responses, mask, rows_by_group, group_ptr, entry_ptr, toke
         for g in range(w, num_groups, workers):
             e0, e1 = entry_ptr[g], entry_ptr[g + 1]
             _write_group(
-                responses, mask, rows_by_group[group_ptr[g]:group_ptr[g + 1]], token[e0:e1], value[e0:e1], rollout,
-                slots[w], out,
+                responses,
+                mask,
+                rows_by_group[group_ptr[g] : group_ptr[g + 1]],
+                token[e0:e1],
+                value[e0:e1],
+                rollout,
+                slots[w],
+                out,
             )
 
 
-@numba.njit(**_KERNEL)
-def _pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
-                 ignored, gamma, top, k1_plus_1, eps, out):
+@_kernel
+def _pair_values(
+    group: Int64s,
+    token: Int64s,
+    a: Int64s,
+    b: Int64s,
+    f_true: Int64s,
+    f_false: Int64s,
+    offset: Int64s,
+    width: Int64s,
+    b_step: Int64s,
+    scale_true: Floats,
+    scale_false: Floats,
+    strength: Floats,
+    h: Floats,
+    ignored: Int64s,
+    gamma: float,
+    top: float,
+    k1_plus_1: float,
+    eps: float,
+    out: Floats,
+) -> None:
     """The per-pair part of ``ktae.core.estimator._values`` and ``_term_frequency``, fused in one pass."""
     for i in numba.prange(token.shape[0]):
         g = group[i]
@@ -227,11 +323,15 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _serialised(function):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _serialised(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run one kernel launch at a time in this process (numba's workqueue layer is not thread-safe)."""
 
     @functools.wraps(function)
-    def run(*args, **kwargs):
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with _lock:
             return function(*args, **kwargs)
 
@@ -266,7 +366,16 @@ def _group_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, t
 
 
 @_serialised
-def _count_pairs(responses, mask, lengths, rows_by_group, group_ptr, correct, counted, vocab: int):
+def _count_pairs(
+    responses: torch.Tensor,
+    mask: torch.Tensor,
+    lengths: torch.Tensor,
+    rows_by_group: torch.Tensor,
+    group_ptr: torch.Tensor,
+    correct: torch.Tensor,
+    counted: torch.Tensor,
+    vocab: int,
+) -> tuple[Pairs, torch.Tensor]:
     """(group, token, a, b, f_true, f_false) [K] int64 of the counted groups, grouped by group, and
     entry_ptr [G + 1] (each group's range)."""
     num_groups = counted.shape[0]
@@ -281,17 +390,36 @@ def _count_pairs(responses, mask, lengths, rows_by_group, group_ptr, correct, co
     entry_ptr[1:] = torch.cumsum(torch.from_numpy(entries), 0)
     outputs = [np.empty(int(entry_ptr[-1]), np.int64) for _ in range(6)]
     _count_groups(*arrays, entry_ptr.numpy(), correct.numpy(), vocab, workers, scratch_len, *outputs)
-    return tuple(torch.from_numpy(x) for x in outputs), entry_ptr
+    group, token, a, b, f_true, f_false = (torch.from_numpy(x) for x in outputs)
+    return (group, token, a, b, f_true, f_false), entry_ptr
 
 
 @_serialised
-def _write(responses, mask, rows_by_group, group_ptr, entry_ptr, token, value, rollout, vocab: int) -> torch.Tensor:
+def _write(
+    responses: torch.Tensor,
+    mask: torch.Tensor,
+    rows_by_group: torch.Tensor,
+    group_ptr: torch.Tensor,
+    entry_ptr: torch.Tensor,
+    token: torch.Tensor,
+    value: torch.Tensor,
+    rollout: torch.Tensor,
+    vocab: int,
+) -> torch.Tensor:
     """[B, T] float32 advantages from per-entry values laid out by ``_count_pairs``."""
     out = torch.empty(responses.shape, dtype=torch.float32)
     _write_advantages(
-        responses.numpy(), mask.numpy(), rows_by_group.numpy(), group_ptr.numpy(), entry_ptr.numpy(),
-        token.numpy(), value.to(torch.float32).numpy(), rollout.to(torch.float32).numpy(), vocab,
-        _workers(entry_ptr.shape[0] - 1), out.numpy(),
+        responses.numpy(),
+        mask.numpy(),
+        rows_by_group.numpy(),
+        group_ptr.numpy(),
+        entry_ptr.numpy(),
+        token.numpy(),
+        value.to(torch.float32).numpy(),
+        rollout.to(torch.float32).numpy(),
+        vocab,
+        _workers(entry_ptr.shape[0] - 1),
+        out.numpy(),
     )
     return out
 
@@ -317,22 +445,59 @@ def count(
         responses = torch.zeros(responses.shape, dtype=torch.int64).masked_scatter_(mask, compact)
         vocab = max(len(ids), 1)
     layout = _group_layout(group, num_groups)
-    (pair_group, token, *sums), entry_ptr = _count_pairs(responses, mask, lengths, *layout, correct, counted, vocab)
+    (pair_group, token, a, b, f_true, f_false), entry_ptr = _count_pairs(
+        responses, mask, lengths, *layout, correct, counted, vocab
+    )
 
     def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
         return _write(responses, mask, *layout, entry_ptr, token, values, rollout, vocab)
 
-    return Counts(pair_group, token if ids is None else ids[token], *sums, lengths, place, fused_values=pair_values)
+    token_ids = token if ids is None else ids[token]  # ``place`` reads the compacted ``token``
+    return Counts(pair_group, token_ids, a, b, f_true, f_false, lengths, place, fused_values=pair_values)
 
 
 @_serialised
-def pair_values(group, token, a, b, f_true, f_false, offset, width, b_step, scale_true, scale_false, strength, h,
-                ignored, gamma: float, top: float, k1_plus_1: float, eps: float) -> torch.Tensor:
+def pair_values(
+    group: torch.Tensor,
+    token: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    f_true: torch.Tensor,
+    f_false: torch.Tensor,
+    offset: torch.Tensor,
+    width: torch.Tensor,
+    b_step: torch.Tensor,
+    scale_true: torch.Tensor,
+    scale_false: torch.Tensor,
+    strength: torch.Tensor,
+    h: torch.Tensor,
+    ignored: torch.Tensor,
+    gamma: float,
+    top: float,
+    k1_plus_1: float,
+    eps: float,
+) -> torch.Tensor:
     """Key-token value of every (group, token) pair, [K] float64; see ``_pair_values``."""
     out = np.empty(token.shape[0], np.float64)
     _pair_values(
-        *(x.numpy() for x in (group, token, a, b, f_true, f_false, offset, width, b_step)),
-        *(x.double().numpy() for x in (scale_true, scale_false, strength, h)),
-        ignored.numpy(), float(gamma), float(top), float(k1_plus_1), float(eps), out,
+        group.numpy(),
+        token.numpy(),
+        a.numpy(),
+        b.numpy(),
+        f_true.numpy(),
+        f_false.numpy(),
+        offset.numpy(),
+        width.numpy(),
+        b_step.numpy(),
+        scale_true.double().numpy(),
+        scale_false.double().numpy(),
+        strength.double().numpy(),
+        h.double().numpy(),
+        ignored.numpy(),
+        float(gamma),
+        float(top),
+        float(k1_plus_1),
+        float(eps),
+        out,
     )
     return torch.from_numpy(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ktae.core.counting.base import Counts
+from ktae.core.counting.base import Counts, Pairs
 
 _INT64_MAX = 2**63 - 1
 
@@ -28,7 +28,7 @@ def _segment_sums(values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
 
 def _count_sorted(
     responses: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, correct: torch.Tensor, vocab: int, num_groups: int
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+) -> tuple[Pairs, torch.Tensor]:
     """Per-(group, token) counts of the masked tokens.
 
     Returns ((group, token, a, b, f_true, f_false) [K], segment [N]: the pair of each masked position
@@ -89,7 +89,8 @@ def count(
     if bool(token_mask.any()):
         pairs, segment = _count_sorted(responses, token_mask, group, correct, vocab, num_groups)
     else:
-        pairs = tuple(torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6))
+        group, token, a, b, f_true, f_false = (torch.zeros(0, dtype=torch.int64, device=mask.device) for _ in range(6))
+        pairs = (group, token, a, b, f_true, f_false)
         segment = torch.zeros(0, dtype=torch.int64, device=mask.device)
 
     def place(values: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,7 @@ def validate_ktae_run(config: DictConfig) -> KTAEConfig | None:
     mode = config.trainer.v1.trainer_mode
     if mode not in KTAE_TRAINER_MODES and mode not in KTAE_TRAINER_MODES.values():
         raise ValueError(
-            f"algorithm.adv_estimator=ktae supports trainer.v1.trainer_mode in {sorted(KTAE_TRAINER_MODES)}, got {mode!r}"
+            "algorithm.adv_estimator=ktae supports trainer.v1.trainer_mode in "
+            f"{sorted(KTAE_TRAINER_MODES)}, got {mode!r}"
         )
     return ktae_config

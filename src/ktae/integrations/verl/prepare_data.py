@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ktae.data import (
@@ -68,7 +69,7 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
 def prepare(
     output_dir: Path,
     train: str = MATH_TRAIN_HUB_ID,
-    val: list[str] = ("math500",),
+    val: Sequence[str] = ("math500",),
     benchmarks_dir: str | None = None,
     template: str = "qwen_math",
     limit: int | None = None,
@@ -80,7 +81,9 @@ def prepare(
     get_template(template)
     names = parse_benchmark_names(list(val)) if val else []
     math = load_math_train(train, template=template, limit=limit)
-    train_examples = [{"data_source": "math", "problem": p, "answer": a} for p, a in zip(math["problem"], math["answer"])]
+    train_examples = [
+        {"data_source": "math", "problem": p, "answer": a} for p, a in zip(math["problem"], math["answer"])
+    ]
     written = {"train": write_parquet(verl_rows(train_examples, "train", template), Path(output_dir) / "train.parquet")}
     if names:
         val_examples = [
@@ -93,13 +96,23 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ktae.integrations.verl.prepare_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ktae.integrations.verl.prepare_data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for train.parquet and test.parquet")
-    parser.add_argument("--train", default=MATH_TRAIN_HUB_ID,
-                        help="MATH training set: hub id, or a .jsonl/.json/.parquet file with problem and solution")
-    parser.add_argument("--val", nargs="*", default=["math500"],
-                        help="evaluation suites for test.parquet: math500 aime24 amc23 minerva olympiadbench (--val alone: none)")
+    parser.add_argument(
+        "--train",
+        default=MATH_TRAIN_HUB_ID,
+        help="MATH training set: hub id, or a .jsonl/.json/.parquet file with problem and solution",
+    )
+    parser.add_argument(
+        "--val",
+        nargs="*",
+        default=["math500"],
+        help="evaluation suites for test.parquet: math500 aime24 amc23 minerva olympiadbench (--val alone: none)",
+    )
     parser.add_argument(
         "--benchmarks-dir", default=None, help="folder of <suite>.jsonl files (default: the suites shipped with ktae)"
     )
