@@ -78,7 +78,7 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
         on_cpu = compute_ktae_advantages(*batch, config=config)
         on_device = [x.to(device) for x in batch]
 
-        def call():
+        def call(on_device=on_device):
             return compute_ktae_advantages(*on_device, config=config)
 
         result = call()  # warm-up

@@ -90,7 +90,7 @@ def test_model_sources_and_their_errors(tmp_path, monkeypatch):
         resolve_model_source(tmp_path)
     chatml_tokenizer(eos_token="<|im_end|>").save_pretrained(tmp_path)
     assert resolve_model_source(tmp_path).path == str(tmp_path)  # a tokenizer folder is enough for a tokenizer
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         resolve_model_source(tmp_path, weights=True)
     with pytest.raises(FileNotFoundError, match="GGUF model file not found"):
         resolve_model_source(tmp_path / "model.gguf")

@@ -181,7 +181,7 @@ def _render_chat(tokenizer, messages: list[dict[str, str]], add_generation_promp
         return None
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception:  # noqa: BLE001 - a template that needs other roles or arguments: no chat facts to read off it
+    except Exception:
         return None
 
 
@@ -279,7 +279,7 @@ def token_pieces(tokenizer, token_ids: Sequence[int], context: int = 6) -> list[
         start = max(0, done - context)
         before = tokenizer.decode(token_ids[start:done], skip_special_tokens=False)
         after = tokenizer.decode(token_ids[start:end], skip_special_tokens=False)
-        if after.endswith("\ufffd") and end < len(token_ids) or not after.startswith(before):
+        if (after.endswith("\ufffd") and end < len(token_ids)) or not after.startswith(before):
             pieces.append("")
             continue
         pieces.append(after[len(before) :])

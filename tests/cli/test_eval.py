@@ -123,7 +123,7 @@ def test_eval_end_to_end(eval_run, capsys, umask_022):
 
     # --resume reuses the finished benchmarks (no model needed for them) and gives the same results
     (out / "responses" / "math500.jsonl").unlink()
-    assert main(argv + ["--resume"]) == 0
+    assert main([*argv, "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["results"] == results["results"]
     assert main([*argv[:-4], "--max-new-tokens", "8", "--output-dir", str(out), "--resume"]) == 2
     assert "settings differ in max_new_tokens" in capsys.readouterr().err
@@ -198,7 +198,7 @@ def test_sampling_pass_at_k_and_resume(tiny_model_dir, math_eval_dir, tmp_path, 
     # resuming regenerates a deleted benchmark with the same samples (each benchmark has its own seed)
     before = (out / "responses" / "aime24.jsonl").read_text()
     (out / "responses" / "aime24.jsonl").unlink()
-    assert main(argv + ["--resume"]) == 0
+    assert main([*argv, "--resume"]) == 0
     assert (out / "responses" / "aime24.jsonl").read_text() == before
     assert main([*argv, "--samples", "4", "--seed", "8", "--resume"]) == 2
     assert "settings differ in samples, seed" in capsys.readouterr().err
@@ -366,7 +366,6 @@ def test_verl_fsdp_checkpoint_after_model_merger(tiny_model_dir, math_eval_dir, 
     assert main([*argv, "1", "--max-new-tokens", "4", "--dtype", "float32", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["num_examples"] == {"aime24": 1} and len(results["per_problem"]["aime24"]) == 1
-
 
 
 def test_rescore_outputs_without_generating(tmp_path, capsys):

@@ -58,8 +58,17 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
     assert config["max_steps"] == 3 and config["ktae"] is True and config["beta"] == 0.001  # algo-resolved
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
-    for key in ("reward", "accuracy", "completion_length", "kl", "clip_ratio/region_mean", "ktae/large_bonus_share",
-                "ktae/bonus_mean_incorrect", "ktae/time_share", "step_time"):
+    for key in (
+        "reward",
+        "accuracy",
+        "completion_length",
+        "kl",
+        "clip_ratio/region_mean",
+        "ktae/large_bonus_share",
+        "ktae/bonus_mean_incorrect",
+        "ktae/time_share",
+        "step_time",
+    ):
         assert key in records[-1], key
     assert 0.0 <= records[-1]["accuracy"] <= 1.0
     # measured before the first update (logged with step 1), then every 2 steps and at the end
@@ -94,7 +103,15 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
 
 def test_config_file_with_overrides_runs_a_recipe_alone(tmp_path, capsys):
     recipe = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in SMALL)}
-    recipe.update(model_name_or_path="tiny", dataset_name="synthetic", max_steps=2, save_steps=2, logging_steps=1, bf16=False, report_to="none")
+    recipe.update(
+        model_name_or_path="tiny",
+        dataset_name="synthetic",
+        max_steps=2,
+        save_steps=2,
+        logging_steps=1,
+        bf16=False,
+        report_to="none",
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run_dir = tmp_path / "run"
@@ -120,7 +137,17 @@ def _printed_summary(capsys) -> str:
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "ktae", "train", "--output-dir", str(run_dir), *SMALL, "max_steps=500", "save_steps=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "ktae",
+        "train",
+        "--output-dir",
+        str(run_dir),
+        *SMALL,
+        "max_steps=500",
+        "save_steps=2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

@@ -33,8 +33,16 @@ def make_run(folder, tokenizer, steps=(2, 4), with_checkpoint=True):
             for i in range(4):
                 correct = i < 2
                 ids = tokenizer(RESPONSES[correct], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                records.append({"step": step, "group": group, "prompt": f"2+3=? ({group})", "token_ids": ids,
-                                "score": float(correct), "correct": correct})
+                records.append(
+                    {
+                        "step": step,
+                        "group": group,
+                        "prompt": f"2+3=? ({group})",
+                        "token_ids": ids,
+                        "score": float(correct),
+                        "correct": correct,
+                    }
+                )
     _jsonl(folder / "rollouts.jsonl", records)
     _jsonl(folder / "metrics.jsonl", [{"step": s, "reward": s / 10, "accuracy": s / 10} for s in range(1, 5)])
     (folder / "config.yaml").write_text("algo: grpo\nktae: true\nktae_top: 1.0\nktae_ignore_token_ids: null\n")
@@ -71,8 +79,28 @@ def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys)
 def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
     first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer, steps=(3, 4))
     out = tmp_path / "compare"
-    assert main(["viz", "--run", str(first), "--run", str(second), "--label", "grpo", "--label", "ktae",
-                 "--out", str(out), "--top", "0.5", "--step", "4"]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                "--run",
+                str(first),
+                "--run",
+                str(second),
+                "--label",
+                "grpo",
+                "--label",
+                "ktae",
+                "--out",
+                str(out),
+                "--top",
+                "0.5",
+                "--step",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert (out / "curves.png").is_file() and (out / "key-tokens.png").is_file()
     assert not (out / "grpo" / "step-2.html").exists()  # --step 4 only
     groups, text = page_groups(out / "ktae" / "step-4.html")
@@ -88,11 +116,20 @@ def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
 def test_viz_rollouts_from_a_verl_dump_folder(tmp_path, tokenizer, capsys):
     dumps = tmp_path / "rollout_data"
     for step in (1, 2):
-        _jsonl(dumps / f"{step}.jsonl", [
-            {"input": f"question {q}", "output": RESPONSES[i % 2 == 0], "gts": "5", "score": float(i % 2 == 0),
-             "step": step}
-            for q in range(2) for i in range(4)
-        ])
+        _jsonl(
+            dumps / f"{step}.jsonl",
+            [
+                {
+                    "input": f"question {q}",
+                    "output": RESPONSES[i % 2 == 0],
+                    "gts": "5",
+                    "score": float(i % 2 == 0),
+                    "step": step,
+                }
+                for q in range(2)
+                for i in range(4)
+            ],
+        )
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
     assert main(["viz", "--rollouts", str(dumps), "--tokenizer", str(tok_dir)]) == 0
@@ -195,8 +232,13 @@ def test_viz_refuses_out_of_range_numbers_in_records(tmp_path, capsys, line, nee
 def test_viz_with_a_huge_token_id_stays_small(tmp_path):
     # One id of 2e9 among small ones: counted like any other id, without an id-sized table.
     records = [
-        {"group": 0, "prompt": "p", "token_ids": [5, 6, 2_000_000_000 if i == 0 else 7], "tokens": ["a", "b", "c"],
-         "score": float(i < 2)}
+        {
+            "group": 0,
+            "prompt": "p",
+            "token_ids": [5, 6, 2_000_000_000 if i == 0 else 7],
+            "tokens": ["a", "b", "c"],
+            "score": float(i < 2),
+        }
         for i in range(4)
     ]
     rollouts = _jsonl(tmp_path / "r.jsonl", records)
@@ -206,10 +248,21 @@ def test_viz_with_a_huge_token_id_stays_small(tmp_path):
 
 # A `ktae train` job scaled down to seconds: a 1-layer tiny model, no warm start, one RL step.
 TRAIN_ONE_STEP = [
-    "tiny_hidden_size=32", "tiny_intermediate_size=64", "tiny_num_hidden_layers=1", "tiny_num_attention_heads=2",
-    "tiny_num_key_value_heads=1", "task_train_size=64", "task_eval_size=8", "warm_start_max_steps=0",
-    "num_generations=4", "per_device_train_batch_size=8", "max_completion_length=12", "eval_accuracy_steps=0",
-    "ktae_log_rollouts_steps=1", "max_steps=1", "save_steps=1",
+    "tiny_hidden_size=32",
+    "tiny_intermediate_size=64",
+    "tiny_num_hidden_layers=1",
+    "tiny_num_attention_heads=2",
+    "tiny_num_key_value_heads=1",
+    "task_train_size=64",
+    "task_eval_size=8",
+    "warm_start_max_steps=0",
+    "num_generations=4",
+    "per_device_train_batch_size=8",
+    "max_completion_length=12",
+    "eval_accuracy_steps=0",
+    "ktae_log_rollouts_steps=1",
+    "max_steps=1",
+    "save_steps=1",
 ]
 
 
@@ -235,6 +288,7 @@ def test_viz_decodes_a_ktae_train_run_with_the_tokenizer_the_run_used(tmp_path, 
     assert "ignored token ids [0, 1]" in text  # the tiny tokenizer's <pad> and <eos>
     shown = [
         "".join(group["tok"]["text"][t] for t in base64.b64decode(rollout["seq"]))
-        for group in groups for rollout in group["rollouts"]
+        for group in groups
+        for rollout in group["rollouts"]
     ]
     assert sorted(shown) == sorted(responses)

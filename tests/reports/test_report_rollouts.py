@@ -7,8 +7,19 @@ from ktae.reports.rollouts import find_run_tokenizer, load_rollouts, parse_rollo
 
 
 def test_parse_accepts_the_trainer_format_and_verl_dumps():
-    trainer = parse_rollout({"step": 3, "group": 7, "prompt": "p", "response": "r", "token_ids": [1, 2],
-                             "tokens": ["r", ""], "score": 1.0, "correct": True}, "x")
+    trainer = parse_rollout(
+        {
+            "step": 3,
+            "group": 7,
+            "prompt": "p",
+            "response": "r",
+            "token_ids": [1, 2],
+            "tokens": ["r", ""],
+            "score": 1.0,
+            "correct": True,
+        },
+        "x",
+    )
     assert (trainer.step, trainer.group, trainer.token_ids, trainer.tokens) == (3, 7, [1, 2], ["r", ""])
     # verl's rollout_data_dir: input/output/gts/score/step, no group id: the prompt is the group.
     verl = parse_rollout({"input": "What is 1+1?", "output": "2", "gts": "2", "score": 1.0, "step": 5}, "x")
@@ -20,8 +31,15 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
         for i, o in enumerate(["1", "2"])
     ]
     assert [r.group for r in v1] == ["Q", "Q"]
-    chat = parse_rollout({"prompt": [{"role": "user", "content": "hi"}],
-                          "completion": [{"role": "assistant", "content": "yo"}], "reward": 0, "uid": "u"}, "x")
+    chat = parse_rollout(
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "completion": [{"role": "assistant", "content": "yo"}],
+            "reward": 0,
+            "uid": "u",
+        },
+        "x",
+    )
     assert (chat.prompt, chat.response, chat.group, chat.score) == ("hi", "yo", "u", 0.0)
     assert math.isnan(parse_rollout({"group": 1, "response": "r", "score": None}, "x").score)
 

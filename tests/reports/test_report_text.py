@@ -1,6 +1,5 @@
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ktae.reports.rollouts import Rollout, tokenize_rollouts
 from ktae.reports.text import (

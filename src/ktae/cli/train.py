@@ -159,7 +159,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", type=Path, help="run folder (default: runs/<timestamp>)")
     parser.add_argument(
-        "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint (reads RUN_DIR/config.yaml)"
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint (reads RUN_DIR/config.yaml)",
     )
 
 
@@ -200,7 +203,13 @@ def run(args: argparse.Namespace) -> int:
                         f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
                     )
             job = prepare_job(options, run_dir, resume=args.resume is not None)
-        except (ValueError, OSError, ImportError, yaml.YAMLError, RunFolderInUse) as error:  # OSError: files, hubs out of reach
+        except (
+            ValueError,
+            OSError,
+            ImportError,
+            yaml.YAMLError,
+            RunFolderInUse,
+        ) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
         print(json.dumps(job.train(), indent=2))
@@ -291,7 +300,9 @@ def load_model_and_tokenizer(options: Mapping[str, Any]):
         from ktae.integrations.trl.tiny import build_model, build_tokenizer
 
         tokenizer = build_tokenizer()
-        return build_model(tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)), tokenizer
+        return build_model(
+            tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)
+        ), tokenizer
     from ktae.models import load_causal_lm, load_tokenizer, resolve_special_tokens
 
     tokenizer = load_tokenizer(name, resolve=False)
@@ -321,7 +332,9 @@ def load_datasets(options: Mapping[str, Any]):
     # Both loaders name the file/row and the missing field when a row lacks the problem or answer.
     loader = load_math_train if name == MATH_TRAIN_HUB_ID else load_prompt_dataset
     common = {"template": options.get("template") or "qwen_math", "name": options.get("dataset_config")}
-    train = loader(name, split=options.get("dataset_train_split") or "train", limit=options.get("max_train_samples"), **common)
+    train = loader(
+        name, split=options.get("dataset_train_split") or "train", limit=options.get("max_train_samples"), **common
+    )
     test_split = options.get("dataset_test_split")
     held_out = loader(name, split=test_split, **common) if test_split else None
     return train, held_out
@@ -414,7 +427,9 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     callbacks = []
     every = options.get("eval_accuracy_steps") or 0
     if every and held_out is not None:
-        callbacks.append(GreedyAccuracyCallback(tokenizer, held_out, every, max_new_tokens=config.max_completion_length))
+        callbacks.append(
+            GreedyAccuracyCallback(tokenizer, held_out, every, max_new_tokens=config.max_completion_length)
+        )
     callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=options.get("keep_checkpoints"))]
     trainer = KTAEGRPOTrainer(
         model=policy,

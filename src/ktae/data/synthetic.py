@@ -12,7 +12,8 @@ Difficulty knobs: the number of terms (each term adds one step to get right), th
 operand, and the operators. ``direct_answer_rate`` makes that share of the worked solutions bare
 answers (``\\boxed{9}`` with no steps), as real fine-tuning data mixes worked and short answers: a
 model warm-started on such a mix guesses some answers in one go, which a small model gets wrong
-far more often than when it works step by step, and RL has a strategy to discover. Columns follow the project's prompt datasets (``prompt``,
+far more often than when it works step by step, and RL has a strategy to discover. Columns follow the
+project's prompt datasets (``prompt``,
 ``answer``) plus ``completion``, the worked solution a supervised warm start trains on.
 """
 
@@ -52,9 +53,7 @@ class ArithmeticTask:
         if self.min_terms < 2:
             raise ValueError(f"ArithmeticTask.min_terms must be >= 2, got {self.min_terms}")
         if self.max_terms < self.min_terms:
-            raise ValueError(
-                f"ArithmeticTask.max_terms ({self.max_terms}) must be >= min_terms ({self.min_terms})"
-            )
+            raise ValueError(f"ArithmeticTask.max_terms ({self.max_terms}) must be >= min_terms ({self.min_terms})")
         if self.max_operand < 1:
             raise ValueError(f"ArithmeticTask.max_operand must be >= 1, got {self.max_operand}")
         if not isinstance(self.operations, str) or not self.operations:

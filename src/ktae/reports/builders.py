@@ -184,7 +184,7 @@ def _steps_table(summaries: list[StepSummary], prefix: str, strong: float) -> st
 
     rows = "".join(
         f'<tr><td><a href="{html.escape(urllib.parse.quote(prefix + s.page))}">'
-        f'{"all" if s.step is None else s.step}</a></td>'
+        f"{'all' if s.step is None else s.step}</a></td>"
         f'<td class="num">{s.groups}</td><td class="num">{s.rollouts}</td><td class="num">{100 * s.accuracy:.0f}%</td>'
         f'<td class="num">{100 * s.shares["strong"]:.1f}%</td><td class="num">{100 * s.shares["credited"]:.1f}%</td>'
         f'<td class="num">{100 * s.shares["blamed"]:.1f}%</td><td>{tokens(s.top["credited"])}</td>'
@@ -228,8 +228,11 @@ def build_run_report(
     out_dir = Path(out_dir)
     wanted = None if steps is None else sorted({int(s) for s in steps})
 
-    share_lines: dict[str, dict] = {f"% tokens with |v| > {strong:g}": {}, f"% with v > {strong:g} (credited)": {},
-                                    f"% with v < \u2212{strong:g} (blamed)": {}}
+    share_lines: dict[str, dict] = {
+        f"% tokens with |v| > {strong:g}": {},
+        f"% with v > {strong:g} (credited)": {},
+        f"% with v < \u2212{strong:g} (blamed)": {},
+    }
     sections = []
     for label, run_dir in zip(labels, run_dirs):
         prefix = f"{label.replace('/', '_')}/" if len(run_dirs) > 1 else ""
@@ -256,7 +259,7 @@ def build_run_report(
         for lines, key in zip(share_lines.values(), ("strong", "credited", "blamed")):
             lines[label] = [(step, 100 * shares[key]) for step, shares in points]
         sections.append(
-            f"<h2>{html.escape(label)}</h2><p class=\"sub\">{html.escape(str(run_dir))}</p>"
+            f'<h2>{html.escape(label)}</h2><p class="sub">{html.escape(str(run_dir))}</p>'
             + "".join(f'<p class="notice">{html.escape(n)}</p>' for n in notes)
             + (_steps_table(summaries, prefix, strong) if summaries else "")
         )
@@ -264,7 +267,9 @@ def build_run_report(
     body = ["<h1>KTAE run report</h1>", f'<p class="sub">{html.escape(", ".join(labels))}</p>']
     with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / METRICS_FILE).is_file()]
     if with_metrics:
-        curves = plot_runs([p for _, p in with_metrics], out_dir / "curves.png", metrics, [l for l, _ in with_metrics])
+        curves = plot_runs(
+            [p for _, p in with_metrics], out_dir / "curves.png", metrics, [label for label, _ in with_metrics]
+        )
         body += ["<h2>Training curves</h2>", _png_img(curves, "training curves")]
     else:
         body.append('<p class="notice">No metrics.jsonl in the run folder(s): no training curves.</p>')

@@ -100,11 +100,11 @@ def parse_rollout(record: dict, where: str) -> Rollout:
     response = _first(record, RESPONSE_KEYS)
     response = None if response is None else _as_text(response, "response", where)
     token_ids = _first(record, TOKEN_ID_KEYS)
-    if token_ids is not None:
-        if not isinstance(token_ids, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**63 for t in token_ids
-        ):
-            raise ValueError(f"{where}: 'token_ids' must be a list of non-negative ints below 2**63")
+    if token_ids is not None and (
+        not isinstance(token_ids, list)
+        or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**63 for t in token_ids)
+    ):
+        raise ValueError(f"{where}: 'token_ids' must be a list of non-negative ints below 2**63")
     tokens = record.get("tokens")
     if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
         raise ValueError(f"{where}: 'tokens' must be a list of strings (one piece per token)")
@@ -132,7 +132,9 @@ def parse_rollout(record: dict, where: str) -> Rollout:
         group = json.dumps(group, sort_keys=True)
     step = record.get("step")
     if step is not None and (
-        isinstance(step, bool) or not isinstance(step, (int, float)) or isinstance(step, float) and not step.is_integer()
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or (isinstance(step, float) and not step.is_integer())
     ):
         raise ValueError(f"{where}: 'step' must be a whole number, got {step!r}")
     return Rollout(

@@ -31,7 +31,12 @@ def test_run_log_writes_lines_and_drops_steps_after_the_resumed_one(tmp_path):
     callback = RunLogCallback(tmp_path)
     callback.on_train_begin(args, _state(0), TrainerControl())
     for step in (1, 2, 3):
-        callback.on_log(args, _state(step), TrainerControl(), logs={"reward": step / 10, "rewards/accuracy_reward/mean": step / 10, "note": "x"})
+        callback.on_log(
+            args,
+            _state(step),
+            TrainerControl(),
+            logs={"reward": step / 10, "rewards/accuracy_reward/mean": step / 10, "note": "x"},
+        )
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert lines[1] == {"step": 2, "reward": 0.2, "rewards/accuracy_reward/mean": 0.2, "accuracy": 0.2}
@@ -68,5 +73,8 @@ def test_progress_line_shows_the_logged_key_tokens_by_total_bonus(tmp_path):
     blamed = {**entry, "token": "x", "bonus": -0.5, "total": -1.5, "occurrences": 3}
     (tmp_path / "key_tokens.jsonl").write_text(json.dumps({"step": 4, "credited": [entry], "blamed": [blamed]}) + "\n")
     progress = MetricsProgressCallback(tmp_path)
-    assert progress._new_key_tokens().split("key tokens")[1] == " @ step 4 (total bonus): credited '7'+2.00 | blamed 'x'-1.50"
+    assert (
+        progress._new_key_tokens().split("key tokens")[1]
+        == " @ step 4 (total bonus): credited '7'+2.00 | blamed 'x'-1.50"
+    )
     assert progress._new_key_tokens() is None  # shown once

@@ -22,7 +22,9 @@ def test_tokenizer_is_lossless_on_the_task_and_boxed_is_one_token():
 
 def test_saved_tokenizer_loads_back_identical(tmp_path):
     tokenizer = build_tokenizer()
-    build_model(tokenizer, TinyModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1)).save_pretrained(tmp_path)
+    build_model(tokenizer, TinyModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1)).save_pretrained(
+        tmp_path
+    )
     tokenizer.save_pretrained(tmp_path)
     loaded = load_tokenizer(tmp_path)
     text = "12+30=42\n\\boxed{42}"
@@ -32,8 +34,14 @@ def test_saved_tokenizer_loads_back_identical(tmp_path):
 
 def test_model_is_sized_and_seeded():
     tokenizer = build_tokenizer()
-    sizes = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-    a, b, c = build_model(tokenizer, sizes, seed=1), build_model(tokenizer, sizes, seed=1), build_model(tokenizer, sizes, seed=2)
+    sizes = TinyModelConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+    )
+    a, b, c = (
+        build_model(tokenizer, sizes, seed=1),
+        build_model(tokenizer, sizes, seed=1),
+        build_model(tokenizer, sizes, seed=2),
+    )
     assert a.config.vocab_size == len(tokenizer) and a.config.num_hidden_layers == 2
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)

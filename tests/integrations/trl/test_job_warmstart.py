@@ -6,10 +6,12 @@ from transformers import AutoModelForCausalLM
 
 from ktae.data.synthetic import make_arithmetic_dataset
 from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer
-from ktae.models import load_tokenizer
 from ktae.integrations.trl.warmstart import WarmStartConfig, warm_start
+from ktae.models import load_tokenizer
 
-SIZES = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+SIZES = TinyModelConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+)
 
 
 def test_stops_at_the_target_and_saves_the_trained_model(tmp_path):
@@ -34,7 +36,14 @@ def test_refuses_data_without_worked_solutions(tmp_path):
     tokenizer = build_tokenizer()
     prompts_only = make_arithmetic_dataset(16, seed=1).remove_columns("completion")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['completion'\]"):
-        warm_start(build_model(tokenizer, SIZES), tokenizer, prompts_only, prompts_only, tmp_path / "w", WarmStartConfig(max_steps=1))
+        warm_start(
+            build_model(tokenizer, SIZES),
+            tokenizer,
+            prompts_only,
+            prompts_only,
+            tmp_path / "w",
+            WarmStartConfig(max_steps=1),
+        )
 
 
 @pytest.mark.parametrize("kwargs", [{"max_steps": -1}, {"target_accuracy": 1.5}, {"eval_steps": 0}])

@@ -22,7 +22,10 @@ def test_algo_fills_in_the_paper_defaults(tmp_path):
 def test_values_you_set_win_over_the_algo_defaults(tmp_path):
     config = make(tmp_path, algo="dapo", beta=0.01, epsilon_high=0.3, dynamic_sampling=False, overlong_buffer_length=0)
     assert (config.beta, config.epsilon_high, config.dynamic_sampling, config.overlong_buffer_length) == (
-        0.01, 0.3, False, 0,
+        0.01,
+        0.3,
+        False,
+        0,
     )
 
 
@@ -32,11 +35,25 @@ def test_every_ktae_option_has_a_field():
 
 
 def test_ktae_config_carries_every_field(tmp_path):
-    config = make(tmp_path, ktae_alpha=2.0, ktae_beta_ig=0.5, ktae_gamma_tf=0.0, ktae_top=0.7,
-                  ktae_correct_threshold=0.5, ktae_rollout_advantage="rloo", ktae_epsilon=1e-4)
+    config = make(
+        tmp_path,
+        ktae_alpha=2.0,
+        ktae_beta_ig=0.5,
+        ktae_gamma_tf=0.0,
+        ktae_top=0.7,
+        ktae_correct_threshold=0.5,
+        ktae_rollout_advantage="rloo",
+        ktae_epsilon=1e-4,
+    )
     assert config.ktae_config(ignore_token_ids=[3, 1]) == KTAEConfig(
-        alpha=2.0, beta_ig=0.5, gamma_tf=0.0, top=0.7, correct_threshold=0.5,
-        ignore_token_ids=(1, 3), rollout_advantage="rloo", epsilon=1e-4,
+        alpha=2.0,
+        beta_ig=0.5,
+        gamma_tf=0.0,
+        top=0.7,
+        correct_threshold=0.5,
+        ignore_token_ids=(1, 3),
+        rollout_advantage="rloo",
+        epsilon=1e-4,
     )
     assert make(tmp_path, ktae_ignore_token_ids=[9]).ktae_config(ignore_token_ids=[1]).ignore_token_ids == (9,)
     # unset base: TRL supplies the rollout-level part, KTAE the bonus alone
@@ -66,10 +83,14 @@ def test_trls_own_rollout_advantage_settings_work_with_ktae(tmp_path, options):
         ({"dynamic_sampling_metric": "acc"}, "unknown dynamic_sampling_metric"),
         ({"max_num_gen_batches": 0}, "max_num_gen_batches must be >= 1"),
         ({"overlong_buffer_length": 9}, "overlong_buffer_length must be in"),
-        ({"scale_rewards": "batch", "ktae_rollout_advantage": "rloo"},
-         "ktae_rollout_advantage='rloo' replaces TRL's rollout-level advantage, so scale_rewards='batch' would"),
-        ({"multi_objective_aggregation": "normalize_then_sum", "ktae_rollout_advantage": "grpo"},
-         "so multi_objective_aggregation='normalize_then_sum' would have no effect"),
+        (
+            {"scale_rewards": "batch", "ktae_rollout_advantage": "rloo"},
+            "ktae_rollout_advantage='rloo' replaces TRL's rollout-level advantage, so scale_rewards='batch' would",
+        ),
+        (
+            {"multi_objective_aggregation": "normalize_then_sum", "ktae_rollout_advantage": "grpo"},
+            "so multi_objective_aggregation='normalize_then_sum' would have no effect",
+        ),
     ],
 )
 def test_bad_values_raise_a_named_error(tmp_path, overrides, message):

@@ -21,8 +21,19 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     # 6 rows per process, groups of 4: group 1 straddles the processes (gathered path);
     # 8 rows per process, groups of 4: each process holds whole groups (local path).
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-        str(WORKER), tiny_model_dir, str(tmp_path / "out"), str(result), "6:4", "8:4",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(WORKER),
+        tiny_model_dir,
+        str(tmp_path / "out"),
+        str(result),
+        "6:4",
+        "8:4",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

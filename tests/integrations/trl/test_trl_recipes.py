@@ -24,7 +24,8 @@ def load(name, tmp_path):
 # Recipes beyond the paper's: each is a paper recipe with a few fields changed.
 VARIANTS = {
     "qwen2.5-math-1.5b-grpo-ktae-rloo-entropy": (
-        "qwen2.5-math-1.5b-grpo-ktae", {"ktae_rollout_advantage": "rloo", "top_entropy_quantile": 0.2}
+        "qwen2.5-math-1.5b-grpo-ktae",
+        {"ktae_rollout_advantage": "rloo", "top_entropy_quantile": 0.2},
     ),
 }
 
@@ -59,7 +60,11 @@ def test_recipe_has_the_paper_settings(name, tmp_path):
     gpus = 8
     assert config.per_device_train_batch_size * gpus * config.gradient_accumulation_steps // 16 == 128  # mini-batch
     assert (config.learning_rate, config.max_grad_norm, config.temperature, config.top_p, config.top_k) == (
-        1e-6, 1.0, 1.0, 1.0, 0,
+        1e-6,
+        1.0,
+        1.0,
+        1.0,
+        0,
     )
     assert (config.max_completion_length, config.vllm_max_model_length) == (3072, 1024 + 3072)
     assert config.use_vllm and config.num_train_epochs == 20 and config.loss_type == "dapo"

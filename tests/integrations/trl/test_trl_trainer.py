@@ -138,8 +138,11 @@ def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_di
 
     lines = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1] * 4 + [2] * 4  # one whole group per step
-    batch_rows = {tuple(b["completion_ids"][i][b["completion_mask"][i].bool()].tolist()): b["advantages"][i]
-                  for b, _ in rounds for i in range(len(b["completion_ids"]))}
+    batch_rows = {
+        tuple(b["completion_ids"][i][b["completion_mask"][i].bool()].tolist()): b["advantages"][i]
+        for b, _ in rounds
+        for i in range(len(b["completion_ids"]))
+    }
     for line in lines:
         assert "".join(line["tokens"]) == line["response"] and len(line["tokens"]) == len(line["token_ids"])
         assert line["correct"] == (line["score"] > 0) and line["prompt"].startswith("mixed q")
@@ -236,7 +239,16 @@ def test_key_token_table_reaches_the_trackers_of_report_to(tiny_model_dir, tmp_p
         for data, step in tables:
             frame = data["ktae/key_tokens"]
             assert step is None  # W&B / trackio keep their own step, as with TRL's completions table
-            assert list(frame.columns) == ["kind", "rank", "token", "token_id", "total", "occurrences", "bonus", "groups"]
+            assert list(frame.columns) == [
+                "kind",
+                "rank",
+                "token",
+                "token_id",
+                "total",
+                "occurrences",
+                "bonus",
+                "groups",
+            ]
             credited, blamed = frame[frame.kind == "credited"], frame[frame.kind == "blamed"]
             assert (credited.bonus > 0).all() and (blamed.bonus < 0).all() and len(credited) + len(blamed) > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -270,7 +282,10 @@ def test_dapo_ktae_clip_higher_no_kl_overlong_penalty(tiny_model_dir, tmp_path, 
 def test_ktae_off_reproduces_trl(tiny_model_dir, tmp_path):
     options = config_options(tmp_path / "trl", beta=0.001)
     trl_trainer = GRPOTrainer(
-        tiny_model_dir, toy_reward, train_dataset=build_dataset(), processing_class=build_tokenizer(),
+        tiny_model_dir,
+        toy_reward,
+        train_dataset=build_dataset(),
+        processing_class=build_tokenizer(),
         args=GRPOConfig(**{k: v for k, v in options.items() if not k.startswith("ktae_")}),
     )
     _, trl_losses = record(trl_trainer)

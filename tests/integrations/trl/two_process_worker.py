@@ -2,7 +2,8 @@
 
 Trains one step of KTAEGRPOTrainer on CPU (gloo) and checks on every generation round that the
 advantages the processes keep, put together, equal TRL's rollout-level advantages plus the core's
-key-token bonus on the whole batch, which is what a single-process run computes. Rank 0 writes the outcome as JSON to argv[3].
+key-token bonus on the whole batch, which is what a single-process run computes. Rank 0 writes the outcome
+as JSON to argv[3].
 usage: two_process_worker.py MODEL_DIR OUTPUT_DIR RESULT_JSON PER_DEVICE_BATCH:NUM_GENERATIONS ...
 (one training run per PER_DEVICE_BATCH:NUM_GENERATIONS pair; the result holds one outcome per run)
 """
@@ -15,12 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward  # noqa: E402
+from trl import GRPOTrainer
+from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
 
-from trl import GRPOTrainer  # noqa: E402
-
-from ktae import compute_ktae_advantages  # noqa: E402
-from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer  # noqa: E402
+from ktae import compute_ktae_advantages
+from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer
 
 TRL_ADVANTAGES = []  # TRL's own rollout-level advantages of each round, this process's rows
 _trl_generate = GRPOTrainer._generate_and_score_completions
@@ -37,9 +37,7 @@ GRPOTrainer._generate_and_score_completions = _capture_trl_advantages
 
 def run(model_dir: str, output_dir: str, per_device: int, group_size: int) -> dict:
     args = KTAEGRPOConfig(
-        **config_options(
-            output_dir, per_device_train_batch_size=per_device, num_generations=group_size, max_steps=2
-        )
+        **config_options(output_dir, per_device_train_batch_size=per_device, num_generations=group_size, max_steps=2)
     )
     trainer = KTAEGRPOTrainer(
         model_dir, toy_reward, args=args, train_dataset=build_dataset(copies=6), processing_class=build_tokenizer()

@@ -67,7 +67,7 @@ def random_batch(seed: int) -> tuple[DataProto, list[list[int]], list[float], li
     rng = np.random.default_rng(seed)
     uids = [str(uuid.UUID(int=int(rng.integers(1 << 62)))) for _ in range(3)]
     rows, scores, row_uids = [], [], []
-    for rollout in range(5):
+    for _ in range(5):
         for g, uid in enumerate(uids):
             length = int(rng.integers(1, 9))
             tokens = rng.integers(2, 9, size=length).tolist()
@@ -108,7 +108,9 @@ def bonus_of(data: DataProto, config: KTAEConfig) -> torch.Tensor:
 def verl_base(data: DataProto, base: str, algorithm) -> DataProto:
     """verl's own advantage step with ``base`` as the estimator, on a copy of the batch."""
     return compute_advantage(
-        make_batch_like(data), adv_estimator=base, config=algorithm,
+        make_batch_like(data),
+        adv_estimator=base,
+        config=algorithm,
         norm_adv_by_std_in_grpo=algorithm.get("norm_adv_by_std_in_grpo", True),
     )
 
@@ -162,7 +164,10 @@ def test_advantage_is_verls_base_plus_the_key_token_values(algorithm, base, opti
     else:
         torch.testing.assert_close(out.batch["returns"], reference.batch["returns"], rtol=0, atol=0)
     assert set(tokens.metrics) == {
-        "ktae/large_bonus_share", "ktae/bonus_mean_correct", "ktae/bonus_mean_incorrect", "ktae/seconds"
+        "ktae/large_bonus_share",
+        "ktae/bonus_mean_correct",
+        "ktae/bonus_mean_incorrect",
+        "ktae/seconds",
     }
 
 
@@ -220,8 +225,11 @@ def test_estimator_is_registered_and_accepts_responses_directly(algorithm):
     assert get_adv_estimator_fn("ktae") is compute_ktae_outcome_advantage
     data, *_ = random_batch(5)
     adv, returns = compute_ktae_outcome_advantage(
-        token_level_rewards=data.batch["token_level_rewards"], response_mask=response_mask(data),
-        index=data.non_tensor_batch["uid"], config=algorithm, responses=data.batch["responses"],
+        token_level_rewards=data.batch["token_level_rewards"],
+        response_mask=response_mask(data),
+        index=data.non_tensor_batch["uid"],
+        config=algorithm,
+        responses=data.batch["responses"],
     )
     bonus = bonus_of(data, KTAEConfig()) * response_mask(data)
     expected = verl_base(data, "grpo", algorithm).batch["advantages"] + bonus
@@ -248,15 +256,19 @@ def test_a_base_whose_inputs_ktae_cannot_supply_is_refused(algorithm, base, miss
 
 def test_without_response_tokens_the_error_says_how_to_launch(algorithm):
     data, *_ = random_batch(6)
-    with pytest.raises(RuntimeError, match="python -m ktae.integrations.verl"):
+    with pytest.raises(RuntimeError, match=r"python -m ktae\.integrations\.verl"):
         compute_advantage(data, adv_estimator="ktae", config=algorithm)
 
 
 def test_rows_out_of_order_are_refused(algorithm):
     data, _, _, uids = random_batch(7)
-    with response_tokens(data.batch["responses"], uids=uids[::-1], ignore_token_ids=(PAD,)):
-        with pytest.raises(ValueError, match="not in the order of the batch"):
-            compute_advantage(data, adv_estimator="ktae", config=algorithm)
-    with response_tokens(data.batch["responses"][:, :-1], ignore_token_ids=(PAD,)):
-        with pytest.raises(ValueError, match="same \\[batch, response length\\] shape"):
-            compute_advantage(data, adv_estimator="ktae", config=algorithm)
+    with (
+        response_tokens(data.batch["responses"], uids=uids[::-1], ignore_token_ids=(PAD,)),
+        pytest.raises(ValueError, match="not in the order of the batch"),
+    ):
+        compute_advantage(data, adv_estimator="ktae", config=algorithm)
+    with (
+        response_tokens(data.batch["responses"][:, :-1], ignore_token_ids=(PAD,)),
+        pytest.raises(ValueError, match="same \\[batch, response length\\] shape"),
+    ):
+        compute_advantage(data, adv_estimator="ktae", config=algorithm)

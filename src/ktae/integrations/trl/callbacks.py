@@ -243,7 +243,9 @@ class MetricsProgressCallback(ProgressCallback):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
         record = add_short_names(dict(logs))
-        shown = [f"{label} " + fmt.format(record[key]) for key, label, fmt in PROGRESS_FIELDS if _number(record.get(key))]
+        shown = [
+            f"{label} " + fmt.format(record[key]) for key, label, fmt in PROGRESS_FIELDS if _number(record.get(key))
+        ]
         if shown:
             self.training_bar.write(f"step {state.global_step:>4} | " + " | ".join(shown))
         else:  # the end-of-training summary and other non-step logs

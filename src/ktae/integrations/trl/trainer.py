@@ -34,19 +34,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from datasets import IterableDataset
-from transformers.integrations import TensorBoardCallback
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer
 
 from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
+from ktae.models import ignored_token_ids, token_pieces
 from ktae.run_folder import (
     KEY_TOKENS_FILE,
     ROLLOUTS_FILE,
@@ -55,15 +56,22 @@ from ktae.run_folder import (
     drop_steps_after,
     write_atomic,
 )
-from ktae.models import ignored_token_ids, token_pieces
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "ktae_trainer_state.json"
 
 # How the generation outputs of several dynamic-sampling rounds are padded to one width.
-_RIGHT_PADDED = {"completion_ids", "completion_mask", "advantages", "old_per_token_logps",
-                 "ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask"}
+_RIGHT_PADDED = {
+    "completion_ids",
+    "completion_mask",
+    "advantages",
+    "old_per_token_logps",
+    "ref_per_token_logps",
+    "sampling_per_token_logps",
+    "importance_sampling_ratio",
+    "tool_mask",
+}
 _LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 
 
@@ -125,7 +133,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
     overlong penalty (`ktae.rewards.make_overlong_penalty`) is appended to ``reward_funcs`` with weight 1.
     """
 
-    _tag_names = ["trl", "grpo", "ktae"]
+    _tag_names: ClassVar[list[str]] = ["trl", "grpo", "ktae"]
     _name = "KTAE-GRPO"
 
     #: For the model card: the model RL started from and the training data (``ktae train`` sets it).
@@ -206,7 +214,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             self._log_ktae_metrics(view, view_scores, bonus, mode)
             self._ktae_seconds += time.perf_counter() - started  # the rollout log below is not KTAE's cost
         else:  # TRL's rollout-level advantages, per token, for the rollout log
-            trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores):], device=scores.device)
+            trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores) :], device=scores.device)
             advantages = trl_advantages[view.rows][:, None] * view.mask
         if log_rollouts:
             self._rollouts_logged_at = self.state.global_step  # on every process: the gather above is collective
@@ -299,7 +307,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
             logger.warning(
                 "dynamic sampling: %d of %d groups on process %d still score alike after %d generation batches "
                 "(max_num_gen_batches); they train with little or no signal",
-                filler, needed, self.accelerator.process_index, len(rounds),
+                filler,
+                needed,
+                self.accelerator.process_index,
+                len(rounds),
             )
         shares = self.accelerator.gather(torch.tensor([filler / needed], device=scores.device))
         self._metrics["train"]["dynamic_sampling/gen_batches"].append(float(len(rounds)))

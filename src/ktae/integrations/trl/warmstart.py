@@ -59,7 +59,10 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
     """
     from trl import SFTConfig, SFTTrainer
 
-    for name, dataset, needed in (("train", train_dataset, ("prompt", "completion")), ("eval", eval_dataset, ("prompt", "answer"))):
+    for name, dataset, needed in (
+        ("train", train_dataset, ("prompt", "completion")),
+        ("eval", eval_dataset, ("prompt", "answer")),
+    ):
         missing = [c for c in needed if c not in dataset.column_names]
         if missing:
             raise ValueError(f"warm start {name} dataset lacks column(s) {missing}; it has {dataset.column_names}")
@@ -84,7 +87,10 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
         dataset_num_proc=None,
     )
     accuracy = GreedyAccuracyCallback(
-        tokenizer, eval_dataset, every_steps=config.eval_steps, max_new_tokens=config.max_new_tokens,
+        tokenizer,
+        eval_dataset,
+        every_steps=config.eval_steps,
+        max_new_tokens=config.max_new_tokens,
         stop_at=config.target_accuracy,
     )
     trainer = SFTTrainer(
@@ -113,4 +119,3 @@ def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) 
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(staging, output_dir)
     return output_dir
-

@@ -59,9 +59,7 @@ _RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.Co
 
 
 @contextlib.contextmanager
-def response_tokens(
-    responses: torch.Tensor, uids=None, ignore_token_ids=()
-) -> Iterator[ResponseTokens]:
+def response_tokens(responses: torch.Tensor, uids=None, ignore_token_ids=()) -> Iterator[ResponseTokens]:
     """Make ``responses`` [B, T] available to the ``ktae`` estimator while verl computes advantages."""
     tokens = ResponseTokens(
         responses=responses,
@@ -93,7 +91,9 @@ def _current_tokens(responses, response_mask: torch.Tensor, index) -> ResponseTo
             "must have the same [batch, response length] shape"
         )
     if tokens.uids is not None and not np.array_equal(tokens.uids, np.asarray(index, dtype=object)):
-        raise ValueError("the response tokens given to the ktae estimator are not in the order of the batch (uids differ)")
+        raise ValueError(
+            "the response tokens given to the ktae estimator are not in the order of the batch (uids differ)"
+        )
     return tokens
 
 
