@@ -1,4 +1,4 @@
-"""The properties the spec lists, checked on random batches drawn by hypothesis."""
+"""The properties docs/spec.md lists, checked on random batches drawn by hypothesis."""
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ from ktae.core.fisher import fisher_pvalue_tables, table_offsets
 from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_batch
 from ktae.core.rollout import ROLLOUT_ADVANTAGES
 
-# BM25-style saturation constants of the term-frequency correction (spec, step 5).
+# BM25-style saturation constants of the term-frequency correction (docs/spec.md, step 5).
 BM25_K1 = 2.0
 BM25_B = 0.5
 TF_EPS = 1e-5
@@ -315,7 +315,7 @@ def _pair_values(stats: TokenStatistics, config: KTAEConfig, counts: Counts) -> 
 def key_token_values_from_statistics(
     stats: TokenStatistics, config: KTAEConfig | Mapping[str, Any] | None = None
 ) -> KeyTokenValues:
-    """Key-token value of every (group, token) pair from its statistics (spec steps 4-6), with the
+    """Key-token value of every (group, token) pair from its statistics (docs/spec.md, steps 4-6), with the
     intermediate statistics for reports. All [K]."""
     fork_safe_threads()
     config = _config(config)

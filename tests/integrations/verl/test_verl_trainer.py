@@ -35,7 +35,7 @@ class InMemoryTransferQueue:
     def kv_batch_put(self, keys, partition_id, fields, tags=None):
         for i, key in enumerate(keys):
             row = self.rows.setdefault(key, {})
-            for name in fields:
+            for name in fields.keys():  # noqa: SIM118 (iterating a TensorDict walks its batch, not its keys)
                 column = fields[name]
                 row[name] = column.unbind(0)[i] if isinstance(column, torch.Tensor) else list(column)[i]
 
