@@ -38,7 +38,7 @@ MAX_TOKENS = 16
 
 
 def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
-    # The job (2 steps, 8 x 24 tokens) cut to one step of one group, to keep the suite short.
+    # The documented job (2 steps, 8 x 24 tokens; benchmarks/NOTES.md) cut to one step of one group, for CI time.
     run = tmp_path / "run"
     started = time.perf_counter()
     assert (

@@ -6,8 +6,8 @@ GRPO+KTAE with `KTAEGRPOTrainer` and logs the accuracy as it rises. ``ktae train
 recipe.yaml [key=value ...]`` runs any recipe; ``ktae train --resume RUN_DIR`` continues a killed
 run from its last checkpoint. One job, top to bottom, in ``prepare_job`` then ``PreparedJob.train``:
 
-1. options: the built-in defaults, then the recipe, then ``key=value`` overrides, validated by the
-   trainer engineer's ``config_from_dict`` (unknown keys and bad values raise a ValueError);
+1. options: the built-in defaults, then the recipe, then ``key=value`` overrides, validated by
+   ``ktae.integrations.trl.config.config_from_dict`` (unknown keys and bad values raise a ValueError);
 2. model and tokenizer: ``model_name_or_path: tiny`` builds them (``tiny_*`` keys), anything else
    is a hub id, a local folder, a ``.gguf`` file or ``smollm2`` (`ktae.models`); a real model's job
    starts from `REAL_MODEL_JOB` instead of the tiny defaults;
