@@ -93,7 +93,11 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
     assert "with GRPO+KTAE" in card and "Algorithm: **GRPO+KTAE**" in card
     assert "KTAE: A Model-Free Algorithm to Key-Tokens Advantage Estimation in Mathematical Reasoning" in card
     assert "https://arxiv.org/abs/2505.16826" in card and "@article{sun2025ktae," in card
-    assert "| `alpha` | 1 |" in card and "| `rollout_advantage` | grpo |" in card and "| `beta` | 0.001 |" in card
+    assert (
+        "| `alpha` | 1 |" in card
+        and "| `rollout_advantage` | TRL's own (scale_rewards=group) |" in card
+        and "| `beta` | 0.001 |" in card
+    )
     assert "| `optim` | sgd |" in card and "| `epsilon_high` | 0.2 |" in card
     assert "| `ignore_token_ids` | 0, 1 |" in card  # pad and end-of-sequence ids of the tiny tokenizer
     assert f"Held-out greedy accuracy: **{final_accuracy:.1%}** at step 3" in card

@@ -474,10 +474,14 @@ class KTAEGRPOTrainer(GRPOTrainer):
             None,
         )
         tags = [tags] if isinstance(tags, str) else list(tags or [])
+        ktae_settings = asdict(self.ktae_config) if self.args.ktae else None
+        if ktae_settings is not None and self.args.ktae_rollout_advantage is None:
+            # the bonus is added to TRL's own rollout-level advantage; the config's "none" is the bonus alone
+            ktae_settings["rollout_advantage"] = f"TRL's own (scale_rewards={self.args.scale_rewards})"
         card = model_card(
             model_name=model_name or Path(self.args.output_dir).name,
             algorithm=algorithm_name(self.args.algo, self.args.ktae),
-            ktae_settings=asdict(self.ktae_config) if self.args.ktae else None,
+            ktae_settings=ktae_settings,
             training={name: getattr(self.args, name) for name in TRAINING_FIELDS} | {"epsilon_high": self.epsilon_high},
             steps=self.state.global_step,
             description=description,
