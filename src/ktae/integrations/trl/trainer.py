@@ -29,6 +29,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -352,7 +353,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
         correct = scores[view.local] > self.ktae_config.correct_threshold
         sums = self.accelerator.reduce(bonus_sums(bonus[view.local], view.mask[view.local], correct), reduction="sum")
         for name, value in bonus_metrics(sums).items():
-            self._metrics[mode][name].append(value)
+            if not math.isnan(value):  # NaN: no correct (or no incorrect) rollout this round; TRL averages the rest
+                self._metrics[mode][name].append(value)
         if mode == "train" and self.accelerator.is_main_process and self._key_token_backends():
             groups = view.rows // (self.num_generations if self.model.training else self.num_generations_eval)
             self._key_tokens_to_log = self._key_tokens(view, scores, groups)
