@@ -374,7 +374,7 @@ def test_rescore_outputs_without_generating(tmp_path, capsys):
     out = tmp_path / "rescored"
     assert main(["eval", "--responses", str(released), "--output-dir", str(out), "--check-timeout", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "| Minerva | 2 | 1 | 50.0 | [0.0, 100.0] | – | – | 100.0 | – | – |" in printed  # no token counts
+    assert "| Minerva | 2 | 1 | 50.0 | [0.0, 100.0] | – | – | 100.0 | – | – | – |" in printed  # no token counts
     assert "agreement with the file's verdicts" in printed and "| all | 9 |" in printed
     assert "disagreements (2):" in printed and "- minerva #1: reference `\\frac{\\sin(3t)}{8}`" in printed
     assert json.loads((out / "results.json").read_text())["results"]["amc23"] == 50.0

@@ -176,7 +176,8 @@ def problem_records(name: str, records: list[dict]) -> list[dict]:
                 "answers": [r["extracted"] for r in rows],
                 "correct": [bool(r["correct"]) for r in rows],
                 "num_tokens": [r["num_tokens"] for r in rows],
-                "truncated": [r["finish_reason"] == "length" for r in rows],
+                # None: not known (re-scored outputs that carry text only)
+                "truncated": [None if r["finish_reason"] is None else r["finish_reason"] == "length" for r in rows],
                 "groups": [r["answer_group"] for r in rows]
                 if all("answer_group" in r for r in rows)
                 # responses written before answer groups: group identical answers (and the right ones)
@@ -205,13 +206,14 @@ def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples
     ks = ([n] if n > 1 else []) if pass_k is None else [k for k in pass_k if k <= n]
     # None: a length not known (re-scored outputs that carry text only)
     lengths = [p["num_tokens"][s] for p, s in samples if p["num_tokens"][s] is not None]
+    cut = [p["truncated"][s] for p, s in samples if p["truncated"][s] is not None]
     return {
         "results": _percent([p["correct"][s] for p, s in samples]),  # = the mean of scores: every problem has n
         "ci95": [100.0 * x for x in metrics.bootstrap_ci([scores], resamples=resamples, seed=seed)],
         "formatted": _percent([p["answers"][s] is not None for p, s in samples]),
         "avg_lens": sum(lengths) / len(lengths) if lengths else None,
         "max_lens": max(lengths, default=None),
-        "truncated": _percent([p["truncated"][s] for p, s in samples]),
+        "truncated": _percent(cut) if cut else None,
         "num_examples": len(problems),
         "samples": n,
         "pass_at_k": {str(k): _percent([metrics.pass_at_k(n, sum(p["correct"]), k) for p in problems]) for k in ks},
