@@ -213,14 +213,21 @@ class KTAEGRPOTrainer(GRPOTrainer):
             advantages, bonus = self._ktae_advantages(view, view_scores, group_size, trl_advantages)
             batch["advantages"] = advantages[view.local, : batch["completion_ids"].shape[1]]
             self._log_ktae_metrics(view, view_scores, bonus, mode)
-            self._ktae_seconds += time.perf_counter() - started  # the rollout log below is not KTAE's cost
+            self._ktae_seconds += time.perf_counter() - started  # the logs below are not KTAE's cost
         else:  # TRL's rollout-level advantages, per token, for the rollout log
             trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores) :], device=scores.device)
             advantages = trl_advantages[view.rows][:, None] * view.mask
+        # The round's most credited and blamed tokens, ranked once for the trackers' table and key_tokens.jsonl.
+        key_tokens = None
+        if self.args.ktae and mode == "train" and self.accelerator.is_main_process:
+            if log_rollouts or self._key_token_backends():
+                key_tokens = self._key_tokens(view, view_scores, view.rows // group_size)
+            if self._key_token_backends():
+                self._key_tokens_to_log = key_tokens
         if log_rollouts:
             self._rollouts_logged_at = self.state.global_step  # on every process: the gather above is collective
             if self.accelerator.is_main_process:
-                self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores))
+                self._write_rollout_logs(view, view_scores, advantages, group_size, len(scores), key_tokens)
         return batch, scores
 
     def _group_rows(self, completion_ids: torch.Tensor, mask: torch.Tensor, num_local: int) -> GroupRows:
@@ -348,16 +355,12 @@ class KTAEGRPOTrainer(GRPOTrainer):
     # Metrics and logs
 
     def _log_ktae_metrics(self, view: GroupRows, scores: torch.Tensor, bonus: torch.Tensor, mode: str) -> None:
-        """The bonus metrics of ktae.integrations.signals over all processes; the main process keeps the
-        round's most credited and blamed tokens for the trackers' table."""
+        """The bonus metrics of ktae.integrations.signals over all processes."""
         correct = scores[view.local] > self.ktae_config.correct_threshold
         sums = self.accelerator.reduce(bonus_sums(bonus[view.local], view.mask[view.local], correct), reduction="sum")
         for name, value in bonus_metrics(sums).items():
             if not math.isnan(value):  # NaN: no correct (or no incorrect) rollout this round; TRL averages the rest
                 self._metrics[mode][name].append(value)
-        if mode == "train" and self.accelerator.is_main_process and self._key_token_backends():
-            groups = view.rows // (self.num_generations if self.model.training else self.num_generations_eval)
-            self._key_tokens_to_log = self._key_tokens(view, scores, groups)
 
     def _key_token_backends(self) -> dict:
         """The ``report_to`` loggers that show a table: W&B and trackio modules, TensorBoard's writer."""
@@ -409,7 +412,13 @@ class KTAEGRPOTrainer(GRPOTrainer):
         return step == 0 or step // every > (step - steps_per_round) // every
 
     def _write_rollout_logs(
-        self, view: GroupRows, scores: torch.Tensor, advantages: torch.Tensor, group_size: int, num_rows: int
+        self,
+        view: GroupRows,
+        scores: torch.Tensor,
+        advantages: torch.Tensor,
+        group_size: int,
+        num_rows: int,
+        key_tokens: dict[str, list[dict]] | None,
     ) -> None:
         """Append ``ktae_log_rollouts_groups`` whole groups to rollouts.jsonl, the top tokens to key_tokens.jsonl."""
         step = self.state.global_step + 1  # these rollouts make the update that ends at this step
@@ -437,8 +446,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
             )
         output_dir = Path(self.args.output_dir)
         append_jsonl(output_dir / ROLLOUTS_FILE, records)
-        if self.args.ktae:
-            self.ktae_key_tokens = self._key_tokens(view, scores, groups)
+        if key_tokens is not None:
+            self.ktae_key_tokens = key_tokens
             append_jsonl(output_dir / KEY_TOKENS_FILE, [{"step": step, **self.ktae_key_tokens}])
 
     def _key_tokens(self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor) -> dict[str, list[dict]]:
