@@ -359,6 +359,9 @@ class PreparedJob:
 
     def train(self) -> dict[str, Any]:
         self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        # Under `accelerate launch` / torchrun: leave no process group alive at exit, where gloo's
+        # threads can abort a finished process. A no-op in a single process.
+        self.trainer.accelerator.end_training()
         history = read_jsonl(self.run_dir / METRICS_FILE)
         return {
             "run_dir": str(self.run_dir),

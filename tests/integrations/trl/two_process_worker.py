@@ -80,6 +80,10 @@ def main() -> None:
         outcomes.append(run(model_dir, f"{output_dir}/{per_device}x{group_size}", per_device, group_size))
     if int(torch.distributed.get_rank()) == 0:
         Path(result_path).write_text(json.dumps(outcomes))
+    # A live gloo group at interpreter exit can abort the process ("terminate called without an
+    # active exception") after the work is done; end it the way a finished training script should.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
