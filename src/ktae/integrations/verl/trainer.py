@@ -28,7 +28,6 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
-from ktae import compute_key_token_values
 from ktae.integrations.signals import log_key_token_table, top_key_tokens
 from ktae.integrations.verl.config import (
     KTAE_ESTIMATOR,
@@ -68,15 +67,14 @@ class KTAETrainerMixin:
         data = data.to_padded_tensor()  # padding is masked out: its value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
         ignore = ignored_token_ids(self.tokenizer)
-        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore) as tokens:
+        table = bool(self._key_token_backends())
+        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore, with_values=table) as tokens:
             result = super()._compute_advantage(batch, metrics)
         metrics.update(tokens.metrics)
         self._ktae_seconds += tokens.metrics["ktae/seconds"]
-        if self._key_token_backends():
-            config = ktae_config_from_algorithm(self.config.algorithm, ignore_token_ids=ignore)
-            values = compute_key_token_values(data["responses"], data["response_mask"], tokens.scores, uids, config)
+        if tokens.values is not None:  # the values behind this step's bonus, for the key-token table
             self._ktae_key_tokens = top_key_tokens(
-                values, data["responses"], data["response_mask"], uids, self._decode_token
+                tokens.values, data["responses"], data["response_mask"], uids, self._decode_token
             )
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
