@@ -1,3 +1,4 @@
+import logging
 import math
 
 import pytest
@@ -44,6 +45,16 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
     assert math.isnan(parse_rollout({"group": 1, "response": "r", "score": None}, "x").score)
 
 
+def test_load_drops_the_torn_last_line_of_a_run_killed_mid_write(tmp_path, caplog):
+    records = [{"step": 1, "group": 0, "response": r, "score": 1} for r in ("a", "b")]
+    path = write_jsonl(tmp_path / "run" / "rollouts.jsonl", records)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 1, "group": 0, "respo')
+    with caplog.at_level(logging.WARNING, logger="ktae.run_folder"):
+        assert [r.response for r in load_rollouts(tmp_path / "run")] == ["a", "b"]
+    assert "rollouts.jsonl: dropped a torn last line" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
@@ -72,6 +83,9 @@ def test_load_reads_a_file_a_run_folder_or_a_folder_of_step_dumps(tmp_path):
     assert [r.step for r in load_rollouts(tmp_path / "dumps")] == [2, 10]  # numeric order of the files
     (tmp_path / "bad.jsonl").write_text('{"group": 1, "response": "r", "score": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        load_rollouts(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"group": 1, "response": "r", "score": 1}\n{oops\n{"group": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         load_rollouts(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="no rollouts"):
         load_rollouts(tmp_path / "run", steps=[99])

@@ -23,7 +23,7 @@ import numpy as np
 
 from ktae.models import ignored_token_ids, token_pieces
 from ktae.reports.text import TEXT, detect_piece_style, merge_pieces, piece_label
-from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints
+from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints, read_jsonl_numbered
 
 # Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
 PROMPT_KEYS = ("prompt", "input")
@@ -166,22 +166,17 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
 
 
 def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -> list[Rollout]:
-    """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``."""
+    """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``.
+
+    The files are read as the run folder's logs are (`ktae.run_folder.read_jsonl`): a torn last line
+    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line."""
     wanted = None if steps is None else {int(s) for s in steps}
     rollouts = []
     for file in rollout_files(path):
-        with file.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{line_number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-                rollout = parse_rollout(record, where)
-                if wanted is None or rollout.step in wanted:
-                    rollouts.append(rollout)
+        for line_number, record in read_jsonl_numbered(file):
+            rollout = parse_rollout(record, f"{file}:{line_number}")
+            if wanted is None or rollout.step in wanted:
+                rollouts.append(rollout)
     if not rollouts:
         raise ValueError(f"no rollouts in {path}" + ("" if wanted is None else f" at step(s) {sorted(wanted)}"))
     return rollouts
