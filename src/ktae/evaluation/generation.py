@@ -28,9 +28,12 @@ GREEDY = Sampling()
 
 @dataclass(frozen=True)
 class Generation:
+    """One response. The generators know all of it; re-scored outputs (`ktae.evaluation.rescore`) may carry
+    the text only, and the results leave what is not known out of the lengths and the truncated share."""
+
     text: str
-    num_tokens: int
-    finish_reason: str  # "stop" (end of sequence) or "length" (hit the token limit)
+    num_tokens: int | None  # response tokens, end of sequence included; None: not known
+    finish_reason: str | None  # "stop" (end of sequence) or "length" (hit the token limit); None: not known
 
 
 def check_model_source(model: str) -> None:
