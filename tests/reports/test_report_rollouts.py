@@ -4,7 +4,7 @@ import math
 import pytest
 from report_helpers import rollout_records, write_jsonl
 
-from ktae.reports.rollouts import find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.reports.rollouts import Rollout, find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
 
 
 def test_parse_accepts_the_trainer_format_and_verl_dumps():
@@ -118,6 +118,8 @@ def test_text_only_rollouts_are_tokenized_or_split_into_words(byte_level_tokeniz
 def test_ids_without_pieces_need_a_tokenizer_and_unscored_rollouts_are_left_out():
     with pytest.raises(ValueError, match="--tokenizer"):
         tokenize_rollouts([parse_rollout({"group": 0, "token_ids": [1, 2], "score": 1}, "x")])
+    with pytest.raises(ValueError, match=r"rollout 0 \(group 7\) has no response"):  # built by hand, not parsed
+        tokenize_rollouts([Rollout(step=1, group=7, prompt="p", score=1.0)])
     rollouts = [parse_rollout({"group": 0, "tokens": ["a"], "token_ids": [4], "score": s}, "x") for s in (1, None)]
     data = tokenize_rollouts(rollouts)
     assert len(data.rollouts) == 1 and data.notices[0] == "1 rollout(s) without a score were left out."

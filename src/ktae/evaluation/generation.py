@@ -168,7 +168,7 @@ class TransformersGenerator:
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         encoded = [ids for ids in prompt_ids for _ in range(samples)]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: a prompt's samples stay in order
-        results: list[Generation | None] = [None] * len(encoded)
+        results: dict[int, Generation] = {}  # by position in ``encoded``
         # a private generator state: the caller's random stream is left as it was
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -199,7 +199,7 @@ class TransformersGenerator:
                             finish_reason="length" if end is None else "stop",
                         )
                     progress.update(len(batch))
-        return results
+        return [results[i] for i in range(len(encoded))]
 
 
 class VLLMGenerator:
@@ -260,7 +260,7 @@ class VLLMGenerator:
         ]
 
 
-def make_generator(model: str, backend: str = "auto", **options):
+def make_generator(model: str, backend: str = "auto", **options) -> TransformersGenerator | VLLMGenerator:
     """The generator for ``backend`` ("auto", "vllm", "transformers"); options go to its constructor
     (batch_size and device only apply to transformers, tensor_parallel_size and seed to vLLM)."""
     backend = select_backend(backend, model)

@@ -27,6 +27,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ktae.data.benchmarks import BENCHMARKS
 from ktae.rewards import AnswerChecker
@@ -99,7 +100,8 @@ def _field(record: dict, name: str, kind, where: str):
 def _read_released(path: Path, records) -> list[Output]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: the released format is a JSON list of records, got {type(records).__name__}")
-    outputs, counts = [], {}
+    outputs: list[Output] = []
+    counts: dict[str, int] = {}  # problems read per benchmark
     for n, record in enumerate(records):
         where = f"{path}: record {n}"
         if not isinstance(record, dict):
@@ -144,7 +146,8 @@ def _optional(record: dict, name: str, kind, where: str):
 
 
 def _read_ktae(path: Path, text: str) -> list[Output]:
-    outputs, counts = [], {}
+    outputs: list[Output] = []
+    counts: dict[str, int] = {}  # problems read per benchmark
     for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -292,7 +295,8 @@ def agreement(records_by_benchmark: dict[str, list[dict]], seconds: dict[str, fl
     (responses only one grader counts correct) and ``seconds`` (time to grade the benchmark);
     ``disagreements``: benchmark, index, sample, reference, extracted answer, both verdicts, check.
     """
-    per_benchmark, disagreements = {}, []
+    per_benchmark: dict[str, dict[str, Any]] = {}
+    disagreements: list[dict[str, Any]] = []
     for name, records in records_by_benchmark.items():
         judged = [r for r in records if r.get("file_correct") is not None]
         if not judged:

@@ -192,6 +192,12 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
     return with_tokenizer[-1] if with_tokenizer else None
 
 
+def _response_text(rollout: Rollout, index: int) -> str:
+    if rollout.response is None:
+        raise ValueError(f"rollout {index} (group {rollout.group!r}) has no response: no text, tokens or token_ids")
+    return rollout.response
+
+
 def tokenize_rollouts(
     rollouts: Sequence[Rollout],
     tokenizer=None,
@@ -224,7 +230,7 @@ def tokenize_rollouts(
             pieces.append(rollout.tokens)
         elif tokenizer is not None:
             if token_ids is None:
-                token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
+                token_ids = tokenizer(_response_text(rollout, index), add_special_tokens=False)["input_ids"]
             pieces.append(token_pieces(tokenizer, token_ids))  # decoded text, as the trainers log it
         elif token_ids is not None:
             raise ValueError(
@@ -232,10 +238,11 @@ def tokenize_rollouts(
                 "pass a tokenizer (--tokenizer) to decode them"
             )
         else:
-            pieces.append(_WORDS.findall(rollout.response))
+            pieces.append(_WORDS.findall(_response_text(rollout, index)))
         ids.append(None if token_ids is None else list(token_ids))
         from_tokenizer.append(rollout.tokens is None and tokenizer is not None)
-    if any(row is None for row in ids):
+    known_ids = [row for row in ids if row is not None]
+    if len(known_ids) < len(ids):
         if not any(from_tokenizer) and all(r.token_ids is None and r.tokens is None for r in rollouts):
             notices.append(
                 "No tokenizer was given and the rollouts carry text only: statistics are over words and "
@@ -246,7 +253,7 @@ def tokenize_rollouts(
         if ignore_token_ids:
             notices.append(f"Ignored token ids {sorted(ignore_token_ids)} do not apply to tokens numbered by text.")
         vocabulary: dict[str, int] = {}
-        ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
+        known_ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         ignore_token_ids = ()
     elif ignore_token_ids is None and tokenizer is not None:
         ignore_token_ids = ignored_token_ids(tokenizer)
@@ -262,7 +269,7 @@ def tokenize_rollouts(
     record_pieces = (piece for row, tok in zip(pieces, from_tokenizer) if not tok for piece in row)
     record_style = detect_piece_style(record_pieces, special)
     texts, labels = [], {}
-    for row_ids, row_pieces, tok in zip(ids, pieces, from_tokenizer):
+    for row_ids, row_pieces, tok in zip(known_ids, pieces, from_tokenizer):
         style = TEXT if tok else record_style
         texts.append(merge_pieces(row_pieces, style, special))
         for token_id, piece in zip(row_ids, row_pieces):
@@ -270,7 +277,7 @@ def tokenize_rollouts(
                 labels[token_id] = piece_label(piece, style, special)
     return TokenizedRollouts(
         rollouts=list(rollouts),
-        token_ids=[np.asarray(row, dtype=np.int64) for row in ids],
+        token_ids=[np.asarray(row, dtype=np.int64) for row in known_ids],
         texts=texts,
         labels=labels,
         ignore_token_ids=tuple(sorted({int(i) for i in ignore_token_ids})),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -40,8 +41,13 @@ from ktae.models import ignored_token_ids
 from ktae.reports.text import merge_pieces, tokenizer_piece_style
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
+if TYPE_CHECKING:  # what the mixin extends: the trainers it is mixed into are verl's PPOTrainer subclasses
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer as _VerlTrainer
+else:
+    _VerlTrainer = object
 
-class KTAETrainerMixin:
+
+class KTAETrainerMixin(_VerlTrainer):
     """Runs verl's advantage step with the batch's response token ids available to the ktae estimator.
 
     ``base_trainer_mode`` is the verl mode the trainer runs as: the config is set back to it, so every
@@ -157,8 +163,14 @@ class KTAEPPOTrainerSeparateAsync(KTAETrainerMixin, PPOTrainerSeparateAsync):
     base_trainer_mode = "separate_async"
 
 
+if TYPE_CHECKING:  # mypy sees the class ray.remote decorated; at run time that is the class behind the actor
+    _VerlTaskRunner = TaskRunnerV1
+else:
+    _VerlTaskRunner = TaskRunnerV1.__ray_actor_class__
+
+
 @ray.remote
-class KTAETaskRunner(TaskRunnerV1.__ray_actor_class__):
+class KTAETaskRunner(_VerlTaskRunner):
     """verl's TaskRunner, importing this module in its Ray process before it looks the trainer up.
 
     Ray ships the actor class by value, so the import has to happen when ``run`` executes.
