@@ -146,9 +146,10 @@ def _optional(record: dict, name: str, kind, where: str):
 
 
 def _read_ktae(path: Path, text: str) -> list[Output]:
+    # JSON lines end at newlines only: a response may hold other line separators (U+2028, form feed).
     outputs: list[Output] = []
     counts: dict[str, int] = {}  # problems read per benchmark
-    for line_number, line in enumerate(text.splitlines(), 1):
+    for line_number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
@@ -214,7 +215,7 @@ def _json_records(path: Path, text: str) -> list:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     records = []
-    for line_number, line in enumerate(text.splitlines(), 1):
+    for line_number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))

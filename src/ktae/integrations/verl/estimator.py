@@ -164,7 +164,7 @@ def compute_ktae_outcome_advantage(
     ktae_config = ktae_config_from_algorithm(config, ignore_token_ids=tokens.ignore_token_ids)
     scores = token_level_rewards.sum(dim=-1)
     responses = tokens.responses.to(response_mask.device)
-    if tokens.with_values:  # one count for the bonus and the key-token table
+    if tokens.with_values:  # one count for the bonus and the key-token table (its statistics timed with the bonus)
         bonus, tokens.values = compute_ktae_advantages_with_values(
             responses, response_mask, scores, index, config=ktae_config
         )
