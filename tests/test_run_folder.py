@@ -44,6 +44,19 @@ def test_a_bad_line_before_the_last_is_damage_and_named(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2, oops}\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
         read_jsonl(path)
+    path.write_text('{"step": 1}\n{"step": 2, oops}\n')  # ends with its newline: written whole, so damaged
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"step": 1}\n[2]\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(path)
+
+
+def test_lines_end_at_newlines_only(tmp_path):
+    path = tmp_path / "rollouts.jsonl"
+    texts = ["a\u2028b", "c\x0cd", "e\x85f"]  # line separators to str.splitlines, raw in ensure_ascii=False JSON
+    path.write_text("".join(json.dumps({"step": 1, "response": t}, ensure_ascii=False) + "\n" for t in texts))
+    assert [r["response"] for r in read_jsonl(path)] == texts
 
 
 def test_atomic_writes_replace_whole_files_with_the_umask_permissions(tmp_path):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (``X as X``: re-exported); 
         collect_token_statistics as collect_token_statistics,
         compute_key_token_values as compute_key_token_values,
         compute_ktae_advantages as compute_ktae_advantages,
+        compute_ktae_advantages_with_values as compute_ktae_advantages_with_values,
         key_token_values_from_statistics as key_token_values_from_statistics,
         merge_token_statistics as merge_token_statistics,
     )
@@ -35,6 +36,7 @@ _EXPORTS = {
     "collect_token_statistics": "ktae.core.estimator",
     "compute_key_token_values": "ktae.core.estimator",
     "compute_ktae_advantages": "ktae.core.estimator",
+    "compute_ktae_advantages_with_values": "ktae.core.estimator",
     "key_token_values_from_statistics": "ktae.core.estimator",
     "merge_token_statistics": "ktae.core.estimator",
     "ROLLOUT_ADVANTAGES": "ktae.core.rollout",

@@ -13,7 +13,8 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
     .lock                       LOCK_FILE        held (flock) by the one process writing the folder
 
 The JSONL logs are appended one whole line per ``write``; a kill during an append can still leave a
-torn last line, which `read_jsonl` and `drop_steps_after` drop (with a warning) instead of failing.
+torn last line, which `read_jsonl` (the one reader of these logs) and `drop_steps_after` drop (with a
+warning) instead of failing.
 Whole files (config, reports, results) go through `write_atomic`.
 """
 
@@ -111,22 +112,32 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any] | Rol
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a JSONL log of this folder, dropping a torn last line (with a warning).
 
-    A line that is not valid JSON anywhere but at the end is damage, not a torn append: ValueError
-    naming the file and line.
+    Torn: the file's last line, not valid JSON and without its newline. Any other line that is not a
+    JSON object is damage, not a torn append: ValueError naming the file and line.
     """
+    return [record for _, record in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """`read_jsonl` with the line number of each record, for readers that name the line of a record
+    they refuse."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # Split at newlines only: records may hold other line separators (U+2028, form feed) in their text.
+    lines = path.read_text(encoding="utf-8").split("\n")  # ends with "" when the last line is whole
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as error:
-            if number == len(lines):
+            if number == len(lines):  # cut off before its newline, which every append ends with
                 logger.warning("%s: dropped a torn last line (%d characters, cut off mid-write)", path, len(line))
                 break
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append((number, record))
     return records
 
 

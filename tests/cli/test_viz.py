@@ -76,6 +76,21 @@ def test_viz_run_uses_the_runs_checkpoint_tokenizer(tmp_path, tokenizer, capsys)
         assert values["<eos>"] == 0.0 and values["6"] < -0.5 and values["-"] < -0.5 and values["5"] > -0.5
 
 
+def test_viz_reports_a_run_killed_mid_write(tmp_path, tokenizer, capsys):
+    run = make_run(tmp_path / "run", tokenizer)
+    for name, torn in (("metrics.jsonl", '{"step": 5, "rew'), ("rollouts.jsonl", '{"step": 6, "group": 0, "tok')):
+        with (run / name).open("a", encoding="utf-8") as handle:
+            handle.write(torn)  # the last append, cut off by the kill
+    assert main(["viz", "--run", str(run)]) == 0
+    assert {"step-2.html", "step-4.html", "curves.png"} <= {p.name for p in (run / "report").iterdir()}
+    # a damaged line before the end is no torn append: an error naming the file and line
+    lines = (run / "rollouts.jsonl").read_text(encoding="utf-8").split("\n")
+    lines[2] = lines[2][:-1]
+    (run / "rollouts.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    assert main(["viz", "--run", str(run)]) == 2
+    _one_line_error(capsys, "rollouts.jsonl:3: not valid JSON")
+
+
 def test_viz_compares_runs_on_one_plot(tmp_path, tokenizer, capsys):
     first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer, steps=(3, 4))
     out = tmp_path / "compare"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
+from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages, compute_ktae_advantages_with_values
 from ktae.core.counting import BACKENDS
 from tests.core.reference import random_batch, reference
 
@@ -31,6 +31,14 @@ def check(responses, mask, scores, groups, cfg, backend, atol=1e-5):
             if name in ref:
                 assert got[name] == pytest.approx(ref[name], rel=1e-9, abs=1e-9), (key, name)
         assert got["value"] == pytest.approx(ref["value"], abs=1e-9), key
+    # both from one count: the same advantages and the same values
+    adv_once, kv_once = compute_ktae_advantages_with_values(
+        responses, mask, scores, groups, config=cfg, backend=backend
+    )
+    torch.testing.assert_close(adv_once, adv, rtol=0, atol=1e-6)
+    assert kv_once.group_ids == kv.group_ids
+    for name in ("group", "token", "a", "b", "c", "d", "p_value", "fisher", "info_gain", "h", "tf", "value"):
+        torch.testing.assert_close(getattr(kv_once, name), getattr(kv, name), rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -35,6 +35,27 @@ def test_pathological_responses_never_stop_scoring():
     assert "| demo | 6 | 1 | 66.7 | [33.3, 100.0] | 83.3 | 35 | 60 | 0.0 |" in results_table(results)
 
 
+def test_lengths_and_truncation_not_known_are_left_out_not_counted_as_zero():
+    """Re-scored outputs may carry the text only (no token count, no finish reason)."""
+    examples = [{"problem": f"p{i}", "answer": "1"} for i in range(4)]
+    known = [Generation("\\boxed{1}", 30, "length"), Generation("\\boxed{2}", 10, "stop")]
+    unknown = [Generation("\\boxed{1}", None, None), Generation("\\boxed{1}", None, None)]
+    with AnswerChecker(num_workers=0, timeout_s=60) as checker:
+        records = score_benchmark("demo", examples, ["q"] * 4, known + unknown, checker)
+        text_only = score_benchmark("demo", examples, ["q"] * 4, unknown + unknown, checker)
+    assert [(r["num_tokens"], r["finish_reason"]) for r in records[2:]] == [(None, None)] * 2
+    results = summarize({"demo": records}, EvalSettings(model="m"))
+    assert (results["avg_lens"], results["max_lens"], results["truncated"]) == (
+        {"demo": 20},
+        {"demo": 30},
+        {"demo": 50},
+    )
+    assert results["per_problem"]["demo"][3]["truncated"] == [None]
+    results = summarize({"demo": text_only}, EvalSettings(model="m"))
+    assert (results["avg_lens"], results["max_lens"], results["truncated"]) == ({"demo": None},) * 3
+    assert "| demo | 4 | 1 | 100.0 | [100.0, 100.0] | 100.0 | – | – | – |" in results_table(results)
+
+
 def test_samples_are_grouped_by_the_grading_checker():
     """Two problems x 4 samples: equivalent wrong answers vote together, as the checker that grades says."""
     examples = [{"problem": "p0", "answer": "\\frac{1}{2}"}, {"problem": "p1", "answer": "7"}]

@@ -133,6 +133,20 @@ def test_malformed_ktae_records_are_named(tmp_path):
         read_outputs(RELEASED, "csv")
 
 
+@pytest.mark.parametrize("format", ["ktae", "released"])
+def test_responses_with_other_line_separators_stay_whole(tmp_path, format):
+    response = "so\u2028the answer\x0cis \\boxed{1}\x85"  # raw in JSON written with ensure_ascii=False
+    record = (
+        {"benchmark": "aime24", "answer": "1", "response": response}
+        if format == "ktae"
+        else {"task_name": "aime24", "prompt": "q", "model_output": [response], "gt": "1"}
+    )
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    [output] = read_outputs(path, format)
+    assert output.response == response
+
+
 def test_output_folder_must_not_hold_the_inputs(rescored, checker):
     out, _, _ = rescored
     with pytest.raises(ValueError, match="holds the responses being re-scored"):

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -34,11 +35,23 @@ def test_read_metrics_sorts_steps_and_keeps_the_last_record_of_a_resumed_step(tm
 def test_read_metrics_names_the_bad_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 1, "reward": 1}\n{"step": 2, \n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward": 1}\n{"step": 2, \n{"step": 3, "reward": 1}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+        read_metrics(run)
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward": 1}\n{"reward": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: .*'step'"):
         read_metrics(run)
     with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl"):
         read_metrics(tmp_path / "nowhere")
+
+
+def test_read_metrics_of_a_run_killed_mid_write_drops_the_torn_last_line(tmp_path, caplog):
+    run = _write_run(tmp_path / "run", [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}])
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "rew')
+    with caplog.at_level(logging.WARNING, logger="ktae.run_folder"):
+        assert read_metrics(run) == [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}]
+    assert "metrics.jsonl: dropped a torn last line" in caplog.text
 
 
 def test_available_metrics_puts_default_ones_first_and_skips_non_numbers():

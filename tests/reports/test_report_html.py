@@ -10,7 +10,7 @@ from ktae import KTAEConfig
 from ktae.reports import build_report, build_run_report, run_ktae_config
 from ktae.reports.html import group_names, pack_varints
 from ktae.reports.keytokens import analyse
-from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
+from ktae.reports.rollouts import load_rollouts, parse_rollout, tokenize_rollouts
 
 
 def page_data(html_text):
@@ -104,6 +104,16 @@ def test_report_is_self_contained_and_escapes_model_text(tmp_path, byte_level_to
     assert "<b>2x" not in html_text and "Solve problem 0: \\u003cb>2x + 1\\u003c/b>?" in html_text
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html_text)
     assert "<link" not in html_text and "@import" not in html_text
+
+
+def test_report_of_rollout_objects_keeps_the_steps_asked_for(tmp_path):
+    records = [
+        {"step": s, "group": 0, "response": f"x = {s + i % 2}", "score": i % 2} for s in (1, 2) for i in range(4)
+    ]
+    rollouts = [parse_rollout(r, f"record {n}") for n, r in enumerate(records)]
+    steps = (s for s in [2])  # any iterable, read once
+    text = build_report(rollouts, tmp_path / "r.html", steps=steps).read_text(encoding="utf-8")
+    assert "step 2" in text and "step 1" not in text
 
 
 def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):

@@ -1,9 +1,10 @@
+import logging
 import math
 
 import pytest
 from report_helpers import rollout_records, write_jsonl
 
-from ktae.reports.rollouts import find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.reports.rollouts import Rollout, find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
 
 
 def test_parse_accepts_the_trainer_format_and_verl_dumps():
@@ -44,6 +45,16 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
     assert math.isnan(parse_rollout({"group": 1, "response": "r", "score": None}, "x").score)
 
 
+def test_load_drops_the_torn_last_line_of_a_run_killed_mid_write(tmp_path, caplog):
+    records = [{"step": 1, "group": 0, "response": r, "score": 1} for r in ("a", "b")]
+    path = write_jsonl(tmp_path / "run" / "rollouts.jsonl", records)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 1, "group": 0, "respo')
+    with caplog.at_level(logging.WARNING, logger="ktae.run_folder"):
+        assert [r.response for r in load_rollouts(tmp_path / "run")] == ["a", "b"]
+    assert "rollouts.jsonl: dropped a torn last line" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [
@@ -72,6 +83,9 @@ def test_load_reads_a_file_a_run_folder_or_a_folder_of_step_dumps(tmp_path):
     assert [r.step for r in load_rollouts(tmp_path / "dumps")] == [2, 10]  # numeric order of the files
     (tmp_path / "bad.jsonl").write_text('{"group": 1, "response": "r", "score": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        load_rollouts(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"group": 1, "response": "r", "score": 1}\n{oops\n{"group": 1}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         load_rollouts(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="no rollouts"):
         load_rollouts(tmp_path / "run", steps=[99])
@@ -104,6 +118,8 @@ def test_text_only_rollouts_are_tokenized_or_split_into_words(byte_level_tokeniz
 def test_ids_without_pieces_need_a_tokenizer_and_unscored_rollouts_are_left_out():
     with pytest.raises(ValueError, match="--tokenizer"):
         tokenize_rollouts([parse_rollout({"group": 0, "token_ids": [1, 2], "score": 1}, "x")])
+    with pytest.raises(ValueError, match=r"rollout 0 \(group 7\) has no response"):  # built by hand, not parsed
+        tokenize_rollouts([Rollout(step=1, group=7, prompt="p", score=1.0)])
     rollouts = [parse_rollout({"group": 0, "tokens": ["a"], "token_ids": [4], "score": s}, "x") for s in (1, None)]
     data = tokenize_rollouts(rollouts)
     assert len(data.rollouts) == 1 and data.notices[0] == "1 rollout(s) without a score were left out."

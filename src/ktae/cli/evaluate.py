@@ -127,11 +127,13 @@ def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> 
 
     if len(runs) < 2:
         return
-    problems = [load_problem_records(run, path) for run, path in zip(runs, paths)]
-    missing = [path for path, records in zip(paths, problems) if records is None]
-    if missing:
-        print(f"\nno paired comparison: {missing[0]} has no per-problem records and no responses/ beside it")
-        return
+    problems = []
+    for run, path in zip(runs, paths):
+        records = load_problem_records(run, path)
+        if records is None:
+            print(f"\nno paired comparison: {path} has no per-problem records and no responses/ beside it")
+            return
+        problems.append(records)
     for run, records in zip(runs[1:], problems[1:]):
         print("\n" + paired_comparison_table(runs[0], run, problems[0], records, seed=seed))
 

@@ -367,6 +367,23 @@ def compute_key_token_values(
 # Step 7: token-level advantage
 
 
+def _advantage_inputs(
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    scores: ScoresLike,
+    group_index: GroupIndex,
+    config: KTAEConfig,
+    backend: str,
+    vocab_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Hashable], torch.Tensor]:
+    """The checked batch: mask [B, T] bool, scores [B], dense group [B] and ids [G], rollout-level advantage [B]."""
+    mask, scores = validate_batch(responses, response_mask, scores)
+    check_backend(backend, vocab_size, responses.device)
+    group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
+    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
+    return mask, scores, group, group_ids, rollout
+
+
 def compute_ktae_advantages(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
@@ -389,10 +406,9 @@ def compute_ktae_advantages(
     """
     fork_safe_threads()
     config = _config(config)
-    mask, scores = validate_batch(responses, response_mask, scores)
-    check_backend(backend, vocab_size, responses.device)
-    group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
-    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
+    mask, scores, group, group_ids, rollout = _advantage_inputs(
+        responses, response_mask, scores, group_index, config, backend, vocab_size
+    )
     if not config.enabled:
         return torch.where(mask, rollout.float()[:, None], 0.0)
     # Only groups with both correct and incorrect rollouts get key-token values: count only theirs.
@@ -402,3 +418,32 @@ def compute_ktae_advantages(
     mixed = (n_true > 0) & (n_true < n_all)
     stats, counts = _count(responses, mask, group, group_ids, correct, mixed, backend, vocab_size)
     return counts.place(_pair_values(stats, config, counts), rollout)
+
+
+def compute_ktae_advantages_with_values(
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    scores: ScoresLike,
+    group_index: GroupIndex,
+    config: KTAEConfig | Mapping[str, Any] | None = None,
+    *,
+    backend: str = "auto",
+    vocab_size: int | None = None,
+) -> tuple[torch.Tensor, KeyTokenValues]:
+    """``compute_ktae_advantages`` and ``compute_key_token_values`` of one batch from one count, for a
+    trainer that also reports the key tokens of its step.
+
+    Arguments as in ``compute_ktae_advantages``. Every group is counted, as ``compute_key_token_values``
+    counts them (a group with one outcome has value 0 on every token, so the advantages are the same).
+    Returns (advantages [B, T] float32, the values and statistics of every (group, token) pair).
+    """
+    fork_safe_threads()
+    config = _config(config)
+    mask, scores, group, group_ids, rollout = _advantage_inputs(
+        responses, response_mask, scores, group_index, config, backend, vocab_size
+    )
+    every_group = torch.ones(len(group_ids), dtype=torch.bool, device=responses.device)
+    correct = scores > config.correct_threshold
+    stats, counts = _count(responses, mask, group, group_ids, correct, every_group, backend, vocab_size)
+    values = key_token_values_from_statistics(stats, config)
+    return counts.place(values.value, rollout), values

@@ -28,9 +28,12 @@ GREEDY = Sampling()
 
 @dataclass(frozen=True)
 class Generation:
+    """One response. The generators know all of it; re-scored outputs (`ktae.evaluation.rescore`) may carry
+    the text only, and the results leave what is not known out of the lengths and the truncated share."""
+
     text: str
-    num_tokens: int
-    finish_reason: str  # "stop" (end of sequence) or "length" (hit the token limit)
+    num_tokens: int | None  # response tokens, end of sequence included; None: not known
+    finish_reason: str | None  # "stop" (end of sequence) or "length" (hit the token limit); None: not known
 
 
 def check_model_source(model: str) -> None:
@@ -165,7 +168,7 @@ class TransformersGenerator:
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         encoded = [ids for ids in prompt_ids for _ in range(samples)]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: a prompt's samples stay in order
-        results: list[Generation | None] = [None] * len(encoded)
+        results: dict[int, Generation] = {}  # by position in ``encoded``
         # a private generator state: the caller's random stream is left as it was
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -196,7 +199,7 @@ class TransformersGenerator:
                             finish_reason="length" if end is None else "stop",
                         )
                     progress.update(len(batch))
-        return results
+        return [results[i] for i in range(len(encoded))]
 
 
 class VLLMGenerator:
@@ -257,7 +260,7 @@ class VLLMGenerator:
         ]
 
 
-def make_generator(model: str, backend: str = "auto", **options):
+def make_generator(model: str, backend: str = "auto", **options) -> TransformersGenerator | VLLMGenerator:
     """The generator for ``backend`` ("auto", "vllm", "transformers"); options go to its constructor
     (batch_size and device only apply to transformers, tensor_parallel_size and seed to vLLM)."""
     backend = select_backend(backend, model)

@@ -22,12 +22,15 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
 from ktae.evaluation import metrics
+from ktae.evaluation.generation import Generation
 from ktae.rewards import AnswerChecker, extract_answer
 from ktae.run_folder import read_jsonl, write_atomic
 
@@ -95,11 +98,17 @@ def problem_key(problem: str, answer) -> str:
 
 
 def score_benchmark(
-    name: str, examples: list[dict], prompts: list[str], generations, checker: AnswerChecker, samples: int = 1
+    name: str,
+    examples: list[dict],
+    prompts: Sequence[str | None],
+    generations: Sequence[Generation],
+    checker: AnswerChecker,
+    samples: int = 1,
 ) -> list[dict]:
     """Response records of one benchmark: extraction, a time-limited check per response and, with
     several samples per problem, the groups of equivalent answers that majority voting counts.
 
+    ``prompts``: one per problem (None: not known, as for re-scored outputs that carry none);
     ``generations``: ``samples`` per prompt, problem-major (problem 0's samples, then problem 1's, ...).
     """
     if len(generations) != len(examples) * samples or len(prompts) != len(examples):
@@ -166,7 +175,7 @@ def problem_records(name: str, records: list[dict]) -> list[dict]:
     by_index: dict[int, list[dict]] = {}
     for r in records:
         by_index.setdefault(r["index"], []).append(r)
-    problems = []
+    problems: list[dict[str, Any]] = []
     for index in sorted(by_index):
         rows = sorted(by_index[index], key=lambda r: r.get("sample", 0))
         problems.append(
@@ -345,12 +354,11 @@ def evaluate(
     own_checker = checker is None
     checker = checker or AnswerChecker(num_workers=min(4, os.cpu_count() or 1))
     try:
-        generator = (
-            make_generator(settings.model, backend, max_model_len=settings.max_model_len, **(generator_options or {}))
-            if todo
-            else None
-        )
+        generator = None  # loaded for the first benchmark to generate, if any
         for name in todo:
+            generator = generator or make_generator(
+                settings.model, backend, max_model_len=settings.max_model_len, **(generator_options or {})
+            )
             examples = suites[name]
             samples = settings.samples_for(name)
             prompts = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ktae.data.benchmarks import BENCHMARKS
@@ -137,10 +138,10 @@ def load_results(path: str | Path) -> dict:
     return results
 
 
-def comparison_table(runs: list[dict], reference_rows: list[dict] = ()) -> str:
+def comparison_table(runs: list[dict], reference_rows: Sequence[dict] = ()) -> str:
     """Runs (results dicts with a ``label``) and reference rows side by side: accuracy % per benchmark
     and the mean; benchmarks appear in the suites' order, "–" where a run has none."""
-    present = {name for run in [*runs, *reference_rows] for name in run["results"]}
+    present: set[str] = {name for run in [*runs, *reference_rows] for name in run["results"]}
     names = [n for n in BENCHMARKS if n in present] + sorted(present - set(BENCHMARKS))
     rows = []
     for run in [*reference_rows, *runs]:
@@ -168,7 +169,8 @@ def _paired_scores(name: str, a: list[dict], b: list[dict]) -> tuple[list[float]
     only one run has."""
 
     def by_key(problems):
-        keyed, seen = {}, {}
+        keyed: dict[tuple[str, int], dict] = {}
+        seen: dict[str, int] = {}
         for p in problems:
             occurrence = seen[p["key"]] = seen.get(p["key"], -1) + 1  # a problem repeated in a benchmark
             keyed[(p["key"], occurrence)] = p
@@ -201,32 +203,34 @@ def paired_comparison_table(
 ) -> str:
     """B − A per benchmark both runs have and for their average: accuracy points, the paired
     bootstrap 95% interval, the sign-flip test's p-value and the verdict at 0.05, then a sentence."""
-    from ktae.evaluation.metrics import paired_comparison, verdict_in_words
+    from ktae.evaluation.metrics import PairedComparison, paired_comparison, verdict_in_words
 
     names = [n for n in BENCHMARKS if n in a_problems and n in b_problems]
     names += sorted((a_problems.keys() & b_problems.keys()) - set(names))
     if not names:
         raise ValueError(f"{a['label']} and {b['label']} have no benchmark in common")
     pairs = {name: _paired_scores(name, a_problems[name], b_problems[name]) for name in names}
-    rows, average = [], None
-    for label, selected in [*((TITLES.get(n, n), [n]) for n in names), ("avg", names)]:
+
+    def compared(label: str, selected: list[str]) -> tuple[list[str], PairedComparison]:
         a_scores, b_scores = [pairs[n][0] for n in selected], [pairs[n][1] for n in selected]
         result = paired_comparison(a_scores, b_scores, seed=seed)
         a_mean = sum(sum(s) / len(s) for s in a_scores) / len(a_scores)
-        rows.append(
-            [
-                label,
-                str(result.num_problems),
-                _cell(100 * a_mean),
-                _cell(100 * (a_mean + result.difference)),
-                f"{100 * result.difference:+.1f}",
-                _interval([100 * result.ci_low, 100 * result.ci_high]),
-                f"{result.p_value:.3g}",
-                verdict_in_words(result),
-                result.method,
-            ]
-        )
-        average = result
+        row = [
+            label,
+            str(result.num_problems),
+            _cell(100 * a_mean),
+            _cell(100 * (a_mean + result.difference)),
+            f"{100 * result.difference:+.1f}",
+            _interval([100 * result.ci_low, 100 * result.ci_high]),
+            f"{result.p_value:.3g}",
+            verdict_in_words(result),
+            result.method,
+        ]
+        return row, result
+
+    rows = [compared(TITLES.get(n, n), [n])[0] for n in names]
+    average_row, average = compared("avg", names)
+    rows.append(average_row)
     header = ["benchmark", "problems", "A %", "B %", "B − A", "95% CI", "p-value", "verdict", "test"]
     over = "the benchmark" if len(names) == 1 else f"the mean of {len(names)} benchmarks"
     if average.p_value < 0.05:

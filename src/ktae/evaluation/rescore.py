@@ -27,6 +27,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ktae.data.benchmarks import BENCHMARKS
 from ktae.rewards import AnswerChecker
@@ -99,7 +100,8 @@ def _field(record: dict, name: str, kind, where: str):
 def _read_released(path: Path, records) -> list[Output]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: the released format is a JSON list of records, got {type(records).__name__}")
-    outputs, counts = [], {}
+    outputs: list[Output] = []
+    counts: dict[str, int] = {}  # problems read per benchmark
     for n, record in enumerate(records):
         where = f"{path}: record {n}"
         if not isinstance(record, dict):
@@ -144,8 +146,10 @@ def _optional(record: dict, name: str, kind, where: str):
 
 
 def _read_ktae(path: Path, text: str) -> list[Output]:
-    outputs, counts = [], {}
-    for line_number, line in enumerate(text.splitlines(), 1):
+    # JSON lines end at newlines only: a response may hold other line separators (U+2028, form feed).
+    outputs: list[Output] = []
+    counts: dict[str, int] = {}  # problems read per benchmark
+    for line_number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
@@ -211,7 +215,7 @@ def _json_records(path: Path, text: str) -> list:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     records = []
-    for line_number, line in enumerate(text.splitlines(), 1):
+    for line_number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -292,7 +296,8 @@ def agreement(records_by_benchmark: dict[str, list[dict]], seconds: dict[str, fl
     (responses only one grader counts correct) and ``seconds`` (time to grade the benchmark);
     ``disagreements``: benchmark, index, sample, reference, extracted answer, both verdicts, check.
     """
-    per_benchmark, disagreements = {}, []
+    per_benchmark: dict[str, dict[str, Any]] = {}
+    disagreements: list[dict[str, Any]] = []
     for name, records in records_by_benchmark.items():
         judged = [r for r in records if r.get("file_correct") is not None]
         if not judged:

@@ -4,7 +4,8 @@ Scalars (each framework's own metrics: TRL's ``_metrics``, verl's metrics dict):
 
 - ``ktae/large_bonus_share``: share of the response tokens whose key-token bonus has |bonus| > ``LARGE_BONUS``.
 - ``ktae/bonus_mean_correct``, ``ktae/bonus_mean_incorrect``: mean bonus over the response tokens of the
-  correct (score > correct_threshold) and incorrect rollouts; NaN when the step has none.
+  correct (score > correct_threshold) and incorrect rollouts; left out of a step that has none (a tracker
+  would plot NaN as a gap at best, and some drop it with a warning).
 - ``ktae/seconds``: wall time spent computing the bonus during the step.
 - ``ktae/time_share``: ``ktae/seconds`` divided by the step's wall time (generation, scoring, the
   advantage step and the update included), the share of a step KTAE costs.
@@ -16,7 +17,6 @@ trackio table and as TensorBoard text, through whichever of those loggers the ru
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -54,13 +54,14 @@ def bonus_sums(bonus: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor) -
 
 def bonus_metrics(sums: torch.Tensor) -> dict[str, float]:
     """The bonus metrics (``ktae/large_bonus_share``, ``ktae/bonus_mean_correct``, ``ktae/bonus_mean_incorrect``)
-    from :func:`bonus_sums`."""
+    from :func:`bonus_sums`; a mean without correct (or incorrect) rollouts is left out."""
     large, tokens, on_correct, n_correct, on_incorrect, n_incorrect = sums.tolist()
-    return {
-        "ktae/large_bonus_share": large / tokens if tokens else 0.0,
-        "ktae/bonus_mean_correct": on_correct / n_correct if n_correct else math.nan,
-        "ktae/bonus_mean_incorrect": on_incorrect / n_incorrect if n_incorrect else math.nan,
-    }
+    metrics = {"ktae/large_bonus_share": large / tokens if tokens else 0.0}
+    if n_correct:
+        metrics["ktae/bonus_mean_correct"] = on_correct / n_correct
+    if n_incorrect:
+        metrics["ktae/bonus_mean_incorrect"] = on_incorrect / n_incorrect
+    return metrics
 
 
 def top_key_tokens(

@@ -98,14 +98,21 @@ def _resolve_config(config, run_dir: Path | None) -> tuple[KTAEConfig, list[str]
     return (KTAEConfig.from_dict({**base.to_dict(), **config}) if config else base), notes
 
 
-def _prepare(source, tokenizer, config, steps, ignore_token_ids):
+def _prepare(
+    source: str | os.PathLike | Iterable[Rollout],
+    tokenizer,
+    options: KTAEConfig | Mapping | None,
+    steps: Iterable[int] | None,
+    ignore_token_ids: Iterable[int] | None,
+) -> tuple[TokenizedRollouts, KTAEConfig, list[str]]:
     """(tokenized rollouts, config, notices) for a file/folder/records ``source``."""
     run_dir = Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
-    config, notices = _resolve_config(config, run_dir)
+    config, notices = _resolve_config(options, run_dir)
     if isinstance(source, (str, os.PathLike)):
         rollouts = load_rollouts(source, steps)
     else:
-        rollouts = [r for r in source if steps is None or r.step in set(steps)]
+        wanted = None if steps is None else set(steps)
+        rollouts = [r for r in source if wanted is None or r.step in wanted]
         if not rollouts:
             raise ValueError("no rollouts to report on")
         if not all(isinstance(r, Rollout) for r in rollouts):
@@ -138,8 +145,8 @@ def build_report(
     steps: only the rollouts of these steps. ignore_token_ids: ids with no value (default: the
         tokenizer's pad and end-of-sequence ids). strong: |v| threshold of the "strongly weighted" share.
     """
-    data, config, notices = _prepare(source, tokenizer, config, steps, ignore_token_ids)
-    analysis = analyse(data, config)
+    data, ktae_config, notices = _prepare(source, tokenizer, config, steps, ignore_token_ids)
+    analysis = analyse(data, ktae_config)
     subtitle = str(source) if isinstance(source, (str, os.PathLike)) else "rollouts"
     steps_seen = sorted({r.step for r in data.rollouts if r.step is not None})
     if steps_seen:
@@ -244,7 +251,7 @@ def build_run_report(
             for index, rollout in enumerate(data.rollouts):
                 if wanted is None or rollout.step in wanted:
                     by_step.setdefault(rollout.step, []).append(index)
-            if not by_step:
+            if wanted is not None and not by_step:
                 notes = [*notes, f"No rollouts at step(s) {', '.join(map(str, wanted))} in this run."]
             for step in sorted(by_step, key=lambda s: (s is None, s or 0)):
                 analysis = analyse(_subset(data, by_step[step]), run_config)

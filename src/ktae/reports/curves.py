@@ -7,14 +7,13 @@ This is the project's one implementation of curve plotting: ``ktae train`` calls
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ktae.reports.files import run_folders
-from ktae.run_folder import METRICS_FILE, write_atomic
+from ktae.run_folder import METRICS_FILE, read_jsonl_numbered, write_atomic
 
 # Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
 # none of them gets every numeric metric. metrics="all" asks for every numeric metric.
@@ -37,7 +36,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """Read ``RUN_DIR/metrics.jsonl`` (or a metrics JSONL file given directly).
 
     Returns one dict per logged step, sorted by ``"step"``; when a resumed run logged the
-    same step twice, the later record wins.
+    same step twice, the later record wins. Read as `ktae.run_folder.read_jsonl` reads the run's logs:
+    a torn last line (a run killed mid-write) is dropped, any other bad line is an error naming it.
     """
     path = Path(run_dir)
     if path.is_dir():
@@ -45,20 +45,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
     by_step: dict[int, dict] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or "step" not in record:
-                raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' key")
-            step = record["step"]
-            if isinstance(step, bool) or not isinstance(step, (int, float)):
-                raise ValueError(f"{path}:{line_number}: 'step' must be a number, got {step!r}")
-            by_step.setdefault(int(step), {}).update(record)
+    for line_number, record in read_jsonl_numbered(path):
+        if "step" not in record:
+            raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' key")
+        step = record["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            raise ValueError(f"{path}:{line_number}: 'step' must be a number, got {step!r}")
+        by_step.setdefault(int(step), {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
 

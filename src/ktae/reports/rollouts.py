@@ -23,7 +23,7 @@ import numpy as np
 
 from ktae.models import ignored_token_ids, token_pieces
 from ktae.reports.text import TEXT, detect_piece_style, merge_pieces, piece_label
-from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints
+from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints, read_jsonl_numbered
 
 # Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
 PROMPT_KEYS = ("prompt", "input")
@@ -166,22 +166,17 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
 
 
 def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -> list[Rollout]:
-    """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``."""
+    """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``.
+
+    The files are read as the run folder's logs are (`ktae.run_folder.read_jsonl`): a torn last line
+    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line."""
     wanted = None if steps is None else {int(s) for s in steps}
     rollouts = []
     for file in rollout_files(path):
-        with file.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{line_number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-                rollout = parse_rollout(record, where)
-                if wanted is None or rollout.step in wanted:
-                    rollouts.append(rollout)
+        for line_number, record in read_jsonl_numbered(file):
+            rollout = parse_rollout(record, f"{file}:{line_number}")
+            if wanted is None or rollout.step in wanted:
+                rollouts.append(rollout)
     if not rollouts:
         raise ValueError(f"no rollouts in {path}" + ("" if wanted is None else f" at step(s) {sorted(wanted)}"))
     return rollouts
@@ -195,6 +190,12 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
         if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     ]
     return with_tokenizer[-1] if with_tokenizer else None
+
+
+def _response_text(rollout: Rollout, index: int) -> str:
+    if rollout.response is None:
+        raise ValueError(f"rollout {index} (group {rollout.group!r}) has no response: no text, tokens or token_ids")
+    return rollout.response
 
 
 def tokenize_rollouts(
@@ -229,7 +230,7 @@ def tokenize_rollouts(
             pieces.append(rollout.tokens)
         elif tokenizer is not None:
             if token_ids is None:
-                token_ids = tokenizer(rollout.response, add_special_tokens=False)["input_ids"]
+                token_ids = tokenizer(_response_text(rollout, index), add_special_tokens=False)["input_ids"]
             pieces.append(token_pieces(tokenizer, token_ids))  # decoded text, as the trainers log it
         elif token_ids is not None:
             raise ValueError(
@@ -237,10 +238,11 @@ def tokenize_rollouts(
                 "pass a tokenizer (--tokenizer) to decode them"
             )
         else:
-            pieces.append(_WORDS.findall(rollout.response))
+            pieces.append(_WORDS.findall(_response_text(rollout, index)))
         ids.append(None if token_ids is None else list(token_ids))
         from_tokenizer.append(rollout.tokens is None and tokenizer is not None)
-    if any(row is None for row in ids):
+    known_ids = [row for row in ids if row is not None]
+    if len(known_ids) < len(ids):
         if not any(from_tokenizer) and all(r.token_ids is None and r.tokens is None for r in rollouts):
             notices.append(
                 "No tokenizer was given and the rollouts carry text only: statistics are over words and "
@@ -251,7 +253,7 @@ def tokenize_rollouts(
         if ignore_token_ids:
             notices.append(f"Ignored token ids {sorted(ignore_token_ids)} do not apply to tokens numbered by text.")
         vocabulary: dict[str, int] = {}
-        ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
+        known_ids = [[vocabulary.setdefault(piece, len(vocabulary)) for piece in row] for row in pieces]
         ignore_token_ids = ()
     elif ignore_token_ids is None and tokenizer is not None:
         ignore_token_ids = ignored_token_ids(tokenizer)
@@ -267,7 +269,7 @@ def tokenize_rollouts(
     record_pieces = (piece for row, tok in zip(pieces, from_tokenizer) if not tok for piece in row)
     record_style = detect_piece_style(record_pieces, special)
     texts, labels = [], {}
-    for row_ids, row_pieces, tok in zip(ids, pieces, from_tokenizer):
+    for row_ids, row_pieces, tok in zip(known_ids, pieces, from_tokenizer):
         style = TEXT if tok else record_style
         texts.append(merge_pieces(row_pieces, style, special))
         for token_id, piece in zip(row_ids, row_pieces):
@@ -275,7 +277,7 @@ def tokenize_rollouts(
                 labels[token_id] = piece_label(piece, style, special)
     return TokenizedRollouts(
         rollouts=list(rollouts),
-        token_ids=[np.asarray(row, dtype=np.int64) for row in ids],
+        token_ids=[np.asarray(row, dtype=np.int64) for row in known_ids],
         texts=texts,
         labels=labels,
         ignore_token_ids=tuple(sorted({int(i) for i in ignore_token_ids})),

@@ -78,6 +78,7 @@ def test_trls_own_rollout_advantage_settings_work_with_ktae(tmp_path, options):
     [
         ({"num_generations": 1, "per_device_train_batch_size": 1}, "num_generations must be >= 2 with ktae on"),
         ({"algo": "ppo"}, "unknown algo 'ppo'"),
+        ({"num_generations": None}, "num_generations must be >= 1, got None"),
         ({"ktae_alpha": -1.0}, "alpha must be >= 0"),
         ({"ktae_rollout_advantage": "mean"}, "unknown rollout_advantage"),
         ({"dynamic_sampling_metric": "acc"}, "unknown dynamic_sampling_metric"),

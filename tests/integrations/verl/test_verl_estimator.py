@@ -186,6 +186,33 @@ def test_metrics_of_the_advantage_step(algorithm):
     torch.testing.assert_close(tokens.scores, torch.tensor(scores))
 
 
+@pytest.mark.parametrize("score", [1.0, 0.0])
+def test_a_step_with_one_outcome_leaves_the_other_bonus_mean_out(algorithm, score):
+    data = make_batch([[5, 7, 7, 9], [5, 8, 9], [6, 7, 9, 9], [6, 8]], [score] * 4, ["p0"] * 4)
+    with response_tokens(data.batch["responses"], ignore_token_ids=(PAD, EOS)) as tokens:
+        compute_advantage(data, adv_estimator="ktae", config=algorithm)
+    present, absent = ("correct", "incorrect") if score else ("incorrect", "correct")
+    assert f"ktae/bonus_mean_{absent}" not in tokens.metrics  # not NaN: nothing to average this step
+    assert tokens.metrics[f"ktae/bonus_mean_{present}"] == 0.0  # one outcome: no key-token value
+    assert tokens.metrics["ktae/large_bonus_share"] == 0.0
+
+
+def test_values_asked_for_are_the_ones_behind_the_bonus(algorithm):
+    data, *_ = random_batch(6)
+    uids = data.non_tensor_batch["uid"]
+    with response_tokens(data.batch["responses"], uids=uids, ignore_token_ids=(PAD, EOS)) as plain:
+        expected = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=algorithm)
+    with response_tokens(data.batch["responses"], uids=uids, ignore_token_ids=(PAD, EOS), with_values=True) as tokens:
+        out = compute_advantage(make_batch_like(data), adv_estimator="ktae", config=algorithm)
+    assert plain.values is None
+    torch.testing.assert_close(out.batch["advantages"], expected.batch["advantages"], rtol=0, atol=1e-6)
+    scores = data.batch["token_level_rewards"].sum(-1)
+    reference = compute_key_token_values(
+        data.batch["responses"], response_mask(data), scores, uids, config=KTAEConfig(ignore_token_ids=(PAD, EOS))
+    )
+    assert tokens.values.to_records() == reference.to_records()
+
+
 def test_worked_example_of_the_spec(algorithm):
     # docs/spec.md, "Worked example": scores [1, 1, 0, 0], alpha = beta = gamma = top = 1, grpo base.
     rows = [[5, 7, 7, 9], [5, 8, 9], [6, 7, 9, 9], [6, 8]]

@@ -18,6 +18,7 @@ from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base as verl_trainer_ba
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
+from ktae.core import estimator as core_estimator
 from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
 from ktae.reports import load_rollouts
@@ -168,7 +169,11 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     )
     keys, rows = put_rollouts(queue, 4)
     metrics = {}
+    counted = []  # the batch's tokens are counted once, for the advantages and the table together
+    count = core_estimator._count
+    monkeypatch.setattr(core_estimator, "_count", lambda *args: counted.append(1) or count(*args))
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics)
+    assert len(counted) == 1
 
     # the advantages are verl's rloo plus the bonus, and the metrics describe that bonus
     advantages = padded([queue.rows[key]["advantages"] for key in keys])

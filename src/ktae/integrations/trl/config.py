@@ -143,8 +143,8 @@ class KTAEGRPOConfig(GRPOConfig):
     overlong_penalty_factor: float = field(
         default=1.0, metadata={"help": "Penalty at the response limit of the overlong reward shaping."}
     )
-    # Redefined from GRPOConfig so that `algo` can tell "unset" from a chosen value.
-    beta: float | None = field(
+    # Redefined from GRPOConfig so that `algo` can tell "unset" from a chosen value (a float after __post_init__).
+    beta: float | None = field(  # type: ignore[assignment]  # None only until __post_init__ picks the algo's value
         default=None,
         metadata={"help": "KL loss coefficient (k3 estimator). None: 0.001 for grpo, 0.0 for dapo."},
     )
@@ -173,6 +173,8 @@ class KTAEGRPOConfig(GRPOConfig):
         if self.ktae:
             self._check_ktae_compatibility()
         if self.dynamic_sampling:
+            # ints by now: num_generations checked above, steps_per_generation set by GRPOConfig.__post_init__
+            assert self.num_generations is not None and self.steps_per_generation is not None
             rows = self.per_device_train_batch_size * self.steps_per_generation
             if rows % self.num_generations:
                 raise ValueError(
@@ -182,8 +184,8 @@ class KTAEGRPOConfig(GRPOConfig):
 
     def _check_trainer_values(self) -> None:
         """`GRPOConfig` values that would fail only after the model loads, or silently train something else."""
-        sizes = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations")
-        optional_sizes = ("max_completion_length", "num_generations", "generation_batch_size", "steps_per_generation")
+        sizes = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations", "num_generations")
+        optional_sizes = ("max_completion_length", "generation_batch_size", "steps_per_generation")
         for name in sizes + optional_sizes:
             value = getattr(self, name)
             if (value is not None or name in sizes) and (value is None or value < 1):
@@ -203,6 +205,8 @@ class KTAEGRPOConfig(GRPOConfig):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
 
     def _check_own_fields(self) -> None:
+        # set from the algo by __post_init__ before it calls this
+        assert self.overlong_buffer_length is not None and self.beta is not None
         self.ktae_config(ignore_token_ids=())  # KTAEConfig validates every ktae_* value with a named error
         if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
             raise ValueError(

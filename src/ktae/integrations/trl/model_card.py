@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeGuard
 
 KTAE_TITLE = "KTAE: A Model-Free Algorithm to Key-Tokens Advantage Estimation in Mathematical Reasoning"
 KTAE_ARXIV_ID = "2505.16826"
@@ -67,9 +68,11 @@ class RunDescription:
     notes: tuple[str, ...] = ()
 
 
-def is_hub_id(name: str | None) -> bool:
+def is_hub_id(name: str | None) -> TypeGuard[str]:
     """True for names that read as a hub repository id ("org/name" or "name") and are no local folder."""
-    return bool(name) and _HUB_ID.match(name) is not None and not _FILE_SUFFIX.search(name) and not os.path.exists(name)
+    if not name:
+        return False
+    return _HUB_ID.match(name) is not None and not _FILE_SUFFIX.search(name) and not os.path.exists(name)
 
 
 def _linked(name: str, kind: str = "") -> str:

@@ -29,7 +29,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -359,8 +358,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         correct = scores[view.local] > self.ktae_config.correct_threshold
         sums = self.accelerator.reduce(bonus_sums(bonus[view.local], view.mask[view.local], correct), reduction="sum")
         for name, value in bonus_metrics(sums).items():
-            if not math.isnan(value):  # NaN: no correct (or no incorrect) rollout this round; TRL averages the rest
-                self._metrics[mode][name].append(value)
+            self._metrics[mode][name].append(value)
 
     def _key_token_backends(self) -> dict:
         """The ``report_to`` loggers that show a table: W&B and trackio modules, TensorBoard's writer."""

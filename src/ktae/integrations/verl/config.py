@@ -43,7 +43,7 @@ def _options(section) -> dict:
     if section is None:
         return {}
     if isinstance(section, DictConfig):
-        return OmegaConf.to_container(section, resolve=True)
+        section = OmegaConf.to_container(section, resolve=True)  # a dict, for a DictConfig
     if isinstance(section, Mapping):
         return dict(section)
     raise TypeError(f"algorithm.ktae must be a mapping of KTAE options, got {section!r}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from ktae import compute_ktae_advantages
+from ktae import KeyTokenValues, compute_ktae_advantages, compute_ktae_advantages_with_values
 from ktae.integrations.signals import bonus_metrics, bonus_sums
 from ktae.integrations.verl.config import (
     DEFAULT_BASE,
@@ -41,16 +41,19 @@ class ResponseTokens:
 
     responses: [B, T] token ids, rows in the order of the batch verl builds (right-padded);
     uids: [B] the uid of each row, checked against verl's ``index`` (None skips the check);
-    ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`).
-    Filled by the estimator: ``metrics`` (``ktae/*``, see ktae.integrations.signals) and ``scores`` [B]
-    (the summed token-level rewards that decided correctness).
+    ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`);
+    with_values: also hand back the key-token values behind the bonus (for the key-token table).
+    Filled by the estimator: ``metrics`` (``ktae/*``, see ktae.integrations.signals), ``scores`` [B]
+    (the summed token-level rewards that decided correctness) and, with ``with_values``, ``values``.
     """
 
     responses: torch.Tensor
     uids: np.ndarray | None
     ignore_token_ids: tuple[int, ...]
+    with_values: bool = False
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     scores: torch.Tensor | None = None
+    values: KeyTokenValues | None = None
 
 
 _RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.ContextVar(
@@ -59,12 +62,15 @@ _RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.Co
 
 
 @contextlib.contextmanager
-def response_tokens(responses: torch.Tensor, uids=None, ignore_token_ids=()) -> Iterator[ResponseTokens]:
+def response_tokens(
+    responses: torch.Tensor, uids=None, ignore_token_ids=(), with_values: bool = False
+) -> Iterator[ResponseTokens]:
     """Make ``responses`` [B, T] available to the ``ktae`` estimator while verl computes advantages."""
     tokens = ResponseTokens(
         responses=responses,
         uids=None if uids is None else np.asarray(uids, dtype=object),
         ignore_token_ids=tuple(int(t) for t in ignore_token_ids),
+        with_values=with_values,
     )
     reset = _RESPONSE_TOKENS.set(tokens)
     try:
@@ -157,9 +163,13 @@ def compute_ktae_outcome_advantage(
     started = time.perf_counter()
     ktae_config = ktae_config_from_algorithm(config, ignore_token_ids=tokens.ignore_token_ids)
     scores = token_level_rewards.sum(dim=-1)
-    bonus = compute_ktae_advantages(
-        tokens.responses.to(response_mask.device), response_mask, scores, index, config=ktae_config
-    )
+    responses = tokens.responses.to(response_mask.device)
+    if tokens.with_values:  # one count for the bonus and the key-token table (its statistics timed with the bonus)
+        bonus, tokens.values = compute_ktae_advantages_with_values(
+            responses, response_mask, scores, index, config=ktae_config
+        )
+    else:
+        bonus = compute_ktae_advantages(responses, response_mask, scores, index, config=ktae_config)
     advantages = base_advantages + bonus
     tokens.metrics.update(bonus_metrics(bonus_sums(bonus, response_mask, scores > ktae_config.correct_threshold)))
     tokens.metrics["ktae/seconds"] = time.perf_counter() - started

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -28,7 +29,6 @@ from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
-from ktae import compute_key_token_values
 from ktae.integrations.signals import log_key_token_table, top_key_tokens
 from ktae.integrations.verl.config import (
     KTAE_ESTIMATOR,
@@ -41,8 +41,13 @@ from ktae.models import ignored_token_ids
 from ktae.reports.text import merge_pieces, tokenizer_piece_style
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
+if TYPE_CHECKING:  # what the mixin extends: the trainers it is mixed into are verl's PPOTrainer subclasses
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer as _VerlTrainer
+else:
+    _VerlTrainer = object
 
-class KTAETrainerMixin:
+
+class KTAETrainerMixin(_VerlTrainer):
     """Runs verl's advantage step with the batch's response token ids available to the ktae estimator.
 
     ``base_trainer_mode`` is the verl mode the trainer runs as: the config is set back to it, so every
@@ -68,15 +73,14 @@ class KTAETrainerMixin:
         data = data.to_padded_tensor()  # padding is masked out: its value is never read
         uids = np.array(data.pop("uid").tolist(), dtype=object)
         ignore = ignored_token_ids(self.tokenizer)
-        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore) as tokens:
+        table = bool(self._key_token_backends())
+        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore, with_values=table) as tokens:
             result = super()._compute_advantage(batch, metrics)
         metrics.update(tokens.metrics)
         self._ktae_seconds += tokens.metrics["ktae/seconds"]
-        if self._key_token_backends():
-            config = ktae_config_from_algorithm(self.config.algorithm, ignore_token_ids=ignore)
-            values = compute_key_token_values(data["responses"], data["response_mask"], tokens.scores, uids, config)
+        if tokens.values is not None:  # the values behind this step's bonus, for the key-token table
             self._ktae_key_tokens = top_key_tokens(
-                values, data["responses"], data["response_mask"], uids, self._decode_token
+                tokens.values, data["responses"], data["response_mask"], uids, self._decode_token
             )
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
@@ -159,8 +163,14 @@ class KTAEPPOTrainerSeparateAsync(KTAETrainerMixin, PPOTrainerSeparateAsync):
     base_trainer_mode = "separate_async"
 
 
+if TYPE_CHECKING:  # mypy sees the class ray.remote decorated; at run time that is the class behind the actor
+    _VerlTaskRunner = TaskRunnerV1
+else:
+    _VerlTaskRunner = TaskRunnerV1.__ray_actor_class__
+
+
 @ray.remote
-class KTAETaskRunner(TaskRunnerV1.__ray_actor_class__):
+class KTAETaskRunner(_VerlTaskRunner):
     """verl's TaskRunner, importing this module in its Ray process before it looks the trainer up.
 
     Ray ships the actor class by value, so the import has to happen when ``run`` executes.
