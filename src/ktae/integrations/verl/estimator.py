@@ -41,7 +41,9 @@ class ResponseTokens:
 
     responses: [B, T] token ids, rows in the order of the batch verl builds (right-padded);
     uids: [B] the uid of each row, checked against verl's ``index`` (None skips the check);
-    ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`).
+    ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`);
+    vocab_size: the model's vocabulary size (`ktae.models.model_vocab_size`): the estimator refuses a
+    response id at or above it by name (None: no bound).
     Filled by the estimator: ``metrics`` (``ktae/*``, see ktae.integrations.signals) and ``scores`` [B]
     (the summed token-level rewards that decided correctness).
     """
@@ -49,6 +51,7 @@ class ResponseTokens:
     responses: torch.Tensor
     uids: np.ndarray | None
     ignore_token_ids: tuple[int, ...]
+    vocab_size: int | None = None
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     scores: torch.Tensor | None = None
 
@@ -59,12 +62,15 @@ _RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.Co
 
 
 @contextlib.contextmanager
-def response_tokens(responses: torch.Tensor, uids=None, ignore_token_ids=()) -> Iterator[ResponseTokens]:
+def response_tokens(
+    responses: torch.Tensor, uids=None, ignore_token_ids=(), vocab_size: int | None = None
+) -> Iterator[ResponseTokens]:
     """Make ``responses`` [B, T] available to the ``ktae`` estimator while verl computes advantages."""
     tokens = ResponseTokens(
         responses=responses,
         uids=None if uids is None else np.asarray(uids, dtype=object),
         ignore_token_ids=tuple(int(t) for t in ignore_token_ids),
+        vocab_size=vocab_size,
     )
     reset = _RESPONSE_TOKENS.set(tokens)
     try:
@@ -77,7 +83,10 @@ def _current_tokens(responses, response_mask: torch.Tensor, index) -> ResponseTo
     tokens = _RESPONSE_TOKENS.get()
     if responses is not None:
         tokens = ResponseTokens(
-            responses=responses, uids=None, ignore_token_ids=tokens.ignore_token_ids if tokens else ()
+            responses=responses,
+            uids=None,
+            ignore_token_ids=tokens.ignore_token_ids if tokens else (),
+            vocab_size=tokens.vocab_size if tokens else None,
         )
     if tokens is None:
         raise RuntimeError(
@@ -158,7 +167,12 @@ def compute_ktae_outcome_advantage(
     ktae_config = ktae_config_from_algorithm(config, ignore_token_ids=tokens.ignore_token_ids)
     scores = token_level_rewards.sum(dim=-1)
     bonus = compute_ktae_advantages(
-        tokens.responses.to(response_mask.device), response_mask, scores, index, config=ktae_config
+        tokens.responses.to(response_mask.device),
+        response_mask,
+        scores,
+        index,
+        config=ktae_config,
+        vocab_size=tokens.vocab_size,
     )
     advantages = base_advantages + bonus
     tokens.metrics.update(bonus_metrics(bonus_sums(bonus, response_mask, scores > ktae_config.correct_threshold)))
