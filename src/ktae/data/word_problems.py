@@ -111,9 +111,10 @@ def sample_word_problem(rng: random.Random, task: ArithmeticTask) -> dict:
     """One problem as a row: ``prompt`` (chat messages), ``answer`` and ``completion`` (assistant message)."""
     story = sample_story(rng, task)
     solution, value = story.solution()
-    *system, question = apply_template(story.question(), TEMPLATE)
+    messages = apply_template(story.question(), TEMPLATE)
+    assert isinstance(messages, list), "TEMPLATE is a chat template"
     return {
-        "prompt": [*system, *example_turns(), question],
+        "prompt": [*messages[:-1], *example_turns(), messages[-1]],
         "answer": str(value),
         "completion": [{"role": "assistant", "content": solution}],
     }
