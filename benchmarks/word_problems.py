@@ -72,17 +72,10 @@ def main() -> None:
     for label, samples, sampling in runs:
         started = time.perf_counter()
         generations = generator.generate(prompts, args.max_new_tokens, desc=label, samples=samples, sampling=sampling)
-        rows.append(
-            summarize(
-                label,
-                generations,
-                [a for a in answers for _ in range(samples)],
-                samples,
-                time.perf_counter() - started,
-            )
-        )
+        references = [a for a in answers for _ in range(samples)]
+        rows.append(summarize(label, generations, references, samples, time.perf_counter() - started))
         print(rows[-1], flush=True)
-        for generation, answer in list(zip(generations, [a for a in answers for _ in range(samples)]))[:4]:
+        for generation, answer in list(zip(generations, references))[:4]:
             print(f"    answer {answer}: {generation.text!r}")
     print(f"{args.n} problems, {args.max_new_tokens}-token budget:")
     for row in rows:
