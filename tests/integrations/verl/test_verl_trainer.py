@@ -12,7 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models
 from transfer_queue import KVBatchMeta
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, Qwen2Config
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base as verl_trainer_base
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -21,9 +21,11 @@ from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
 from ktae.core import estimator as core_estimator
 from ktae.integrations.verl import KTAE_TRAINER_MODES, trainer as ktae_trainer
 from ktae.integrations.verl.trainer import KTAEPPOTrainerSync
+from ktae.models import token_pieces
 from ktae.reports import load_rollouts
 
 PAD, EOS = 0, 1
+VOCAB_SIZE = 16  # the model's embedding rows: more than the tokenizer's 9 tokens, as models pad them
 
 
 class InMemoryTransferQueue:
@@ -63,6 +65,34 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A model folder as verl's model config reads it: the tokenizer and a config with VOCAB_SIZE rows."""
+    path = tmp_path_factory.mktemp("model")
+    make_tokenizer().save_pretrained(path)
+    Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        architectures=["Qwen2ForCausalLM"],
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def make_trainer(compose, model_dir):
+    def make(overrides: list[str]) -> KTAEPPOTrainerSync:
+        trainer = object.__new__(KTAEPPOTrainerSync)  # the advantage step needs only config and tokenizer
+        trainer.config = compose([*overrides, f"actor_rollout_ref.model.path={model_dir}"])
+        trainer._init_tokenizer()
+        return trainer
+
+    return make
+
+
 def put_rollouts(queue, seed: int) -> tuple[list[str], list[dict]]:
     """Two prompts x 4 rollouts, keys {uid}_{session}_0 as verl's agent loop writes them; one response
     has a tool-output span masked out in the middle (multi-turn)."""
@@ -95,10 +125,9 @@ def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(compose, queue, seed):
-    trainer = object.__new__(KTAEPPOTrainerSync)  # the advantage step needs only config and tokenizer
-    trainer.config = compose(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])
-    trainer.tokenizer = make_tokenizer()
+def test_ktae_trainer_runs_verls_advantage_step_with_the_response_tokens(make_trainer, queue, seed):
+    trainer = make_trainer(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])
+    assert trainer.vocab_size == VOCAB_SIZE
     keys, rows = put_rollouts(queue, seed)
     batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train")
 
@@ -152,12 +181,10 @@ class FakeWriter:
         self.texts.append((tag, text, step))
 
 
-def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, monkeypatch):
-    trainer = object.__new__(KTAEPPOTrainerSync)
-    trainer.config = compose(
+def test_ktae_metrics_and_key_token_table_reach_verls_loggers(make_trainer, queue, monkeypatch):
+    trainer = make_trainer(
         ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=rloo"]
     )
-    trainer.tokenizer = make_tokenizer()
     wandb, trackio, writer = FakeTracker(), FakeTracker(), FakeWriter()
     trainer.logger = SimpleNamespace(
         logger={
@@ -239,10 +266,8 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(compose, queue, mo
     assert tag == "ktae/key_tokens" and step == 3 and f"| credited | 1 | `{credited.token.iloc[0]}` |" in text
 
 
-def test_other_estimators_run_verls_step_unchanged(compose, queue):
-    trainer = object.__new__(KTAEPPOTrainerSync)
-    trainer.config = compose(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4"])
-    trainer.tokenizer = make_tokenizer()
+def test_other_estimators_run_verls_step_unchanged(make_trainer, queue):
+    trainer = make_trainer(["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4"])
     keys, rows = put_rollouts(queue, 2)
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
     ktae_off = compute_ktae_advantages(
@@ -280,9 +305,8 @@ def test_ktae_trainer_validates_and_restores_the_verl_mode(compose, monkeypatch)
         KTAEPPOTrainerSync(bad)
 
 
-def test_rollout_log_in_the_format_ktae_viz_reads(compose, queue, tmp_path):
-    trainer = object.__new__(KTAEPPOTrainerSync)
-    trainer.config = compose(
+def test_rollout_log_in_the_format_ktae_viz_reads(make_trainer, queue, tmp_path):
+    trainer = make_trainer(
         [
             "algorithm.adv_estimator=ktae",
             "actor_rollout_ref.rollout.n=4",
@@ -290,24 +314,44 @@ def test_rollout_log_in_the_format_ktae_viz_reads(compose, queue, tmp_path):
             "trainer.ktae_rollout_groups_per_step=1",
         ]
     )
-    trainer.tokenizer = make_tokenizer()
     trainer.global_steps = 7
     keys, rows = put_rollouts(queue, 3)
     for key in keys:
         queue.rows[key]["prompts"] = torch.tensor([2, 3])
+    first_group = [i for i, r in enumerate(rows) if r["uid"] == rows[0]["uid"]]
+    gap_id = len(trainer.tokenizer) + 2  # a model row the tokenizer has no token for: no text
+    for tensor in (rows[first_group[0]]["responses"], queue.rows[keys[first_group[0]]]["responses"]):
+        tensor[0] = gap_id
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
 
     records = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
-    first_group = [i for i, r in enumerate(rows) if r["uid"] == rows[0]["uid"]]
     assert len(records) == len(first_group) == 4  # one whole group
     letters = "".join(chr(ord("a") + i) for i in range(7))
     for record, i in zip(records, first_group):
         ids = rows[i]["responses"].tolist()
-        assert record["step"] == 7 and record["group"] == rows[i]["uid"] and record["prompt"] == "a b"
+        assert record["step"] == 7 and record["group"] == rows[i]["uid"] and record["prompt"] == "ab"
         assert record["token_ids"] == ids
-        assert record["tokens"] == [letters[t - 2] if t > 1 else "<eos>" for t in ids]
-        assert record["response"] == "".join(record["tokens"])
+        # the pieces of the TRL trainer's rollout log (one rule): they concatenate to the decoded text
+        assert record["tokens"] == token_pieces(trainer.tokenizer, ids)
+        assert record["tokens"] == [letters[t - 2] if 1 < t < 9 else "<eos>" if t == EOS else "" for t in ids]
+        assert record["response"] == "".join(record["tokens"]) == trainer.tokenizer.decode(ids)
         assert record["score"] == rows[i]["score"] and record["correct"] == (rows[i]["score"] > 0)
         assert record["advantages"] == queue.rows[keys[i]]["advantages"].tolist()
     loaded = load_rollouts(tmp_path / "rollouts.jsonl")
     assert [r.token_ids for r in loaded] == [r["token_ids"] for r in records]
+
+
+def test_ids_in_the_model_vocabulary_past_the_tokenizer_count_and_ids_beyond_it_are_refused(make_trainer, queue):
+    trainer = make_trainer(["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4"])
+    keys, rows = put_rollouts(queue, 5)
+    for token_id in (len(trainer.tokenizer), VOCAB_SIZE - 1):  # padded embedding rows: sampling can pick them
+        for tensor in (rows[0]["responses"], queue.rows[keys[0]]["responses"]):
+            tensor[0] = token_id
+        trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), {})
+        advantages = padded([queue.rows[key]["advantages"] for key in keys])
+        expected = expected_advantages(rows, "grpo", trainer.config.algorithm)
+        torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-6)
+    for tensor in (rows[0]["responses"], queue.rows[keys[0]]["responses"]):
+        tensor[0] = VOCAB_SIZE  # no model row: not a token the policy sampled
+    with pytest.raises(ValueError, match=rf"token id {VOCAB_SIZE} .*vocab_size={VOCAB_SIZE}"):
+        trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), {})

@@ -47,7 +47,7 @@ from ktae import compute_key_token_values, compute_ktae_advantages, compute_roll
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
-from ktae.models import ignored_token_ids, token_pieces
+from ktae.models import ignored_token_ids, model_vocab_size, token_pieces
 from ktae.run_folder import (
     KEY_TOKENS_FILE,
     ROLLOUTS_FILE,
@@ -164,6 +164,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
         self.ktae_config = args.ktae_config(ignore_token_ids=ignored_token_ids(self._tokenizer, self.eos_token_ids))
         self._bonus_config = dataclasses.replace(self.ktae_config, rollout_advantage="none")
+        # The estimator refuses ids the policy cannot have sampled (a batch mixed up with another
+        # model's tokens); the model's vocabulary, not the tokenizer's, bounds them.
+        self.vocab_size = model_vocab_size(self.model)
         self.ktae_key_tokens: dict[str, list[dict]] | None = None  # latest top credited/blamed tokens
         self._key_tokens_to_log: dict[str, list[dict]] | None = None  # for the trackers, at the next log
         self._gathered_rewards_per_func: torch.Tensor | None = None
@@ -259,7 +262,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         if scored.any():
             ids, mask = view.ids[scored], view.mask[scored]
             bonus[scored] = compute_ktae_advantages(
-                ids, mask, scores[scored], groups[scored], config=self._bonus_config
+                ids, mask, scores[scored], groups[scored], config=self._bonus_config, vocab_size=self.vocab_size
             )
             if self.args.ktae_rollout_advantage is not None:
                 rollout = torch.zeros_like(rollout)
@@ -457,7 +460,9 @@ class KTAEGRPOTrainer(GRPOTrainer):
         if not view.mask[scored].any():
             return {"credited": [], "blamed": []}
         ids, mask, groups = view.ids[scored], view.mask[scored], groups[scored]
-        values = compute_key_token_values(ids, mask, scores[scored], groups, config=self.ktae_config)
+        values = compute_key_token_values(
+            ids, mask, scores[scored], groups, config=self.ktae_config, vocab_size=self.vocab_size
+        )
         return top_key_tokens(values, ids, mask, groups, self._decode_token)
 
     def _decode_token(self, token_id: int) -> str:

@@ -42,7 +42,9 @@ class ResponseTokens:
     responses: [B, T] token ids, rows in the order of the batch verl builds (right-padded);
     uids: [B] the uid of each row, checked against verl's ``index`` (None skips the check);
     ignore_token_ids: the tokenizer's pad and end-of-sequence ids (`ktae.models.ignored_token_ids`);
-    with_values: also hand back the key-token values behind the bonus (for the key-token table).
+    with_values: also hand back the key-token values behind the bonus (for the key-token table);
+    vocab_size: the model's vocabulary size (`ktae.models.model_vocab_size`): the estimator refuses a
+    response id at or above it by name (None: no bound).
     Filled by the estimator: ``metrics`` (``ktae/*``, see ktae.integrations.signals), ``scores`` [B]
     (the summed token-level rewards that decided correctness) and, with ``with_values``, ``values``.
     """
@@ -51,6 +53,7 @@ class ResponseTokens:
     uids: np.ndarray | None
     ignore_token_ids: tuple[int, ...]
     with_values: bool = False
+    vocab_size: int | None = None
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     scores: torch.Tensor | None = None
     values: KeyTokenValues | None = None
@@ -63,7 +66,11 @@ _RESPONSE_TOKENS: contextvars.ContextVar[ResponseTokens | None] = contextvars.Co
 
 @contextlib.contextmanager
 def response_tokens(
-    responses: torch.Tensor, uids=None, ignore_token_ids=(), with_values: bool = False
+    responses: torch.Tensor,
+    uids=None,
+    ignore_token_ids=(),
+    with_values: bool = False,
+    vocab_size: int | None = None,
 ) -> Iterator[ResponseTokens]:
     """Make ``responses`` [B, T] available to the ``ktae`` estimator while verl computes advantages."""
     tokens = ResponseTokens(
@@ -71,6 +78,7 @@ def response_tokens(
         uids=None if uids is None else np.asarray(uids, dtype=object),
         ignore_token_ids=tuple(int(t) for t in ignore_token_ids),
         with_values=with_values,
+        vocab_size=vocab_size,
     )
     reset = _RESPONSE_TOKENS.set(tokens)
     try:
@@ -83,7 +91,10 @@ def _current_tokens(responses, response_mask: torch.Tensor, index) -> ResponseTo
     tokens = _RESPONSE_TOKENS.get()
     if responses is not None:
         tokens = ResponseTokens(
-            responses=responses, uids=None, ignore_token_ids=tokens.ignore_token_ids if tokens else ()
+            responses=responses,
+            uids=None,
+            ignore_token_ids=tokens.ignore_token_ids if tokens else (),
+            vocab_size=tokens.vocab_size if tokens else None,
         )
     if tokens is None:
         raise RuntimeError(
@@ -164,12 +175,13 @@ def compute_ktae_outcome_advantage(
     ktae_config = ktae_config_from_algorithm(config, ignore_token_ids=tokens.ignore_token_ids)
     scores = token_level_rewards.sum(dim=-1)
     responses = tokens.responses.to(response_mask.device)
+    inputs = (responses, response_mask, scores, index)
     if tokens.with_values:  # one count for the bonus and the key-token table (its statistics timed with the bonus)
         bonus, tokens.values = compute_ktae_advantages_with_values(
-            responses, response_mask, scores, index, config=ktae_config
+            *inputs, config=ktae_config, vocab_size=tokens.vocab_size
         )
     else:
-        bonus = compute_ktae_advantages(responses, response_mask, scores, index, config=ktae_config)
+        bonus = compute_ktae_advantages(*inputs, config=ktae_config, vocab_size=tokens.vocab_size)
     advantages = base_advantages + bonus
     tokens.metrics.update(bonus_metrics(bonus_sums(bonus, response_mask, scores > ktae_config.correct_threshold)))
     tokens.metrics["ktae/seconds"] = time.perf_counter() - started

@@ -18,7 +18,6 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ import transfer_queue as tq
 from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
+from verl.utils.config import omega_conf_to_dataclass
 
 from ktae.integrations.signals import log_key_token_table, top_key_tokens
 from ktae.integrations.verl.config import (
@@ -37,8 +37,7 @@ from ktae.integrations.verl.config import (
     validate_ktae_run,
 )
 from ktae.integrations.verl.estimator import response_tokens
-from ktae.models import ignored_token_ids
-from ktae.reports.text import merge_pieces, tokenizer_piece_style
+from ktae.models import ignored_token_ids, model_vocab_size, token_pieces
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
 if TYPE_CHECKING:  # what the mixin extends: the trainers it is mixed into are verl's PPOTrainer subclasses
@@ -58,12 +57,22 @@ class KTAETrainerMixin(_VerlTrainer):
     # Set per step by the advantage steps, read by _compute_metrics: estimator seconds, latest key tokens.
     _ktae_seconds: float = 0.0
     _ktae_key_tokens: dict | None = None
+    #: The model's vocabulary size (`ktae.models.model_vocab_size`), which bounds the response ids.
+    vocab_size: int
 
     def __init__(self, config: DictConfig):
         validate_ktae_run(config)
         with open_dict(config):
             config.trainer.v1.trainer_mode = self.base_trainer_mode
         super().__init__(config)
+
+    def _init_tokenizer(self):
+        # verl's, keeping the model's vocabulary size from the same model config: it can exceed the
+        # tokenizer's (padded embedding rows), and the driver process holds no model to ask.
+        model_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model)
+        self.tokenizer = model_config.tokenizer
+        self.processor = model_config.processor
+        self.vocab_size = model_vocab_size(model_config.hf_config)
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
@@ -74,7 +83,9 @@ class KTAETrainerMixin(_VerlTrainer):
         uids = np.array(data.pop("uid").tolist(), dtype=object)
         ignore = ignored_token_ids(self.tokenizer)
         table = bool(self._key_token_backends())
-        with response_tokens(data["responses"], uids=uids, ignore_token_ids=ignore, with_values=table) as tokens:
+        with response_tokens(
+            data["responses"], uids=uids, ignore_token_ids=ignore, with_values=table, vocab_size=self.vocab_size
+        ) as tokens:
             result = super()._compute_advantage(batch, metrics)
         metrics.update(tokens.metrics)
         self._ktae_seconds += tokens.metrics["ktae/seconds"]
@@ -112,10 +123,6 @@ class KTAETrainerMixin(_VerlTrainer):
     def _decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    @functools.cached_property
-    def _piece_style(self) -> str:
-        return tokenizer_piece_style(self.tokenizer)
-
     def _log_rollouts(self, batch) -> None:
         """Append this step's first prompt groups, whole, to rollouts.jsonl as `RolloutRecord` lines."""
         fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
@@ -123,14 +130,13 @@ class KTAETrainerMixin(_VerlTrainer):
         uids = data.pop("uid").tolist()
         logged = set(list(dict.fromkeys(uids))[: self.config.trainer.get("ktae_rollout_groups_per_step", 4)])
         threshold = ktae_config_from_algorithm(self.config.algorithm).correct_threshold
-        special = self.tokenizer.all_special_tokens
         columns = [data[name].unbind(0) for name in ("prompts", "responses", "rm_scores", "advantages")]
         records = []
         for uid, prompt, response, rewards, advantages in zip(uids, *columns):
             if uid not in logged:
                 continue
             token_ids = response.tolist()
-            pieces = merge_pieces(self.tokenizer.convert_ids_to_tokens(token_ids), self._piece_style, special)
+            pieces = token_pieces(self.tokenizer, token_ids)
             score = float(rewards.sum())
             records.append(
                 RolloutRecord(
