@@ -43,7 +43,12 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer
 
-from ktae import compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
+from ktae import (
+    KeyTokenValues,
+    compute_ktae_advantages,
+    compute_ktae_advantages_with_values,
+    compute_rollout_advantages,
+)
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
@@ -208,24 +213,27 @@ class KTAEGRPOTrainer(GRPOTrainer):
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         view = self._group_rows(batch["completion_ids"], mask, len(inputs))
         view_scores = scores[view.rows]
+        # The round's most credited and blamed tokens, for the trackers' table and key_tokens.jsonl.
+        table = self.args.ktae and mode == "train" and self.accelerator.is_main_process and self._key_token_backends()
+        want_key_tokens = bool(table) or (self.args.ktae and log_rollouts and self.accelerator.is_main_process)
+        key_tokens = None
         if self.args.ktae:
             trl_advantages = batch["advantages"]  # [B] this process's rows
             if len(view.rows) != len(view.local):  # every process's rows (collective, as the view's gather)
                 trl_advantages = self.accelerator.gather(trl_advantages)
-            advantages, bonus = self._ktae_advantages(view, view_scores, group_size, trl_advantages)
+            advantages, bonus, values = self._ktae_advantages(
+                view, view_scores, group_size, trl_advantages, with_values=want_key_tokens
+            )
             batch["advantages"] = advantages[view.local, : batch["completion_ids"].shape[1]]
             self._log_ktae_metrics(view, view_scores, bonus, mode)
-            self._ktae_seconds += time.perf_counter() - started  # the logs below are not KTAE's cost
+            self._ktae_seconds += time.perf_counter() - started  # ranking and logs below are not KTAE's cost
+            if want_key_tokens:
+                key_tokens = self._rank_key_tokens(view, view_scores, view.rows // group_size, values)
+            if table:
+                self._key_tokens_to_log = key_tokens
         else:  # TRL's rollout-level advantages, per token, for the rollout log
             trl_advantages = torch.tensor(list(self._logs["advantages"])[-len(scores) :], device=scores.device)
             advantages = trl_advantages[view.rows][:, None] * view.mask
-        # The round's most credited and blamed tokens, ranked once for the trackers' table and key_tokens.jsonl.
-        key_tokens = None
-        if self.args.ktae and mode == "train" and self.accelerator.is_main_process:
-            if log_rollouts or self._key_token_backends():
-                key_tokens = self._key_tokens(view, view_scores, view.rows // group_size)
-            if self._key_token_backends():
-                self._key_tokens_to_log = key_tokens
         if log_rollouts:
             self._rollouts_logged_at = self.state.global_step  # on every process: the gather above is collective
             if self.accelerator.is_main_process:
@@ -247,9 +255,15 @@ class KTAEGRPOTrainer(GRPOTrainer):
         return GroupRows(ids, mask.bool(), rows, first_row + local)
 
     def _ktae_advantages(
-        self, view: GroupRows, scores: torch.Tensor, group_size: int, trl_advantages: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """KTAE advantages [R, T] of the view's rows and their key-token bonus [R, T].
+        self,
+        view: GroupRows,
+        scores: torch.Tensor,
+        group_size: int,
+        trl_advantages: torch.Tensor,
+        with_values: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, KeyTokenValues | None]:
+        """KTAE advantages [R, T] of the view's rows, their key-token bonus [R, T] and, ``with_values``,
+        the key-token values of the scored rows behind the bonus (from the same count; else None).
 
         advantage = rollout-level advantage (TRL's ``trl_advantages`` [R], or the KTAE base named by
         ``ktae_rollout_advantage``) on every response token + the bonus. Rollouts that no reward function
@@ -259,17 +273,21 @@ class KTAEGRPOTrainer(GRPOTrainer):
         groups = view.rows // group_size
         bonus = torch.zeros(view.ids.shape, dtype=torch.float32, device=view.ids.device)
         rollout = trl_advantages.float()
+        values = None
         if scored.any():
-            ids, mask = view.ids[scored], view.mask[scored]
-            bonus[scored] = compute_ktae_advantages(
-                ids, mask, scores[scored], groups[scored], config=self._bonus_config, vocab_size=self.vocab_size
-            )
+            inputs = (view.ids[scored], view.mask[scored], scores[scored], groups[scored])
+            if with_values:
+                bonus[scored], values = compute_ktae_advantages_with_values(
+                    *inputs, config=self._bonus_config, vocab_size=self.vocab_size
+                )
+            else:
+                bonus[scored] = compute_ktae_advantages(*inputs, config=self._bonus_config, vocab_size=self.vocab_size)
             if self.args.ktae_rollout_advantage is not None:
                 rollout = torch.zeros_like(rollout)
                 rollout[scored] = compute_rollout_advantages(
                     scores[scored], groups[scored], self.args.ktae_rollout_advantage, self.ktae_config.epsilon
                 )
-        return rollout[:, None] * view.mask + bonus, bonus
+        return rollout[:, None] * view.mask + bonus, bonus, values
 
     # ------------------------------------------------------------------------------------------
     # Dynamic sampling (DAPO)
@@ -451,19 +469,18 @@ class KTAEGRPOTrainer(GRPOTrainer):
             self.ktae_key_tokens = key_tokens
             append_jsonl(output_dir / KEY_TOKENS_FILE, [{"step": step, **self.ktae_key_tokens}])
 
-    def _key_tokens(self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor) -> dict[str, list[dict]]:
-        """The most credited and blamed tokens of the view's scored rows (`rank_key_tokens`), decoded.
+    def _rank_key_tokens(
+        self, view: GroupRows, scores: torch.Tensor, groups: torch.Tensor, values: KeyTokenValues | None
+    ) -> dict[str, list[dict]]:
+        """The most credited and blamed tokens of the view's scored rows (`rank_key_tokens`), decoded,
+        from ``values`` (their key-token values; None when no row was scored).
 
         Each entry: token (text), token_id, bonus (mean key-token value per occurrence), total, occurrences, groups.
         """
         scored = ~torch.isnan(scores)
-        if not view.mask[scored].any():
+        if values is None or not view.mask[scored].any():
             return {"credited": [], "blamed": []}
-        ids, mask, groups = view.ids[scored], view.mask[scored], groups[scored]
-        values = compute_key_token_values(
-            ids, mask, scores[scored], groups, config=self.ktae_config, vocab_size=self.vocab_size
-        )
-        return top_key_tokens(values, ids, mask, groups, self._decode_token)
+        return top_key_tokens(values, view.ids[scored], view.mask[scored], groups[scored], self._decode_token)
 
     def _decode_token(self, token_id: int) -> str:
         return self._tokenizer.decode([token_id], skip_special_tokens=False)
