@@ -9,7 +9,6 @@ from ktae.reports.text import (
     detect_piece_style,
     merge_pieces,
     piece_label,
-    tokenizer_piece_style,
     visible_whitespace,
 )
 
@@ -65,7 +64,7 @@ def test_labels_make_whitespace_and_partial_bytes_visible():
 
 
 def test_tokenizer_style_is_read_off_the_vocabulary(byte_level_tokenizer):
-    assert tokenizer_piece_style(byte_level_tokenizer) == BYTE_LEVEL
+    assert detect_piece_style(byte_level_tokenizer.get_vocab(), byte_level_tokenizer.all_special_tokens) == BYTE_LEVEL
 
 
 @settings(max_examples=60, deadline=None)
@@ -83,6 +82,9 @@ def test_sentencepiece_token_ids_read_as_the_tokenizers_own_decoding(sentencepie
     ids = sentencepiece_tokenizer(text, add_special_tokens=False)["input_ids"]
     rollout = Rollout(1, "g", "p", 1.0, token_ids=ids)
     data = tokenize_rollouts([rollout], sentencepiece_tokenizer)
-    assert tokenizer_piece_style(sentencepiece_tokenizer) == SENTENCEPIECE
+    assert (
+        detect_piece_style(sentencepiece_tokenizer.get_vocab(), sentencepiece_tokenizer.all_special_tokens)
+        == SENTENCEPIECE
+    )
     assert len(data.texts[0]) == len(ids)
     assert "".join(data.texts[0]) == sentencepiece_tokenizer.decode(ids)

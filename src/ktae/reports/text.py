@@ -71,12 +71,6 @@ def detect_piece_style(pieces: Iterable[str], special_tokens: Iterable[str] = ()
     return TEXT
 
 
-def tokenizer_piece_style(tokenizer) -> str:
-    """Piece style of a Hugging Face tokenizer, read off its vocabulary."""
-    vocab = tokenizer.get_vocab()
-    return detect_piece_style(vocab, getattr(tokenizer, "all_special_tokens", ()))
-
-
 def _piece_bytes(piece: str, style: str) -> bytes:
     if style == BYTE_LEVEL:
         alphabet = _byte_level_alphabet()
