@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from ktae.data.synthetic import ArithmeticTask
 from ktae.data.templates import BOXED_INSTRUCTION
 from ktae.data.word_problems import EXAMPLE, make_word_problem_dataset
@@ -35,3 +37,9 @@ def test_word_problems_are_deterministic_solvable_chat_prompts():
         assert 1 <= len(steps) - 2 <= 3  # one line per operation, between the opening and the answer
         assert accuracy_reward([row["completion"][0]["content"]], answer=[row["answer"]]) == [1.0]
     assert any(" - " in row["completion"][0]["content"] for row in rows)  # both operators occur
+
+
+@pytest.mark.parametrize("knob", ["direct_answer_rate", "hedge_rate"])
+def test_knobs_of_the_synthetic_completions_are_refused(knob):
+    with pytest.raises(ValueError, match=f"word problems have no {knob}"):
+        make_word_problem_dataset(3, task=ArithmeticTask(**{knob: 0.5}))
