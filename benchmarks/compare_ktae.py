@@ -255,6 +255,9 @@ def train_one(options: dict, run_dir: Path) -> float:
     """One RL run from the task's warm start; ``done.json`` marks it finished. Returns its seconds."""
     from ktae.cli.train import run_job
 
+    done = run_dir / "done.json"
+    if done.is_file():  # finished meanwhile, by another benchmark process sharing the work folder
+        return json.loads(done.read_text())["seconds"]
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over (no mid-run checkpoints)
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
@@ -288,6 +291,22 @@ def _output_to(path: Path) -> Iterator[None]:
 # Measures of one run
 
 
+# Per-step training signals averaged over a run (and its last steps): the size of KTAE's bonus on correct and
+# incorrect rollouts' tokens (against group-normalised rollout advantages of about +-1), the policy's
+# entropy and drift, and what DAPO's dynamic sampling and overlong shaping did.
+DIAGNOSTICS = {
+    "ktae/bonus_mean_correct": "bonus, correct",
+    "ktae/bonus_mean_incorrect": "bonus, incorrect",
+    "ktae/large_bonus_share": "share abs(bonus) > 0.5",
+    "entropy": "entropy",
+    "kl": "KL",
+    "grad_norm": "grad norm",
+    "frac_reward_zero_std": "groups all alike",
+    "dynamic_sampling/gen_batches": "generation rounds",
+    "rewards/overlong_penalty/mean": "overlong penalty",
+}
+
+
 def run_measures(run_dir: Path) -> dict:
     """Per-run numbers: greedy held-out accuracy (final, best, area under the curve), sampled accuracy of
     the training rollouts, response length and truncated share (first and last steps), and bonus sizes."""
@@ -316,7 +335,7 @@ def run_measures(run_dir: Path) -> dict:
         "truncated_first": window_mean(clipped, last=False),
         "truncated_last": window_mean(clipped, last=True),
     }
-    for key in ("ktae/bonus_mean_correct", "ktae/bonus_mean_incorrect", "ktae/large_bonus_share", "kl", "entropy"):
+    for key in DIAGNOSTICS:
         values = series(key)
         measures[key] = statistics.fmean(values) if values else None
         measures[key + "_last"] = window_mean(values, last=True)
@@ -448,6 +467,7 @@ def build_report(base: Mapping, planned: Sequence[tuple[str, str, int]], work: P
             k: base.get(k)
             for k in (
                 "max_steps",
+                "eval_accuracy_steps",
                 "learning_rate",
                 "optim",
                 "num_generations",
@@ -484,6 +504,11 @@ def build_report(base: Mapping, planned: Sequence[tuple[str, str, int]], work: P
                 "seeds": sorted(by_seed),
                 "summary": summary,
                 "behaviour": mean_behaviour([m["behaviour"] for m in by_seed.values()]),
+                "diagnostics": {
+                    key: statistics.fmean(m[key] for m in by_seed.values() if m[key] is not None)
+                    for key in DIAGNOSTICS
+                    if any(m[key] is not None for m in by_seed.values())
+                },
                 "per_seed": by_seed,
             }
         for treated, baseline in BASELINES.items():
@@ -561,6 +586,8 @@ def plot_task(task: str, runs: Mapping[str, list[Path]], out: Path) -> Path | No
         "accuracy": "sampled accuracy (training rollouts)",
         "completion_length": "response length (tokens)",
         "completions/clipped_ratio": "truncated share",
+        "entropy": "policy entropy (nats per token)",
+        "ktae/bonus_mean_incorrect": "KTAE bonus on incorrect rollouts",
     }
     panels: dict[str, dict[str, list]] = {title: {} for title in metrics.values()}
     bands: dict[str, dict[str, list]] = {title: {} for title in metrics.values()}
@@ -630,7 +657,8 @@ def render_markdown(report: dict) -> str:
         f"Settings: {report['settings']}.",
         "",
         "Cells: mean ± standard deviation over seeds [95% Student-t interval of the mean]. Greedy accuracy: "
-        "held-out prompts, measured every 10 steps (AUC: the trapezoid mean over steps 0 to the end). Sampled "
+        f"held-out prompts, measured every {report['settings']['eval_accuracy_steps']} steps "
+        "(AUC: the trapezoid mean over steps 0 to the end). Sampled "
         "accuracy: the share of correct training rollouts (temperature 1, fresh prompts each step), last 10 steps "
         "or mean over all steps (AUC). Length in tokens; truncated: share of rollouts cut at the response limit.",
     ]
@@ -672,6 +700,14 @@ def render_markdown(report: dict) -> str:
         for variant, row in entry["variants"].items():
             first, last = row["behaviour"].get("first", {}), row["behaviour"].get("last", {})
             cells = [_change(first.get(k), last.get(k), 2 if k == "hedge_lines" else 3) for k in BEHAVIOUR[1:]]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| training signals, mean over steps and seeds | " + " | ".join(DIAGNOSTICS.values()) + " |",
+            "| --- |" + " --- |" * len(DIAGNOSTICS),
+        ]
+        for variant, row in entry["variants"].items():
+            cells = [f"{row['diagnostics'][k]:.3g}" if k in row["diagnostics"] else "–" for k in DIAGNOSTICS]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         tokens = entry.get("key_tokens") or {}
         if tokens.get("rounds"):
