@@ -4,7 +4,15 @@ import re
 
 import pytest
 
-from ktae.data.synthetic import ALPHABET, BOXED, ArithmeticTask, make_arithmetic_dataset, solve
+from ktae.data.synthetic import (
+    ALPHABET,
+    BOXED,
+    HEDGE,
+    HEDGE_LINE,
+    ArithmeticTask,
+    make_arithmetic_dataset,
+    solve,
+)
 from ktae.rewards import accuracy_reward, extract_answer
 
 STEP = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
@@ -57,6 +65,30 @@ def test_direct_answer_rate_mixes_bare_answers_in():
     assert all(c.startswith(BOXED) for c in every["completion"])
 
 
+def test_hedge_rate_puts_hedge_lines_after_steps():
+    task = ArithmeticTask(hedge_rate=0.5)
+    assert task.alphabet == (*ALPHABET, HEDGE) and ArithmeticTask().alphabet == ALPHABET
+    data = make_arithmetic_dataset(400, seed=2, task=task)
+    counts = []
+    for row in data:
+        lines = row["completion"].split("\n")
+        assert lines[0] != HEDGE_LINE  # hedges follow steps, never open the solution
+        counts.append(lines.count(HEDGE_LINE))
+        without = "\n".join(line for line in lines if line != HEDGE_LINE)
+        _check_steps(row["prompt"], without, row["answer"])
+        assert set(row["prompt"] + row["completion"].replace(BOXED, "")) <= set(task.alphabet)
+        assert extract_answer(row["completion"]) == row["answer"]
+    # a geometric count per step, mean rate / (1 - rate) = 1, over 2 or 3 steps: about 2.5 per row
+    assert 2.0 < sum(counts) / len(counts) < 3.0 and max(counts) >= 6 and min(counts) == 0
+
+
+def test_knobs_at_zero_keep_the_default_rows():
+    # rows of a task without hedges draw nothing for them: the default job's data stays as it was
+    plain = make_arithmetic_dataset(30, seed=4).to_list()
+    assert plain == make_arithmetic_dataset(30, seed=4, task=ArithmeticTask(hedge_rate=0.0)).to_list()
+    assert not any(HEDGE in row["completion"] for row in plain)
+
+
 def test_same_seed_same_rows_other_seed_other_rows():
     a = make_arithmetic_dataset(50, seed=7)
     assert a.to_list() == make_arithmetic_dataset(50, seed=7).to_list()
@@ -68,6 +100,12 @@ def test_solve_folds_left_to_right():
     assert (text, value) == ("7+5=12\n12-3=9\n\\boxed{9}", 9)
     with pytest.raises(ValueError, match="one operator"):
         solve([1, 2], [])
+    assert solve([7, 5, 3], ["+", "-"], hedges=[2, 0]) == (
+        f"7+5=12\n{HEDGE_LINE}\n{HEDGE_LINE}\n12-3=9\n\\boxed{{9}}",
+        9,
+    )
+    with pytest.raises(ValueError, match="one hedge count per step"):
+        solve([7, 5, 3], ["+", "-"], hedges=[1])
 
 
 @pytest.mark.parametrize(
@@ -79,6 +117,9 @@ def test_solve_folds_left_to_right():
         ({"operations": "*"}, "unknown operator"),
         ({"operations": ""}, "non-empty"),
         ({"direct_answer_rate": 1.5}, "direct_answer_rate"),
+        ({"hedge_rate": 1.0}, "hedge_rate must be a number in \\[0, 1\\)"),
+        ({"hedge_rate": -0.1}, "hedge_rate"),
+        ({"hedge_rate": True}, "hedge_rate"),
     ],
 )
 def test_bad_knobs_are_named(kwargs, message):

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from ktae.data.synthetic import ArithmeticTask
 from ktae.data.templates import BOXED_INSTRUCTION
 from ktae.data.word_problems import EXAMPLES, example_turns, make_word_problem_dataset
@@ -53,3 +55,9 @@ def test_worked_examples_are_chat_turns_that_solve_their_stories():
     for question, solution in zip(turns[::2], turns[1::2]):
         answer = str(story_value(question["content"]))
         assert accuracy_reward([solution["content"]], answer=[answer]) == [1.0]
+
+
+@pytest.mark.parametrize("knob", ["direct_answer_rate", "hedge_rate"])
+def test_knobs_of_the_synthetic_completions_are_refused(knob):
+    with pytest.raises(ValueError, match=f"word problems have no {knob}"):
+        make_word_problem_dataset(3, task=ArithmeticTask(**{knob: 0.5}))

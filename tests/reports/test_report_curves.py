@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from ktae.reports.curves import available_metrics, plot_runs, read_metrics
+from ktae.reports.curves import available_metrics, plot_panels, plot_runs, read_metrics
 
 
 def _write_run(run_dir, records):
@@ -99,3 +99,14 @@ def test_plot_runs_rejects_unknown_metrics_and_bad_labels(tmp_path):
         plot_runs([run], tmp_path / "x.png", labels=["a", "b"])
     with pytest.raises(ValueError, match="at least one"):
         plot_runs([], tmp_path / "x.png")
+
+
+def test_plot_panels_shades_a_band_in_the_line_colour(tmp_path):
+    line = {"acc": {"mean": [(s, 0.5) for s in range(10)]}}
+    band = {"acc": {"mean": [(s, 0.2, 0.8) for s in range(10)]}}
+    plain = plot_panels(line, tmp_path / "plain.png")
+    shaded = plot_panels(line, tmp_path / "shaded.png", bands=band)
+    light_blue = (215, 231, 241)  # C0 at alpha 0.18 over white
+    assert _colour_pixels(plain, light_blue) == 0
+    assert _colour_pixels(shaded, light_blue) > 1000
+    assert _colour_pixels(shaded, (31, 119, 180)) > 100  # the line itself is drawn over it

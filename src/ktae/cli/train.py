@@ -302,7 +302,8 @@ def load_model_and_tokenizer(options: Mapping[str, Any]):
     if name == TINY_MODEL:
         from ktae.integrations.trl.tiny import build_model, build_tokenizer
 
-        tokenizer = build_tokenizer()
+        # A task that adds characters (hedges) gets them in its tokenizer; the default task's stays as it was.
+        tokenizer = build_tokenizer(section(options, "task_", ArithmeticTask).alphabet)
         return build_model(
             tokenizer, section(options, "tiny_", TinyModelConfig), seed=options.get("seed", 0)
         ), tokenizer

@@ -127,5 +127,8 @@ def make_word_problem_dataset(size: int, seed: int = 0, task: ArithmeticTask | N
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     task = task or ArithmeticTask()
+    for knob in ("direct_answer_rate", "hedge_rate"):
+        if getattr(task, knob):
+            raise ValueError(f"word problems have no {knob} (the synthetic task's completions only), got {task!r}")
     rng = random.Random(seed)
     return Dataset.from_list([sample_word_problem(rng, task) for _ in range(size)])

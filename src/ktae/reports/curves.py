@@ -131,10 +131,13 @@ def plot_panels(
     panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
     out_png: str | os.PathLike,
     ylim: tuple[float | None, float | None] | None = None,
+    bands: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]] | None = None,
 ) -> Path:
     """Plot ``{panel title: {line label: [(step, value), ...]}}`` into one PNG, one subplot per panel.
 
     ylim: y limits of every panel, None for an automatic end (e.g. (0, None) for shares).
+    bands: ``{panel title: {line label: [(step, low, high), ...]}}``, shaded in the line's colour (a
+        spread over seeds, say); panels and lines without one get none.
     Lines keep the same colour in every panel; a legend is drawn when there is more than one.
     Written atomically (temp file, then ``os.replace``). Returns ``out_png`` as a Path.
     """
@@ -153,6 +156,10 @@ def plot_panels(
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for axis, (title, lines) in zip(axes, panels.items()):
+        for label, band in ((bands or {}).get(title) or {}).items():
+            if band and label in colours:
+                steps, lows, highs = zip(*band)
+                axis.fill_between(steps, lows, highs, color=colours[label], alpha=0.18, linewidth=0)
         for label, points in lines.items():
             if points:
                 steps, values = zip(*points)

@@ -1,8 +1,9 @@
 """The tiny tokenizer and model of the default job: lossless on the task, reloadable, seeded."""
 
+import pytest
 import torch
 
-from ktae.data.synthetic import ArithmeticTask, make_arithmetic_dataset
+from ktae.data.synthetic import HEDGE, ArithmeticTask, make_arithmetic_dataset
 from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer
 from ktae.models import load_tokenizer
 
@@ -18,6 +19,17 @@ def test_tokenizer_is_lossless_on_the_task_and_boxed_is_one_token():
         assert "".join(tokenizer.decode([i]) for i in ids) == text  # one piece per token
     assert len(tokenizer("\\boxed{12}").input_ids) == 4
     assert tokenizer("7<eos>").input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_a_task_with_hedges_adds_its_character_after_the_default_tokens():
+    default = build_tokenizer().get_vocab()
+    hedged = build_tokenizer(ArithmeticTask(hedge_rate=0.3).alphabet)
+    assert build_tokenizer(ArithmeticTask().alphabet).get_vocab() == default
+    assert hedged.get_vocab() == {**default, HEDGE: len(default)}
+    text = "7+5=12\n~~~~\n\\boxed{12}"
+    assert hedged.decode(hedged(text).input_ids) == text and hedged.unk_token_id not in hedged(text).input_ids
+    with pytest.raises(ValueError, match="distinct single characters"):
+        build_tokenizer(("a", "a"))
 
 
 def test_saved_tokenizer_loads_back_identical(tmp_path):

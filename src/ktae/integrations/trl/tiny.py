@@ -1,6 +1,7 @@
 """A tiny transformer and tokenizer built locally (no downloads), for the default CPU job and tests.
 
-The tokenizer is character-level over the synthetic arithmetic alphabet, with ``\\boxed{`` as a
+The tokenizer is character-level over the synthetic arithmetic alphabet (a task's own, when it adds
+characters: `ktae.data.synthetic.ArithmeticTask.alphabet`), with ``\\boxed{`` as a
 single token so that a rollout's answer marker is one decision, plus ``<pad>``, ``<eos>`` and
 ``<unk>``. It decodes by plain concatenation, so each token's piece is its text. The model is a
 Qwen2 causal LM of a few hundred thousand parameters.
@@ -8,6 +9,7 @@ Qwen2 causal LM of a few hundred thousand parameters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ktae.data.synthetic import ALPHABET, BOXED
@@ -15,12 +17,17 @@ from ktae.data.synthetic import ALPHABET, BOXED
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 
-def build_tokenizer():
-    """Character-level ``PreTrainedTokenizerFast`` over the synthetic task's alphabet."""
+def build_tokenizer(alphabet: Sequence[str] = ALPHABET):
+    """Character-level ``PreTrainedTokenizerFast`` over the synthetic task's alphabet and the characters
+    of ``alphabet`` not in it (a task's `ArithmeticTask.alphabet`), which go after the default ones so
+    that the default tokens keep their ids."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, BOXED, *ALPHABET])}
+    extra = [c for c in alphabet if c not in ALPHABET]
+    if len(set(alphabet)) != len(alphabet) or any(len(c) != 1 for c in alphabet):
+        raise ValueError(f"the tiny tokenizer's alphabet must be distinct single characters, got {alphabet!r}")
+    vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, BOXED, *ALPHABET, *extra])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # One piece per character, except the boxed marker; [\s\S] matches the newline too.
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|[\s\S]"), behavior="isolated")
