@@ -38,7 +38,6 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from datasets import IterableDataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer
@@ -192,8 +191,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
                 args = copy.copy(args)  # leave the caller's config as it is
                 args.reward_weights = reward_weights
         train_dataset = kwargs.get("train_dataset", more[0] if more else None)
-        if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
-            raise ValueError(_NEEDS_MAP_STYLE)
+        if args.dynamic_sampling and train_dataset is not None and not isinstance(train_dataset, MapStyleDataset):
+            raise ValueError(f"{_NEEDS_MAP_STYLE}, got {type(train_dataset).__name__}")
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
         self.ktae_config = args.ktae_config(ignore_token_ids=ignored_token_ids(self._tokenizer, self.eos_token_ids))
         self._bonus_config = dataclasses.replace(self.ktae_config, rollout_advantage="none")
@@ -402,7 +401,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
 
     def _next_extra_generation_batch(self) -> list[dict]:
         dataset = self.train_dataset
-        if not isinstance(dataset, MapStyleDataset):  # no dataset, or one that __init__'s check let through
+        if not isinstance(dataset, MapStyleDataset):  # only without a train_dataset: __init__ refuses the others
             raise ValueError(_NEEDS_MAP_STYLE)
         if self._extra_batch_indices is None:
             self._extra_batch_indices = self._extra_index_batches(len(dataset))
