@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -55,6 +55,9 @@ from ktae.run_folder import (
     unpublished_checkpoints,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    from ktae.integrations.trl import KTAEGRPOTrainer
 
 TINY_MODEL = "tiny"
 SYNTHETIC_DATASET = "synthetic"
@@ -335,7 +338,7 @@ def load_datasets(options: Mapping[str, Any]):
 
     # Both loaders name the file/row and the missing field when a row lacks the problem or answer.
     loader = load_math_train if name == MATH_TRAIN_HUB_ID else load_prompt_dataset
-    common = {"template": options.get("template") or "qwen_math", "name": options.get("dataset_config")}
+    common: dict[str, Any] = {"template": options.get("template") or "qwen_math", "name": options.get("dataset_config")}
     train = loader(
         name, split=options.get("dataset_train_split") or "train", limit=options.get("max_train_samples"), **common
     )
@@ -356,7 +359,7 @@ class PreparedJob:
     """A job ready for its first (or resumed) RL step; ``train()`` runs it and returns a summary."""
 
     run_dir: Path
-    trainer: Any
+    trainer: KTAEGRPOTrainer
     checkpoint: str | None
     warm_history: list | None
     started: float
@@ -384,7 +387,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
     ``config.yaml`` is written last, once all of that worked.
     """
-    from transformers import ProgressCallback
+    from transformers import ProgressCallback, TrainerCallback
     from transformers.integrations import TensorBoardCallback
 
     from ktae.integrations.trl import KTAEGRPOTrainer
@@ -431,7 +434,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         policy = options["model_name_or_path"]
     tokenizer = load_tokenizer(policy)
 
-    callbacks = []
+    callbacks: list[TrainerCallback] = []
     every = options.get("eval_accuracy_steps") or 0
     if every and held_out is not None:
         callbacks.append(
@@ -467,6 +470,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         # RunLogCallback adds. On resume, purge_step hides the events of the steps after the checkpoint (the
         # run logs them again): TensorBoard drops events at or after it that were written before.
         start = checkpoint_step(checkpoint) if checkpoint is not None else 0
+        assert start is not None  # list_checkpoints returns checkpoint-N folders only
         writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
         trainer.add_callback(TensorBoardCallback(writer))
     for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
@@ -481,7 +485,7 @@ def describe_run(options: Mapping[str, Any], warm: WarmStartConfig):
     from ktae.integrations.trl.model_card import RunDescription
 
     name, dataset = options.get("model_name_or_path"), options.get("dataset_name")
-    notes = ()
+    notes: tuple[str, ...] = ()
     if warm.max_steps > 0:
         note = (
             "Before RL, the model was warm-started by supervised fine-tuning on the training prompts until its "

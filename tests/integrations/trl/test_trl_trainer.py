@@ -333,6 +333,23 @@ def test_dynamic_sampling_stops_after_max_num_gen_batches(tiny_model_dir, tmp_pa
     assert torch.equal(losses[0]["advantages"], torch.zeros_like(losses[0]["advantages"]))
 
 
+@pytest.mark.parametrize("kind", ["datasets", "torch"])
+def test_dynamic_sampling_refuses_a_dataset_without_indexing(tiny_model_dir, tmp_path, kind):
+    rows = build_dataset(("mixed",))
+    if kind == "datasets":
+        stream = rows.to_iterable_dataset()
+    else:
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return iter(rows)
+
+        stream = Stream()
+    args = KTAEGRPOConfig(**config_options(tmp_path, dynamic_sampling=True, max_steps=1))
+    with pytest.raises(ValueError, match="needs a map-style train_dataset, got"):
+        KTAEGRPOTrainer(tiny_model_dir, toy_reward, args=args, train_dataset=stream, processing_class=build_tokenizer())
+
+
 def test_ktae_needs_groups_of_two(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="num_generations must be >= 2 with ktae on"):
         KTAEGRPOConfig(**config_options(tmp_path, num_generations=1, per_device_train_batch_size=1))

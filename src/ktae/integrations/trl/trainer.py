@@ -34,12 +34,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from datasets import IterableDataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer
 
@@ -78,6 +77,7 @@ _RIGHT_PADDED = {
     "tool_mask",
 }
 _LEFT_PADDED = {"prompt_ids", "prompt_mask"}
+_NEEDS_MAP_STYLE = "dynamic_sampling draws extra prompts by index: it needs a map-style train_dataset"
 
 
 @dataclass
@@ -94,11 +94,26 @@ class GroupRows:
     local: torch.Tensor
 
 
+@runtime_checkable
+class MapStyleDataset(Protocol):
+    """Rows by index, as dynamic sampling draws its extra prompts (a `datasets.Dataset`, for one)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
 def prompt_text(prompt: Any) -> str:
     """A dataset prompt (string or chat messages) as one string."""
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def _output_folder(args: TrainingArguments) -> Path:
+    """``args.output_dir`` as a path."""
+    assert args.output_dir is not None  # TrainingArguments.__post_init__ replaces None with its default folder
+    return Path(args.output_dir)
 
 
 def _pad_width(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
@@ -138,11 +153,20 @@ class KTAEGRPOTrainer(GRPOTrainer):
     overlong penalty (`ktae.rewards.make_overlong_penalty`) is appended to ``reward_funcs`` with weight 1.
     """
 
-    _tag_names: ClassVar[list[str]] = ["trl", "grpo", "ktae"]
+    # A constant of the class; GRPOTrainer's has no ClassVar annotation, so mypy reads an instance variable there.
+    _tag_names: ClassVar[list[str]] = ["trl", "grpo", "ktae"]  # type: ignore[misc]
     _name = "KTAE-GRPO"
 
     #: For the model card: the model RL started from and the training data (``ktae train`` sets it).
     run_description: RunDescription = RunDescription()
+
+    # Narrower than TRL types them: __init__ refuses any other config; GRPOTrainer always has a model (a
+    # PreTrainedModel or a PeftModel: it takes no model_init); KTAEGRPOConfig refuses num_generations=None, and
+    # num_generations_eval falls back to it.
+    args: KTAEGRPOConfig
+    model: torch.nn.Module
+    num_generations: int
+    num_generations_eval: int
 
     def __init__(self, model, reward_funcs=None, args: KTAEGRPOConfig | None = None, *more, **kwargs):
         if args is None:
@@ -152,20 +176,23 @@ class KTAEGRPOTrainer(GRPOTrainer):
         if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
             reward_funcs = [reward_funcs]
         reward_funcs = list(reward_funcs or [])
+        assert args.overlong_buffer_length is not None  # KTAEGRPOConfig.__post_init__ set it from the algo
         if args.overlong_buffer_length > 0:
             from ktae.rewards import make_overlong_penalty
 
+            assert args.max_completion_length is not None  # the config checked the buffer fits within it
             reward_funcs.append(
                 make_overlong_penalty(
                     args.max_completion_length, args.overlong_buffer_length, args.overlong_penalty_factor
                 )
             )
             if args.reward_weights is not None:
+                reward_weights = [*args.reward_weights, 1.0]
                 args = copy.copy(args)  # leave the caller's config as it is
-                args.reward_weights = [*args.reward_weights, 1.0]
+                args.reward_weights = reward_weights
         train_dataset = kwargs.get("train_dataset", more[0] if more else None)
-        if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
-            raise ValueError("dynamic_sampling draws extra prompts by index: it needs a map-style train_dataset")
+        if args.dynamic_sampling and train_dataset is not None and not isinstance(train_dataset, MapStyleDataset):
+            raise ValueError(f"{_NEEDS_MAP_STYLE}, got {type(train_dataset).__name__}")
         super().__init__(model, reward_funcs or None, args, *more, **kwargs)
         self.ktae_config = args.ktae_config(ignore_token_ids=ignored_token_ids(self._tokenizer, self.eos_token_ids))
         self._bonus_config = dataclasses.replace(self.ktae_config, rollout_advantage="none")
@@ -184,7 +211,13 @@ class KTAEGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------
     # Scores and generation rounds
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+    def _calculate_rewards(
+        self,
+        inputs: list[dict[str, Any]],
+        prompts: list[Any],
+        completions: list[Any],
+        completion_ids_list: list[list[int]],
+    ) -> torch.Tensor:
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func  # [N, num reward funcs], every process's rows
         return rewards_per_func
@@ -192,15 +225,16 @@ class KTAEGRPOTrainer(GRPOTrainer):
     def _gathered_scores(self) -> torch.Tensor:
         """[N] total reward of every rollout of the round (all processes); NaN where no reward function scored."""
         rewards = self._gathered_rewards_per_func
+        assert rewards is not None  # TRL's _generate_and_score_completions calls _calculate_rewards every round
         scores = (rewards * self.reward_weights.to(rewards.device)).nansum(dim=1)
         return scores.masked_fill(torch.isnan(rewards).all(dim=1), float("nan"))
 
-    def _generate_and_score_completions(self, inputs):
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if self.args.dynamic_sampling and self.model.training:
             return self._generate_with_dynamic_sampling(inputs)
         return self._generate_and_score_round(inputs)[0]
 
-    def _generate_and_score_round(self, inputs) -> tuple[dict[str, Any], torch.Tensor]:
+    def _generate_and_score_round(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], torch.Tensor]:
         """TRL's generation and scoring, then KTAE advantages, metrics and logs. Returns (batch, scores [N])."""
         batch = super()._generate_and_score_completions(inputs)
         scores = self._gathered_scores()
@@ -298,7 +332,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             scores = (scores > self.args.ktae_correct_threshold).float()
         return (scores == scores[:, :1]).all(dim=1)
 
-    def _generate_with_dynamic_sampling(self, inputs):
+    def _generate_with_dynamic_sampling(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate rounds until each process has enough groups that do not all score alike.
 
         Each process fills its own quota from its own groups (no rows move between processes), so
@@ -308,7 +342,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
         """
         group_size = self.num_generations
         needed = len(inputs) // group_size
-        rounds, informative, alike = [], [], []  # (round number, local group number) in generation order
+        rounds: list[dict[str, Any]] = []
+        # (round number, local group number) of the groups, in generation order
+        informative: list[tuple[int, int]] = []
+        alike: list[tuple[int, int]] = []
         while True:
             batch, scores = self._generate_and_score_round(inputs)
             check_mergeable(batch)
@@ -345,12 +382,12 @@ class KTAEGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["dynamic_sampling/filler_group_share"].append(shares.mean().item())
         return merged
 
-    def _extra_index_batches(self) -> Iterator[list[int]]:
+    def _extra_index_batches(self, num_prompts: int) -> Iterator[list[int]]:
         """Endless prompt indices for extra generation batches: this process's share of each, reshuffled every pass.
 
         A stream of its own (seeded from ``args.seed``), so the main dataloader's order is untouched.
         """
-        num_prompts = len(self.train_dataset)
+        assert self.args.steps_per_generation is not None  # GRPOConfig.__post_init__ sets it
         per_process = self.args.per_device_train_batch_size * self.args.steps_per_generation // self.num_generations
         per_batch = per_process * self.accelerator.num_processes
         if num_prompts < per_batch:
@@ -363,13 +400,16 @@ class KTAEGRPOTrainer(GRPOTrainer):
                 yield order[start + first : start + first + per_process]
 
     def _next_extra_generation_batch(self) -> list[dict]:
+        dataset = self.train_dataset
+        if not isinstance(dataset, MapStyleDataset):  # only without a train_dataset: __init__ refuses the others
+            raise ValueError(_NEEDS_MAP_STYLE)
         if self._extra_batch_indices is None:
-            self._extra_batch_indices = self._extra_index_batches()
+            self._extra_batch_indices = self._extra_index_batches(len(dataset))
             for _ in range(self._extra_batches_drawn):  # resume where the checkpointed run stopped
                 next(self._extra_batch_indices)
         indices = next(self._extra_batch_indices)
         self._extra_batches_drawn += 1
-        return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
+        return [dataset[i] for i in indices for _ in range(self.num_generations)]
 
     # ------------------------------------------------------------------------------------------
     # Metrics and logs
@@ -407,7 +447,12 @@ class KTAEGRPOTrainer(GRPOTrainer):
             log_key_token_table(self._key_tokens_to_log, self.state.global_step, **backends, pass_step=False)
             self._key_tokens_to_log = None
 
-    def training_step(self, model, inputs, num_items_in_batch):
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         output = super().training_step(model, inputs, num_items_in_batch)
         if self.args.ktae and self._step % self.current_gradient_accumulation_steps == 0:
             step_time = self._metrics["train"]["step_time"][-1]
@@ -425,6 +470,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         step = self.state.global_step
         if every == 0 or step == self._rollouts_logged_at:
             return False
+        assert self.args.steps_per_generation is not None  # GRPOConfig.__post_init__ sets it
         steps_per_round = max(
             1, self.args.steps_per_generation * self.num_iterations // self.args.gradient_accumulation_steps
         )
@@ -463,7 +509,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
                     advantages=advantages[position][mask].tolist(),
                 )
             )
-        output_dir = Path(self.args.output_dir)
+        output_dir = _output_folder(self.args)
         append_jsonl(output_dir / ROLLOUTS_FILE, records)
         if key_tokens is not None:
             self.ktae_key_tokens = key_tokens
@@ -488,7 +534,10 @@ class KTAEGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------
     # The model card TRL writes with every checkpoint
 
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+    # TRL's BaseTrainer gives create_model_card other parameters than transformers' Trainer; this keeps TRL's.
+    def create_model_card(  # type: ignore[override]
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
         """``<output_dir>/README.md``: KTAE's paper, the algorithm and its settings, the base model and
         the latest held-out accuracy (of a `GreedyAccuracyCallback`, when one is attached)."""
         if not self.is_world_process_zero():
@@ -510,7 +559,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             # the bonus is added to TRL's own rollout-level advantage; the config's "none" is the bonus alone
             ktae_settings["rollout_advantage"] = f"TRL's own (scale_rewards={self.args.scale_rewards})"
         card = model_card(
-            model_name=model_name or Path(self.args.output_dir).name,
+            model_name=model_name or _output_folder(self.args).name,
             algorithm=algorithm_name(self.args.algo, self.args.ktae),
             ktae_settings=ktae_settings,
             training={name: getattr(self.args, name) for name in TRAINING_FIELDS} | {"epsilon_high": self.epsilon_high},
@@ -519,7 +568,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             accuracy=accuracy,
             tags=list(dict.fromkeys([*self._tag_names, self.args.algo, *tags])),
         )
-        write_atomic(Path(self.args.output_dir) / "README.md", card)  # never half a card
+        write_atomic(_output_folder(self.args) / "README.md", card)  # never half a card
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped
@@ -531,7 +580,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump({"extra_generation_batches": self._extra_batches_drawn}, f)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
@@ -549,7 +598,9 @@ class DropLogsAfterStartStep(TrainerCallback):
     each step is logged once even when a killed run had logged steps its last checkpoint did not keep.
     """
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if state.is_world_process_zero:
             for name in (ROLLOUTS_FILE, KEY_TOKENS_FILE):
-                drop_steps_after(Path(args.output_dir) / name, state.global_step)
+                drop_steps_after(_output_folder(args) / name, state.global_step)
