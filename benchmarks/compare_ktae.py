@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict] = {
     "DAPO no-overlong": {**DAPO, "ktae": False, "overlong_buffer_length": 0},
     "DAPO+KTAE no-dynamic": {**DAPO, "ktae": True, "dynamic_sampling": False},
     "DAPO no-dynamic": {**DAPO, "ktae": False, "dynamic_sampling": False},
+    # the bonus raises the gradient norm by about 1.6x: is it the step size? (DAPO's learning rate 0.03
+    # scaled down by that factor with KTAE, up by it without)
+    "DAPO+KTAE lr=0.02": {**DAPO, "ktae": True, "learning_rate": 0.02},
+    "DAPO lr=0.05": {**DAPO, "ktae": False, "learning_rate": 0.05},
     # sensitivity of GRPO+KTAE: the bonus bound and the weights of the Fisher term (alpha) and IG (beta)
     "GRPO+KTAE top=0.25": {**GRPO, "ktae": True, "ktae_top": 0.25},
     "GRPO+KTAE top=0.5": {**GRPO, "ktae": True, "ktae_top": 0.5},
@@ -76,7 +80,7 @@ VARIANTS: dict[str, dict] = {
     "GRPO+KTAE beta=0": {**GRPO, "ktae": True, "ktae_beta_ig": 0.0},
 }
 MAIN = ["GRPO", "GRPO+KTAE", "DAPO", "DAPO+KTAE"]
-# KTAE variant -> the run it is compared with, seed by seed
+# variant -> the run it is compared with, seed by seed
 BASELINES = {
     "GRPO+KTAE": "GRPO",
     "DAPO+KTAE": "DAPO",
@@ -84,6 +88,8 @@ BASELINES = {
     "DAPO+KTAE+KL": "DAPO+KL",
     "DAPO+KTAE no-overlong": "DAPO no-overlong",
     "DAPO+KTAE no-dynamic": "DAPO no-dynamic",
+    "DAPO+KTAE lr=0.02": "DAPO",
+    "DAPO lr=0.05": "DAPO",
     **{name: "GRPO" for name in VARIANTS if name.startswith("GRPO+KTAE ")},
 }
 SENSITIVITY_TASK = "hedge"
@@ -101,15 +107,17 @@ PLANS: dict[str, list[tuple[list[str], list[str], list[int]]]] = {
                 "DAPO+KTAE top=0.5",
                 "DAPO+KTAE+KL",
                 "DAPO+KL",
+                "DAPO+KTAE lr=0.02",
+                "DAPO lr=0.05",
             ],
-            [0, 1, 2],
+            [0, 1, 2, 3, 4],
         ),
     ],
     "sensitivity": [
         (
             [SENSITIVITY_TASK],
             ["GRPO+KTAE top=0.25", "GRPO+KTAE top=0.5", "GRPO+KTAE top=2", "GRPO+KTAE alpha=0", "GRPO+KTAE beta=0"],
-            [0, 1, 2],
+            [0, 1, 2, 3, 4],
         )
     ],
 }
@@ -523,8 +531,9 @@ def build_report(base: Mapping, planned: Sequence[tuple[str, str, int]], work: P
                 )
                 for key in COMPARED
             }
+        # the main comparison's KTAE runs only: ablations and sensitivity runs would weigh in unevenly
         entry["key_tokens"] = key_token_summary(
-            [run_dir_of(work, task, v, s) for v in variants if "KTAE" in v for s in variants[v]]
+            [run_dir_of(work, task, v, s) for v in variants if v in MAIN and "KTAE" in v for s in variants[v]]
         )
         report["tasks"][task] = entry
         plot_task(
@@ -680,7 +689,7 @@ def render_markdown(report: dict) -> str:
         if entry["comparisons"]:
             lines += [
                 "",
-                "Paired by seed (difference = KTAE variant − baseline; p: paired t-test / exact sign-flip):",
+                "Paired by seed (difference = variant − baseline; p: paired t-test / exact sign-flip):",
                 "",
             ]
             lines.append("| comparison | " + " | ".join(TABLED.get(k, k) for k in COMPARED) + " |")
@@ -717,7 +726,8 @@ def render_markdown(report: dict) -> str:
 
             lines += [
                 "",
-                f"Key tokens of the KTAE runs (total bonus summed over {tokens['rounds']} logged rounds): "
+                "Key tokens of the GRPO+KTAE and DAPO+KTAE runs "
+                f"(total bonus summed over {tokens['rounds']} logged rounds): "
                 f"credited {show(tokens['credited'])}; blamed {show(tokens['blamed'])}.",
             ]
     return "\n".join(lines) + "\n"

@@ -79,12 +79,13 @@ def test_report_of_finished_runs(compare, tmp_path):
     for seed in range(3):
         _fake_run(compare, work, "hedge", "GRPO", seed, 0.3 + seed / 100, hedges=2)
         _fake_run(compare, work, "hedge", "GRPO+KTAE", seed, 0.35 + seed / 50, hedges=2)
-    planned = [("hedge", v, s) for v in ("GRPO", "GRPO+KTAE", "DAPO") for s in range(5)]
+    _fake_run(compare, work, "hedge", "GRPO+KTAE top=2", 0, 0.3, hedges=2)
+    planned = [("hedge", v, s) for v in ("GRPO", "GRPO+KTAE", "DAPO", "GRPO+KTAE top=2") for s in range(5)]
     base = {"max_steps": 20}
     report = compare.build_report(base, planned, work, out)
     compare.write_report(report, out)
     hedge = report["tasks"]["hedge"]
-    assert set(hedge["variants"]) == {"GRPO", "GRPO+KTAE"}  # DAPO: no finished run
+    assert set(hedge["variants"]) == {"GRPO", "GRPO+KTAE", "GRPO+KTAE top=2"}  # DAPO: no finished run
     assert hedge["variants"]["GRPO"]["seeds"] == [0, 1, 2]
     final = hedge["variants"]["GRPO"]["summary"]["final_accuracy"]
     assert final["mean"] == pytest.approx(0.51) and final["n"] == 3
@@ -93,7 +94,8 @@ def test_report_of_finished_runs(compare, tmp_path):
     behaviour = hedge["variants"]["GRPO"]["behaviour"]
     assert behaviour["first"]["hedge_lines"] == pytest.approx(1.0) and behaviour["last"]["hedge_lines"] == 0
     assert behaviour["first"]["hedged_correct"] == 0 and behaviour["first"]["unhedged_correct"] == 1
-    assert hedge["key_tokens"]["blamed"] == [{"token": "~", "total": -15.0}]
+    # the main comparison's KTAE runs only (3 x -5), not the sensitivity run
+    assert hedge["key_tokens"]["blamed"] == [{"token": "~", "total": -15.0}] and hedge["key_tokens"]["rounds"] == 3
     markdown = (out / "compare_ktae.md").read_text()
     assert "## hedge" in markdown and "GRPO+KTAE vs GRPO (3 seeds)" in markdown and "`~` -15" in markdown
     assert (out / "compare_ktae-hedge.png").stat().st_size > 0
