@@ -301,7 +301,8 @@ def _output_to(path: Path) -> Iterator[None]:
 
 # Per-step training signals averaged over a run (and its last steps): the size of KTAE's bonus on correct and
 # incorrect rollouts' tokens (against group-normalised rollout advantages of about +-1), the policy's
-# entropy and drift, and what DAPO's dynamic sampling and overlong shaping did.
+# entropy and drift, the size of the SGD update (`update_size`), and what DAPO's dynamic sampling and
+# overlong shaping did.
 DIAGNOSTICS = {
     "ktae/bonus_mean_correct": "bonus, correct",
     "ktae/bonus_mean_incorrect": "bonus, incorrect",
@@ -309,6 +310,7 @@ DIAGNOSTICS = {
     "entropy": "entropy",
     "kl": "KL",
     "grad_norm": "grad norm",
+    "update_size": "update size",
     "frac_reward_zero_std": "groups all alike",
     "dynamic_sampling/gen_batches": "generation rounds",
     "rewards/overlong_penalty/mean": "overlong penalty",
@@ -322,6 +324,10 @@ def run_measures(run_dir: Path) -> dict:
 
     records = read_metrics(run_dir)
     evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
+    clip = max_grad_norm(run_dir)
+    for record in records:
+        if _finite(record.get("learning_rate")) and _finite(record.get("grad_norm")):
+            record["update_size"] = record["learning_rate"] * min(record["grad_norm"], clip)
 
     def series(key: str) -> list[float]:
         return [r[key] for r in records if _finite(r.get(key))]
@@ -351,6 +357,19 @@ def run_measures(run_dir: Path) -> dict:
     done = run_dir / "done.json"
     measures["seconds"] = json.loads(done.read_text()).get("seconds") if done.is_file() else None
     return measures
+
+
+def max_grad_norm(run_dir: Path) -> float:
+    """The run's gradient clipping norm: its config.yaml's ``max_grad_norm``, else the trainer's default."""
+    import yaml
+
+    from ktae.integrations.trl import KTAEGRPOConfig
+    from ktae.run_folder import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    options = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    value = options.get("max_grad_norm")
+    return float(value if value is not None else KTAEGRPOConfig.__dataclass_fields__["max_grad_norm"].default)
 
 
 def rollout_behaviour(run_dir: Path) -> dict:

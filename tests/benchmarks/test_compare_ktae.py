@@ -58,6 +58,8 @@ def _fake_run(compare, work, task, variant, seed, accuracy, hedges):
         {"step": s, "accuracy": accuracy, "completion_length": 30 - s / 2, "completions/clipped_ratio": 0.1}
         for s in range(1, 21)
     ]
+    for record in records:  # a gradient norm over the clip (1.0 by default) every other step
+        record.update(learning_rate=0.03, grad_norm=2.0 if record["step"] % 2 else 0.5)
     for record in records:
         if record["step"] in (5, 10, 20):
             record["eval/accuracy"] = accuracy + record["step"] / 100
@@ -91,6 +93,8 @@ def test_report_of_finished_runs(compare, tmp_path):
     assert final["mean"] == pytest.approx(0.51) and final["n"] == 3
     test = hedge["comparisons"]["GRPO+KTAE vs GRPO"]["sampled_accuracy_mean"]
     assert test["difference"] == pytest.approx(np.mean([0.05, 0.06, 0.07])) and test["wins"] == 3
+    # the SGD step: learning rate x gradient norm after clipping, 0.03 x (1.0 + 0.5) / 2 on average
+    assert hedge["variants"]["GRPO"]["diagnostics"]["update_size"] == pytest.approx(0.0225)
     behaviour = hedge["variants"]["GRPO"]["behaviour"]
     assert behaviour["first"]["hedge_lines"] == pytest.approx(1.0) and behaviour["last"]["hedge_lines"] == 0
     assert behaviour["first"]["hedged_correct"] == 0 and behaviour["first"]["unhedged_correct"] == 1
