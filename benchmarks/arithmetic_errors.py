@@ -167,6 +167,8 @@ def pair_digit_use(runs: Mapping[str, Mapping[int, dict]], baselines: Mapping[st
     the KTAE run and the base run write them (against the correct solutions)."""
     pairs = []
     for treated, baseline in baselines.items():
+        if "KTAE" not in treated:  # a run without KTAE blamed nothing
+            continue
         for seed in sorted(set(runs.get(treated, {})) & set(runs.get(baseline, {}))):
             ktae_run, base_run = runs[treated][seed], runs[baseline][seed]
             digits = [d for d, total in ktae_run["digit_bonus"].items() if total < 0][:top]
