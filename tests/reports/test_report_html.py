@@ -124,6 +124,10 @@ def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):
     )
     config, notes = run_ktae_config(tmp_path / "a")
     assert (config.top, config.beta_ig, config.ignore_token_ids, notes) == (0.5, 2.0, (), [])
+    # no ktae_rollout_advantage: the run trained on TRL's rollout advantage, which divides by std + 1e-4
+    assert (config.rollout_advantage, config.epsilon) == ("grpo", 1e-4)
+    (tmp_path / "a" / "config.yaml").write_text("ktae: true\nktae_rollout_advantage: grpo\n")
+    assert run_ktae_config(tmp_path / "a")[0] == KTAEConfig(rollout_advantage="grpo")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.yaml").write_text("algorithm:\n  adv_estimator: ktae\n  ktae:\n    alpha: 3\n")
     assert run_ktae_config(tmp_path / "b")[0] == KTAEConfig(alpha=3)

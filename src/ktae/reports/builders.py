@@ -35,6 +35,10 @@ from ktae.run_folder import CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, write_atom
 STEP_TOP_COUNT = 5  # tokens per step in the run overview's table
 
 
+#: What TRL's GRPOTrainer adds to a group's reward standard deviation before dividing by it.
+TRL_STD_EPSILON = 1e-4
+
+
 def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list[str]]:
     """The KTAE options a run trained with, from ``RUN_DIR/config.yaml``, and notes for the reader.
 
@@ -55,6 +59,9 @@ def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list
         options = {key: value for key, value in section.items() if key != "base"}
     else:
         options = {key[5:]: value for key, value in config.items() if key.startswith("ktae_") and key[5:] in fields}
+        if options.get("rollout_advantage") is None and options.get("epsilon") is None:
+            # the trainer added the bonus to TRL's own rollout advantage, normalised by the group's std + 1e-4
+            options["epsilon"] = TRL_STD_EPSILON
     options = {key: value for key, value in options.items() if value is not None}
     notes = []
     if section is False:
