@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ktae.run_folder import is_metric_value
+
 TASKS: dict[str, dict] = {
     "arithmetic": {},
     "strategy": {"task_direct_answer_rate": 0.3},
@@ -326,11 +328,11 @@ def run_measures(run_dir: Path) -> dict:
     evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
     clip = max_grad_norm(run_dir)
     for record in records:
-        if _finite(record.get("learning_rate")) and _finite(record.get("grad_norm")):
+        if is_metric_value(record.get("learning_rate")) and is_metric_value(record.get("grad_norm")):
             record["update_size"] = record["learning_rate"] * min(record["grad_norm"], clip)
 
     def series(key: str) -> list[float]:
-        return [r[key] for r in records if _finite(r.get(key))]
+        return [r[key] for r in records if is_metric_value(r.get(key))]
 
     def window_mean(values: list[float], last: bool) -> float | None:
         part = values[-WINDOW:] if last else values[:WINDOW]
@@ -418,10 +420,6 @@ def area_under_curve(points: Sequence[tuple[float, float]]) -> float:
     if len(points) < 2:
         return float(values[0])
     return float(np.trapezoid(values, steps) / (steps[-1] - steps[0]))
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -524,7 +522,7 @@ def build_report(base: Mapping, planned: Sequence[tuple[str, str, int]], work: P
             summary = {
                 key: t_interval([m[key] for m in by_seed.values()])
                 for key in TABLED
-                if all(_finite(m[key]) for m in by_seed.values())
+                if all(is_metric_value(m[key]) for m in by_seed.values())
             }
             entry["variants"][variant] = {
                 "options": VARIANTS[variant],
@@ -624,7 +622,7 @@ def plot_task(task: str, runs: Mapping[str, list[Path]], out: Path) -> Path | No
         for run_dir in run_dirs:
             for record in read_metrics(run_dir):
                 for key in metrics:
-                    if _finite(record.get(key)):
+                    if is_metric_value(record.get(key)):
                         by_step[key].setdefault(record["step"], []).append(record[key])
         for key, title in metrics.items():
             steps = sorted(by_step[key])

@@ -17,6 +17,7 @@ from ktae.run_folder import (
     RunFolderLock,
     append_jsonl,
     drop_steps_after,
+    is_metric_value,
     read_jsonl,
     write_atomic,
 )
@@ -136,3 +137,20 @@ def test_rollout_records_are_what_the_reports_read(tmp_path):
         read.score,
         read.advantages,
     ) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1, True),
+        (0.25, True),
+        (-3.0, True),
+        (True, False),
+        (float("nan"), False),
+        (float("inf"), False),
+        ("1", False),
+        (None, False),
+    ],
+)
+def test_metric_values_are_finite_numbers_not_bools(value, expected):
+    assert is_metric_value(value) is expected

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -107,6 +108,11 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any] | Rol
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(lines)
+
+
+def is_metric_value(value: Any) -> bool:
+    """Whether a `METRICS_FILE` value is a number to plot or average: finite, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

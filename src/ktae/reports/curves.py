@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ktae.reports.files import run_folders
-from ktae.run_folder import METRICS_FILE, read_jsonl_numbered, write_atomic
+from ktae.run_folder import METRICS_FILE, is_metric_value, read_jsonl_numbered, write_atomic
 
 # Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
 # none of them gets every numeric metric. metrics="all" asks for every numeric metric.
@@ -55,10 +55,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
     """Numeric metric names logged by any of the runs, the default ones first, then alphabetical."""
     names = {
@@ -66,7 +62,7 @@ def available_metrics(records_per_run: Sequence[Sequence[dict]]) -> list[str]:
         for records in records_per_run
         for record in records
         for key, value in record.items()
-        if key not in _NOT_METRICS and _is_number(value)
+        if key not in _NOT_METRICS and is_metric_value(value)
     }
     preferred = [name for name in DEFAULT_METRICS if name in names]
     return preferred + sorted(names - set(preferred))
@@ -119,7 +115,7 @@ def plot_runs(
             raise ValueError(f"metric(s) {missing} not logged by any run; logged: {known}")
     panels = {
         name: {
-            label: [(r["step"], r[name]) for r in records if _is_number(r.get(name))]
+            label: [(r["step"], r[name]) for r in records if is_metric_value(r.get(name))]
             for label, records in zip(labels, records_per_run)
         }
         for name in metrics

@@ -13,7 +13,6 @@ All file writes happen on the main process only.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from ktae.run_folder import (
     METRICS_FILE,
     append_jsonl,
     drop_steps_after,
+    is_metric_value,
     list_checkpoints,
     read_jsonl,
 )
@@ -244,7 +244,9 @@ class MetricsProgressCallback(ProgressCallback):
             return
         record = add_short_names(dict(logs))
         shown = [
-            f"{label} " + fmt.format(record[key]) for key, label, fmt in PROGRESS_FIELDS if _number(record.get(key))
+            f"{label} " + fmt.format(record[key])
+            for key, label, fmt in PROGRESS_FIELDS
+            if is_metric_value(record.get(key))
         ]
         if shown:
             self.training_bar.write(f"step {state.global_step:>4} | " + " | ".join(shown))
@@ -268,7 +270,3 @@ class MetricsProgressCallback(ProgressCallback):
 
         credited, blamed = describe(latest.get("credited", [])), describe(latest.get("blamed", []))
         return f"      key tokens @ step {latest['step']} (total bonus): credited {credited} | blamed {blamed}"
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
