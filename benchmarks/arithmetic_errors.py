@@ -49,6 +49,9 @@ def _load_compare_ktae():
     return module
 
 
+compare_ktae = _load_compare_ktae()
+
+
 def first_fault(prompt: str, response: str) -> str | None:
     """The kind of the first faulty line of ``response`` to the chain ``prompt`` (e.g. ``"7+5-3="``), one
     of `FAULTS`, or None for a right solution. Each step is judged against the response's own previous
@@ -86,15 +89,10 @@ def digit_use(responses: Sequence[str], references: Sequence[str]) -> dict[str, 
 
 def blamed_digits(run_dir: Path) -> dict[str, float]:
     """Each digit's total bonus over the run's logged key-token rounds (credited and blamed), lowest first."""
-    from ktae.run_folder import KEY_TOKENS_FILE, read_jsonl
-
-    path = run_dir / KEY_TOKENS_FILE
+    _, sides = compare_ktae.key_token_totals([run_dir])
     totals: collections.Counter[str] = collections.Counter()
-    if path.is_file():
-        for record in read_jsonl(path):
-            for item in record.get("credited", []) + record.get("blamed", []):
-                if item["token"] in DIGITS:
-                    totals[item["token"]] += item["total"]
+    for side in sides.values():
+        totals.update({token: total for token, total in side.items() if token in DIGITS})
     return dict(sorted(totals.items(), key=lambda kv: kv[1]))
 
 
@@ -130,11 +128,13 @@ def analyse_run(run_dir: Path, held_out, max_new_tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    compare = _load_compare_ktae()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("runs/compare_ktae"), help="compare_ktae's --work")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "results")
-    parser.add_argument("--variants", nargs="+", choices=list(compare.VARIANTS), default=list(compare.VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(compare_ktae.VARIANTS), default=list(compare_ktae.VARIANTS)
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args(argv)
 
     import torch
@@ -142,19 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     from ktae.cli.train import DEFAULT_JOB, load_datasets, resolve_options
 
     torch.set_num_threads(1)  # tiny model: one thread, and no contention with a running benchmark
-    options = resolve_options({**DEFAULT_JOB, **compare.BENCHMARK_JOB, **compare.TASKS[TASK]})
+    options = resolve_options({**DEFAULT_JOB, **compare_ktae.BENCHMARK_JOB, **compare_ktae.TASKS[TASK]})
     _, held_out = load_datasets(options)
     runs: dict[str, dict[int, dict]] = {}
     for variant in args.variants:
-        for run_dir in sorted(compare.run_dir_of(args.work, TASK, variant, 0).parent.glob("*-seed*")):
-            seed = int(run_dir.name.rsplit("-seed", 1)[1])
-            if run_dir != compare.run_dir_of(args.work, TASK, variant, seed) or not (run_dir / "done.json").is_file():
+        for seed in args.seeds:
+            run_dir = compare_ktae.run_dir_of(args.work, TASK, variant, seed)
+            if not (run_dir / "done.json").is_file():
                 continue
             runs.setdefault(variant, {})[seed] = analyse_run(run_dir, held_out, options["max_completion_length"])
             print(f"[arithmetic_errors] {variant} seed {seed}: accuracy {runs[variant][seed]['accuracy']:.3f}")
     if not runs:
         parser.error(f"no finished {TASK} run under {args.work}: run benchmarks/compare_ktae.py first")
-    report = {"task": TASK, "faults": list(FAULTS), "variants": runs, "pairs": pair_digit_use(runs, compare.BASELINES)}
+    report = {
+        "task": TASK,
+        "faults": list(FAULTS),
+        "variants": runs,
+        "pairs": pair_digit_use(runs, compare_ktae.BASELINES),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "arithmetic_errors.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "arithmetic_errors.md").write_text(render_markdown(report))

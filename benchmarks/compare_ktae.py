@@ -575,9 +575,8 @@ def mean_behaviour(profiles: Sequence[dict]) -> dict:
     return merged
 
 
-def key_token_summary(run_dirs: Iterable[Path], count: int = 8) -> dict:
-    """The tokens KTAE credited and blamed most over the runs' logged steps: summed total bonus, share of
-    the logged rounds in which the token was among the most credited (blamed)."""
+def key_token_totals(run_dirs: Iterable[Path]) -> tuple[int, dict[str, dict[str, float]]]:
+    """(logged rounds, {"credited" | "blamed": {token: total bonus}}) summed over the runs' key-token logs."""
     from ktae.run_folder import KEY_TOKENS_FILE, read_jsonl
 
     totals: dict[str, dict[str, float]] = {"credited": {}, "blamed": {}}
@@ -591,6 +590,12 @@ def key_token_summary(run_dirs: Iterable[Path], count: int = 8) -> dict:
             for side in totals:
                 for item in record.get(side, []):
                     totals[side][item["token"]] = totals[side].get(item["token"], 0.0) + item["total"]
+    return rounds, totals
+
+
+def key_token_summary(run_dirs: Iterable[Path], count: int = 8) -> dict:
+    """The ``count`` tokens KTAE credited and blamed most over the runs' logged rounds, by summed total bonus."""
+    rounds, totals = key_token_totals(run_dirs)
     ranked = {
         side: [
             {"token": token, "total": round(total, 2)}
