@@ -3,13 +3,16 @@
     python benchmarks/gpu_check.py [--out gpu_check.json]            # on a GPU node, under 5 minutes
     python benchmarks/gpu_check.py --device cpu --quick               # the script's own pieces, on a CPU
 
-Three parts, one JSON file of results (also printed):
+Four parts, one JSON file of results (also printed):
 
 1. estimator: ``compute_ktae_advantages`` at 8, 64, 256 and 1024 groups x 16 rollouts x 3072 tokens
    (the batches of ``ktae bench``): median of 5 timed calls after a warm-up, each between two
    ``torch.cuda.synchronize()``, and the largest difference from the CPU result on the same batch;
-2. training: 10 steps of GRPO+KTAE with the tiny model (`ktae train`'s job, no warm start), on the GPU;
-3. evaluation: ``ktae eval --limit 4`` of the checkpoint just trained, on the GPU (transformers
+2. parity: random batches of the awkward kinds (uneven and single-rollout groups, string uids, huge
+   and narrow-typed ids, half-precision scores, strided tensors, empty masks) under every rollout
+   base: the largest difference of the advantages and key-token values from the CPU's, by field;
+3. training: 10 steps of GRPO+KTAE with the tiny model (`ktae train`'s job, no warm start), on the GPU;
+4. evaluation: ``ktae eval --limit 4`` of the checkpoint just trained, on the GPU (transformers
    backend), on a four-problem benchmark file written here (no download).
 
 Nothing is downloaded: the tiny model and its tokenizer are built locally.
@@ -61,6 +64,13 @@ QUICK_TRAIN_OPTIONS = [
     "max_completion_length=12",
     "ktae_log_rollouts_steps=1",
 ]
+# Parity batches: this many, with at most this many rollouts and tokens each.
+PARITY_BATCHES = 40
+QUICK_PARITY_BATCHES = 4
+PARITY_MAX_ROLLOUTS = 96
+PARITY_MAX_LEN = 48
+# Above this difference from the CPU (float32 advantages, float64 statistics) the check fails.
+PARITY_TOLERANCE = 1e-5
 PROBLEMS = [("2+3+4=", "9"), ("1+1+5=", "7"), ("3+3+3=", "9"), ("4+2+1=", "7")]
 
 
@@ -106,6 +116,75 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
         print(f"[gpu_check] estimator {row}", flush=True)
         rows.append(row)
     return rows
+
+
+def parity_batch(seed: int):
+    """One random batch of an awkward kind, on the CPU: (responses, mask, scores, group ids, options)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    rollouts = int(rng.integers(1, PARITY_MAX_ROLLOUTS + 1))
+    length = int(rng.integers(1, PARITY_MAX_LEN + 1))
+    vocab = int(rng.choice([5, 50, 5000]))
+    ids = torch.from_numpy(rng.integers(0, vocab, size=(rollouts, length)))
+    if seed % 5 == 1:  # ids near the top of int64: no table may be sized by an id's value
+        ids = ids + (2**62 if seed % 2 else 2**63 - 1 - vocab)
+    elif seed % 5 == 2:
+        ids = ids.to(torch.int16 if vocab < 2**15 else torch.int32)
+    lengths = torch.from_numpy(rng.integers(0, length + 1, size=rollouts))
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    if seed % 4 == 3:  # a strided view: the transpose of a [T, B] tensor
+        ids, mask = ids.T.contiguous().T, mask.T.contiguous().T
+    group_count = int(rng.integers(1, rollouts + 1))
+    group_ids = rng.integers(0, group_count, size=rollouts)
+    groups = [f"uid-{g}" for g in group_ids] if seed % 3 == 0 else torch.from_numpy(group_ids)
+    score_kind = seed % 4
+    if score_kind == 0:
+        scores = torch.from_numpy((rng.random(rollouts) < 0.5).astype(np.float32))
+    elif score_kind == 1:
+        scores = torch.from_numpy(rng.normal(size=rollouts)).to(torch.float16)
+    elif score_kind == 2:
+        scores = torch.from_numpy(rng.random(rollouts)).to(torch.bfloat16)
+    else:
+        scores = torch.ones(rollouts)  # every group all correct
+    base = ["grpo", "dr_grpo", "rloo", "none"][seed % 4]
+    options = {"rollout_advantage": base, "top": float(rng.choice([0.5, 1.0, 2.0])), "ignore_token_ids": (0,)}
+    return ids, mask, scores, groups, options
+
+
+def check_parity(device: str, batches: int) -> dict:
+    """Largest difference of the advantages and key-token values on ``device`` from the CPU's."""
+    import torch
+
+    from ktae import compute_ktae_advantages_with_values
+
+    fields = ("a", "b", "c", "d", "p_value", "fisher", "info_gain", "h", "tf", "value")
+    worst = dict.fromkeys(("advantages", *fields), 0.0)
+    failures = []
+    for seed in range(batches):
+        ids, mask, scores, groups, options = parity_batch(seed)
+        on_cpu, values_cpu = compute_ktae_advantages_with_values(ids, mask, scores, groups, options)
+        moved = [x.to(device) for x in (ids, mask, scores)]
+        device_groups = groups.to(device) if isinstance(groups, torch.Tensor) else groups
+        on_device, values_device = compute_ktae_advantages_with_values(*moved, device_groups, options)
+        diffs = {"advantages": (on_device.cpu() - on_cpu).abs().max().item() if on_cpu.numel() else 0.0}
+        same_pairs = torch.equal(values_device.token.cpu(), values_cpu.token) and torch.equal(
+            values_device.group.cpu(), values_cpu.group
+        )
+        if not same_pairs:
+            failures.append({"seed": seed, "problem": "different (group, token) pairs"})
+            continue
+        for name in fields:
+            here, there = getattr(values_cpu, name).double(), getattr(values_device, name).cpu().double()
+            diffs[name] = (here - there).abs().max().item() if here.numel() else 0.0
+        for name, diff in diffs.items():
+            worst[name] = max(worst[name], diff)
+        if max(diffs.values()) > PARITY_TOLERANCE:
+            failures.append({"seed": seed, "options": options, "differences": diffs})
+    row = {"batches": batches, "max_abs_diff": worst, "failures": failures}
+    print(f"[gpu_check] parity {row}", flush=True)
+    return row
 
 
 def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
@@ -207,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     report["estimator"] = check_estimator(
         args.device, QUICK_GROUPS if args.quick else GROUPS, QUICK_MAX_LEN if args.quick else MAX_LEN
     )
+    report["parity"] = check_parity(args.device, QUICK_PARITY_BATCHES if args.quick else PARITY_BATCHES)
     with tempfile.TemporaryDirectory(prefix="ktae-gpu-check-") as work:
         work = Path(work)
         run_dir = work / "run"
@@ -222,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"[gpu_check] results: {args.out}")
+    if report["parity"]["failures"]:
+        failed = len(report["parity"]["failures"])
+        print(f"gpu_check: error: {failed} parity batches differ from the CPU", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,5 +32,17 @@ def test_quick_cpu_run_writes_every_part(gpu_check, tmp_path):
     report = json.loads(out.read_text())
     assert [row["groups"] for row in report["estimator"]] == list(gpu_check.QUICK_GROUPS)
     assert all(row["max_abs_diff_vs_cpu"] == 0.0 and len(row["times_ms"]) == 5 for row in report["estimator"])
+    assert report["parity"]["batches"] == gpu_check.QUICK_PARITY_BATCHES and report["parity"]["failures"] == []
     assert report["training"]["steps"] == 1 and report["training"]["policy_device"] == "cpu"
     assert report["evaluation"]["num_examples"] == {"aime24": 1}
+
+
+def test_parity_batches_cover_the_awkward_kinds(gpu_check):
+    batches = [gpu_check.parity_batch(seed) for seed in range(gpu_check.PARITY_BATCHES)]
+    assert {ids.dtype for ids, *_ in batches} == {torch.int64, torch.int16}
+    assert any(int(ids.max()) >= 2**62 for ids, *_ in batches)
+    assert any(not ids.is_contiguous() for ids, *_ in batches)
+    assert any(isinstance(groups, list) for *_, groups, _ in batches)
+    assert {scores.dtype for _, _, scores, *_ in batches} >= {torch.float16, torch.bfloat16, torch.float32}
+    assert {options["rollout_advantage"] for *_, options in batches} == {"grpo", "dr_grpo", "rloo", "none"}
+    assert any(not bool(mask.any(dim=1).all()) for _, mask, *_ in batches)  # a rollout with an empty mask
