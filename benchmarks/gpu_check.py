@@ -153,6 +153,15 @@ def parity_batch(seed: int):
     return ids, mask, scores, groups, options
 
 
+def pair_order(values):
+    """Indices that list the (group, token) pairs of ``values`` by group, then token id."""
+    import numpy as np
+    import torch
+
+    order = np.lexsort((values.token.cpu().numpy(), values.group.cpu().numpy()))
+    return torch.from_numpy(order)
+
+
 def check_parity(device: str, batches: int) -> dict:
     """Largest difference of the advantages and key-token values on ``device`` from the CPU's."""
     import torch
@@ -169,14 +178,18 @@ def check_parity(device: str, batches: int) -> dict:
         device_groups = groups.to(device) if isinstance(groups, torch.Tensor) else groups
         on_device, values_device = compute_ktae_advantages_with_values(*moved, device_groups, options)
         diffs = {"advantages": (on_device.cpu() - on_cpu).abs().max().item() if on_cpu.numel() else 0.0}
-        same_pairs = torch.equal(values_device.token.cpu(), values_cpu.token) and torch.equal(
-            values_device.group.cpu(), values_cpu.group
+        # The backends list the (group, token) pairs in different orders (the CPU kernels by first
+        # appearance, the sort by id): compare them in (group, token) order.
+        cpu_order, device_order = pair_order(values_cpu), pair_order(values_device)
+        same_pairs = torch.equal(values_device.token.cpu()[device_order], values_cpu.token[cpu_order]) and torch.equal(
+            values_device.group.cpu()[device_order], values_cpu.group[cpu_order]
         )
         if not same_pairs:
             failures.append({"seed": seed, "problem": "different (group, token) pairs"})
             continue
         for name in fields:
-            here, there = getattr(values_cpu, name).double(), getattr(values_device, name).cpu().double()
+            here = getattr(values_cpu, name).double()[cpu_order]
+            there = getattr(values_device, name).cpu().double()[device_order]
             diffs[name] = (here - there).abs().max().item() if here.numel() else 0.0
         for name, diff in diffs.items():
             worst[name] = max(worst[name], diff)

@@ -46,3 +46,15 @@ def test_parity_batches_cover_the_awkward_kinds(gpu_check):
     assert {scores.dtype for _, _, scores, *_ in batches} >= {torch.float16, torch.bfloat16, torch.float32}
     assert {options["rollout_advantage"] for *_, options in batches} == {"grpo", "dr_grpo", "rloo", "none"}
     assert any(not bool(mask.any(dim=1).all()) for _, mask, *_ in batches)  # a rollout with an empty mask
+
+
+def test_parity_compares_pairs_whatever_order_the_backend_lists_them_in(gpu_check):
+    from ktae import compute_key_token_values
+
+    ids, mask, scores, groups, options = gpu_check.parity_batch(0)
+    by_kernels = compute_key_token_values(ids, mask, scores, groups, options, backend="cpu-kernels")
+    by_sort = compute_key_token_values(ids, mask, scores, groups, options, backend="sort")
+    assert not torch.equal(by_kernels.token, by_sort.token)  # the orders differ on this batch
+    for name in ("group", "token", "p_value", "value"):
+        in_order = [getattr(v, name)[gpu_check.pair_order(v)] for v in (by_kernels, by_sort)]
+        assert torch.equal(*in_order)
