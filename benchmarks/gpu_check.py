@@ -118,6 +118,34 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
     return rows
 
 
+def profile_estimator(device: str, groups: tuple[int, ...], max_len: int, out: Path) -> None:
+    """torch.profiler tables of one estimator call per batch size (by self device time, then by host time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from ktae import KTAEConfig, compute_ktae_advantages
+    from ktae.cli.bench import QWEN_EOS, make_batch
+
+    config = KTAEConfig(ignore_token_ids=(QWEN_EOS,))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sections = []
+    for num_groups in groups:
+        batch = [x.to(device) for x in make_batch(num_groups, GROUP_SIZE, max_len)]
+        compute_ktae_advantages(*batch, config=config)  # warm-up
+        with profile(activities=activities) as prof:
+            compute_ktae_advantages(*batch, config=config)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        averages = prof.key_averages()
+        by_device = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        sections.append(f"## {num_groups} groups, by {by_device}\n{averages.table(sort_by=by_device, row_limit=25)}")
+        sections.append(
+            f"## {num_groups} groups, by cpu_time_total\n{averages.table(sort_by='cpu_time_total', row_limit=25)}"
+        )
+    out.write_text("\n\n".join(sections) + "\n")
+    print(f"[gpu_check] profile: {out}", flush=True)
+
+
 def parity_batch(seed: int):
     """One random batch of an awkward kind, on the CPU: (responses, mask, scores, group ids, options)."""
     import numpy as np
@@ -280,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="results file (gpu_check.json)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --quick: check the script)")
     parser.add_argument("--quick", action="store_true", help="toy sizes: 1 training step, 1 evaluation problem")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="also write torch.profiler tables of the smallest and largest batch",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -299,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     report["estimator"] = check_estimator(
         args.device, QUICK_GROUPS if args.quick else GROUPS, QUICK_MAX_LEN if args.quick else MAX_LEN
     )
+    if args.profile is not None:
+        sizes = QUICK_GROUPS if args.quick else GROUPS
+        profile_estimator(args.device, (sizes[0], sizes[-1]), QUICK_MAX_LEN if args.quick else MAX_LEN, args.profile)
     report["parity"] = check_parity(args.device, QUICK_PARITY_BATCHES if args.quick else PARITY_BATCHES)
     with tempfile.TemporaryDirectory(prefix="ktae-gpu-check-") as work:
         work = Path(work)
