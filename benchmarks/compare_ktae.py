@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     blocks = PLANS[args.plan] if args.plan else [(args.tasks, args.variants, args.seeds)]
 
-    from ktae.cli.train import DEFAULT_JOB, resolve_options
+    from ktae.integrations.trl.job import DEFAULT_JOB, resolve_options
 
     base = resolve_options({**DEFAULT_JOB, **BENCHMARK_JOB}, args.overrides)
     # seed by seed within a block: a benchmark stopped early leaves whole seeds, comparable across cells
@@ -197,7 +197,7 @@ def run_dir_of(work: Path, task: str, variant: str, seed: int) -> Path:
 
 
 def warm_dir_of(work: Path, task: str) -> Path:
-    from ktae.cli.train import WARM_START_DIR
+    from ktae.run_folder import WARM_START_DIR
 
     return work / task / WARM_START_DIR
 
@@ -245,25 +245,25 @@ def _single_thread() -> None:
 
 def warm_start_task(options: dict, task_dir: Path) -> list:
     """The warm-started policy every run of a task starts from (made once): its (step, accuracy) history."""
-    from ktae.cli.train import load_datasets, load_model_and_tokenizer, section
-    from ktae.integrations.trl.warmstart import WarmStartConfig, warm_start
+    from ktae.integrations.trl.job import JobArguments, load_datasets, load_model_and_tokenizer
+    from ktae.integrations.trl.warmstart import warm_start
 
     history_path = task_dir / "warm_start_accuracy.json"
     if history_path.is_file():
         return json.loads(history_path.read_text())
     task_dir.mkdir(parents=True, exist_ok=True)
     with _output_to(task_dir / "warm_start.log"):
-        model, tokenizer = load_model_and_tokenizer(options)
-        train, held_out = load_datasets(options)
-        config = section(options, "warm_start_", WarmStartConfig)
-        history = warm_start(model, tokenizer, train, held_out, task_dir / "warm_start", config)
+        job = JobArguments.from_options(options)
+        model, tokenizer = load_model_and_tokenizer(job, seed=options.get("seed", 0))
+        train, held_out = load_datasets(job)
+        history = warm_start(model, tokenizer, train, held_out, task_dir / "warm_start", job.warm_start())
     history_path.write_text(json.dumps(history))  # last: its presence means the warm start is complete
     return history
 
 
 def train_one(options: dict, run_dir: Path) -> float:
     """One RL run from the task's warm start; ``done.json`` marks it finished. Returns its seconds."""
-    from ktae.cli.train import run_job
+    from ktae.integrations.trl.job import run_job
 
     done = run_dir / "done.json"
     if done.is_file():  # finished meanwhile, by another benchmark process sharing the work folder

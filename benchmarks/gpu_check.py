@@ -110,7 +110,7 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
 
 def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
     """``steps`` GRPO+KTAE steps of the tiny job; the policy must sit on ``device``."""
-    from ktae.cli.train import default_job, prepare_job, resolve_options
+    from ktae.integrations.trl.job import default_job, prepare_job, resolve_options
 
     options = resolve_options({}, [*overrides, f"max_steps={steps}"], defaults=default_job("tiny"))
     if device == "cpu":
