@@ -363,14 +363,10 @@ def run_measures(run_dir: Path) -> dict:
 
 def max_grad_norm(run_dir: Path) -> float:
     """The run's gradient clipping norm: its config.yaml's ``max_grad_norm``, else the trainer's default."""
-    import yaml
-
     from ktae.integrations.trl import KTAEGRPOConfig
-    from ktae.run_folder import CONFIG_FILE
+    from ktae.run_folder import read_config
 
-    path = run_dir / CONFIG_FILE
-    options = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    value = options.get("max_grad_norm")
+    value = (read_config(run_dir) or {}).get("max_grad_norm")
     return float(value if value is not None else KTAEGRPOConfig.__dataclass_fields__["max_grad_norm"].default)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ktae.run_folder import CONFIG_FILE, RunFolderInUse, RunFolderLock
+from ktae.run_folder import CONFIG_FILE, RunFolderInUse, RunFolderLock, read_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 if not (run_dir / CONFIG_FILE).is_file():
                     raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
                 lock = RunFolderLock(run_dir).acquire()
-                options = resolve_options(read_recipe(run_dir / CONFIG_FILE), args.overrides)
+                options = resolve_options(read_config(run_dir) or {}, args.overrides)
                 finished = finished_step(run_dir, options.get("max_steps", -1))
                 if finished is not None:
                     print(

@@ -44,15 +44,15 @@ from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
-    CONFIG_FILE,
     METRICS_FILE,
     TENSORBOARD_DIR,
     WARM_START_DIR,
     checkpoint_step,
     list_checkpoints,
     read_jsonl,
+    read_options_file,
     unpublished_checkpoints,
-    write_atomic,
+    write_config,
 )
 
 if TYPE_CHECKING:
@@ -329,14 +329,11 @@ def default_job(model_name_or_path: Any) -> dict[str, Any]:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """A recipe (or a run's ``config.yaml``): a YAML mapping of options, read with ``yaml.safe_load``."""
+    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe {path} not found")
-    loaded = yaml.safe_load(path.read_text())
-    if loaded is not None and not isinstance(loaded, Mapping):
-        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
-    return dict(loaded or {})
+    return read_options_file(path)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -645,8 +642,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         trainer.add_callback(TensorBoardCallback(writer))
     for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
         shutil.rmtree(partial)
-    resolved = {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}}
-    write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
     return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
 
 
