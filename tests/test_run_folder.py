@@ -135,17 +135,7 @@ def test_rollout_records_are_what_the_reports_read(tmp_path):
         "correct": True,
         "advantages": [0.5, 0.0],
     }
-    (read,) = load_rollouts(tmp_path)
-    assert (
-        read.step,
-        read.group,
-        read.prompt,
-        read.response,
-        read.token_ids,
-        read.tokens,
-        read.score,
-        read.advantages,
-    ) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])
+    assert load_rollouts(tmp_path) == [record]  # the reports read back the record the trainers wrote
 
 
 @pytest.mark.parametrize(
@@ -206,3 +196,17 @@ def test_a_run_folder_without_ktae_settings_has_them_worked_out_from_its_options
     named = read_ktae_settings(tmp_path)
     assert (named.estimator.rollout_advantage, named.estimator.epsilon) == ("rloo", 0.01)
     assert named.rollout_advantage == "KTAE's rloo"
+
+
+def test_both_trainers_build_their_records_with_one_function():
+    from ktae.integrations.trl.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    ids = [*tokenizer("1+2=3\n\\boxed{3}").input_ids, tokenizer.eos_token_id]
+    common = {"step": 2, "group": "u1", "prompt": "1+2=", "token_ids": ids, "correct_threshold": 0.0}
+    record = RolloutRecord.from_tokens(tokenizer, score=1.0, advantages=[0.5] * len(ids), **common)
+    assert record.tokens[-2:] == ["}", "<eos>"] and "".join(record.tokens) == record.response
+    assert record.response == "1+2=3\n\\boxed{3}<eos>" and record.token_ids == ids
+    assert (record.score, record.correct) == (1.0, True)
+    unscored = RolloutRecord.from_tokens(tokenizer, score=float("nan"), advantages=[0.0] * len(ids), **common)
+    assert (unscored.score, unscored.correct) == (None, False)  # no reward function scored it

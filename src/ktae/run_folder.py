@@ -30,7 +30,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,23 +62,59 @@ _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 TRL_STD_EPSILON = 1e-4
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class RolloutRecord:
-    """One sampled response as a line of ``rollouts.jsonl`` (both trainers write it; reports read it).
+    """One sampled response as a line of ``rollouts.jsonl``: both trainers write it (built by `from_tokens`),
+    reports read it (`ktae.reports.rollouts.parse_rollout`).
 
-    T is the number of response tokens kept: padding and everything after the end of sequence are
-    dropped, the end-of-sequence token itself is kept.
+    The trainers fill every field. T is the number of response tokens kept: padding and everything after
+    the end of sequence are dropped, the end-of-sequence token itself is kept. Read from other tools' logs
+    (verl's rollout dumps, any JSONL of rollouts), a record may lack the step, the token ids and pieces
+    (text only), the verdict and the advantages: None.
     """
 
-    step: int  # the optimizer step these rollouts trained (1-based)
+    step: int | None  # the optimizer step these rollouts trained (1-based)
     group: int | str  # id of the prompt group (rollouts of one prompt share it)
     prompt: str  # the prompt as text (chat messages joined as "role: content" lines)
-    response: str  # == "".join(tokens)
-    token_ids: list[int]  # [T] response token ids
-    tokens: list[str]  # [T] display piece of each token
+    response: str | None = None  # == "".join(tokens)
+    token_ids: list[int] | None = None  # [T] response token ids
+    tokens: list[str] | None = None  # [T] display piece of each token
     score: float | None  # total reward; None when no reward function scored the rollout
-    correct: bool  # score > the KTAE correct_threshold
-    advantages: list[float]  # [T] per-token advantage the update used
+    correct: bool | None = None  # score > the KTAE correct_threshold
+    advantages: list[float] | None = None  # [T] per-token advantage the update used
+
+    @classmethod
+    def from_tokens(
+        cls,
+        tokenizer,
+        *,
+        step: int,
+        group: int | str,
+        prompt: str,
+        token_ids: Sequence[int],
+        score: float | None,
+        correct_threshold: float,
+        advantages: Sequence[float],
+    ) -> RolloutRecord:
+        """A trainer's record of one rollout: its kept response tokens decoded into pieces that concatenate to
+        the response (`ktae.models.token_pieces`), a NaN score (no reward function scored it) as None, and
+        the verdict from the KTAE threshold."""
+        from ktae.models import token_pieces
+
+        pieces = token_pieces(tokenizer, token_ids)
+        if score is not None and math.isnan(score):
+            score = None
+        return cls(
+            step=step,
+            group=group,
+            prompt=prompt,
+            response="".join(pieces),
+            token_ids=list(token_ids),
+            tokens=pieces,
+            score=score,
+            correct=score is not None and score > correct_threshold,
+            advantages=list(advantages),
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -22,13 +22,12 @@ from ktae.reports.files import run_folders
 from ktae.reports.html import page, render_key_token_report
 from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
 from ktae.reports.rollouts import (
-    Rollout,
     TokenizedRollouts,
     find_run_tokenizer,
     load_rollouts,
     tokenize_rollouts,
 )
-from ktae.run_folder import METRICS_FILE, ROLLOUTS_FILE, read_ktae_settings, write_atomic
+from ktae.run_folder import METRICS_FILE, ROLLOUTS_FILE, RolloutRecord, read_ktae_settings, write_atomic
 
 STEP_TOP_COUNT = 5  # tokens per step in the run overview's table
 
@@ -89,7 +88,7 @@ def _resolve_config(config, run_dir: Path | None) -> tuple[KTAEConfig, list[str]
 
 
 def _prepare(
-    source: str | os.PathLike | Iterable[Rollout],
+    source: str | os.PathLike | Iterable[RolloutRecord],
     tokenizer,
     options: KTAEConfig | Mapping | None,
     steps: Iterable[int] | None,
@@ -105,8 +104,8 @@ def _prepare(
         rollouts = [r for r in source if wanted is None or r.step in wanted]
         if not rollouts:
             raise ValueError("no rollouts to report on")
-        if not all(isinstance(r, Rollout) for r in rollouts):
-            raise TypeError("rollouts must be ktae.reports.Rollout objects (see ktae.reports.parse_rollout)")
+        if not all(isinstance(r, RolloutRecord) for r in rollouts):
+            raise TypeError("rollouts must be ktae.run_folder.RolloutRecord objects (see ktae.reports.parse_rollout)")
     if ignore_token_ids is None and config.ignore_token_ids:
         ignore_token_ids = config.ignore_token_ids  # the run's own list (analyse adds the config's anyway)
     data = tokenize_rollouts(rollouts, _tokenizer(tokenizer, run_dir), ignore_token_ids)
@@ -114,7 +113,7 @@ def _prepare(
 
 
 def build_report(
-    source: str | os.PathLike | Iterable[Rollout],
+    source: str | os.PathLike | Iterable[RolloutRecord],
     out_html: str | os.PathLike,
     *,
     tokenizer=None,
@@ -127,7 +126,7 @@ def build_report(
     """Write a self-contained HTML key-token report of rollouts; returns its path.
 
     source: a rollouts JSONL file, a folder of JSONL dumps (verl's ``rollout_data_dir``), a run
-        folder (its rollouts.jsonl, KTAE settings and newest checkpoint's tokenizer), or Rollout objects.
+        folder (its rollouts.jsonl, KTAE settings and newest checkpoint's tokenizer), or `RolloutRecord` objects.
     tokenizer: a Hugging Face tokenizer, or its path or hub id; needed for text-only rollouts
         (otherwise they are split into words) and to decode byte-level token ids.
     config: KTAEConfig of the statistics, or a mapping of options over the default (the run's own

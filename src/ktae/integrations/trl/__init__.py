@@ -3,7 +3,8 @@
 
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.job import JOB_KEYS, JobArguments, config_from_dict, load_config, parse_overrides
-from ktae.integrations.trl.trainer import KTAEGRPOTrainer, token_pieces
+from ktae.integrations.trl.trainer import KTAEGRPOTrainer
+from ktae.models import token_pieces
 
 __all__ = [
     "JOB_KEYS",

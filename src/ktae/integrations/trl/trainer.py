@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -54,7 +55,7 @@ from ktae import (
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
-from ktae.models import ignored_token_ids, model_vocab_size, token_pieces
+from ktae.models import decode_token, ignored_token_ids, model_vocab_size
 from ktae.run_folder import (
     KEY_TOKENS_FILE,
     ROLLOUTS_FILE,
@@ -500,19 +501,15 @@ class KTAEGRPOTrainer(GRPOTrainer):
         records = []
         for position in torch.nonzero(torch.isin(groups, torch.tensor(logged, device=groups.device))).flatten():
             mask = view.mask[position]
-            token_ids = view.ids[position][mask].tolist()
-            pieces = token_pieces(self._tokenizer, token_ids)
-            score = scores[position].item()
             records.append(
-                RolloutRecord(
+                RolloutRecord.from_tokens(
+                    self._tokenizer,
                     step=step,
                     group=int(groups[position]),
                     prompt=prompt_text(prompts[int(view.rows[position])]),
-                    response="".join(pieces),
-                    token_ids=token_ids,
-                    tokens=pieces,
-                    score=None if score != score else score,
-                    correct=bool(score > self.ktae_config.correct_threshold),
+                    token_ids=view.ids[position][mask].tolist(),
+                    score=scores[position].item(),
+                    correct_threshold=self.ktae_config.correct_threshold,
                     advantages=advantages[position][mask].tolist(),
                 )
             )
@@ -533,10 +530,8 @@ class KTAEGRPOTrainer(GRPOTrainer):
         scored = ~torch.isnan(scores)
         if values is None or not view.mask[scored].any():
             return {"credited": [], "blamed": []}
-        return top_key_tokens(values, view.ids[scored], view.mask[scored], groups[scored], self._decode_token)
-
-    def _decode_token(self, token_id: int) -> str:
-        return self._tokenizer.decode([token_id], skip_special_tokens=False)
+        decode = functools.partial(decode_token, self._tokenizer)
+        return top_key_tokens(values, view.ids[scored], view.mask[scored], groups[scored], decode)
 
     def ktae_settings(self) -> KTAESettings:
         """The KTAE settings this trainer trains with, resolved: the ``ktae_*`` options, the ignored ids of
