@@ -69,7 +69,7 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
     import torch
 
     from ktae import KTAEConfig, compute_ktae_advantages
-    from ktae.cli.bench import QWEN_EOS, make_batch
+    from ktae.estimator_benchmark import QWEN_EOS, make_batch
 
     config = KTAEConfig(ignore_token_ids=(QWEN_EOS,))
     rows = []
