@@ -23,8 +23,8 @@ change, and a seed means the same prompt order in every variant, so runs pair up
 Any `ktae train` key=value applies to every run (before the options). Runs live in --work (default
 runs/compare_ktae, git-ignored), one folder per task, variant and seed; an interrupted benchmark
 resumes: warm starts and finished runs (``done.json``) are kept, an unfinished run starts over.
-``--jobs N`` runs N at once, one CPU thread each (on 2 shared cores two single-threaded runs train
-faster than one run on two threads). Results go to --out (default benchmarks/results):
+``--jobs N`` runs N at once, one CPU thread each (the tiny model gains little from a second thread, so
+separate runs use the cores better). Results go to --out (default benchmarks/results):
 compare_ktae.json (every number), compare_ktae.md (the tables), compare_ktae-<task>.png (curves,
 mean ± standard deviation over seeds), built from whatever runs are finished.
 """
@@ -70,8 +70,8 @@ VARIANTS: dict[str, dict] = {
     "DAPO no-overlong": {**DAPO, "ktae": False, "overlong_buffer_length": 0},
     "DAPO+KTAE no-dynamic": {**DAPO, "ktae": True, "dynamic_sampling": False},
     "DAPO no-dynamic": {**DAPO, "ktae": False, "dynamic_sampling": False},
-    # the bonus raises the gradient norm by about 1.6x: is it the step size? (DAPO's learning rate 0.03
-    # scaled down by that factor with KTAE, up by it without)
+    # is it the step size? The bonus raises the gradient norm (docs/experiment.md gives the factor): DAPO's
+    # learning rate 0.03 scaled down by that factor with KTAE, up by it without
     "DAPO+KTAE lr=0.02": {**DAPO, "ktae": True, "learning_rate": 0.02},
     "DAPO lr=0.05": {**DAPO, "ktae": False, "learning_rate": 0.05},
     # sensitivity of GRPO+KTAE: the bonus bound and the weights of the Fisher term (alpha) and IG (beta)
@@ -125,10 +125,10 @@ PLANS: dict[str, list[tuple[list[str], list[str], list[int]]]] = {
 }
 PLANS["all"] = PLANS["main"] + PLANS["dapo"] + PLANS["sensitivity"]
 
-# What the comparison changes from the default job, to fit 100-odd runs into a few hours on 2 shared
-# (and busy) cores: 20 RL steps of 8 prompts x 8 rollouts, greedy accuracy every 5 steps, a warm start of
-# at most 600 steps, no checkpoints but the last, rollouts (all groups) and key tokens logged every 5
-# steps, DAPO's dynamic sampling bounded at two generation rounds.
+# What the comparison changes from the default job, so that its grid of runs fits a small CPU machine:
+# 20 RL steps of 8 prompts x 8 rollouts, greedy accuracy every 5 steps, a warm start of at most 600
+# steps, no checkpoints but the last, rollouts (all groups) and key tokens logged every 5 steps, DAPO's
+# dynamic sampling bounded at two generation rounds.
 BENCHMARK_JOB = {
     "max_steps": 20,
     "per_device_train_batch_size": 64,

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """On a 2-core machine shared with other jobs, torch's second thread mostly waits for the first."""
+    """A 135M model on a CPU gains little from a second torch thread, which mostly waits for the first when
+    cores are shared."""
     import torch
 
     threads = torch.get_num_threads()

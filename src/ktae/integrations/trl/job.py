@@ -290,7 +290,7 @@ DEFAULT_JOB: dict[str, Any] = {
 #: solve from the start (no warm start), AdamW at the small learning rate of the paper's recipes, and
 #: bf16 on a GPU that supports it (`default_job` fills it in). One-step problems and temperature 0.7, so
 #: that a small instruct model's sampled groups mix right and wrong responses, which GRPO and KTAE learn
-#: from (benchmarks/word_problems.py measures a model on them; docs/training.md).
+#: from (benchmarks/word_problems.py measures a model on them; benchmarks/NOTES.md has the figures).
 REAL_MODEL_JOB: dict[str, Any] = {
     "dataset_name": WORD_PROBLEMS_DATASET,
     "task_min_terms": 2,
