@@ -53,6 +53,23 @@ def test_options_are_converted_to_the_fields_types_and_trainer_keys_left_out():
         JobArguments.from_options({"template": None})
 
 
+def test_counts_have_a_minimum_and_only_optional_ones_take_null():
+    counts = {f.name: f.metadata["minimum"] for f in dataclasses.fields(JobArguments) if "minimum" in f.metadata}
+    assert counts == {
+        "max_train_samples": 1,
+        "task_seed": 0,
+        "task_train_size": 1,
+        "task_eval_size": 1,
+        "eval_accuracy_steps": 0,
+        "keep_checkpoints": 1,
+    }
+    assert JobArguments(keep_checkpoints=None, max_train_samples=None).keep_checkpoints is None
+    with pytest.raises(ValueError, match=r"task_train_size must be an integer >= 1, got None"):
+        JobArguments(task_train_size=None)
+    with pytest.raises(ValueError, match=r"max_train_samples must be an integer >= 1 \(or null\), got True"):
+        JobArguments(max_train_samples=True)
+
+
 def test_the_built_in_jobs_are_valid_options():
     options = resolve_options(DEFAULT_JOB)
     assert JobArguments.from_options(options).warm_start().max_steps == 1500

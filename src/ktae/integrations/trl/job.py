@@ -75,7 +75,8 @@ class JobArguments:
     ``task_*``, ``tiny_*`` and ``warm_start_*`` are the fields of `ArithmeticTask`, `TinyModelConfig` and
     `WarmStartConfig` with the prefix (`task`, `tiny_model` and `warm_start` build them, with their own
     checks). A default here is what a recipe that leaves the key out gets; the built-in job (`DEFAULT_JOB`)
-    sets some of them to other values.
+    sets some of them to other values. Each field's metadata holds its ``help`` text and, for a count, the
+    ``minimum`` it takes (null only where the type allows None).
     """
 
     # The model and the data (TRL's ModelConfig and ScriptArguments names)
@@ -115,7 +116,7 @@ class JobArguments:
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on the first this-many prompts only (None: all)."}
+        default=None, metadata={"help": "Train on the first this-many prompts only (None: all).", "minimum": 1}
     )
     # The synthetic task (ArithmeticTask), for dataset_name 'synthetic' and 'word_problems'
     task_min_terms: int = field(
@@ -140,11 +141,17 @@ class JobArguments:
     )
     task_seed: int = field(
         default=0,
-        metadata={"help": "Seed of the synthetic prompts (training and held-out), apart from the training seed."},
+        metadata={
+            "help": "Seed of the synthetic prompts (training and held-out), apart from the training seed.",
+            "minimum": 0,
+        },
     )
-    task_train_size: int = field(default=16000, metadata={"help": "Prompts drawn for training (synthetic tasks)."})
+    task_train_size: int = field(
+        default=16000, metadata={"help": "Prompts drawn for training (synthetic tasks).", "minimum": 1}
+    )
     task_eval_size: int = field(
-        default=200, metadata={"help": "Held-out prompts drawn for the greedy accuracy (synthetic tasks)."}
+        default=200,
+        metadata={"help": "Held-out prompts drawn for the greedy accuracy (synthetic tasks).", "minimum": 1},
     )
     # The tiny model (TinyModelConfig), for model_name_or_path 'tiny'
     tiny_hidden_size: int = field(default=_TINY.hidden_size, metadata={"help": "Tiny model: hidden size."})
@@ -187,20 +194,24 @@ class JobArguments:
     # The run folder
     eval_accuracy_steps: int = field(
         default=0,
-        metadata={"help": "Measure greedy accuracy on the held-out prompts every this many RL steps (0 = never)."},
+        metadata={
+            "help": "Measure greedy accuracy on the held-out prompts every this many RL steps (0 = never).",
+            "minimum": 0,
+        },
     )
     keep_checkpoints: int | None = field(
-        default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all)."}
+        default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all).", "minimum": 1}
     )
 
     def __post_init__(self) -> None:
-        for name, (minimum, nullable) in _COUNTS.items():
-            value = getattr(self, name)
-            if value is None and nullable:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # counts: a "minimum" in the field's metadata; null where typed so
+            value, minimum, nullable = getattr(self, f.name), f.metadata.get("minimum"), _allows_none(hints[f.name])
+            if minimum is None or (value is None and nullable):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 null = " (or null)" if nullable else ""
-                raise ValueError(f"{name} must be an integer >= {minimum}{null}, got {value!r}")
+                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {value!r}")
         for name in ("dataset_train_split", "template"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
@@ -235,15 +246,11 @@ class JobArguments:
             raise ValueError(f"bad {prefix}* option: {error}") from None
 
 
-# Job keys that hold counts: (smallest value, whether null is allowed).
-_COUNTS = {
-    "task_seed": (0, False),
-    "task_train_size": (1, False),
-    "task_eval_size": (1, False),
-    "eval_accuracy_steps": (0, False),
-    "keep_checkpoints": (1, True),
-    "max_train_samples": (1, True),
-}
+def _allows_none(annotation: Any) -> bool:
+    """Whether a field's type is ``X | None``."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and type(None) in typing.get_args(annotation)
+
 
 #: Every job key of a recipe that is not a `KTAEGRPOConfig` field.
 JOB_KEYS = frozenset(f.name for f in dataclasses.fields(JobArguments))
