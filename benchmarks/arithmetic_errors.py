@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ktae.cli.train import DEFAULT_JOB, load_datasets, resolve_options
+    from ktae.integrations.trl.job import DEFAULT_JOB, JobArguments, load_datasets, resolve_options
 
     torch.set_num_threads(1)  # tiny model: one thread, and no contention with a running benchmark
     options = resolve_options({**DEFAULT_JOB, **compare_ktae.BENCHMARK_JOB, **compare_ktae.TASKS[TASK]})
-    _, held_out = load_datasets(options)
+    _, held_out = load_datasets(JobArguments.from_options(options))
     runs: dict[str, dict[int, dict]] = {}
     for variant in args.variants:
         for seed in args.seeds:

@@ -23,8 +23,8 @@ change, and a seed means the same prompt order in every variant, so runs pair up
 Any `ktae train` key=value applies to every run (before the options). Runs live in --work (default
 runs/compare_ktae, git-ignored), one folder per task, variant and seed; an interrupted benchmark
 resumes: warm starts and finished runs (``done.json``) are kept, an unfinished run starts over.
-``--jobs N`` runs N at once, one CPU thread each (on 2 shared cores two single-threaded runs train
-faster than one run on two threads). Results go to --out (default benchmarks/results):
+``--jobs N`` runs N at once, one CPU thread each (the tiny model gains little from a second thread, so
+separate runs use the cores better). Results go to --out (default benchmarks/results):
 compare_ktae.json (every number), compare_ktae.md (the tables), compare_ktae-<task>.png (curves,
 mean ± standard deviation over seeds), built from whatever runs are finished.
 """
@@ -70,8 +70,8 @@ VARIANTS: dict[str, dict] = {
     "DAPO no-overlong": {**DAPO, "ktae": False, "overlong_buffer_length": 0},
     "DAPO+KTAE no-dynamic": {**DAPO, "ktae": True, "dynamic_sampling": False},
     "DAPO no-dynamic": {**DAPO, "ktae": False, "dynamic_sampling": False},
-    # the bonus raises the gradient norm by about 1.6x: is it the step size? (DAPO's learning rate 0.03
-    # scaled down by that factor with KTAE, up by it without)
+    # is it the step size? The bonus raises the gradient norm (docs/experiment.md gives the factor): DAPO's
+    # learning rate 0.03 scaled down by that factor with KTAE, up by it without
     "DAPO+KTAE lr=0.02": {**DAPO, "ktae": True, "learning_rate": 0.02},
     "DAPO lr=0.05": {**DAPO, "ktae": False, "learning_rate": 0.05},
     # sensitivity of GRPO+KTAE: the bonus bound and the weights of the Fisher term (alpha) and IG (beta)
@@ -125,10 +125,10 @@ PLANS: dict[str, list[tuple[list[str], list[str], list[int]]]] = {
 }
 PLANS["all"] = PLANS["main"] + PLANS["dapo"] + PLANS["sensitivity"]
 
-# What the comparison changes from the default job, to fit 100-odd runs into a few hours on 2 shared
-# (and busy) cores: 20 RL steps of 8 prompts x 8 rollouts, greedy accuracy every 5 steps, a warm start of
-# at most 600 steps, no checkpoints but the last, rollouts (all groups) and key tokens logged every 5
-# steps, DAPO's dynamic sampling bounded at two generation rounds.
+# What the comparison changes from the default job, so that its grid of runs fits a small CPU machine:
+# 20 RL steps of 8 prompts x 8 rollouts, greedy accuracy every 5 steps, a warm start of at most 600
+# steps, no checkpoints but the last, rollouts (all groups) and key tokens logged every 5 steps, DAPO's
+# dynamic sampling bounded at two generation rounds.
 BENCHMARK_JOB = {
     "max_steps": 20,
     "per_device_train_batch_size": 64,
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     blocks = PLANS[args.plan] if args.plan else [(args.tasks, args.variants, args.seeds)]
 
-    from ktae.cli.train import DEFAULT_JOB, resolve_options
+    from ktae.integrations.trl.job import DEFAULT_JOB, resolve_options
 
     base = resolve_options({**DEFAULT_JOB, **BENCHMARK_JOB}, args.overrides)
     # seed by seed within a block: a benchmark stopped early leaves whole seeds, comparable across cells
@@ -197,7 +197,7 @@ def run_dir_of(work: Path, task: str, variant: str, seed: int) -> Path:
 
 
 def warm_dir_of(work: Path, task: str) -> Path:
-    from ktae.cli.train import WARM_START_DIR
+    from ktae.run_folder import WARM_START_DIR
 
     return work / task / WARM_START_DIR
 
@@ -245,25 +245,25 @@ def _single_thread() -> None:
 
 def warm_start_task(options: dict, task_dir: Path) -> list:
     """The warm-started policy every run of a task starts from (made once): its (step, accuracy) history."""
-    from ktae.cli.train import load_datasets, load_model_and_tokenizer, section
-    from ktae.integrations.trl.warmstart import WarmStartConfig, warm_start
+    from ktae.integrations.trl.job import JobArguments, load_datasets, load_model_and_tokenizer
+    from ktae.integrations.trl.warmstart import warm_start
 
     history_path = task_dir / "warm_start_accuracy.json"
     if history_path.is_file():
         return json.loads(history_path.read_text())
     task_dir.mkdir(parents=True, exist_ok=True)
     with _output_to(task_dir / "warm_start.log"):
-        model, tokenizer = load_model_and_tokenizer(options)
-        train, held_out = load_datasets(options)
-        config = section(options, "warm_start_", WarmStartConfig)
-        history = warm_start(model, tokenizer, train, held_out, task_dir / "warm_start", config)
+        job = JobArguments.from_options(options)
+        model, tokenizer = load_model_and_tokenizer(job, seed=options.get("seed", 0))
+        train, held_out = load_datasets(job)
+        history = warm_start(model, tokenizer, train, held_out, task_dir / "warm_start", job.warm_start())
     history_path.write_text(json.dumps(history))  # last: its presence means the warm start is complete
     return history
 
 
 def train_one(options: dict, run_dir: Path) -> float:
     """One RL run from the task's warm start; ``done.json`` marks it finished. Returns its seconds."""
-    from ktae.cli.train import run_job
+    from ktae.integrations.trl.job import run_job
 
     done = run_dir / "done.json"
     if done.is_file():  # finished meanwhile, by another benchmark process sharing the work folder
@@ -363,14 +363,10 @@ def run_measures(run_dir: Path) -> dict:
 
 def max_grad_norm(run_dir: Path) -> float:
     """The run's gradient clipping norm: its config.yaml's ``max_grad_norm``, else the trainer's default."""
-    import yaml
-
     from ktae.integrations.trl import KTAEGRPOConfig
-    from ktae.run_folder import CONFIG_FILE
+    from ktae.run_folder import read_config
 
-    path = run_dir / CONFIG_FILE
-    options = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    value = options.get("max_grad_norm")
+    value = (read_config(run_dir) or {}).get("max_grad_norm")
     return float(value if value is not None else KTAEGRPOConfig.__dataclass_fields__["max_grad_norm"].default)
 
 

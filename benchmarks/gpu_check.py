@@ -79,7 +79,7 @@ def check_estimator(device: str, groups: tuple[int, ...], max_len: int) -> list[
     import torch
 
     from ktae import KTAEConfig, compute_ktae_advantages
-    from ktae.cli.bench import QWEN_EOS, make_batch
+    from ktae.estimator_benchmark import QWEN_EOS, make_batch
 
     config = KTAEConfig(ignore_token_ids=(QWEN_EOS,))
     rows = []
@@ -230,7 +230,7 @@ def check_parity(device: str, batches: int) -> dict:
 
 def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
     """``steps`` GRPO+KTAE steps of the tiny job; the policy must sit on ``device``."""
-    from ktae.cli.train import default_job, prepare_job, resolve_options
+    from ktae.integrations.trl.job import default_job, prepare_job, resolve_options
 
     options = resolve_options({}, [*overrides, f"max_steps={steps}"], defaults=default_job("tiny"))
     if device == "cpu":

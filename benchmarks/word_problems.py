@@ -1,6 +1,6 @@
 """How far a model gets on the built-in word problems: greedy and sampled accuracy at a token budget.
 
-The problems are the held-out draw of the real-model job (`ktae.cli.train.default_job`, its
+The problems are the held-out draw of the real-model job (`ktae.integrations.trl.job.default_job`, its
 ``task_*`` keys; ``key=value`` arguments override them as in ``ktae train``), rendered by the
 model's chat template; responses come from the evaluation harness's transformers backend and are
 scored by the training reward (`ktae.rewards.score_responses`, the last ``\\boxed{}``). Prints, for
@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ktae.cli.train import default_job, load_datasets, section
-from ktae.data.synthetic import ArithmeticTask
 from ktae.data.templates import render_prompt
 from ktae.evaluation.generation import GREEDY, Sampling, TransformersGenerator
-from ktae.integrations.trl.config import parse_overrides
+from ktae.integrations.trl.job import JobArguments, default_job, load_datasets, parse_overrides
 from ktae.rewards import extract_answer, score_responses
 
 
@@ -56,9 +54,10 @@ def main() -> None:
     args = parser.parse_args()
 
     options = {**default_job(args.model), **parse_overrides(args.overrides), "task_eval_size": args.n}
-    task = section(options, "task_", ArithmeticTask)
+    job = JobArguments.from_options(options)
+    task = job.task()
     temperature = args.temperature if args.temperature is not None else options["temperature"]
-    _, problems = load_datasets(options)
+    _, problems = load_datasets(job)
     answers = problems["answer"]
 
     started = time.perf_counter()

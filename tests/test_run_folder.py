@@ -1,4 +1,5 @@
-"""The run folder's own rules: torn log lines, atomic writes, the writer's lock, the rollout record."""
+"""The run folder's own rules: torn log lines, atomic writes, the writer's lock, the rollout record, the run's
+options and KTAE settings."""
 
 import json
 import logging
@@ -9,17 +10,25 @@ import time
 
 import pytest
 
+from ktae import KTAEConfig
 from ktae.reports.rollouts import load_rollouts
 from ktae.run_folder import (
+    KTAE_SETTINGS_FILE,
     ROLLOUTS_FILE,
+    TRL_STD_EPSILON,
+    KTAESettings,
     RolloutRecord,
     RunFolderInUse,
     RunFolderLock,
     append_jsonl,
     drop_steps_after,
     is_metric_value,
+    read_config,
     read_jsonl,
+    read_ktae_settings,
     write_atomic,
+    write_config,
+    write_ktae_settings,
 )
 
 
@@ -126,17 +135,7 @@ def test_rollout_records_are_what_the_reports_read(tmp_path):
         "correct": True,
         "advantages": [0.5, 0.0],
     }
-    (read,) = load_rollouts(tmp_path)
-    assert (
-        read.step,
-        read.group,
-        read.prompt,
-        read.response,
-        read.token_ids,
-        read.tokens,
-        read.score,
-        read.advantages,
-    ) == (3, 7, "1+2=", "3<eos>", [5, 1], ["3", "<eos>"], 1.0, [0.5, 0.0])
+    assert load_rollouts(tmp_path) == [record]  # the reports read back the record the trainers wrote
 
 
 @pytest.mark.parametrize(
@@ -154,3 +153,60 @@ def test_rollout_records_are_what_the_reports_read(tmp_path):
 )
 def test_metric_values_are_finite_numbers_not_bools(value, expected):
     assert is_metric_value(value) is expected
+
+
+def test_the_options_of_a_run_are_written_and_read_back_in_their_order(tmp_path):
+    assert read_config(tmp_path) is None  # not a run folder
+    options = {"model_name_or_path": "tiny", "max_steps": 3, "ktae_ignore_token_ids": None, "beta": 0.001}
+    write_config(tmp_path, options)
+    assert list(read_config(tmp_path).items()) == list(options.items())
+    (tmp_path / "config.yaml").write_text("- max_steps\n- 1\n")
+    with pytest.raises(ValueError, match=r"config\.yaml: a recipe is a mapping of keys to values, got list"):
+        read_config(tmp_path)
+
+
+def test_the_ktae_settings_a_run_wrote_are_read_before_its_options(tmp_path):
+    settings = KTAESettings(
+        ktae=True,
+        estimator=KTAEConfig(top=0.5, ignore_token_ids=(0, 1), rollout_advantage="dr_grpo", epsilon=TRL_STD_EPSILON),
+        rollout_advantage="TRL's own (scale_rewards=none)",
+        exact_base=True,
+    )
+    write_config(tmp_path, {"ktae": True, "ktae_top": 1.0})
+    write_ktae_settings(tmp_path, settings)
+    assert read_ktae_settings(tmp_path) == settings
+    assert json.loads((tmp_path / KTAE_SETTINGS_FILE).read_text())["estimator"]["ignore_token_ids"] == [0, 1]
+    (tmp_path / KTAE_SETTINGS_FILE).write_text('{"ktae": true}')
+    with pytest.raises(ValueError, match=r"ktae_settings\.json: not a KTAE settings record"):
+        read_ktae_settings(tmp_path)
+
+
+def test_a_run_folder_without_ktae_settings_has_them_worked_out_from_its_options(tmp_path):
+    """Run folders written before ktae_settings.json: the TRL trainer's flat ktae_* keys."""
+    assert read_ktae_settings(tmp_path) is None
+    write_config(tmp_path, {"ktae": False, "ktae_top": 0.5, "ktae_ignore_token_ids": None})
+    legacy = read_ktae_settings(tmp_path)
+    assert legacy == KTAESettings(
+        ktae=False,
+        estimator=KTAEConfig(top=0.5, epsilon=TRL_STD_EPSILON),  # TRL's own base: its std + 1e-4
+        rollout_advantage="TRL's own (scale_rewards=group)",
+        exact_base=True,
+    )
+    write_config(tmp_path, {"ktae": True, "ktae_rollout_advantage": "rloo", "ktae_epsilon": 0.01})
+    named = read_ktae_settings(tmp_path)
+    assert (named.estimator.rollout_advantage, named.estimator.epsilon) == ("rloo", 0.01)
+    assert named.rollout_advantage == "KTAE's rloo"
+
+
+def test_both_trainers_build_their_records_with_one_function():
+    from ktae.integrations.trl.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    ids = [*tokenizer("1+2=3\n\\boxed{3}").input_ids, tokenizer.eos_token_id]
+    common = {"step": 2, "group": "u1", "prompt": "1+2=", "token_ids": ids, "correct_threshold": 0.0}
+    record = RolloutRecord.from_tokens(tokenizer, score=1.0, advantages=[0.5] * len(ids), **common)
+    assert record.tokens[-2:] == ["}", "<eos>"] and "".join(record.tokens) == record.response
+    assert record.response == "1+2=3\n\\boxed{3}<eos>" and record.token_ids == ids
+    assert (record.score, record.correct) == (1.0, True)
+    unscored = RolloutRecord.from_tokens(tokenizer, score=float("nan"), advantages=[0.0] * len(ids), **common)
+    assert (unscored.score, unscored.correct) == (None, False)  # no reward function scored it

@@ -281,6 +281,11 @@ def model_vocab_size(model_or_config) -> int:
     return size
 
 
+def decode_token(tokenizer, token_id: int) -> str:
+    """One token's text, special tokens kept: how the key-token tables name a token."""
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
 def token_pieces(tokenizer, token_ids: Sequence[int], context: int = 6) -> list[str]:
     """Decoded text piece of each token; the pieces concatenate to the decoded text.
 

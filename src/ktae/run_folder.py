@@ -2,7 +2,8 @@
 
 Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
 
-    config.yaml                 CONFIG_FILE      the run's options; ``--resume`` reads them
+    config.yaml                 CONFIG_FILE      the run's options; ``--resume`` reads them (`read_config`)
+    ktae_settings.json          KTAE_SETTINGS_FILE  the KTAE settings the run trained with, resolved (`KTAESettings`)
     metrics.jsonl               METRICS_FILE     one JSON object per logged step ({"step", <metric>: value})
     rollouts.jsonl              ROLLOUTS_FILE    one `RolloutRecord` per line
     key_tokens.jsonl            KEY_TOKENS_FILE  {"step", "credited": [...], "blamed": [...]} per logged step
@@ -15,7 +16,7 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
 The JSONL logs are appended one whole line per ``write``; a kill during an append can still leave a
 torn last line, which `read_jsonl` (the one reader of these logs) and `drop_steps_after` drop (with a
 warning) instead of failing.
-Whole files (config, reports, results) go through `write_atomic`.
+Whole files (config, settings, reports, results) go through `write_atomic`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ktae.core.config import KTAEConfig
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+
     from typing_extensions import Self
@@ -39,6 +44,7 @@ if TYPE_CHECKING:  # typing.Self is Python 3.11+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+KTAE_SETTINGS_FILE = "ktae_settings.json"
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 KEY_TOKENS_FILE = "key_tokens.jsonl"
@@ -51,27 +57,153 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
+#: What TRL's GRPOTrainer adds to a group's reward standard deviation before dividing by it: TRL's own
+#: group-scaled rollout-level advantage is KTAE's "grpo" base with this epsilon.
+TRL_STD_EPSILON = 1e-4
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(kw_only=True)
 class RolloutRecord:
-    """One sampled response as a line of ``rollouts.jsonl`` (both trainers write it; reports read it).
+    """One sampled response as a line of ``rollouts.jsonl``: both trainers write it (built by `from_tokens`),
+    reports read it (`ktae.reports.rollouts.parse_rollout`).
 
-    T is the number of response tokens kept: padding and everything after the end of sequence are
-    dropped, the end-of-sequence token itself is kept.
+    The trainers fill every field. T is the number of response tokens kept: padding and everything after
+    the end of sequence are dropped, the end-of-sequence token itself is kept. Read from other tools' logs
+    (verl's rollout dumps, any JSONL of rollouts), a record may lack the step, the token ids and pieces
+    (text only), the verdict and the advantages: None.
     """
 
-    step: int  # the optimizer step these rollouts trained (1-based)
+    step: int | None  # the optimizer step these rollouts trained (1-based)
     group: int | str  # id of the prompt group (rollouts of one prompt share it)
     prompt: str  # the prompt as text (chat messages joined as "role: content" lines)
-    response: str  # == "".join(tokens)
-    token_ids: list[int]  # [T] response token ids
-    tokens: list[str]  # [T] display piece of each token
+    response: str | None = None  # == "".join(tokens)
+    token_ids: list[int] | None = None  # [T] response token ids
+    tokens: list[str] | None = None  # [T] display piece of each token
     score: float | None  # total reward; None when no reward function scored the rollout
-    correct: bool  # score > the KTAE correct_threshold
-    advantages: list[float]  # [T] per-token advantage the update used
+    correct: bool | None = None  # score > the KTAE correct_threshold
+    advantages: list[float] | None = None  # [T] per-token advantage the update used
+
+    @classmethod
+    def from_tokens(
+        cls,
+        tokenizer,
+        *,
+        step: int,
+        group: int | str,
+        prompt: str,
+        token_ids: Sequence[int],
+        score: float | None,
+        correct_threshold: float,
+        advantages: Sequence[float],
+    ) -> RolloutRecord:
+        """A trainer's record of one rollout: its kept response tokens decoded into pieces that concatenate to
+        the response (`ktae.models.token_pieces`), a NaN score (no reward function scored it) as None, and
+        the verdict from the KTAE threshold."""
+        from ktae.models import token_pieces
+
+        pieces = token_pieces(tokenizer, token_ids)
+        if score is not None and math.isnan(score):
+            score = None
+        return cls(
+            step=step,
+            group=group,
+            prompt=prompt,
+            response="".join(pieces),
+            token_ids=list(token_ids),
+            tokens=pieces,
+            score=score,
+            correct=score is not None and score > correct_threshold,
+            advantages=list(advantages),
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+
+def read_options_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping of options (a recipe, or a run's ``config.yaml``), read with ``yaml.safe_load``."""
+    path = Path(path)
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
+    return dict(loaded or {})
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The options of a run (``RUN_DIR/config.yaml``); None when the folder has none."""
+    path = Path(run_dir) / CONFIG_FILE
+    return read_options_file(path) if path.is_file() else None
+
+
+def write_config(run_dir: str | os.PathLike, options: Mapping[str, Any]) -> Path:
+    """Write the options of a run to ``RUN_DIR/config.yaml`` (atomically, in the given key order)."""
+    return write_atomic(Path(run_dir) / CONFIG_FILE, yaml.safe_dump(dict(options), sort_keys=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class KTAESettings:
+    """The KTAE settings a run trained with, resolved: ``RUN_DIR/ktae_settings.json`` (the TRL trainer writes it
+    when training starts; reports recompute the run's key-token values and advantages with it).
+
+    ``estimator``'s ``rollout_advantage`` and ``epsilon`` name the KTAE base equal to the rollout-level
+    advantage the run trained with (TRL's own, when KTAE did not compute it); ``ignore_token_ids`` are the
+    ids the tokenizer gave.
+    """
+
+    ktae: bool  # the update added KTAE's key-token bonus (False: the rollout-level advantage alone)
+    estimator: KTAEConfig
+    rollout_advantage: str  # who computed the rollout-level advantage, and how, in words
+    exact_base: bool  # False: no KTAE base equals it, and ``estimator`` names the nearest
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "estimator": self.estimator.to_dict()}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> KTAESettings:
+        record = json.loads(text)
+        return cls(**{**record, "estimator": KTAEConfig.from_dict(record["estimator"])})
+
+
+def write_ktae_settings(run_dir: str | os.PathLike, settings: KTAESettings) -> Path:
+    return write_atomic(Path(run_dir) / KTAE_SETTINGS_FILE, settings.to_json())
+
+
+def read_ktae_settings(run_dir: str | os.PathLike) -> KTAESettings | None:
+    """The KTAE settings of a run; for a run folder written before ``ktae_settings.json`` existed, worked out
+    from its ``config.yaml`` (`legacy_ktae_settings`). None when the folder has neither."""
+    path = Path(run_dir) / KTAE_SETTINGS_FILE
+    if path.is_file():
+        try:
+            return KTAESettings.from_json(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a KTAE settings record ({error})") from None
+    config = read_config(run_dir)
+    return None if config is None else legacy_ktae_settings(config, Path(run_dir) / CONFIG_FILE)
+
+
+def legacy_ktae_settings(config: Mapping[str, Any], where: str | os.PathLike) -> KTAESettings:
+    """KTAE settings from a run's options alone: the TRL trainer's flat ``ktae_*`` keys, or a ``ktae``
+    mapping at the top or under ``algorithm`` (verl's ``algorithm.ktae``, whose ``base`` is verl's own)."""
+    fields = {f.name for f in dataclasses.fields(KTAEConfig)}
+    algorithm = config.get("algorithm")
+    section = algorithm.get("ktae") if isinstance(algorithm, dict) and "ktae" in algorithm else config.get("ktae")
+    if isinstance(section, dict):
+        options = {key: value for key, value in section.items() if key != "base"}
+        description = f"KTAE's {options.get('rollout_advantage') or KTAEConfig.rollout_advantage}"
+    else:
+        options = {key[5:]: value for key, value in config.items() if key.startswith("ktae_") and key[5:] in fields}
+        if options.get("rollout_advantage") is None:  # the bonus was added to TRL's own rollout-level advantage
+            if options.get("epsilon") is None:
+                options["epsilon"] = TRL_STD_EPSILON
+            description = f"TRL's own (scale_rewards={config.get('scale_rewards', 'group')})"
+        else:
+            description = f"KTAE's {options['rollout_advantage']}"
+    options = {key: value for key, value in options.items() if value is not None}
+    try:
+        estimator = KTAEConfig.from_dict(options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    return KTAESettings(ktae=section is not False, estimator=estimator, rollout_advantage=description, exact_base=True)
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> Path:

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from ktae.cli import main
 from ktae.data import apply_template, load_benchmark, render_prompt
 from ktae.evaluation import EvalSettings, pass_at_k, summarize, write_results
+from ktae.evaluation.eval_folder import results_json
 from ktae.evaluation.metrics import maj_at_k
 from ktae.integrations.trl.tiny import TinyModelConfig, build_model
 
@@ -25,7 +26,7 @@ TARGET = "\\boxed{204}"  # the answer of aime24's first problem
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """A tiny model gains nothing from threads, and on a busy 2-core machine they make it 20x slower."""
+    """A tiny model gains nothing from a second thread, which mostly waits for the first on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -127,6 +128,21 @@ def test_eval_end_to_end(eval_run, capsys, umask_022):
     assert json.loads((out / "results.json").read_text())["results"] == results["results"]
     assert main([*argv[:-4], "--max-new-tokens", "8", "--output-dir", str(out), "--resume"]) == 2
     assert "settings differ in max_new_tokens" in capsys.readouterr().err
+
+
+def test_a_rescored_run_is_written_in_the_generated_runs_layout(eval_run, tmp_path, capsys):
+    argv, out = eval_run
+    if not (out / "results.json").exists():
+        assert main(argv) == 0
+    again = tmp_path / "again"
+    assert main(["eval", "--responses", str(out), "--output-dir", str(again)]) == 0
+    generated, rescored = (json.loads((folder / "results.json").read_text()) for folder in (out, again))
+    assert generated.keys() == rescored.keys() and generated["settings"].keys() == rescored["settings"].keys()
+    assert rescored["results"] == generated["results"] and rescored["per_problem"] == generated["per_problem"]
+    assert (generated["settings"]["check_timeout_s"], generated["settings"]["format"]) == (5.0, None)
+    assert (rescored["settings"]["template"], rescored["settings"]["format"]) == (None, "auto")
+    for folder, results in ((out, generated), (again, rescored)):  # the one writer's format
+        assert (folder / "results.json").read_text() == results_json(results)
 
 
 @pytest.mark.parametrize("reference", [[], ["paper"], ["{suites}/README.md"], ["{suites}/reference_scores.json"]])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ktae.cli import main
-from ktae.cli.train import default_job, load_datasets
+from ktae.integrations.trl.job import JobArguments, default_job, load_datasets
 from ktae.models import SMOLLM2, SMOLLM2_INSTALL, load_tokenizer
 from ktae.rewards import extract_answer
 
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """On a 2-core machine shared with other jobs, torch's second thread mostly waits for the first."""
+    """A 135M model on a CPU gains little from a second torch thread, which mostly waits for the first when
+    cores are shared."""
     import torch
 
     threads = torch.get_num_threads()
@@ -89,7 +90,7 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     # Scores: the boxed answer checked against the problem's. The model gets some right (the job's word
     # problems are ones it partly solves; with the job's seed, 2 of the 4), so the group is mixed and KTAE
     # credits and blames tokens.
-    train, _ = load_datasets(default_job(SMOLLM2))
+    train, _ = load_datasets(JobArguments.from_options(default_job(SMOLLM2)))
     answer_of = {row["prompt"][-1]["content"]: row["answer"] for row in train}
     for record in records:
         story = record["prompt"].rsplit("\nuser: ", 1)[1]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from ktae.cli import main
+from ktae.reports import build_report
 
 # The default job, scaled down to seconds: a 1-layer model, a handful of SFT and RL steps.
 SMALL = [
@@ -56,6 +57,22 @@ def test_small_default_job_fills_the_run_folder(tmp_path, capsys):
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["max_steps"] == 3 and config["ktae"] is True and config["beta"] == 0.001  # algo-resolved
+    # the KTAE settings it trained with, resolved: the tiny tokenizer's pad and eos ids, TRL's std + 1e-4 base
+    settings = json.loads((run_dir / "ktae_settings.json").read_text())
+    assert (settings["ktae"], settings["exact_base"], settings["rollout_advantage"]) == (
+        True,
+        True,
+        "TRL's own (scale_rewards=group)",
+    )
+    estimator = settings["estimator"]
+    assert (estimator["ignore_token_ids"], estimator["rollout_advantage"], estimator["epsilon"]) == (
+        [0, 1],
+        "grpo",
+        1e-4,
+    )
+    # so a report of the run recomputes the advantages it trained on
+    report = build_report(run_dir, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Recomputed advantages match those logged" in report and "differ from" not in report
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in (

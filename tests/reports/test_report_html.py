@@ -11,6 +11,7 @@ from ktae.reports import build_report, build_run_report, run_ktae_config
 from ktae.reports.html import group_names, pack_varints
 from ktae.reports.keytokens import analyse
 from ktae.reports.rollouts import load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.run_folder import KTAESettings, write_ktae_settings
 
 
 def page_data(html_text):
@@ -139,6 +140,24 @@ def test_run_config_is_read_from_flat_trainer_keys_or_a_ktae_section(tmp_path):
     with pytest.raises(ValueError, match="alpah"):
         run_ktae_config(tmp_path / "d")
     assert run_ktae_config(tmp_path) == (None, [])
+
+
+def test_run_config_is_the_settings_the_run_wrote(tmp_path):
+    """A run folder with ktae_settings.json: its resolved settings, not what config.yaml's keys suggest."""
+    (tmp_path / "config.yaml").write_text("ktae: true\nktae_top: 0.5\nscale_rewards: batch\n")
+    settings = KTAESettings(
+        ktae=True,
+        estimator=KTAEConfig(top=0.5, ignore_token_ids=(0, 1), epsilon=1e-4),
+        rollout_advantage="TRL's own (scale_rewards=batch)",
+        exact_base=False,
+    )
+    write_ktae_settings(tmp_path, settings)
+    config, notes = run_ktae_config(tmp_path)
+    assert config == settings.estimator and config.ignore_token_ids == (0, 1)
+    assert notes == [
+        "No KTAE base equals this run's rollout-level advantage (TRL's own (scale_rewards=batch)): the rollout "
+        "advantages shown are KTAE's grpo."
+    ]
 
 
 def _run(folder, tokenizer, accuracy):

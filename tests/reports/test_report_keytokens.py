@@ -4,14 +4,18 @@ import torch
 
 from ktae import KTAEConfig, compute_key_token_values
 from ktae.reports.keytokens import analyse
-from ktae.reports.rollouts import Rollout, tokenize_rollouts
+from ktae.reports.rollouts import tokenize_rollouts
+from ktae.run_folder import RolloutRecord
 
 # The worked example of docs/spec.md: one group, scores [1, 1, 0, 0].
 EXAMPLE = [([5, 7, 7, 9], 1.0), ([5, 8, 9], 1.0), ([6, 7, 9, 9], 0.0), ([6, 8], 0.0)]
 
 
 def _data(rows, step=0, group="g", **kwargs):
-    rollouts = [Rollout(step, group, "p", score, token_ids=ids, tokens=[f"<{t}>" for t in ids]) for ids, score in rows]
+    rollouts = [
+        RolloutRecord(step=step, group=group, prompt="p", score=score, token_ids=ids, tokens=[f"<{t}>" for t in ids])
+        for ids, score in rows
+    ]
     return tokenize_rollouts(rollouts, **kwargs)
 
 
@@ -51,7 +55,7 @@ def test_the_same_group_id_at_two_steps_is_two_groups_and_matches_the_estimator(
     flipped = [(ids, 1.0 - score) for ids, score in EXAMPLE]
     rows = [*EXAMPLE, *flipped]
     rollouts = [
-        Rollout(step, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids])
+        RolloutRecord(step=step, group="g", prompt="p", score=s, token_ids=ids, tokens=[str(t) for t in ids])
         for step, (ids, s) in zip([1] * 4 + [2] * 4, rows)
     ]
     analysis = analyse(tokenize_rollouts(rollouts))
@@ -90,7 +94,9 @@ def test_logged_advantages_are_checked_against_the_recomputed_ones():
         [-1.866024, -0.866024],
     ]
     rollouts = [
-        Rollout(0, "g", "p", s, token_ids=ids, tokens=[str(t) for t in ids], advantages=adv)
+        RolloutRecord(
+            step=0, group="g", prompt="p", score=s, token_ids=ids, tokens=[str(t) for t in ids], advantages=adv
+        )
         for (ids, s), adv in zip(EXAMPLE, logged)
     ]
     count, gap = analyse(tokenize_rollouts(rollouts)).stored_advantage_gap()

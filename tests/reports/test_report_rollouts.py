@@ -1,10 +1,10 @@
 import logging
-import math
 
 import pytest
 from report_helpers import rollout_records, write_jsonl
 
-from ktae.reports.rollouts import Rollout, find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.reports.rollouts import find_run_tokenizer, load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.run_folder import RolloutRecord
 
 
 def test_parse_accepts_the_trainer_format_and_verl_dumps():
@@ -42,7 +42,7 @@ def test_parse_accepts_the_trainer_format_and_verl_dumps():
         "x",
     )
     assert (chat.prompt, chat.response, chat.group, chat.score) == ("hi", "yo", "u", 0.0)
-    assert math.isnan(parse_rollout({"group": 1, "response": "r", "score": None}, "x").score)
+    assert parse_rollout({"group": 1, "response": "r", "score": None}, "x").score is None  # unscored
 
 
 def test_load_drops_the_torn_last_line_of_a_run_killed_mid_write(tmp_path, caplog):
@@ -119,7 +119,7 @@ def test_ids_without_pieces_need_a_tokenizer_and_unscored_rollouts_are_left_out(
     with pytest.raises(ValueError, match="--tokenizer"):
         tokenize_rollouts([parse_rollout({"group": 0, "token_ids": [1, 2], "score": 1}, "x")])
     with pytest.raises(ValueError, match=r"rollout 0 \(group 7\) has no response"):  # built by hand, not parsed
-        tokenize_rollouts([Rollout(step=1, group=7, prompt="p", score=1.0)])
+        tokenize_rollouts([RolloutRecord(step=1, group=7, prompt="p", score=1.0)])
     rollouts = [parse_rollout({"group": 0, "tokens": ["a"], "token_ids": [4], "score": s}, "x") for s in (1, None)]
     data = tokenize_rollouts(rollouts)
     assert len(data.rollouts) == 1 and data.notices[0] == "1 rollout(s) without a score were left out."

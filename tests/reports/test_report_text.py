@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ktae.reports.rollouts import Rollout, tokenize_rollouts
+from ktae.reports.rollouts import tokenize_rollouts
 from ktae.reports.text import (
     BYTE_LEVEL,
     SENTENCEPIECE,
@@ -11,6 +11,7 @@ from ktae.reports.text import (
     piece_label,
     visible_whitespace,
 )
+from ktae.run_folder import RolloutRecord
 
 
 def test_byte_level_pieces_become_text_with_spaces_and_newlines():
@@ -80,7 +81,7 @@ def test_merged_pieces_concatenate_to_the_tokenizers_own_decoding(byte_level_tok
 @pytest.mark.parametrize("text", ["The answer is 42.", "Für 北京 🙂\n\tok  done", " leading space"])
 def test_sentencepiece_token_ids_read_as_the_tokenizers_own_decoding(sentencepiece_tokenizer, text):
     ids = sentencepiece_tokenizer(text, add_special_tokens=False)["input_ids"]
-    rollout = Rollout(1, "g", "p", 1.0, token_ids=ids)
+    rollout = RolloutRecord(step=1, group="g", prompt="p", score=1.0, token_ids=ids)
     data = tokenize_rollouts([rollout], sentencepiece_tokenizer)
     assert (
         detect_piece_style(sentencepiece_tokenizer.get_vocab(), sentencepiece_tokenizer.all_special_tokens)

@@ -96,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.responses:
-            from ktae.evaluation.rescore import run_command
-
-            return run_command(args)
+            return _rescore(args)
         if args.compare:
             runs = [load_results(path) for path in args.compare]
             labels = [run["label"] for run in runs]
@@ -136,6 +134,36 @@ def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> 
         problems.append(records)
     for run, records in zip(runs[1:], problems[1:]):
         print("\n" + paired_comparison_table(runs[0], run, problems[0], records, seed=seed))
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    """``--responses FILE ...``: grade, write, and print the results and the agreement with the file's verdicts."""
+    from ktae.evaluation.eval_folder import AGREEMENT_REPORT
+    from ktae.evaluation.report import results_table
+    from ktae.evaluation.rescore import agreement_table, default_label, disagreement_list, rescore_files
+    from ktae.rewards import AnswerChecker
+
+    for option in ("model", "compare", "reference"):
+        if getattr(args, option, None):
+            raise ValueError(f"--responses re-scores outputs that exist: it does not go with --{option}")
+    label = default_label(args.responses)
+    output_dir = Path(args.output_dir or Path("eval_results") / f"{label}-rescored")
+    with AnswerChecker(timeout_s=args.check_timeout) as checker:
+        results, agreed = rescore_files(args.responses, output_dir, format=args.format, checker=checker, label=label)
+    print(results_table(results))
+    if agreed is not None:
+        print(f"\nagreement with the file's verdicts:\n{agreement_table(agreed)}")
+        print(f"\ndisagreements ({len(agreed['disagreements'])}):\n{disagreement_list(agreed, limit=30)}")
+    _print_outputs(output_dir)
+    if agreed is not None:
+        print(f"agreement: {output_dir / AGREEMENT_REPORT}")
+    return 0
+
+
+def _print_outputs(output_dir: Path) -> None:
+    from ktae.evaluation.eval_folder import RESPONSES_DIR, RESULTS_FILE
+
+    print(f"\nresults: {output_dir / RESULTS_FILE}\nresponses: {output_dir / RESPONSES_DIR}/")
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -202,5 +230,5 @@ def _evaluate(args: argparse.Namespace) -> int:
             pass_k=_int_list(args.pass_k, "--pass-k") if args.pass_k is not None else None,
         )
     print(results_table(results))
-    print(f"\nresults: {output_dir / 'results.json'}\nresponses: {output_dir / 'responses'}/")
+    _print_outputs(output_dir)
     return 0

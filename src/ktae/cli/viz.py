@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="V",
         help="|v| above which a token counts as strongly weighted (default: 0.5)",
     )
-    ktae = parser.add_argument_group("KTAE options (default: the run's config.yaml, else the paper's)")
+    ktae = parser.add_argument_group("KTAE options (default: the settings the run trained with, else the paper's)")
     for field in _KTAE_OPTIONS:
         flag = "--" + field.name.replace("_", "-")
         if field.name == "rollout_advantage":

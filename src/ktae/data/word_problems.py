@@ -16,9 +16,8 @@ instruction-tuned model to attempt, generated locally and deterministically from
 Prompts are chat messages (TRL's conversational format), so the model's own chat template renders
 them. The worked examples come as earlier turns of the conversation: a small instruction-tuned
 model follows an answer format it has "given" itself far more often than one asked for in the
-system turn or shown inside the user's message (SmolLM2-135M-Instruct, greedy, 24 tokens, 16
-two-term problems: 62% correct this way, 6% with the example inside the user message, 0% without
-an example). ``completion`` is the worked solution in the same format, for a supervised warm start.
+system turn or shown inside the user's message (benchmarks/NOTES.md, "Can it solve the word problems?",
+has the figures). ``completion`` is the worked solution in the same format, for a supervised warm start.
 A subtraction never takes more than there is: a step that would go below zero adds instead.
 """
 

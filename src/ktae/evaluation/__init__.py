@@ -1,5 +1,6 @@
 """Evaluation on the five math benchmarks (the paper's protocol): ``ktae eval``."""
 
+from ktae.evaluation.eval_folder import write_results
 from ktae.evaluation.generation import (
     Generation,
     Sampling,
@@ -8,7 +9,7 @@ from ktae.evaluation.generation import (
     make_generator,
     select_backend,
 )
-from ktae.evaluation.harness import EvalSettings, evaluate, problem_records, score_benchmark, summarize, write_results
+from ktae.evaluation.harness import EvalSettings, evaluate, problem_records, score_benchmark, summarize
 from ktae.evaluation.metrics import bootstrap_ci, paired_comparison, pass_at_k
 from ktae.evaluation.report import (
     comparison_table,

@@ -3,7 +3,7 @@
 For each benchmark: build the prompts with the template (the model tokenizer's chat format),
 generate (greedily by default, or ``samples`` seeded samples per problem), extract the last
 \\boxed{} answer and check it against the references with math-verify under a time limit.
-Outputs in ``output_dir``:
+Outputs in ``output_dir`` (`ktae.evaluation.eval_folder`, the folder's one writer):
 
 - ``responses/<benchmark>.jsonl``: one line per sample (prompt, response, extracted answer,
   verdict, token count, answer group), written atomically when the benchmark is done, so that
@@ -12,8 +12,9 @@ Outputs in ``output_dir``:
   bootstrap interval ``ci95``, ``pass_at_k``/``maj_at_k``, ``formatted`` (% of responses with an
   extractable answer), ``avg_lens``/``max_lens`` (response tokens), ``truncated`` (% cut at the
   token limit), ``num_examples``, ``samples``; ``avg`` (mean accuracy over the benchmarks) and
-  ``avg_ci95``; the settings; and ``per_problem`` records (id, key, each sample's answer,
-  correctness, length) that ``ktae eval --compare`` pairs between runs.
+  ``avg_ci95``; the ``settings`` (`results_settings`); and ``per_problem`` records (id, key, each
+  sample's answer, correctness, length) that ``ktae eval --compare`` pairs between runs. Re-scored
+  outputs (`ktae.evaluation.rescore`) get the same layout.
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ from typing import Any
 from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
 from ktae.evaluation import metrics
+from ktae.evaluation.eval_folder import (
+    read_settings,
+    responses_path,
+    responses_reference,
+    write_responses,
+    write_results,
+    write_settings,
+)
 from ktae.evaluation.generation import Generation
 from ktae.rewards import AnswerChecker, extract_answer
-from ktae.run_folder import read_jsonl, write_atomic
+from ktae.run_folder import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -230,17 +239,31 @@ def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples
     }
 
 
+def results_settings(
+    settings: EvalSettings, check_timeout_s: float | None = None, rescored: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """results.json's ``settings``, one layout for generated and re-scored outputs: the `EvalSettings` fields
+    (re-scored outputs name their model only: the others are null), ``check_timeout_s`` (the time limit of
+    an answer check), ``responses`` (the files re-scored) and ``format`` (theirs); null when generated."""
+    generation = asdict(settings) if rescored is None else {**dict.fromkeys(asdict(settings)), "model": settings.model}
+    source = {"responses": None, "format": None, **(rescored or {})}
+    return {**generation, "check_timeout_s": check_timeout_s, **source}
+
+
 def summarize(
     records_by_benchmark: dict[str, list[dict]],
     settings: EvalSettings,
     pass_k: list[int] | None = None,
     resamples: int = metrics.BOOTSTRAP_RESAMPLES,
+    *,
+    check_timeout_s: float | None = None,
+    rescored: dict[str, Any] | None = None,
 ) -> dict:
     """The results dict (see the module docstring) of scored response records.
 
     pass_k: the k of pass@k and maj@k, each reported where a benchmark has at least k samples
     (and averaged where every benchmark has it); None reports k = each benchmark's number of
-    samples when it is above one.
+    samples when it is above one. check_timeout_s, rescored: see `results_settings`.
     """
     per_problem = {name: problem_records(name, records) for name, records in records_by_benchmark.items()}
     names = list(per_problem)
@@ -262,8 +285,8 @@ def summarize(
         "max_lens": by_benchmark("max_lens"),
         "formatted": by_benchmark("formatted"),
         "num_examples": by_benchmark("num_examples"),
-        "settings": asdict(settings),
-        "responses": {name: f"responses/{name}.jsonl" for name in names},
+        "settings": results_settings(settings, check_timeout_s, rescored),
+        "responses": {name: responses_reference(name) for name in names},
         "samples": by_benchmark("samples"),
         "ci95": by_benchmark("ci95"),
         "avg_ci95": [100.0 * x for x in metrics.bootstrap_ci(scores, resamples=resamples, seed=settings.seed)],
@@ -277,31 +300,12 @@ def summarize(
     }
 
 
-def results_json(results: dict) -> str:
-    """``results`` as indented JSON, except that each per-problem record takes one line."""
-    per_problem = results.get("per_problem")
-    head = json.dumps({k: v for k, v in results.items() if k != "per_problem"}, indent=2)
-    if per_problem is None:
-        return head + "\n"
-    blocks = [
-        f"    {json.dumps(name)}: [\n" + ",\n".join("      " + json.dumps(p) for p in problems) + "\n    ]"
-        for name, problems in per_problem.items()
-    ]
-    return head[:-2] + ',\n  "per_problem": {\n' + ",\n".join(blocks) + "\n  }\n}\n"
-
-
-def write_results(output_dir: str | Path, results: dict) -> Path:
-    """Write ``output_dir/results.json`` atomically (file mode from the umask); returns its path."""
-    return write_atomic(Path(output_dir) / "results.json", results_json(results))
-
-
 def _resumable(output_dir: Path, settings: EvalSettings) -> bool:
     """Whether ``output_dir`` holds a run with these settings (settings a run saved before a field
     existed count as that field's default); raises if it holds one with other settings."""
-    path = output_dir / "settings.json"
-    if not path.is_file():
+    saved = read_settings(output_dir)
+    if saved is None:
         return False
-    saved = json.loads(path.read_text(encoding="utf-8"))
     defaults = {f.name: f.default for f in fields(EvalSettings)} | {"samples_per_benchmark": {}}
     current = asdict(settings)
     differing = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])
@@ -345,10 +349,10 @@ def evaluate(
     done: dict[str, list[dict]] = {}
     if resume and _resumable(output_dir, settings):
         for name in names:
-            path = output_dir / "responses" / f"{name}.jsonl"
+            path = responses_path(output_dir, name)
             if path.is_file():
                 done[name] = _cached_responses(path, suites[name], settings.samples_for(name))
-    write_atomic(output_dir / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
+    write_settings(output_dir, asdict(settings))
 
     todo = [name for name in names if name not in done]
     own_checker = checker is None
@@ -369,12 +373,12 @@ def evaluate(
                 prompts, settings.max_new_tokens, desc=name, samples=samples, sampling=sampling
             )
             records = score_benchmark(name, examples, prompts, generations, checker, samples)
-            write_atomic(output_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            write_responses(output_dir, name, records)
             done[name] = records
     finally:
         if own_checker:
             checker.close()
-    results = summarize({name: done[name] for name in names}, settings, pass_k)
+    results = summarize({name: done[name] for name in names}, settings, pass_k, check_timeout_s=checker.timeout_s)
     write_results(output_dir, results)
     return results
 

@@ -1,4 +1,4 @@
-"""Re-score model outputs without generating them: ``ktae eval --responses FILE``.
+"""Re-score model outputs without generating them (``ktae eval --responses FILE``, `ktae.cli.evaluate`).
 
 Two input formats:
 
@@ -13,9 +13,9 @@ Two input formats:
   ``prompt``, ``num_tokens``, ``finish_reason``); their ``correct`` is the verdict compared with.
 
 Every response is graded as a generating run grades it (``score_benchmark``), and the outputs are a
-run's (``results.json``, ``responses/<benchmark>.jsonl``), plus, where the file carries verdicts,
-``agreement.json`` and ``agreement.md``: per benchmark our accuracy and the file's, the share of
-responses on which both agree, and each disagreement.
+run's, in the same layout (`ktae.evaluation.eval_folder`: ``results.json``, ``responses/<benchmark>.jsonl``),
+plus, where the file carries verdicts, ``agreement.json`` and ``agreement.md``: per benchmark our accuracy
+and the file's, the share of responses on which both agree, and each disagreement.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ktae.data.benchmarks import BENCHMARKS
+from ktae.evaluation.eval_folder import RESPONSES_DIR, write_agreement, write_eval_folder
 from ktae.rewards import AnswerChecker
 from ktae.rewards.equivalence import normalize_references
 
@@ -187,7 +188,7 @@ def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        folder = path / "responses" if (path / "responses").is_dir() else path
+        folder = path / RESPONSES_DIR if (path / RESPONSES_DIR).is_dir() else path
         files = sorted(folder.glob("*.jsonl"))
         if not files:
             raise FileNotFoundError(f"no *.jsonl response files in {folder}")
@@ -396,7 +397,6 @@ def rescore_files(
     """Read, grade and write the outputs of a re-scoring run in ``output_dir``; returns the results
     dict and the agreement (None when the file has no verdicts)."""
     from ktae.evaluation.harness import EvalSettings, summarize
-    from ktae.run_folder import write_atomic
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     output_dir = Path(output_dir)
@@ -406,23 +406,16 @@ def rescore_files(
     outputs = read_outputs(paths, format)
     records, seconds = rescore(outputs, checker)
     label = label or default_label(paths)
-    results = summarize(records, EvalSettings(model=label))
-    results["settings"] = {
-        "responses": [str(p) for p in inputs],
-        "format": format,
-        "check_timeout_s": checker.timeout_s,
-    }
-    for name, rows in records.items():
-        write_atomic(output_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    rescored = {"responses": [str(p) for p in inputs], "format": format}
+    results = summarize(records, EvalSettings(model=label), check_timeout_s=checker.timeout_s, rescored=rescored)
+    write_eval_folder(output_dir, results, records)
     agreed = agreement(records, seconds)
     if agreed is not None:
-        write_atomic(output_dir / "agreement.json", json.dumps(agreed, indent=2) + "\n")
-        write_atomic(
-            output_dir / "agreement.md",
+        report = (
             f"# {label}: our verdicts against the file's\n\n{agreement_table(agreed)}\n\n"
-            f"## Disagreements\n\n{disagreement_list(agreed)}\n",
+            f"## Disagreements\n\n{disagreement_list(agreed)}\n"
         )
+        write_agreement(output_dir, agreed, report)
     return results, agreed
 
 
@@ -430,28 +423,7 @@ def default_label(paths) -> str:
     """A run's name from its input: the file's name without .json/.jsonl/.gz, or the run folder's."""
     path = Path(paths[0] if isinstance(paths, (list, tuple)) else paths).resolve()
     if path.is_dir():
-        return (path.parent if path.name == "responses" else path).name
-    if path.parent.name == "responses":
+        return (path.parent if path.name == RESPONSES_DIR else path).name
+    if path.parent.name == RESPONSES_DIR:
         return path.parent.parent.name
     return re.sub(r"(\.jsonl?)?(\.gz)?$", "", path.name) or path.name
-
-
-def run_command(args) -> int:
-    """``ktae eval --responses FILE ...``: grade, write, and print the results and the agreement."""
-    from ktae.evaluation.report import results_table
-
-    for option in ("model", "compare", "reference"):
-        if getattr(args, option, None):
-            raise ValueError(f"--responses re-scores outputs that exist: it does not go with --{option}")
-    label = default_label(args.responses)
-    output_dir = Path(args.output_dir or Path("eval_results") / f"{label}-rescored")
-    with AnswerChecker(timeout_s=args.check_timeout) as checker:
-        results, agreed = rescore_files(args.responses, output_dir, format=args.format, checker=checker, label=label)
-    print(results_table(results))
-    if agreed is not None:
-        print(f"\nagreement with the file's verdicts:\n{agreement_table(agreed)}")
-        print(f"\ndisagreements ({len(agreed['disagreements'])}):\n{disagreement_list(agreed, limit=30)}")
-    print(f"\nresults: {output_dir / 'results.json'}\nresponses: {output_dir / 'responses'}/")
-    if agreed is not None:
-        print(f"agreement: {output_dir / 'agreement.md'}")
-    return 0

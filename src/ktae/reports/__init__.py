@@ -11,13 +11,12 @@ from ktae.reports.builders import build_report, build_run_report, run_ktae_confi
 from ktae.reports.colours import DivergingScale
 from ktae.reports.curves import plot_runs, read_metrics
 from ktae.reports.keytokens import KeyTokenAnalysis, analyse
-from ktae.reports.rollouts import Rollout, load_rollouts, parse_rollout, tokenize_rollouts
+from ktae.reports.rollouts import load_rollouts, parse_rollout, tokenize_rollouts
 from ktae.reports.text import merge_pieces
 
 __all__ = [
     "DivergingScale",
     "KeyTokenAnalysis",
-    "Rollout",
     "analyse",
     "build_report",
     "build_run_report",

@@ -16,57 +16,39 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from ktae import KTAEConfig
 from ktae.reports.curves import default_labels, plot_panels, plot_runs
 from ktae.reports.files import run_folders
 from ktae.reports.html import page, render_key_token_report
 from ktae.reports.keytokens import STRONG_VALUE, KeyTokenAnalysis, analyse
 from ktae.reports.rollouts import (
-    Rollout,
     TokenizedRollouts,
     find_run_tokenizer,
     load_rollouts,
     tokenize_rollouts,
 )
-from ktae.run_folder import CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE, write_atomic
+from ktae.run_folder import METRICS_FILE, ROLLOUTS_FILE, RolloutRecord, read_ktae_settings, write_atomic
 
 STEP_TOP_COUNT = 5  # tokens per step in the run overview's table
 
 
-#: What TRL's GRPOTrainer adds to a group's reward standard deviation before dividing by it.
-TRL_STD_EPSILON = 1e-4
-
-
 def run_ktae_config(run_dir: str | os.PathLike) -> tuple[KTAEConfig | None, list[str]]:
-    """The KTAE options a run trained with, from ``RUN_DIR/config.yaml``, and notes for the reader.
+    """The KTAE options a run trained with (`ktae.run_folder.read_ktae_settings`), and notes for the reader.
 
-    Reads the trainer's flat ``ktae_*`` keys (``KTAEGRPOConfig``), or a ``ktae`` mapping at the
-    top or under ``algorithm`` (verl's ``algorithm.ktae``). Returns (None, []) when the run has no config file.
+    Returns (None, []) when the run folder has neither ``ktae_settings.json`` nor ``config.yaml``.
     """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    settings = read_ktae_settings(run_dir)
+    if settings is None:
         return None, []
-    with path.open(encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping of options")
-    fields = {f.name for f in dataclasses.fields(KTAEConfig)}
-    algorithm = config.get("algorithm")
-    section = algorithm.get("ktae") if isinstance(algorithm, dict) and "ktae" in algorithm else config.get("ktae")
-    if isinstance(section, dict):  # verl's section also names its base estimator (algorithm.ktae.base)
-        options = {key: value for key, value in section.items() if key != "base"}
-    else:
-        options = {key[5:]: value for key, value in config.items() if key.startswith("ktae_") and key[5:] in fields}
-        if options.get("rollout_advantage") is None and options.get("epsilon") is None:
-            # the trainer added the bonus to TRL's own rollout advantage, normalised by the group's std + 1e-4
-            options["epsilon"] = TRL_STD_EPSILON
-    options = {key: value for key, value in options.items() if value is not None}
     notes = []
-    if section is False:
+    if not settings.ktae:
         notes.append("This run trained without KTAE; the colours show what KTAE would have credited and blamed.")
-    return KTAEConfig.from_dict(options), notes
+    if not settings.exact_base:
+        notes.append(
+            f"No KTAE base equals this run's rollout-level advantage ({settings.rollout_advantage}): the rollout "
+            f"advantages shown are KTAE's {settings.estimator.rollout_advantage}."
+        )
+    return settings.estimator, notes
 
 
 def _tokenizer(tokenizer, run_dir: Path | None):
@@ -106,7 +88,7 @@ def _resolve_config(config, run_dir: Path | None) -> tuple[KTAEConfig, list[str]
 
 
 def _prepare(
-    source: str | os.PathLike | Iterable[Rollout],
+    source: str | os.PathLike | Iterable[RolloutRecord],
     tokenizer,
     options: KTAEConfig | Mapping | None,
     steps: Iterable[int] | None,
@@ -122,8 +104,8 @@ def _prepare(
         rollouts = [r for r in source if wanted is None or r.step in wanted]
         if not rollouts:
             raise ValueError("no rollouts to report on")
-        if not all(isinstance(r, Rollout) for r in rollouts):
-            raise TypeError("rollouts must be ktae.reports.Rollout objects (see ktae.reports.parse_rollout)")
+        if not all(isinstance(r, RolloutRecord) for r in rollouts):
+            raise TypeError("rollouts must be ktae.run_folder.RolloutRecord objects (see ktae.reports.parse_rollout)")
     if ignore_token_ids is None and config.ignore_token_ids:
         ignore_token_ids = config.ignore_token_ids  # the run's own list (analyse adds the config's anyway)
     data = tokenize_rollouts(rollouts, _tokenizer(tokenizer, run_dir), ignore_token_ids)
@@ -131,7 +113,7 @@ def _prepare(
 
 
 def build_report(
-    source: str | os.PathLike | Iterable[Rollout],
+    source: str | os.PathLike | Iterable[RolloutRecord],
     out_html: str | os.PathLike,
     *,
     tokenizer=None,
@@ -144,11 +126,11 @@ def build_report(
     """Write a self-contained HTML key-token report of rollouts; returns its path.
 
     source: a rollouts JSONL file, a folder of JSONL dumps (verl's ``rollout_data_dir``), a run
-        folder (its rollouts.jsonl, config.yaml and newest checkpoint's tokenizer), or Rollout objects.
+        folder (its rollouts.jsonl, KTAE settings and newest checkpoint's tokenizer), or `RolloutRecord` objects.
     tokenizer: a Hugging Face tokenizer, or its path or hub id; needed for text-only rollouts
         (otherwise they are split into words) and to decode byte-level token ids.
-    config: KTAEConfig of the statistics, or a mapping of options over the default (the run's
-        config.yaml for a run folder, else KTAEConfig()).
+    config: KTAEConfig of the statistics, or a mapping of options over the default (the run's own
+        settings for a run folder, else KTAEConfig()).
     steps: only the rollouts of these steps. ignore_token_ids: ids with no value (default: the
         tokenizer's pad and end-of-sequence ids). strong: |v| threshold of the "strongly weighted" share.
     """

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def key_token_data(analysis: KeyTokenAnalysis, scale: DivergingScale, strong: fl
                     text[row] = piece
                 elif piece != text[row]:
                     exceptions[position] = piece  # a token whose text depends on its neighbours (split UTF-8)
-            entry = {
+            entry: dict[str, Any] = {
                 "s": data.rollouts[rollout].score,
                 "c": bool(analysis.correct[rollout]),
                 "A": round(float(analysis.rollout_advantage[rollout]), 4),

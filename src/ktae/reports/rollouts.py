@@ -1,6 +1,7 @@
 """Reading sampled rollouts for reports, and turning each into token ids plus readable text.
 
-Accepted records (JSONL, one rollout per line), whichever trainer wrote them:
+Every record is read into the trainers' own `ktae.run_folder.RolloutRecord`. Accepted records (JSONL, one
+rollout per line), whichever trainer wrote them:
 - the trainers' ``rollouts.jsonl`` (TRL: ``RUN_DIR/rollouts.jsonl``; verl: ``trainer.ktae_rollouts_dir``),
   one `ktae.run_folder.RolloutRecord` per line;
 - verl's ``trainer.rollout_data_dir`` dumps (``DIR/<step>.jsonl``): input, output, score, step,
@@ -16,14 +17,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ktae.models import ignored_token_ids, token_pieces
 from ktae.reports.text import TEXT, detect_piece_style, merge_pieces, piece_label
-from ktae.run_folder import ROLLOUTS_FILE, list_checkpoints, read_jsonl_numbered
+from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, list_checkpoints, read_jsonl_numbered
 
 # Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
 PROMPT_KEYS = ("prompt", "input")
@@ -37,20 +38,6 @@ _WORDS = re.compile(r"\s+|\w+|[^\w\s]")
 
 
 @dataclasses.dataclass
-class Rollout:
-    """One sampled response as read from a file, before tokenization (score NaN: not scored)."""
-
-    step: int | None
-    group: Hashable
-    prompt: str
-    score: float
-    response: str | None = None
-    token_ids: list[int] | None = None
-    tokens: list[str] | None = None
-    advantages: list[float] | None = None  # as the trainer logged them; reports only compare
-
-
-@dataclasses.dataclass
 class TokenizedRollouts:
     """Rollouts ready for the estimator and for display.
 
@@ -60,7 +47,7 @@ class TokenizedRollouts:
     about how the text was tokenized.
     """
 
-    rollouts: list[Rollout]
+    rollouts: list[RolloutRecord]
     token_ids: list[np.ndarray]
     texts: list[list[str]]
     labels: dict[int, str]
@@ -86,14 +73,17 @@ def _as_text(value, what: str, where: str) -> str:
     raise TypeError(f"{where}: {what} must be text or chat messages, got {type(value).__name__}")
 
 
-def parse_rollout(record: dict, where: str) -> Rollout:
-    """Validate one JSONL record and read it into a Rollout (``where`` names it in errors)."""
+def parse_rollout(record: dict, where: str) -> RolloutRecord:
+    """Validate one JSONL record and read it into a `RolloutRecord` (``where`` names it in errors).
+
+    A score of null (no reward function scored the rollout) reads as None; such rollouts are left out later.
+    """
     if not isinstance(record, dict):
         raise TypeError(f"{where}: expected a JSON object, got {type(record).__name__}")
     score = _first(record, SCORE_KEYS)
-    if any(key in record for key in SCORE_KEYS) and score is None:
-        score = math.nan  # logged without a score (a reward function returned None): left out later
-    elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+    if not (any(key in record for key in SCORE_KEYS) and score is None) and (
+        isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+    ):
         raise ValueError(f"{where}: needs a finite numeric 'score' (or 'reward'), got {score!r}")
     prompt = _first(record, PROMPT_KEYS)
     prompt = "" if prompt is None else _as_text(prompt, "prompt", where)
@@ -130,6 +120,9 @@ def parse_rollout(record: dict, where: str) -> Rollout:
         group = prompt  # verl's dumps: the rollouts of one prompt are its group
     elif isinstance(group, (list, dict)):
         group = json.dumps(group, sort_keys=True)
+    correct = record.get("correct")
+    if correct is not None and not isinstance(correct, bool):
+        raise ValueError(f"{where}: 'correct' must be true, false or null, got {correct!r}")
     step = record.get("step")
     if step is not None and (
         isinstance(step, bool)
@@ -137,14 +130,15 @@ def parse_rollout(record: dict, where: str) -> Rollout:
         or (isinstance(step, float) and not step.is_integer())
     ):
         raise ValueError(f"{where}: 'step' must be a whole number, got {step!r}")
-    return Rollout(
+    return RolloutRecord(
         step=None if step is None else int(step),
         group=group,
         prompt=prompt,
-        score=float(score),
         response=response,
         token_ids=token_ids,
         tokens=tokens,
+        score=None if score is None else float(score),
+        correct=correct,
         advantages=advantages,
     )
 
@@ -165,7 +159,7 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"no rollouts file or folder at {path}")
 
 
-def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -> list[Rollout]:
+def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -> list[RolloutRecord]:
     """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``.
 
     The files are read as the run folder's logs are (`ktae.run_folder.read_jsonl`): a torn last line
@@ -192,14 +186,14 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
     return with_tokenizer[-1] if with_tokenizer else None
 
 
-def _response_text(rollout: Rollout, index: int) -> str:
+def _response_text(rollout: RolloutRecord, index: int) -> str:
     if rollout.response is None:
         raise ValueError(f"rollout {index} (group {rollout.group!r}) has no response: no text, tokens or token_ids")
     return rollout.response
 
 
 def tokenize_rollouts(
-    rollouts: Sequence[Rollout],
+    rollouts: Sequence[RolloutRecord],
     tokenizer=None,
     ignore_token_ids: Iterable[int] | None = None,
 ) -> TokenizedRollouts:
@@ -215,8 +209,8 @@ def tokenize_rollouts(
     ignore_token_ids: ids with no key-token value; default: the tokenizer's pad and
     end-of-sequence ids (none without a tokenizer).
     """
-    unscored = sum(1 for r in rollouts if math.isnan(r.score))
-    rollouts = [r for r in rollouts if not math.isnan(r.score)]
+    unscored = sum(1 for r in rollouts if r.score is None)
+    rollouts = [r for r in rollouts if r.score is not None]
     if not rollouts:
         raise ValueError("no scored rollouts to report on")
     notices = [f"{unscored} rollout(s) without a score were left out."] if unscored else []

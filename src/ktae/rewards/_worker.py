@@ -1,5 +1,7 @@
 """Answer-checking worker process: ``python -m ktae.rewards._worker [--parent-pid N] [--memory-limit-mb N]``.
 
+The worker end of `ktae.rewards.checker_pool` (which starts these processes and holds the parent end).
+
 Reads one JSON task per line on stdin ({"answer", "references", "timeout_s"}), writes one JSON
 verdict per line ({"equivalent", "status"}) on the original stdout, after a {"ready": true} line
 once its imports are done. Anything else printed goes to stderr, so it cannot corrupt the protocol.

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
-from ktae.rewards.equivalence import AnswerChecker, Reference, default_checker
+from ktae.rewards.checker_pool import AnswerChecker, default_checker
+from ktae.rewards.equivalence import Reference
 from ktae.rewards.extraction import extract_answer
 
 # A completion as TRL passes it: the text, or chat messages whose last message's "content" is the text.

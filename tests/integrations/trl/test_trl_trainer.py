@@ -18,6 +18,7 @@ from ktae import KTAEConfig, compute_key_token_values, compute_rollout_advantage
 from ktae.integrations.trl import KTAEGRPOConfig, KTAEGRPOTrainer, token_pieces
 from ktae.reports.keytokens import analyse
 from ktae.reports.rollouts import load_rollouts, tokenize_rollouts
+from ktae.run_folder import read_ktae_settings
 
 
 def make_trainer(model_dir, args, kinds=("mixed",), reward_funcs=toy_reward):
@@ -111,6 +112,26 @@ def check_rounds_match_the_core(trainer, rounds, losses, trl_advantages=None):
             assert torch.equal(inputs["advantages"][i], advantages_of_row[row_key(inputs, i)])
 
 
+def check_written_ktae_settings(trainer, output_dir, scores, trl_advantages):
+    """ktae_settings.json holds the trainer's resolved settings, and its KTAE base reproduces the rollout-level
+    advantage the round trained on whenever it says it does."""
+    settings = read_ktae_settings(output_dir)
+    assert settings == trainer.ktae_settings() and settings.ktae == trainer.args.ktae
+    assert settings.estimator.ignore_token_ids == trainer.ktae_config.ignore_token_ids
+    groups = torch.arange(len(scores)) // trainer.num_generations
+    base = compute_rollout_advantages(
+        scores, groups, method=settings.estimator.rollout_advantage, epsilon=settings.estimator.epsilon
+    )
+    if trainer.args.ktae and trainer.args.ktae_rollout_advantage is not None:  # KTAE's own base
+        args = trainer.args
+        trained = compute_rollout_advantages(scores, groups, args.ktae_rollout_advantage, args.ktae_epsilon)
+    else:
+        trained = trl_advantages[0]
+    if settings.exact_base:
+        torch.testing.assert_close(base, trained, rtol=0, atol=1e-6)
+    return settings
+
+
 def check_metrics_of_the_round(trainer, batch, scores, log):
     """The ktae/* metrics logged for a one-round step describe that round's bonus."""
     mask = batch["completion_mask"].bool()
@@ -131,6 +152,11 @@ def test_grpo_ktae_trains_on_the_core_advantages_and_logs_rollouts(tiny_model_di
     trainer.train()
     assert len(rounds) == 2 and len(losses) == 2
     check_rounds_match_the_core(trainer, rounds, losses, trl_advantages)
+    settings = check_written_ktae_settings(trainer, tmp_path, rounds[0][1], trl_advantages)
+    assert (settings.rollout_advantage, settings.estimator.rollout_advantage) == (
+        "TRL's own (scale_rewards=group)",
+        "grpo",
+    )
     logs = trainer.state.log_history[0]
     assert trainer.ref_model is not None and "kl" in logs  # GRPO: KL loss against the reference
     for (batch, scores), log in zip(rounds, trainer.state.log_history):
@@ -193,6 +219,9 @@ def test_every_trl_rollout_advantage_gets_the_bonus(tiny_model_dir, tmp_path, tr
         rewards = trainer._gathered_rewards_per_func
         torch.testing.assert_close(scores, (rewards * weights).sum(1))
     check_metrics_of_the_round(trainer, batch, scores, trainer.state.log_history[0])
+    settings = check_written_ktae_settings(trainer, tmp_path, scores, trl_advantages)
+    # TRL's batch-scaled advantage, or rewards normalised before summing, have no KTAE base equal to them
+    assert settings.exact_base == (options.get("scale_rewards") != "batch")
 
 
 def test_every_loss_type_trains_on_the_token_advantages_with_the_entropy_mask(tiny_model_dir, tmp_path):
@@ -299,6 +328,7 @@ def test_ktae_off_reproduces_trl(tiny_model_dir, tmp_path):
         assert torch.equal(ours["completion_ids"], theirs["completion_ids"])
         assert ours["advantages"].dim() == 1 and torch.equal(ours["advantages"], theirs["advantages"])
     assert (tmp_path / "ours" / "rollouts.jsonl").exists()
+    assert read_ktae_settings(tmp_path / "ours").ktae is False
 
 
 def test_dynamic_sampling_drops_groups_that_score_alike(tiny_model_dir, tmp_path, trl_advantages):

@@ -52,9 +52,11 @@ def add_short_names(record: dict) -> dict:
 
 
 @torch.no_grad()
-def greedy_completions(model, tokenizer, prompts: Sequence, max_new_tokens: int, batch_size: int = 256) -> list[str]:
+def greedy_completions(
+    model, tokenizer, prompts: Sequence, max_new_tokens: int | None, batch_size: int = 256
+) -> list[str]:
     """Greedy completions of ``prompts`` (strings, or chat messages rendered with the tokenizer's
-    chat template), decoded without special tokens."""
+    chat template), decoded without special tokens; ``max_new_tokens=None``: the model's generation config decides."""
     from ktae.data.templates import render_prompt
 
     prompts = [render_prompt(p, tokenizer) for p in prompts]
@@ -81,7 +83,7 @@ def greedy_completions(model, tokenizer, prompts: Sequence, max_new_tokens: int,
     return texts
 
 
-def greedy_accuracy(model, tokenizer, dataset, max_new_tokens: int, batch_size: int = 256) -> float:
+def greedy_accuracy(model, tokenizer, dataset, max_new_tokens: int | None, batch_size: int = 256) -> float:
     """Share of ``dataset`` rows (``prompt``, ``answer``) whose greedy completion is right."""
     from ktae.rewards import accuracy_reward
 
@@ -98,7 +100,7 @@ class GreedyAccuracyCallback(TrainerCallback):
     record of its step.
     """
 
-    def __init__(self, tokenizer, dataset, every_steps: int, max_new_tokens: int, stop_at: float | None = None):
+    def __init__(self, tokenizer, dataset, every_steps: int, max_new_tokens: int | None, stop_at: float | None = None):
         if every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
         self.tokenizer = tokenizer

@@ -2,22 +2,16 @@
 
 Every option is a flat dataclass field, as in TRL (``vllm_*``, ``epsilon_high``...), so the same names
 work as Python keyword arguments, command-line flags (`TrlParser`/`HfArgumentParser`) and YAML keys.
-``load_config`` reads a recipe YAML (``recipes/*.yaml``, ``docs/training.md``) into a config plus the
-few job keys (model, dataset, template, reward) that are not trainer options.
+A recipe holds these fields and the job's own keys (`ktae.integrations.trl.job`, which reads recipes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
 from trl import GRPOConfig
 
 from ktae.core.config import KTAEConfig
@@ -30,20 +24,6 @@ GRPO_KL_COEF = 0.001
 DAPO_EPSILON_HIGH = 0.28
 # DAPO's overlong buffer, as a share of the response limit: 512 of 3072 tokens in the paper.
 DAPO_OVERLONG_BUFFER_SHARE = 512 / 3072
-
-# Top-level YAML keys of a recipe that describe the job, not the trainer (docs/training.md).
-JOB_KEYS = frozenset(
-    {
-        "model_name_or_path",
-        "dataset_name",
-        "dataset_config",
-        "dataset_train_split",
-        "dataset_test_split",
-        "template",
-        "reward",
-        "max_train_samples",
-    }
-)
 
 _KTAE_DEFAULTS = KTAEConfig()
 
@@ -255,88 +235,3 @@ class KTAEGRPOConfig(GRPOConfig):
         if options["rollout_advantage"] is None:
             options["rollout_advantage"] = "none"
         return KTAEConfig.from_dict(options)
-
-
-def _config_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(KTAEGRPOConfig) if f.init}
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML/CLI value to the field's simple type (YAML reads ``1e-6`` as a string)."""
-    if value is None:
-        return None
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
-    simple = [t for t in options if t is not type(None)] if options else [annotation]
-    if len(simple) != 1 or simple[0] not in (bool, int, float, str):
-        return value
-    target = simple[0]
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    if target is str:
-        return value if isinstance(value, str) else str(value)
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        converted = target(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {'an integer' if target is int else 'a number'}, got {value!r}") from None
-    if target is int and isinstance(value, float) and converted != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return converted
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``)."""
-    parsed = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        try:
-            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ValueError(f"override {key.strip()}: value {raw!r} is not valid YAML ({error.problem})") from None
-    return parsed
-
-
-def config_from_dict(
-    options: Mapping[str, Any], job_keys: Iterable[str] = JOB_KEYS
-) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
-    """Split a flat mapping into a `KTAEGRPOConfig` and the job keys; unknown keys raise a ValueError naming them."""
-    fields = _config_fields()
-    job_keys = frozenset(job_keys)
-    unknown = sorted(k for k in options if k not in fields and k not in job_keys)
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {unknown}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
-            f"({', '.join(sorted(job_keys))})"
-        )
-    hints = typing.get_type_hints(KTAEGRPOConfig)
-    kwargs = {k: _coerce(k, v, hints.get(k)) for k, v in options.items() if k in fields}
-    job = {k: v for k, v in options.items() if k not in fields}
-    try:
-        return KTAEGRPOConfig(**kwargs), job
-    except TypeError as error:  # a value of the wrong kind (ktae_ignore_token_ids: [1.5]) is a bad value too
-        raise ValueError(str(error)) from None
-
-
-def load_config(
-    path: str | Path | None, overrides: Sequence[str] = (), job_keys: Iterable[str] = JOB_KEYS
-) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
-    """Read a recipe YAML (``yaml.safe_load``) and ``key=value`` overrides into a config and the job keys.
-
-    ``path=None`` starts from the defaults. Returns ``(KTAEGRPOConfig, {job key: value})``.
-    """
-    options: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text)
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
-        options.update(loaded or {})
-    options.update(parse_overrides(overrides))
-    return config_from_dict(options, job_keys)

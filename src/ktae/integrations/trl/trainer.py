@@ -18,6 +18,9 @@ One generation round, top to bottom (``_generate_and_score_round``):
    (`ktae.run_folder.RolloutRecord` lines) and the most credited and blamed tokens
    (`ktae.reports.keytokens.rank_key_tokens`) to ``<output_dir>/key_tokens.jsonl``.
 
+When training starts, the KTAE settings the run trains with, resolved (`ktae.run_folder.KTAESettings`),
+go to ``<output_dir>/ktae_settings.json``, from which reports recompute the logged rollouts' advantages.
+
 With ``dynamic_sampling`` (DAPO), rounds repeat on extra prompt batches until every process has
 enough groups whose rollouts do not all score alike, at most ``max_num_gen_batches`` rounds.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -51,14 +55,17 @@ from ktae import (
 from ktae.integrations.signals import bonus_metrics, bonus_sums, log_key_token_table, top_key_tokens
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.model_card import TRAINING_FIELDS, RunDescription, algorithm_name, model_card
-from ktae.models import ignored_token_ids, model_vocab_size, token_pieces
+from ktae.models import decode_token, ignored_token_ids, model_vocab_size
 from ktae.run_folder import (
     KEY_TOKENS_FILE,
     ROLLOUTS_FILE,
+    TRL_STD_EPSILON,
+    KTAESettings,
     RolloutRecord,
     append_jsonl,
     drop_steps_after,
     write_atomic,
+    write_ktae_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -207,6 +214,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         self._extra_batches_drawn = 0
         self._extra_batch_indices: Iterator[list[int]] | None = None
         self.add_callback(DropLogsAfterStartStep())
+        self.add_callback(KTAESettingsCallback(self.ktae_settings()))
 
     # ------------------------------------------------------------------------------------------
     # Scores and generation rounds
@@ -493,19 +501,15 @@ class KTAEGRPOTrainer(GRPOTrainer):
         records = []
         for position in torch.nonzero(torch.isin(groups, torch.tensor(logged, device=groups.device))).flatten():
             mask = view.mask[position]
-            token_ids = view.ids[position][mask].tolist()
-            pieces = token_pieces(self._tokenizer, token_ids)
-            score = scores[position].item()
             records.append(
-                RolloutRecord(
+                RolloutRecord.from_tokens(
+                    self._tokenizer,
                     step=step,
                     group=int(groups[position]),
                     prompt=prompt_text(prompts[int(view.rows[position])]),
-                    response="".join(pieces),
-                    token_ids=token_ids,
-                    tokens=pieces,
-                    score=None if score != score else score,
-                    correct=bool(score > self.ktae_config.correct_threshold),
+                    token_ids=view.ids[position][mask].tolist(),
+                    score=scores[position].item(),
+                    correct_threshold=self.ktae_config.correct_threshold,
                     advantages=advantages[position][mask].tolist(),
                 )
             )
@@ -526,10 +530,24 @@ class KTAEGRPOTrainer(GRPOTrainer):
         scored = ~torch.isnan(scores)
         if values is None or not view.mask[scored].any():
             return {"credited": [], "blamed": []}
-        return top_key_tokens(values, view.ids[scored], view.mask[scored], groups[scored], self._decode_token)
+        decode = functools.partial(decode_token, self._tokenizer)
+        return top_key_tokens(values, view.ids[scored], view.mask[scored], groups[scored], decode)
 
-    def _decode_token(self, token_id: int) -> str:
-        return self._tokenizer.decode([token_id], skip_special_tokens=False)
+    def ktae_settings(self) -> KTAESettings:
+        """The KTAE settings this trainer trains with, resolved: the ``ktae_*`` options, the ignored ids of
+        the tokenizer, and the KTAE base equal to the rollout-level advantage (`ktae.run_folder.KTAESettings`).
+
+        KTAE's own base when ``ktae_rollout_advantage`` names one (and KTAE is on); else TRL's: summed rewards
+        scaled by the group's std + `TRL_STD_EPSILON` ("grpo") or not scaled ("dr_grpo"). Scaling by the
+        batch's std, or normalising each reward before summing, has no KTAE equal.
+        """
+        if self.args.ktae and self.args.ktae_rollout_advantage is not None:
+            return KTAESettings(True, self.ktae_config, f"KTAE's {self.ktae_config.rollout_advantage}", True)
+        scale, aggregation = self.args.scale_rewards, self.args.multi_objective_aggregation
+        exact = aggregation == "sum_then_normalize" and scale in ("group", "none")
+        base = "dr_grpo" if exact and scale == "none" else "grpo"
+        estimator = dataclasses.replace(self.ktae_config, rollout_advantage=base, epsilon=TRL_STD_EPSILON)
+        return KTAESettings(self.args.ktae, estimator, trl_rollout_advantage(self.args), exact)
 
     # ------------------------------------------------------------------------------------------
     # The model card TRL writes with every checkpoint
@@ -557,7 +575,7 @@ class KTAEGRPOTrainer(GRPOTrainer):
         ktae_settings = asdict(self.ktae_config) if self.args.ktae else None
         if ktae_settings is not None and self.args.ktae_rollout_advantage is None:
             # the bonus is added to TRL's own rollout-level advantage; the config's "none" is the bonus alone
-            ktae_settings["rollout_advantage"] = f"TRL's own (scale_rewards={self.args.scale_rewards})"
+            ktae_settings["rollout_advantage"] = trl_rollout_advantage(self.args)
         card = model_card(
             model_name=model_name or _output_folder(self.args).name,
             algorithm=algorithm_name(self.args.algo, self.args.ktae),
@@ -589,6 +607,27 @@ class KTAEGRPOTrainer(GRPOTrainer):
             with open(path) as f:
                 self._extra_batches_drawn = json.load(f)["extra_generation_batches"]
             self._extra_batch_indices = None
+
+
+def trl_rollout_advantage(args: KTAEGRPOConfig) -> str:
+    """TRL's own rollout-level advantage, in words."""
+    if args.multi_objective_aggregation != "sum_then_normalize":
+        return f"TRL's own (multi_objective_aggregation={args.multi_objective_aggregation})"
+    return f"TRL's own (scale_rewards={args.scale_rewards})"
+
+
+class KTAESettingsCallback(TrainerCallback):
+    """At train begin, writes the trainer's resolved KTAE settings to ``<output_dir>/ktae_settings.json``
+    (`ktae.run_folder.KTAESettings`), where reports read them beside rollouts.jsonl."""
+
+    def __init__(self, settings: KTAESettings):
+        self.settings = settings
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            write_ktae_settings(_output_folder(args), self.settings)
 
 
 class DropLogsAfterStartStep(TrainerCallback):

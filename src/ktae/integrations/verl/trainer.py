@@ -18,6 +18,7 @@ format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantage
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ from ktae.integrations.verl.config import (
     validate_ktae_run,
 )
 from ktae.integrations.verl.estimator import response_tokens
-from ktae.models import ignored_token_ids, model_vocab_size, token_pieces
+from ktae.models import decode_token, ignored_token_ids, model_vocab_size
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
 
 if TYPE_CHECKING:  # what the mixin extends: the trainers it is mixed into are verl's PPOTrainer subclasses
@@ -91,7 +92,11 @@ class KTAETrainerMixin(_VerlTrainer):
         self._ktae_seconds += tokens.metrics["ktae/seconds"]
         if tokens.values is not None:  # the values behind this step's bonus, for the key-token table
             self._ktae_key_tokens = top_key_tokens(
-                tokens.values, data["responses"], data["response_mask"], uids, self._decode_token
+                tokens.values,
+                data["responses"],
+                data["response_mask"],
+                uids,
+                functools.partial(decode_token, self.tokenizer),
             )
         if self.config.trainer.get("ktae_rollouts_dir"):
             self._log_rollouts(batch)
@@ -120,9 +125,6 @@ class KTAETrainerMixin(_VerlTrainer):
             backends["tensorboard"] = loggers["tensorboard"].writer
         return backends
 
-    def _decode_token(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
-
     def _log_rollouts(self, batch) -> None:
         """Append this step's first prompt groups, whole, to rollouts.jsonl as `RolloutRecord` lines."""
         fields = ["uid", "prompts", "responses", "rm_scores", "advantages"]
@@ -135,19 +137,15 @@ class KTAETrainerMixin(_VerlTrainer):
         for uid, prompt, response, rewards, advantages in zip(uids, *columns):
             if uid not in logged:
                 continue
-            token_ids = response.tolist()
-            pieces = token_pieces(self.tokenizer, token_ids)
-            score = float(rewards.sum())
             records.append(
-                RolloutRecord(
+                RolloutRecord.from_tokens(
+                    self.tokenizer,
                     step=self.global_steps,
                     group=uid,
                     prompt=self.tokenizer.decode(prompt.tolist(), skip_special_tokens=True),
-                    response="".join(pieces),
-                    token_ids=token_ids,
-                    tokens=pieces,
-                    score=score,
-                    correct=score > threshold,
+                    token_ids=response.tolist(),
+                    score=float(rewards.sum()),
+                    correct_threshold=threshold,
                     advantages=advantages.tolist(),
                 )
             )

