@@ -124,7 +124,7 @@ def profile_estimator(device: str, groups: tuple[int, ...], max_len: int, out: P
     from torch.profiler import ProfilerActivity, profile
 
     from ktae import KTAEConfig, compute_ktae_advantages
-    from ktae.cli.bench import QWEN_EOS, make_batch
+    from ktae.estimator_benchmark import QWEN_EOS, make_batch
 
     config = KTAEConfig(ignore_token_ids=(QWEN_EOS,))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
