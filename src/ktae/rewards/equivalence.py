@@ -8,6 +8,10 @@ any worker that overruns its task's hard deadline.
 
 Only math-verify's LaTeX parser (ANTLR) reads model output: its plain-expression extractor goes
 through ``sympy.parse_expr``, which ``eval``s, so it is not used.
+
+``GRADERS`` names the rules a check can follow: ``"ktae"`` (``check_answer``, the default) and
+``"math-verify"`` (stock math-verify as TRL calls it, `ktae.rewards.math_verify_grader`), which reads the
+whole response instead of the extracted answer.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 import re
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FrameType
@@ -66,6 +70,23 @@ _NUMBER_WITH_MARK = re.compile(
 # An element "name = value" of a comma-separated answer, where name is one letter (subscripts
 # allowed) or a Greek letter: "a = -2, b = -2" names the variables of the tuple (-2, -2).
 _NAMED_VALUE = re.compile(r"^\s*(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=<>]+?)\s*$")
+
+
+@dataclass(frozen=True)
+class Grader:
+    """A rule that decides whether a prediction answers a problem: ``check(prediction, references)``.
+
+    ``reads_response``: the prediction is the whole response (the grader extracts the answer itself),
+    else the answer `ktae.rewards.extract_answer` took from it.
+    """
+
+    check: Callable[[str, Sequence[str]], bool]
+    reads_response: bool
+    load: Callable[[], None]  # imports and caches, built before a check's timer starts
+
+    def prediction(self, response: str, answer: str | None) -> str | None:
+        """What this grader checks of one response, given the answer extracted from it."""
+        return response if self.reads_response else answer
 
 
 @dataclass(frozen=True)
@@ -203,9 +224,39 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     return False
 
 
-def run_with_deadline(prediction: str | None, references: Sequence[str], timeout_s: float) -> Verdict:
-    """``check_answer`` under a SIGALRM timer of ``timeout_s`` seconds; main thread only."""
+def _load_stock_parser() -> None:
+    from ktae.rewards.math_verify_grader import load_parser as load_stock_parser
+
+    load_stock_parser()
+
+
+def _check_stock(response: str, references: Sequence[str]) -> bool:
+    from ktae.rewards.math_verify_grader import check_response
+
+    return check_response(response, references)
+
+
+DEFAULT_GRADER = "ktae"
+#: The answer checks by name (``ktae eval --grader``): ours, and stock math-verify as TRL calls it.
+GRADERS: dict[str, Grader] = {
+    "ktae": Grader(check=check_answer, reads_response=False, load=load_parser),
+    "math-verify": Grader(check=_check_stock, reads_response=True, load=_load_stock_parser),
+}
+
+
+def get_grader(name: str) -> Grader:
+    """The grader called ``name``, or a ValueError listing the names."""
+    if name not in GRADERS:
+        raise ValueError(f"unknown grader {name!r}; choose one of {', '.join(GRADERS)}")
+    return GRADERS[name]
+
+
+def run_with_deadline(
+    prediction: str | None, references: Sequence[str], timeout_s: float, grader: str = DEFAULT_GRADER
+) -> Verdict:
+    """The ``grader``'s check under a SIGALRM timer of ``timeout_s`` seconds; main thread only."""
     timeout_s = validate_timeout(timeout_s)
+    rule = get_grader(grader)
     if threading.current_thread() is not threading.main_thread():
         raise ValueError(
             "in-process answer checking needs the main thread (it uses a SIGALRM timer); "
@@ -213,7 +264,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         )
     if prediction is None or not prediction.strip():
         return Verdict(False, "no_answer")
-    load_parser()
+    rule.load()
 
     def on_alarm(signum: int, frame: FrameType | None) -> NoReturn:
         raise CheckTimeout
@@ -224,7 +275,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
             # Re-fire every 50 ms: an alarm raised inside a weakref callback or __del__ is swallowed
             # by the interpreter, and the next one must still stop the check.
             signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
-            return Verdict(check_answer(prediction, references))
+            return Verdict(rule.check(prediction, references))
         finally:  # an alarm that fires just before this line is still caught below
             signal.setitimer(signal.ITIMER_REAL, 0)
     except CheckTimeout:
