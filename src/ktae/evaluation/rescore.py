@@ -407,7 +407,9 @@ def rescore_files(
     records, seconds = rescore(outputs, checker)
     label = label or default_label(paths)
     rescored = {"responses": [str(p) for p in inputs], "format": format}
-    results = summarize(records, EvalSettings(model=label), check_timeout_s=checker.timeout_s, rescored=rescored)
+    results = summarize(
+        records, EvalSettings(model=label), check_timeout_s=checker.timeout_s, rescored=rescored, grader=checker.grader
+    )
     write_eval_folder(output_dir, results, records)
     agreed = agreement(records, seconds)
     if agreed is not None:
