@@ -2,8 +2,8 @@
 with their defaults, called as TRL's ``trl.rewards.accuracy_reward`` calls them, and none of our rules.
 
 The response is read whole by math-verify's own LaTeX extraction, TRL's configuration of it: the
-answer must be LaTeX (``try_extract_without_anchor=False``: in ``\\boxed{}``, in ``$...$`` after "final
-answer is", ...), a ``\\boxed{}`` is tried first, and every ``\\boxed{}`` of the response is read
+answer must be LaTeX (``try_extract_without_anchor=False``: in ``\\boxed{}``, or in ``$...$`` after "final
+answer is" or "answer"), a ``\\boxed{}`` is tried first, and every ``\\boxed{}`` of the response is read
 (``boxed="all"``: two boxed answers make a set). Each reference answer is boxed and parsed by the LaTeX
 extractor with its defaults (TRL parses its ``solution`` column, typically a worked solution ending in
 ``\\boxed{}``); ``verify(gold, answer)`` with its defaults decides (numbers equal after rounding to 6
