@@ -27,6 +27,8 @@ from functools import lru_cache
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
+from ktae.rewards import math_verify_grader
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -224,23 +226,13 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     return False
 
 
-def _load_stock_parser() -> None:
-    from ktae.rewards.math_verify_grader import load_parser as load_stock_parser
-
-    load_stock_parser()
-
-
-def _check_stock(response: str, references: Sequence[str]) -> bool:
-    from ktae.rewards.math_verify_grader import check_response
-
-    return check_response(response, references)
-
-
 DEFAULT_GRADER = "ktae"
 #: The answer checks by name (``ktae eval --grader``): ours, and stock math-verify as TRL calls it.
 GRADERS: dict[str, Grader] = {
     "ktae": Grader(check=check_answer, reads_response=False, load=load_parser),
-    "math-verify": Grader(check=_check_stock, reads_response=True, load=_load_stock_parser),
+    "math-verify": Grader(
+        check=math_verify_grader.check_response, reads_response=True, load=math_verify_grader.load_parser
+    ),
 }
 
 
