@@ -151,3 +151,67 @@ def test_output_folder_must_not_hold_the_inputs(rescored, checker):
     out, _, _ = rescored
     with pytest.raises(ValueError, match="holds the responses being re-scored"):
         rescore_files(out / "responses", out, checker=checker)
+
+
+def _ktae_file(path, answers_by_problem: list[tuple[str, list[str]]], benchmark: str = "aime24"):
+    """A ktae response file: per problem its reference and its samples' answers, each as a boxed response."""
+    records = [
+        {"benchmark": benchmark, "index": i, "sample": s, "problem": f"p{i}", "answer": reference}
+        | {"response": f"so \\boxed{{{answer}}}"}
+        for i, (reference, answers) in enumerate(answers_by_problem)
+        for s, answer in enumerate(answers)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_majority_vote_counts_each_problems_samples_together(checker, tmp_path):
+    """Samples 3, 7, 7, 7 of a problem whose answer is 3: any sample is right (pass@4 100%), the vote is 7
+    (maj@4 0%)."""
+    path = _ktae_file(tmp_path / "r.jsonl", [("3", ["3", "7", "7", "7"])])
+    results, _ = rescore_files(path, tmp_path / "out", checker=checker)
+    assert results["pass_at_k"]["aime24"] == {"4": 100.0}
+    assert results["maj_at_k"]["aime24"] == {"4": 0.0}
+    assert results["per_problem"]["aime24"][0]["groups"] == [0, 1, 1, 1]
+
+
+def test_rescoring_a_generated_run_gives_its_figures(checker, tmp_path):
+    """Generation and re-scoring group answers through one function: the same groups, pass@k and maj@k,
+    wrong answers that are equal in value (2 and 4/2) in one group."""
+    from ktae.evaluation import EvalSettings, score_benchmark, summarize
+    from ktae.evaluation.eval_folder import write_eval_folder
+    from ktae.evaluation.generation import Generation
+
+    problems = [
+        ("1", ["2", "\\frac{4}{2}", "1", "1"]),  # a tie of 2 against 2: the wrong group comes first
+        ("1", ["1", "2", "\\frac{4}{2}", "0.5"]),
+        ("\\frac{1}{2}", ["0.5", "1", "\\frac{2}{4}", "3"]),
+        ("5", ["4", "6", "7", "8"]),
+    ]
+    examples = [{"problem": f"p{i}", "answer": reference} for i, (reference, _) in enumerate(problems)]
+    generations = [Generation(f"so \\boxed{{{a}}}", 5, "stop") for _, answers in problems for a in answers]
+    records = {"aime24": score_benchmark("aime24", examples, [None] * 4, generations, checker, samples=4)}
+    generated = summarize(records, EvalSettings(model="m", temperature=1.0, samples=4), pass_k=[1, 2, 4])
+    write_eval_folder(tmp_path / "run", generated, records)
+    assert [p["groups"] for p in generated["per_problem"]["aime24"]][:2] == [[0, 0, 1, 1], [0, 1, 1, 2]]
+    assert generated["maj_at_k"]["aime24"]["4"] == 25.0  # problem 3 only: 1/2 twice against 1 and 3
+
+    rescored, _ = rescore_files(tmp_path / "run", tmp_path / "again", checker=checker, pass_k=[1, 2, 4])
+    for key in ("results", "pass_at_k", "num_examples", "samples"):
+        assert rescored[key] == generated[key], key
+    assert rescored["maj_at_k"]["aime24"]["4"] == generated["maj_at_k"]["aime24"]["4"]
+    assert [p["groups"] for p in rescored["per_problem"]["aime24"]] == [
+        p["groups"] for p in generated["per_problem"]["aime24"]
+    ]
+
+
+def test_samples_of_one_problem_must_agree_on_it(checker, tmp_path):
+    path = tmp_path / "r.jsonl"
+    _ktae_file(path, [("3", ["3", "7"])])
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1].replace('"answer": "3"', '"answer": "4"') + "\n")
+    with pytest.raises(ValueError, match="aime24: problem 0: its samples differ in the problem or the reference"):
+        rescore_files(path, tmp_path / "out", checker=checker)
+    _ktae_file(path, [("3", ["3", "7"]), ("4", ["4"])])
+    with pytest.raises(ValueError, match=r"aime24: problems have different numbers of samples \(\[1, 2\]\)"):
+        rescore_files(path, tmp_path / "out", checker=checker)

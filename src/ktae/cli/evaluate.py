@@ -149,7 +149,14 @@ def _rescore(args: argparse.Namespace) -> int:
     label = default_label(args.responses)
     output_dir = Path(args.output_dir or Path("eval_results") / f"{label}-rescored")
     with AnswerChecker(timeout_s=args.check_timeout) as checker:
-        results, agreed = rescore_files(args.responses, output_dir, format=args.format, checker=checker, label=label)
+        results, agreed = rescore_files(
+            args.responses,
+            output_dir,
+            format=args.format,
+            checker=checker,
+            label=label,
+            pass_k=_int_list(args.pass_k, "--pass-k") if args.pass_k is not None else None,
+        )
     print(results_table(results))
     if agreed is not None:
         print(f"\nagreement with the file's verdicts:\n{agreement_table(agreed)}")

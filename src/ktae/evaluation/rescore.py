@@ -25,11 +25,13 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ktae.data.benchmarks import BENCHMARKS
+from ktae.evaluation import metrics
 from ktae.evaluation.eval_folder import RESPONSES_DIR, write_agreement, write_eval_folder
 from ktae.rewards import AnswerChecker
 from ktae.rewards.equivalence import normalize_references
@@ -262,9 +264,10 @@ def _benchmark_order(names) -> list[str]:
 
 
 def rescore(outputs: list[Output], checker: AnswerChecker) -> tuple[dict[str, list[dict]], dict[str, float]]:
-    """Grade every output as a generating run does; returns the response records by benchmark (in
-    the suites' order, each record with ``file_correct``: the file's verdict or None) and the
-    seconds each benchmark took."""
+    """Grade every output as a generating run does (`score_benchmark`, each problem's samples together, so
+    that its answer groups and majority vote are a generating run's); returns the response records by
+    benchmark (in the suites' order, each record with ``file_correct``: the file's verdict or None) and
+    the seconds each benchmark took."""
     from ktae.evaluation.generation import Generation
     from ktae.evaluation.harness import score_benchmark
 
@@ -274,13 +277,24 @@ def rescore(outputs: list[Output], checker: AnswerChecker) -> tuple[dict[str, li
     records, seconds = {}, {}
     for name in _benchmark_order(by_benchmark):
         rows = sorted(by_benchmark[name], key=lambda o: (o.index, o.sample))
+        problems: dict[int, list[Output]] = {}
+        for output in rows:
+            problems.setdefault(output.index, []).append(output)
+        sizes = sorted({len(samples) for samples in problems.values()})
+        if len(sizes) > 1:
+            raise ValueError(f"{name}: problems have different numbers of samples ({sizes})")
+        for index, samples in problems.items():
+            if len({json.dumps([o.problem, o.answer]) for o in samples}) > 1:
+                raise ValueError(f"{name}: problem {index}: its samples differ in the problem or the reference")
+        firsts = [samples[0] for samples in problems.values()]
         start = time.perf_counter()
         scored = score_benchmark(
             name,
-            [{"problem": o.problem, "answer": o.answer} for o in rows],
-            [o.prompt for o in rows],
+            [{"problem": o.problem, "answer": o.answer} for o in firsts],
+            [o.prompt for o in firsts],
             [Generation(o.response, o.num_tokens, o.finish_reason) for o in rows],
             checker,
+            samples=sizes[0],
         )
         seconds[name] = time.perf_counter() - start
         for record, output in zip(scored, rows):
@@ -392,10 +406,16 @@ def disagreement_list(agreement: dict, limit: int | None = None, width: int = 10
 
 
 def rescore_files(
-    paths, output_dir: str | Path, *, format: str = "auto", checker: AnswerChecker, label: str | None = None
+    paths,
+    output_dir: str | Path,
+    *,
+    format: str = "auto",
+    checker: AnswerChecker,
+    label: str | None = None,
+    pass_k: list[int] | None = None,
 ) -> tuple[dict, dict | None]:
     """Read, grade and write the outputs of a re-scoring run in ``output_dir``; returns the results
-    dict and the agreement (None when the file has no verdicts)."""
+    dict and the agreement (None when the file has no verdicts). ``pass_k``: as `summarize` takes it."""
     from ktae.evaluation.harness import EvalSettings, summarize
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -404,10 +424,14 @@ def rescore_files(
     if any(file.is_relative_to(output_dir.resolve()) for file in inputs):
         raise ValueError(f"--output-dir {output_dir} holds the responses being re-scored; choose another folder")
     outputs = read_outputs(paths, format)
+    if pass_k is not None:
+        metrics.check_ks(pass_k, max(Counter((o.benchmark, o.index) for o in outputs).values()))
     records, seconds = rescore(outputs, checker)
     label = label or default_label(paths)
     rescored = {"responses": [str(p) for p in inputs], "format": format}
-    results = summarize(records, EvalSettings(model=label), check_timeout_s=checker.timeout_s, rescored=rescored)
+    results = summarize(
+        records, EvalSettings(model=label), pass_k, check_timeout_s=checker.timeout_s, rescored=rescored
+    )
     write_eval_folder(output_dir, results, records)
     agreed = agreement(records, seconds)
     if agreed is not None:
