@@ -4,6 +4,7 @@ one with two samples, each with the verdict of the grader that wrote it)."""
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,111 @@ def test_samples_of_one_problem_must_agree_on_it(checker, tmp_path):
     _ktae_file(path, [("3", ["3", "7"]), ("4", ["4"])])
     with pytest.raises(ValueError, match=r"aime24: problems have different numbers of samples \(\[1, 2\]\)"):
         rescore_files(path, tmp_path / "out", checker=checker)
+
+
+def _released(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _one_released(task_name="aime", gt="1", **fields):
+    return {"task_name": task_name, "prompt": "p", "gt": gt, "model_output": ["\\boxed{1}"], **fields}
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "{tmp}/escaped", "a/b", ".hidden", "", "x\x1b[2J", "a" * 101])
+@pytest.mark.parametrize("format", ["released", "ktae"])
+def test_names_from_the_file_never_form_paths(checker, tmp_path, name, format):
+    """A benchmark name from the file becomes responses/<name>.jsonl: one that is not a plain file name is
+    refused by name before anything is written, instead of writing outside the output folder."""
+    name = name.format(tmp=tmp_path)
+    record = (
+        _one_released(task_name=name)
+        if format == "released"
+        else {"benchmark": name, "answer": "1", "response": "\\boxed{1}"}
+    )
+    path = tmp_path / "in" / "r.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([record] if format == "released" else record))
+    out = tmp_path / "a" / "b" / "out"
+    field = "task_name" if format == "released" else "benchmark"
+    with pytest.raises(ValueError, match=rf"field '{field}': .* is not a benchmark name") as refused:
+        rescore_files(path, out, format=format, checker=checker)
+    assert len(str(refused.value)) < 400
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == [Path("in/r.json")]
+
+
+def test_a_gzip_bomb_is_refused_within_the_limit(tmp_path):
+    bomb = tmp_path / "bomb.json.gz"
+    bomb.write_bytes(gzip.compress(b" " * (8 << 20) + json.dumps([_one_released()]).encode()))
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(ValueError, match=rf"{bomb} decompresses to more than 1 MiB: refused"):
+        read_outputs(bomb, max_bytes=1 << 20)
+    assert len(read_outputs(bomb, max_bytes=9 << 20)) == 1  # the limit is an option
+    plain = tmp_path / "big.json"
+    plain.write_bytes(gzip.decompress(bomb.read_bytes()))
+    with pytest.raises(ValueError, match=rf"{plain} is larger than 1 MiB: refused"):
+        read_outputs(plain, max_bytes=1 << 20)
+
+
+def test_damaged_gzip_is_named(tmp_path):
+    whole = gzip.compress(json.dumps([_one_released()]).encode())
+    truncated = tmp_path / "cut.json.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"{truncated}: truncated gzip data"):
+        read_outputs(truncated)
+    corrupt = tmp_path / "crc.json.gz"
+    corrupt.write_bytes(whole[:-8] + bytes([whole[-8] ^ 0xFF]) + whole[-7:])  # a wrong CRC-32
+    with pytest.raises(ValueError, match=rf"{corrupt}: not valid gzip data \(CRC check failed"):
+        read_outputs(corrupt)
+
+
+def test_entries_that_are_not_regular_files_are_refused_at_once(tmp_path):
+    """A link the user names is followed to a regular file only; in a folder no link is followed; a FIFO is
+    refused without waiting for a writer."""
+    to_zero = tmp_path / "zero.json"
+    to_zero.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=f"{to_zero} is a character device, not a regular file: refused"):
+        read_outputs(to_zero)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=f"{fifo} is a FIFO"):
+        read_outputs(fifo)  # would block forever if it waited for a writer
+    real = _released(tmp_path / "real.json", [_one_released()])
+    named_link = tmp_path / "link.json"
+    named_link.symlink_to(real)
+    assert read_outputs(named_link) == read_outputs(real)
+    folder = tmp_path / "responses"
+    folder.mkdir()
+    (folder / "aime24.jsonl").write_text(json.dumps({"benchmark": "aime24", "answer": "1", "response": "1"}) + "\n")
+    (folder / "amc23.jsonl").symlink_to(folder / "aime24.jsonl")
+    with pytest.raises(ValueError, match=f"{folder / 'amc23.jsonl'} is a symbolic link, not a regular file"):
+        read_outputs(folder)
+
+
+def test_references_nested_too_deep_are_refused_by_name(tmp_path):
+    nested = tmp_path / "deep.json"
+    nested.write_text(
+        '[{"task_name": "aime", "prompt": "p", "model_output": ["1"], "gt": '
+        + "[" * 100_000
+        + '"1"'
+        + "]" * 100_000
+        + "}]"
+    )
+    with pytest.raises(ValueError, match=f"{nested}: nested too deeply to read"):
+        read_outputs(nested)
+    gt: object = "1"
+    for _ in range(20):
+        gt = [gt]
+    with pytest.raises(ValueError, match=r"record 0: field 'gt': a reference nests lists more than 16 deep"):
+        read_outputs(_released(tmp_path / "twenty.json", [_one_released(gt=gt)]))
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    released = tmp_path / "twice.json"
+    released.write_text('[{"task_name": "aime", "prompt": "p", "gt": "1", "gt": "2", "model_output": ["1"]}]')
+    with pytest.raises(ValueError, match=f"{released}: duplicate key 'gt'"):
+        read_outputs(released)
+    lines = tmp_path / "twice.jsonl"
+    lines.write_text('{"benchmark": "aime24", "answer": "1", "answer": "2", "response": "1"}\n')
+    with pytest.raises(ValueError, match=f"{lines}:1: duplicate key 'answer'"):
+        read_outputs(lines, "ktae")
