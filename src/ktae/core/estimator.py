@@ -20,12 +20,14 @@ from ktae.core.config import KTAEConfig
 from ktae.core.counting import Counts, check_backend, count_tokens, fork_safe_threads
 from ktae.core.fisher import fisher_pvalues
 from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_batch
-from ktae.core.rollout import ROLLOUT_ADVANTAGES
+from ktae.core.rollout import finite_rollout_advantages
 
 # BM25-style saturation constants of the term-frequency correction (docs/spec.md, step 5).
 BM25_K1 = 2.0
 BM25_B = 0.5
 TF_EPS = 1e-5
+# |TF| stays below this: each saturated frequency s lies in [0, k1 + 1) (``_term_frequency``).
+TF_BOUND = (BM25_K1 + 1) / TF_EPS
 
 
 @dataclasses.dataclass
@@ -425,7 +427,10 @@ def _advantage_inputs(
     mask, scores = validate_batch(responses, response_mask, scores)
     check_backend(backend, vocab_size, responses.device)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
-    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
+    headroom = config.top if config.enabled else 0.0  # |key-token value| < top
+    rollout = finite_rollout_advantages(
+        scores, group, len(group_ids), config.rollout_advantage, config.epsilon, headroom
+    )
     return mask, scores, group, group_ids, rollout
 
 
