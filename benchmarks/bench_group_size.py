@@ -9,8 +9,9 @@ memory follow the batch (its tokens and the (margin, table) cells present) and n
 
 Each size runs in a fresh process (so that peak memory is its own): one group of N rollouts of
 ``--tokens`` token ids drawn uniformly from ``--vocab`` ids, half of the rollouts correct, one call of
-``compute_ktae_advantages`` after a small warm-up call. "peak extra mem" is the growth of the process's
-peak resident memory during that call. ``--max-memory-gb`` caps the child's address space above what
+``compute_ktae_advantages`` after a small warm-up call, repeated (``--repeats``; the fastest is shown, a
+failed call is not repeated). "peak extra mem" is the growth of the process's peak resident memory
+during those calls. ``--max-memory-gb`` caps the child's address space above what
 it holds before the call, so that a run that would need more fails quickly instead of swapping.
 """
 
@@ -26,7 +27,7 @@ import json, resource, sys, time
 import numpy as np, torch
 from ktae import compute_ktae_advantages
 
-size, tokens, vocab, backend, cap_gb = json.loads(sys.argv[1])
+size, tokens, vocab, backend, cap_gb, repeats = json.loads(sys.argv[1])
 rng = np.random.default_rng(0)
 responses = torch.from_numpy(rng.integers(0, vocab, size=(size, tokens)))
 mask = torch.ones(size, tokens, dtype=torch.bool)
@@ -44,20 +45,24 @@ if cap_gb:
     limit = rss_kib("VmSize:") * 1024 + int(cap_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 before = rss_kib("VmRSS:")
-start = time.perf_counter()
-try:
-    compute_ktae_advantages(responses, mask, scores, group, backend=backend)
-    error = None
-except (MemoryError, RuntimeError) as err:
-    error = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
-seconds = time.perf_counter() - start
+times, error = [], None
+for _ in range(repeats):
+    start = time.perf_counter()
+    try:
+        compute_ktae_advantages(responses, mask, scores, group, backend=backend)
+    except (MemoryError, RuntimeError) as err:
+        error = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+    times.append(time.perf_counter() - start)
+    if error:
+        break
+seconds = min(times)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_extra_mib": max(peak - before, 0) / 1024, "error": error}))
 """
 
 
-def run_case(size: int, tokens: int, vocab: int, backend: str, cap_gb: float, timeout: float) -> dict:
-    args = json.dumps([size, tokens, vocab, backend, cap_gb])
+def run_case(size: int, tokens: int, vocab: int, backend: str, cap_gb: float, repeats: int, timeout: float) -> dict:
+    args = json.dumps([size, tokens, vocab, backend, cap_gb, repeats])
     try:
         done = subprocess.run(
             [sys.executable, "-c", CHILD, args], capture_output=True, text=True, timeout=timeout, check=False
@@ -76,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=1000, help="token ids drawn from 0..vocab-1 (default 1000)")
     parser.add_argument("--backend", default="auto", help="counting backend (default auto)")
     parser.add_argument("--max-memory-gb", type=float, default=6.0, help="cap per run, 0 for none (default 6)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default 600)")
+    parser.add_argument("--repeats", type=int, default=3, help="calls per size, the fastest shown (default 3)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per size (default 600)")
     args = parser.parse_args(argv)
     print(f"one group, {args.tokens} tokens per rollout, ids uniform over {args.vocab}, backend={args.backend}")
     print("| rollouts | time | peak extra mem | result |")
     print("|---:|---:|---:|---|")
     for size in args.sizes:
-        row = run_case(size, args.tokens, args.vocab, args.backend, args.max_memory_gb, args.timeout)
+        row = run_case(size, args.tokens, args.vocab, args.backend, args.max_memory_gb, args.repeats, args.timeout)
         seconds = "-" if row["seconds"] is None else f"{row['seconds']:.3f} s"
         memory = "-" if row["peak_extra_mib"] is None else f"{row['peak_extra_mib']:,.0f} MiB"
         print(f"| {size:,} | {seconds} | {memory} | {row['error'] or 'ok'} |", flush=True)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
-INT64_MAX = 2**63 - 1  # token ids are int64
+INT64_MAX = 2**63 - 1  # the largest int64: token ids and the sort backend's (group, token) keys
 
 
 @dataclasses.dataclass(frozen=True)
