@@ -63,6 +63,10 @@ def _run(command: list, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ensurepip") is None, reason="this Python cannot create a venv with pip")
+@pytest.mark.skipif(
+    torch.version.cuda is not None or torch.version.hip is not None,
+    reason="installs this torch build in a venv: the CPU build (README, Set-up) only, not a GPU-sized one",
+)
 def test_the_estimator_runs_with_torch_and_numpy_alone(tmp_path):
     venv, tree = tmp_path / "venv", tmp_path / "ktae"
     # The package's files only: no build folders, no caches of this checkout.
