@@ -79,8 +79,8 @@ def test_prepare_config_adds_the_cpu_modes_settings(compose):
     assert config.trainer.device == "cpu"
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     ray_init = config.ray_kwargs.ray_init
-    # verl's default: 8 storage units, 8 agent and 8 reward workers, 8 ranks
-    assert ray_init.num_cpus == 3 + 8 + 8 + 8 + 3 * 8
+    # verl's defaults: the TransferQueue controller, 8 storage units, 8 ranks of 3
+    assert ray_init.num_cpus == 1 + 8 + 3 * 8
     assert ray_init.num_gpus == 8
     env_vars = ray_init.runtime_env.env_vars
     assert env_vars.VERL_PLATFORM == "cpu" and env_vars.VERL_ENGINE_DEVICE == "cuda"
@@ -105,17 +105,17 @@ def test_prepare_config_keeps_the_users_cpu_settings(compose):
     assert config.ray_kwargs.ray_init.num_gpus == 2
 
 
-def test_logical_cpus_count_verls_actors(compose):
+def test_logical_cpus_count_what_verls_actors_keep(compose):
     config = compose(
         [
             *CPU_RUN,
             "trainer.n_gpus_per_node=2",
             "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-            "actor_rollout_ref.rollout.agent.num_workers=1",
+            "actor_rollout_ref.rollout.agent.num_workers=3",  # placed, they keep none
             "reward.num_workers=2",
         ]
     )
-    assert cpu.logical_cpus(config) == 3 + 1 + 1 + 2 + 3 * 2
+    assert cpu.logical_cpus(config) == 1 + 1 + 3 * 2
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CPU_RUNS))

@@ -17,8 +17,16 @@ import torch
 from transformers import AutoTokenizer
 
 from ktae import compute_ktae_advantages
+from ktae.data.templates import apply_template, render_prompt
 from ktae.integrations.verl.config import ktae_config_from_algorithm
-from ktae.integrations.verl.demo import RUN_MARKER, compute_score, main, processes_of, stop_processes_of
+from ktae.integrations.verl.demo import (
+    RUN_MARKER,
+    build_tokenizer,
+    compute_score,
+    main,
+    processes_of,
+    stop_processes_of,
+)
 from ktae.models import ignored_token_ids
 from ktae.run_folder import ROLLOUTS_FILE, read_jsonl
 
@@ -76,7 +84,7 @@ def test_demo_trains_every_step(demos, name):
     for step in result["steps"]:
         assert step["actor/grad_norm"] > 0 and step["mean_abs_advantage"] > 0
         # the rollout and the actor compute the same probabilities: the weights reached the rollout
-        assert step["training/rollout_probs_diff_max"] < 2e-3
+        assert step["training/rollout_probs_diff_max"] < 1e-3
         if name == "ktae":
             assert step["ktae/seconds"] > 0
             credited, blamed = step["key_tokens"]["credited"], step["key_tokens"]["blamed"]
@@ -128,6 +136,16 @@ def test_no_process_of_a_run_outlives_it(demos, name):
     assert processes_of(str(demos[name]["dir"])) == []
 
 
+def test_demo_tokenizer_renders_chat_as_the_project_does():
+    messages = apply_template("3+4=", "qwen_math")
+    tokenizer = build_tokenizer([render_prompt(messages) + "3+4=7\n\\boxed{7}<|im_end|>"])
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == render_prompt(
+        messages
+    )
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert tokenizer.decode(ids) == render_prompt(messages)  # byte-level BPE: decoding gives the text back
+
+
 def test_demo_reward_finds_the_answer_anywhere():
     assert compute_score("ktae_demo", "x12+3y", "12") == {"score": 1.0, "acc": True}
     assert compute_score("ktae_demo", "1 2", "12") == {"score": 0.0, "acc": False}
@@ -147,6 +165,15 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys):
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"] and (used / "mine.txt").read_text() == "keep"
+
+
+def test_demo_stopped_by_its_timeout_reports_and_leaves_no_process(tmp_path_factory, capsys):
+    output_dir = tmp_path_factory.mktemp("t") / "run"
+    assert main(["--output-dir", str(output_dir), "--timeout", "3"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["error"].startswith("training did not finish in 3 s") and result["launcher_exit_status"] is None
+    assert result["steps"] == [] and not result["trained"]
+    assert processes_of(str(output_dir)) == []
 
 
 def test_cleanup_ends_the_runs_processes_only(tmp_path):

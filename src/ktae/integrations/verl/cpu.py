@@ -15,8 +15,8 @@ real models fast. What it needs, and where it lives:
   ``VERL_ENGINE_DEVICE=cuda``, verl's own override of the engine lookup;
 - three patches of verl 0.9.1 internals (`PATCHES`), applied only in this mode's Ray processes,
   and only on that verl version;
-- Ray settings: logical CPUs for verl's many one-CPU actors (a 2-core laptop would otherwise leave
-  them waiting forever) and one logical GPU per FSDP rank (verl's resource pools ask for GPUs).
+- Ray settings: logical CPUs for the actors of verl that keep one (a 2-core laptop would otherwise
+  leave them waiting forever) and one logical GPU per FSDP rank (verl's resource pools ask for GPUs).
 
 :func:`prepare_cpu_config` checks the config and adds these settings in the launching process,
 before Ray starts; this module, named first in the Ray processes' ``VERL_USE_EXTERNAL_MODULES``,
@@ -57,10 +57,10 @@ CPU_STRATEGY = "fsdp2"
 CPU_ATTENTION = "sdpa"
 #: The rollout's log-prob modes it reproduces (vLLM's names): after or before temperature and top-k/p.
 CPU_LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
-#: Ray actors of verl's loop that reserve one CPU each whatever the config: the TaskRunner, the
-#: TransferQueue controller and the rollout load balancer; a placement-group bundle per FSDP rank
-#: reserves three (verl's ResourcePoolManager.max_colocate_count).
-FIXED_CPU_ACTORS = 3
+#: Ray CPUs verl's actors keep: the TransferQueue controller and each storage unit one, each FSDP
+#: rank's placement-group bundle three (verl's ResourcePoolManager.max_colocate_count). Its other
+#: actors (TaskRunner, agent-loop and reward workers, load balancer) keep none once placed.
+TRANSFER_QUEUE_CONTROLLER_CPUS = 1
 CPUS_PER_RANK = 3
 
 
@@ -428,13 +428,10 @@ def _check(config: DictConfig) -> None:
 
 
 def logical_cpus(config: DictConfig) -> int:
-    """Ray CPUs a CPU run reserves: verl's actors take one each whatever the host has (so a count
-    of real cores would leave some of them waiting forever), plus a bundle per FSDP rank."""
+    """Ray CPUs a CPU run needs: what verl's actors keep, whatever the host has (a count of real
+    cores would leave some of them waiting forever)."""
     storage_units = _value(config, "transfer_queue.backend.SimpleStorage.num_data_storage_units") or 0
-    agent_workers = _value(config, "actor_rollout_ref.rollout.agent.num_workers") or 0
-    reward_workers = _value(config, "reward.num_workers") or 0
-    ranks = config.trainer.n_gpus_per_node
-    return FIXED_CPU_ACTORS + storage_units + agent_workers + reward_workers + CPUS_PER_RANK * ranks
+    return TRANSFER_QUEUE_CONTROLLER_CPUS + storage_units + CPUS_PER_RANK * config.trainer.n_gpus_per_node
 
 
 def prepare_cpu_config(config: DictConfig, runtime_env_vars: Mapping[str, str]) -> dict[str, str]:

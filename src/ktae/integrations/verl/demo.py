@@ -76,6 +76,8 @@ def compute_score(data_source, solution_str: str, ground_truth, extra_info=None,
 
 @dataclass(frozen=True)
 class DemoAssets:
+    """What `build_assets` wrote: the model folder, the parquet files, the longest prompt in tokens."""
+
     model_dir: Path
     train_file: Path
     val_file: Path
@@ -238,8 +240,8 @@ def stop_processes_of(run: str) -> int:
 
 def run_launcher(overrides: list[str], output_dir: Path, timeout: float) -> int:
     """``python -m ktae.integrations.verl <overrides>`` in ``output_dir`` (Hydra's outputs land there),
-    output to ``train.log``; returns its exit status, or raises TimeoutError. Whatever of its Ray
-    cluster outlives it is stopped."""
+    output to ``train.log``; returns its exit status, or raises TimeoutError after ``timeout`` seconds.
+    Whatever of its Ray cluster outlives it is stopped."""
     run = str(output_dir)
     env = {
         **os.environ,
@@ -346,11 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     assets = build_assets(output_dir, args.seed)
     command = demo_overrides(assets, output_dir, args.steps, args.adv_estimator, args.seed, ray_temp_dir)
     started = time.perf_counter()
-    status = run_launcher([*command, *overrides], output_dir, args.timeout)
+    error = None
+    try:
+        status: int | None = run_launcher([*command, *overrides], output_dir, args.timeout)
+    except TimeoutError as timeout:
+        status, error = None, str(timeout)
     summary = {
         "adv_estimator": args.adv_estimator,
         "output_dir": str(output_dir),
+        "log": str(output_dir / LOG_FILE),
         "launcher_exit_status": status,
+        **({"error": error} if error else {}),
         "seconds": round(time.perf_counter() - started, 1),
         **summarize(output_dir, args.steps),
     }
