@@ -38,7 +38,6 @@ import verl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.fsdp import CPUOffloadPolicy
 from verl.plugin.platform import PlatformBase, PlatformRegistry
-from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
@@ -366,6 +365,10 @@ def _value(config: DictConfig, key: str):
 
 
 def _check(config: DictConfig) -> None:
+    # imported here: verl.trainer.ppo.utils pulls in datasets, which the Ray processes importing this
+    # module do not need
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
     check_verl_version()
     rollout = _value(config, "actor_rollout_ref.rollout.name")
     if rollout != CPU_ROLLOUT:
