@@ -59,12 +59,15 @@ def demos(tmp_path_factory, repo_root):
         for name, overrides in RUNS.items()
     }
     results = {}
-    for name, proc in procs.items():
-        try:
+    try:
+        for name, proc in procs.items():
             stdout, stderr = proc.communicate(timeout=900)
-        finally:
+            results[name] = {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "dir": root / name}
+    finally:  # a demo that hangs is killed, and so is what it started
+        for name, proc in procs.items():
             proc.kill()
-        results[name] = {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "dir": root / name}
+            proc.wait()
+            stop_processes_of(str(root / name))
     return results
 
 

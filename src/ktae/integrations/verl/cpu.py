@@ -441,8 +441,9 @@ def prepare_cpu_config(config: DictConfig, runtime_env_vars: Mapping[str, str]) 
     """Check a ``trainer.device=cpu`` config and add the mode's settings; raises ValueError.
 
     Sets ``sdpa`` attention when the config names none (verl's default is FlashAttention 2), the
-    logical CPUs and GPUs of the local Ray cluster when unset, and returns the environment the Ray
-    processes need (`CPU_ENV`); ``runtime_env_vars`` are the run's own, refused if they contradict it.
+    logical CPUs and GPUs of the local Ray cluster when unset (fewer than the run needs are refused),
+    and returns the environment the Ray processes need (`CPU_ENV`); ``runtime_env_vars`` are the
+    run's own, refused if they contradict it.
     """
     _check(config)
     for name, value in CPU_ENV.items():
@@ -451,15 +452,22 @@ def prepare_cpu_config(config: DictConfig, runtime_env_vars: Mapping[str, str]) 
                 f"trainer.device=cpu sets {name}={value} for the Ray processes; the run's runtime_env sets "
                 f"{name}={runtime_env_vars[name]}"
             )
+    ray_init = config.ray_kwargs.ray_init
+    needed = {"num_cpus": logical_cpus(config), "num_gpus": config.trainer.n_gpus_per_node}
+    for name, count in needed.items():
+        if ray_init.get(name) is not None and ray_init[name] < count:
+            raise ValueError(
+                f"trainer.device=cpu needs {count} logical {name[4:-1].upper()}s in Ray for this config, or "
+                f"verl's actors wait for them forever: ray_kwargs.ray_init.{name}={ray_init[name]} is too few "
+                "(leave it unset)"
+            )
     with open_dict(config):
         override = config.actor_rollout_ref.model.override_config
         if override.get("attn_implementation") is None:
             override.attn_implementation = CPU_ATTENTION
-        ray_init = config.ray_kwargs.ray_init
-        if ray_init.get("num_cpus") is None:
-            ray_init.num_cpus = logical_cpus(config)
-        if ray_init.get("num_gpus") is None:
-            ray_init.num_gpus = config.trainer.n_gpus_per_node
+        for name, count in needed.items():
+            if ray_init.get(name) is None:
+                ray_init[name] = count
     return dict(CPU_ENV)
 
 
