@@ -3,7 +3,8 @@
 The same Hydra config and overrides as ``python -m verl.trainer.main_ppo`` (verl's ppo_trainer config,
 plus ``algorithm.ktae.*``). With ``algorithm.adv_estimator=ktae`` the KTAE settings are checked here,
 before Ray starts, and the run uses the ``ktae_<mode>`` trainer of the chosen
-``trainer.v1.trainer_mode``; any other estimator runs verl's trainer unchanged (the baselines).
+``trainer.v1.trainer_mode``; any other estimator runs verl's trainer unchanged (the baselines), or,
+with ``trainer.ktae_rollouts_dir``, the KTAE trainer, whose advantage step for it is verl's.
 DAPO is the same trainer with ``algorithm.filter_groups``, clip-higher and the dapo reward manager
 (recipes/verl/dapo.sh): verl 0.9.1 runs DAPO in its main trainer. ``trainer.device=cpu`` runs the
 whole loop on CPU processes (:mod:`ktae.integrations.verl.cpu`).
