@@ -4,7 +4,6 @@ config the mode cannot run before Ray starts. The training loop itself runs in t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import verl
 from verl.plugin.platform import PlatformRegistry
 
 from ktae.integrations.verl import cpu
+from ktae.integrations.verl.compat import value_head_available
 from ktae.integrations.verl.cpu import (
     CPU_ENV,
     PATCHES,
@@ -212,7 +212,7 @@ def test_cpu_device_module_answers_verls_calls_and_refuses_others():
 
 
 def test_each_patch_says_why():
-    assert [patch.name for patch in PATCHES] == ["gloo process group", "unpinned ref offload", "no TRL value head"]
+    assert [patch.name for patch in PATCHES] == ["gloo process group", "unpinned ref offload"]
     assert all(len(patch.why) > 60 for patch in PATCHES)
 
 
@@ -235,10 +235,16 @@ from verl.utils.device import get_device_id, get_device_name, get_torch_device
 from verl.workers.engine_workers import initialize_global_process_group_ray
 from verl.workers.engine.fsdp import transformer_impl
 from verl.models.transformers import monkey_patch
+from verl.utils import model as verl_model
+from transformers import Qwen2Config, Qwen2ForCausalLM
 import torch.distributed as dist
 
 print("ref offload pins", transformer_impl.CPUOffloadPolicy(pin_memory=True).pin_memory, flush=True)
-print("trl", monkey_patch.is_trl_available(), flush=True)
+print("trl", monkey_patch.is_trl_available(), verl_model.is_trl_available(), flush=True)
+tiny = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1))
+monkey_patch.apply_monkey_patch(tiny)  # what verl does to every model it builds
+print("model built", flush=True)
 print("device", get_device_name(), get_device_id(), type(get_torch_device()).__name__, flush=True)
 os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
 initialize_global_process_group_ray()  # verl's call, with no backend: gloo on CPU
@@ -280,16 +286,19 @@ def test_cpu_runs_ray_processes_get_the_platform_and_the_patches(patched_process
     assert returncode == 0, stderr[-3000:]
     assert "device cpu cpu CPUDeviceModule" in stdout
     assert "ref offload pins False" in stdout
-    assert "trl False" in stdout
+    assert "trl False False" in stdout
+    assert "model built" in stdout
     assert "process group cpu:gloo 1" in stdout
 
 
 def test_other_processes_keep_verls_own_code(patched_processes):
     """Without the CPU mode's environment nothing is patched (and on a machine without CUDA, verl's
-    own device calls then fail)."""
+    own device calls then fail); the plugin's value-head probe holds in every process, so verl builds
+    its models beside TRL 1.x."""
     _, stdout, _ = patched_processes["gpu"]
     assert "ref offload pins True" in stdout
-    assert f"trl {importlib.util.find_spec('trl') is not None}" in stdout
+    assert f"trl {value_head_available()} {value_head_available()}" in stdout
+    assert "model built" in stdout
     assert "device cpu" not in stdout
 
 

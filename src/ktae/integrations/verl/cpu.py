@@ -13,8 +13,9 @@ real models fast. What it needs, and where it lives:
   TensorRT-LLM only;
 - verl's FSDP engine, which verl registers for cuda/npu only and which runs on CPU under FSDP2:
   ``VERL_ENGINE_DEVICE=cuda``, verl's own override of the engine lookup;
-- three patches of verl 0.9.1 internals (`PATCHES`), applied only in this mode's Ray processes,
-  and only on that verl version;
+- two patches of verl 0.9.1 internals (`PATCHES`), applied only in this mode's Ray processes,
+  and only on that verl version (the TRL value-head probe, which GPU runs need too, is the plugin's
+  own: :mod:`ktae.integrations.verl.compat`);
 - Ray settings: logical CPUs for the actors of verl that keep one (a 2-core laptop would otherwise
   leave them waiting forever) and one logical GPU per FSDP rank (verl's resource pools ask for GPUs).
 
@@ -291,13 +292,6 @@ def _unpinned(policy: Callable) -> type:
     return UnpinnedCPUOffloadPolicy
 
 
-def _without_trl(is_trl_available: Callable) -> Callable[[], bool]:
-    def trl_not_used() -> bool:
-        return False
-
-    return trl_not_used
-
-
 PATCHES = (
     VerlPatch(
         name="gloo process group",
@@ -316,17 +310,6 @@ PATCHES = (
         attribute="CPUOffloadPolicy",
         importers=("verl.workers.engine.fsdp.transformer_impl", "verl.workers.fsdp_workers"),
         make=_unpinned,
-    ),
-    VerlPatch(
-        name="no TRL value head",
-        why="verl's apply_monkey_patch imports TRL's AutoModelForCausalLMWithValueHead whenever TRL is "
-        "installed, and TRL 1.x (ktae's trl extra) no longer has it, so building any model fails; the CPU "
-        "mode trains no critic, the only user of that class (verl.utils.model's value-head loader, which "
-        "``import verl`` binds first, keeps its own answer)",
-        module="verl.utils.import_utils",
-        attribute="is_trl_available",
-        importers=("verl.models.transformers.monkey_patch",),
-        make=_without_trl,
     ),
 )
 
