@@ -12,6 +12,7 @@ TRL has the class, or is absent, the answer is verl's own.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 
 import verl
@@ -22,27 +23,28 @@ PROBED_VERL = "0.9.1"
 PROBE_MODULE = "verl.utils.import_utils"
 PROBE = "is_trl_available"
 PROBE_IMPORTERS = ("verl.models.transformers.monkey_patch", "verl.utils.model")
+#: The class verl imports after asking, and where it looks for it, in order.
+VALUE_HEAD = "AutoModelForCausalLMWithValueHead"
+VALUE_HEAD_MODULES = ("trl.experimental.ppo", "trl")
 
 
 @functools.cache
 def value_head_available() -> bool:
     """Whether TRL is installed with ``AutoModelForCausalLMWithValueHead`` where verl looks for it."""
-    try:
-        from trl.experimental.ppo import AutoModelForCausalLMWithValueHead
-    except ImportError:
+    for module_name in VALUE_HEAD_MODULES:
         try:
-            from trl import AutoModelForCausalLMWithValueHead  # noqa: F401
+            module = importlib.import_module(module_name)
         except ImportError:
-            return False
-    return True
+            continue
+        if hasattr(module, VALUE_HEAD):
+            return True
+    return False
 
 
 def install() -> bool:
     """Replace verl's probe by `value_head_available` (verl 0.9.1 only); True when it did."""
     if verl.__version__ != PROBED_VERL:
         return False
-    import importlib
-
     for name in (PROBE_MODULE, *PROBE_IMPORTERS):
         module = sys.modules.get(name) if name != PROBE_MODULE else importlib.import_module(name)
         if module is not None and hasattr(module, PROBE):
