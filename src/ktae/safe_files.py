@@ -1,0 +1,139 @@
+"""Reading input that comes from outside the process: regular files only, opened without races, read
+within bounds; values shown in error messages within bounds.
+
+Every reader of a file the user (or another tool, or a run folder) hands us goes through `open_regular`:
+the file is opened first and checked on the open descriptor (``fstat``), so a FIFO, a device such as
+``/dev/zero``, a folder or a symbolic link is refused by name before anything is read, and nothing can
+swap the file between the check and the read. ``follow_links=True`` is for a path the user named
+themselves (a link they made on purpose); entries found inside folders are never followed.
+
+Whole-file readers take a byte limit (`read_bytes`, `read_text`, `decompress_gzip`), so the memory a file
+costs is bounded by the reader, not by the file. `short_repr` bounds a value quoted in an error message.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import reprlib
+import stat
+import zlib
+from typing import Any, BinaryIO
+
+__all__ = [
+    "RefusedFile",
+    "decompress_gzip",
+    "format_size",
+    "open_regular",
+    "read_bytes",
+    "read_text",
+    "short_repr",
+]
+
+
+class RefusedFile(ValueError):
+    """A file refused by name: not a regular file, a symbolic link where none is followed, or too large."""
+
+
+def format_size(size: int) -> str:
+    """``1048576`` -> ``"1 MiB"``: a byte count as the limits are written."""
+    if size < 1024:
+        return f"{size} bytes"
+    scaled = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        scaled /= 1024
+        if scaled < 1024 or unit == "GiB":
+            break
+    return f"{scaled:.4g} {unit}"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> BinaryIO:
+    """``path`` opened for reading in binary mode, if it is a regular file; else `RefusedFile` naming it.
+
+    Opened non-blocking (a FIFO does not wait for a writer) and without following a final symbolic link
+    unless ``follow_links``; the type is checked on the opened descriptor. A missing file raises the usual
+    ``FileNotFoundError``.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_links and os.path.islink(path):
+            raise RefusedFile(f"{os.fspath(path)} is a symbolic link, not a regular file: refused") from None
+        raise
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise RefusedFile(f"{os.fspath(path)} is {_kind(mode)}, not a regular file: refused")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_bytes(path: str | os.PathLike, limit: int, *, follow_links: bool = False) -> bytes:
+    """The content of a regular file (`open_regular`) of at most ``limit`` bytes; a larger one is refused."""
+    with open_regular(path, follow_links=follow_links) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise RefusedFile(f"{os.fspath(path)} is larger than {format_size(limit)}: refused")
+    return data
+
+
+def read_text(path: str | os.PathLike, limit: int, *, follow_links: bool = False) -> str:
+    """`read_bytes` decoded as UTF-8; bytes that are not UTF-8 are a ValueError naming the file and offset."""
+    data = read_bytes(path, limit, follow_links=follow_links)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
+
+
+def decompress_gzip(path: str | os.PathLike, limit: int, *, follow_links: bool = False) -> bytes:
+    """The decompressed content of a gzip file of at most ``limit`` bytes (read in a bounded buffer, so a
+    small file that expands enormously costs ``limit``, not its expansion); more is refused. A truncated
+    or corrupt file is a ValueError naming it."""
+    with open_regular(path, follow_links=follow_links) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+        try:
+            data = unpacked.read(limit + 1)
+        except EOFError:
+            raise ValueError(f"{os.fspath(path)}: truncated gzip data (the file ends mid-stream)") from None
+        except (gzip.BadGzipFile, zlib.error) as error:
+            raise ValueError(f"{os.fspath(path)}: not valid gzip data ({error})") from None
+    if len(data) > limit:
+        raise RefusedFile(f"{os.fspath(path)} decompresses to more than {format_size(limit)}: refused")
+    return data
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+SHORT_REPR_LENGTH = 120  # characters at most
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters (nested containers to a few items and levels), for
+    quoting an input in an error message: its cost is bounded whatever the value's size or depth."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= SHORT_REPR_LENGTH else text[: SHORT_REPR_LENGTH - 3] + "..."

@@ -1,0 +1,109 @@
+"""Reading outside input safely: regular files only, within bounds; values quoted within bounds."""
+
+import gzip
+import os
+import socket
+import threading
+
+import pytest
+
+from ktae.safe_files import (
+    SHORT_REPR_LENGTH,
+    RefusedFile,
+    decompress_gzip,
+    open_regular,
+    read_bytes,
+    read_text,
+    short_repr,
+)
+
+
+def test_a_regular_file_is_read_within_its_limit(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("héllo", encoding="utf-8")
+    assert read_text(path, 6) == "héllo"
+    with pytest.raises(RefusedFile, match=rf"{path} is larger than 5 bytes: refused"):
+        read_bytes(path, 5)
+    path.write_bytes(b"ok\xff")
+    with pytest.raises(ValueError, match=rf"{path}: not UTF-8 text \(byte 2\)"):
+        read_text(path, 100)
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_bytes(fifo, 10)
+        except RefusedFile as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # unblock the reader so the test run ends, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO blocked")
+    assert str(outcome[0]) == f"{fifo} is a FIFO (named pipe), not a regular file: refused"
+
+
+def test_devices_folders_and_sockets_are_refused_by_name(tmp_path):
+    with pytest.raises(RefusedFile, match="/dev/zero is a character device, not a regular file: refused"):
+        read_bytes("/dev/zero", 10, follow_links=True)
+    with pytest.raises(RefusedFile, match=f"{tmp_path} is a folder, not a regular file"):
+        open_regular(tmp_path)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "s"))
+        with pytest.raises(OSError):  # a socket cannot even be opened as a file
+            open_regular(tmp_path / "s")
+
+
+def test_links_are_followed_only_when_asked(tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("data")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with pytest.raises(RefusedFile, match=f"{link} is a symbolic link, not a regular file: refused"):
+        read_text(link, 100)
+    assert read_text(link, 100, follow_links=True) == "data"
+    to_zero = tmp_path / "zero"
+    to_zero.symlink_to("/dev/zero")
+    with pytest.raises(RefusedFile, match=f"{to_zero} is a character device"):
+        read_bytes(to_zero, 10, follow_links=True)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nothing")
+    with pytest.raises(RefusedFile, match="is a symbolic link"):
+        read_bytes(dangling, 10)
+    with pytest.raises(FileNotFoundError):
+        read_bytes(tmp_path / "missing", 10)
+
+
+def test_gzip_is_decompressed_within_its_limit_and_damage_is_named(tmp_path):
+    path = tmp_path / "a.gz"
+    path.write_bytes(gzip.compress(b"x" * 1000))
+    assert decompress_gzip(path, 1000) == b"x" * 1000
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(b"\0" * (64 << 20)))  # 64 MiB from about 64 KB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(RefusedFile, match=rf"{bomb} decompresses to more than 1 MiB: refused"):
+        decompress_gzip(bomb, 1 << 20)
+    truncated = tmp_path / "cut.gz"
+    truncated.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(ValueError, match=rf"{truncated}: truncated gzip data"):
+        decompress_gzip(truncated, 1000)
+    not_gzip = tmp_path / "plain.gz"
+    not_gzip.write_text("plain text")
+    with pytest.raises(ValueError, match=rf"{not_gzip}: not valid gzip data"):
+        decompress_gzip(not_gzip, 1000)
+
+
+def test_short_repr_is_bounded_whatever_the_value():
+    laughs: list = ["lol"] * 10
+    for _ in range(30):  # 10**30 leaves if expanded
+        laughs = [laughs] * 10
+    for value in (laughs, "x" * 10**7, {i: "y" * 1000 for i in range(1000)}, 2**70, 10**5000):
+        assert len(short_repr(value)) <= SHORT_REPR_LENGTH
+    assert short_repr("fast") == "'fast'" and short_repr([1.5]) == "[1.5]"
