@@ -210,3 +210,39 @@ def test_both_trainers_build_their_records_with_one_function():
     assert (record.score, record.correct) == (1.0, True)
     unscored = RolloutRecord.from_tokens(tokenizer, score=float("nan"), advantages=[0.0] * len(ids), **common)
     assert (unscored.score, unscored.correct) == (None, False)  # no reward function scored it
+
+
+def test_a_lock_that_is_a_link_or_another_files_name_is_refused_and_left_alone(tmp_path):
+    important = tmp_path / "important.txt"
+    important.write_text("keep me\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / ".lock"
+    lock.symlink_to(important)
+    with pytest.raises(ValueError, match=rf"{lock} is a symbolic link, not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    lock.symlink_to(tmp_path / "nothing-yet")  # a dangling link is not created through either
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        RunFolderLock(run_dir).acquire()
+    assert not (tmp_path / "nothing-yet").exists()
+    lock.unlink()
+    os.link(important, lock)
+    with pytest.raises(ValueError, match=rf"{lock} has 2 names \(a hard link to another file\): refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    assert important.read_text() == "keep me\n"
+    os.mkfifo(lock)
+    with pytest.raises(ValueError, match=rf"{lock} is a FIFO \(named pipe\), not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(ValueError, match=rf"{lock} is a folder, not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+
+
+def test_a_lock_held_by_another_process_is_not_truncated(tmp_path):
+    with RunFolderLock(tmp_path):
+        with pytest.raises(RunFolderInUse):
+            RunFolderLock(tmp_path).acquire()
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"

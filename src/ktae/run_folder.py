@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ktae.core.config import KTAEConfig
+from ktae.safe_files import file_kind
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+
     from typing_extensions import Self
@@ -319,7 +321,10 @@ class RunFolderLock:
     """An exclusive ``flock`` on ``RUN_DIR/.lock``, which holds the owner's pid.
 
     The kernel drops the lock when the process ends, however it ends, so a crashed run leaves no
-    stale lock; the file itself stays and is reused.
+    stale lock; the file itself stays and is reused. The file is opened without following a link and
+    without truncating it, and refused unless it is a regular file of its own (one link): the pid is
+    written only once the lock is held, so a ``.lock`` that is a link to (or another name of) a file
+    elsewhere is never written to.
     """
 
     def __init__(self, run_dir: str | os.PathLike):
@@ -328,17 +333,34 @@ class RunFolderLock:
 
     def acquire(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            descriptor = os.open(self.path, flags, 0o666)
         except OSError as error:
-            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(descriptor)
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunFolderInUse(f"{self.path.parent} is being written by another process (pid {holder})") from None
+            kind = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(error.errno or 0)
+            if kind is not None:
+                raise ValueError(f"{self.path} is {kind}, not a regular file: refused") from None
             raise
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise ValueError(f"{self.path} is {file_kind(status.st_mode)}, not a regular file: refused")
+            if status.st_nlink != 1:
+                raise ValueError(f"{self.path} has {status.st_nlink} names (a hard link to another file): refused")
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+                    raise RunFolderInUse(
+                        f"{self.path.parent} is being written by another process (pid {holder})"
+                    ) from None
+                raise
+            os.ftruncate(descriptor, 0)  # ours now: the lock is held
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(descriptor)
+            raise
         self._descriptor = descriptor
         return self
 

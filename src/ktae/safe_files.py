@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "RefusedFile",
     "decompress_gzip",
+    "file_kind",
     "format_size",
     "open_regular",
     "read_bytes",
@@ -48,7 +49,8 @@ def format_size(size: int) -> str:
     return f"{scaled:.4g} {unit}"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words ("a FIFO (named pipe)"), for refusals."""
     for test, name in (
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -59,7 +61,7 @@ def _kind(mode: int) -> str:
     ):
         if test(mode):
             return name
-    return "not a regular file"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> BinaryIO:
@@ -79,7 +81,7 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> Bina
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            raise RefusedFile(f"{os.fspath(path)} is {_kind(mode)}, not a regular file: refused")
+            raise RefusedFile(f"{os.fspath(path)} is {file_kind(mode)}, not a regular file: refused")
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:

@@ -300,3 +300,15 @@ def test_unreachable_hub_dataset_is_a_one_line_error(tmp_path, capsys, monkeypat
     code = main(["train", "--output-dir", str(tmp_path / "run"), "dataset_name=nobody/no-such-dataset-ktae"])
     assert code == 2
     assert "nobody/no-such-dataset-ktae" in capsys.readouterr().err
+
+
+def test_a_lock_that_links_elsewhere_is_refused_and_its_target_kept(tmp_path, capsys):
+    important = tmp_path / "important"
+    important.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / ".lock").symlink_to(important)
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir / '.lock'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
+    assert important.read_text() == "precious\n"
