@@ -14,6 +14,8 @@ from ktae import KTAEConfig
 from ktae.reports.rollouts import load_rollouts
 from ktae.run_folder import (
     KTAE_SETTINGS_FILE,
+    OPTIONS_DEPTH_LIMIT,
+    OPTIONS_FILE_LIMIT,
     ROLLOUTS_FILE,
     TRL_STD_EPSILON,
     KTAESettings,
@@ -23,6 +25,7 @@ from ktae.run_folder import (
     append_jsonl,
     drop_steps_after,
     is_metric_value,
+    load_options_yaml,
     read_config,
     read_jsonl,
     read_ktae_settings,
@@ -246,3 +249,49 @@ def test_a_lock_held_by_another_process_is_not_truncated(tmp_path):
         with pytest.raises(RunFolderInUse):
             RunFolderLock(tmp_path).acquire()
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_options_are_read_without_aliases_keys_twice_deep_nesting_or_oversize(tmp_path):
+    assert load_options_yaml("a: 1\nb: [1, {c: 2}]\n", "r.yaml") == {"a": 1, "b": [1, {"c": 2}]}
+    refusals = {
+        "a: &x [1, 2]\nb: *x\n": r"^r\.yaml: aliases \(\*name\) are refused: write the value out \(line 2, column 4\)$",
+        "base: &b {lr: 1}\nrun:\n  <<: *b\n": r"aliases \(\*name\) are refused",
+        "a:\n  b: 1\n  b: 2\n": r"^r\.yaml: key 'b' given twice \(line 3, column 3\)$",
+        "[" * 40 + "]" * 40: rf"^r\.yaml: nested deeper than {OPTIONS_DEPTH_LIMIT} levels: refused",
+        "a: [1, 2\n": r"^r\.yaml: expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)$",
+        "a: 1" + "0" * 5000 + "\n": r"^r\.yaml: Exceeds the limit \(4300 digits\) for integer .*\.\.\.$",
+        "x: " + "y" * OPTIONS_FILE_LIMIT: r"^r\.yaml: larger than 1 MiB: refused$",
+    }
+    for text, message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            load_options_yaml(text, "r.yaml")
+
+
+def test_a_run_file_that_is_not_a_regular_file_is_refused_by_name(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{config} is a symbolic link, not a regular file: refused"):
+        read_config(tmp_path)
+    config.unlink()
+    os.mkfifo(config)  # read at once, not waited on
+    with pytest.raises(ValueError, match=rf"{config} is a FIFO \(named pipe\), not a regular file: refused"):
+        read_config(tmp_path)
+    settings = tmp_path / KTAE_SETTINGS_FILE
+    settings.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{settings} is a symbolic link"):
+        read_ktae_settings(tmp_path)
+
+
+def test_damaged_ktae_settings_are_named_with_their_file(tmp_path):
+    path = tmp_path / KTAE_SETTINGS_FILE
+    write_ktae_settings(tmp_path, KTAESettings(True, KTAEConfig(), "KTAE's grpo", True))
+    record = json.loads(path.read_text())
+    for text, message in [
+        ("{not json", r"not valid JSON \(Expecting property name"),
+        (json.dumps({**record, "estimator": {**record["estimator"], "top": -1}}), "not a KTAE settings record"),
+        (json.dumps(record)[:-1] + ', "ktae": false}', "duplicate key 'ktae'"),
+        (b"\xff\xfe".decode("latin-1"), "not UTF-8 text"),
+    ]:
+        path.write_text(text, encoding="latin-1" if text.startswith("\xff") else "utf-8")
+        with pytest.raises(ValueError, match=rf"^{path}: {message}"):
+            read_ktae_settings(tmp_path)

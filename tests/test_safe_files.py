@@ -11,6 +11,7 @@ from ktae.safe_files import (
     SHORT_REPR_LENGTH,
     RefusedFile,
     decompress_gzip,
+    loads_json,
     open_regular,
     read_bytes,
     read_text,
@@ -107,3 +108,13 @@ def test_short_repr_is_bounded_whatever_the_value():
     for value in (laughs, "x" * 10**7, {i: "y" * 1000 for i in range(1000)}, 2**70, 10**5000):
         assert len(short_repr(value)) <= SHORT_REPR_LENGTH
     assert short_repr("fast") == "'fast'" and short_repr([1.5]) == "[1.5]"
+
+
+def test_json_with_a_key_given_twice_or_nested_too_deep_is_refused_by_name():
+    assert loads_json('{"a": 1, "b": {"a": 2}}', "x.json") == {"a": 1, "b": {"a": 2}}
+    with pytest.raises(ValueError, match=r"^x\.json: duplicate key 'ktae'$"):
+        loads_json('{"ktae": true, "b": 1, "ktae": false}', "x.json")
+    with pytest.raises(ValueError, match=r"^x\.json: nested too deeply to read$"):
+        loads_json("[" * 100_000 + "]" * 100_000, "x.json")
+    with pytest.raises(ValueError, match=r"^x\.json: not valid JSON \(Expecting value, line 2 column 1\)$"):
+        loads_json("[1,\n]", "x.json")

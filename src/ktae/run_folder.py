@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ktae.core.config import KTAEConfig
-from ktae.safe_files import file_kind
+from ktae.safe_files import file_kind, format_size, loads_json, read_text, short_repr, shorten
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+
     from typing_extensions import Self
@@ -122,10 +122,74 @@ class RolloutRecord:
         return json.dumps(dataclasses.asdict(self))
 
 
-def read_options_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping of options (a recipe, or a run's ``config.yaml``), read with ``yaml.safe_load``."""
+#: Bytes of a recipe or ``config.yaml`` at most (a recipe is a few KB).
+OPTIONS_FILE_LIMIT = 1 << 20
+#: Bytes of ``ktae_settings.json`` at most.
+SETTINGS_FILE_LIMIT = 1 << 20
+#: Nesting of YAML options at most (a recipe's values are scalars and short lists).
+OPTIONS_DEPTH_LIMIT = 32
+
+
+class _OptionsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing what options never need and an attacker can use: aliases (``*name``: a
+    few lines that expand to billions of values wherever the value is used, in our own error messages
+    too), a key given twice in one mapping (YAML would keep the last) and deep nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are refused: write the value out", mark)
+        self._depth += 1
+        try:
+            if self._depth > OPTIONS_DEPTH_LIMIT:
+                mark = self.peek_event().start_mark
+                problem = f"nested deeper than {OPTIONS_DEPTH_LIMIT} levels: refused"
+                raise yaml.composer.ComposerError(None, None, problem, mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: list[Any] = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                problem = f"key {short_repr(key)} given twice"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_options_yaml(text: str, where: str) -> Any:
+    """A YAML document of options (a recipe, a run's ``config.yaml``, a ``key=value`` value), read safely
+    (`_OptionsLoader`: no aliases, no key twice, nesting and size bounded). Errors are a ValueError naming
+    ``where`` and the line, never quoting more than a line's snippet of the input."""
+    if len(text) > OPTIONS_FILE_LIMIT:
+        raise ValueError(f"{where}: larger than {format_size(OPTIONS_FILE_LIMIT)}: refused")
+    try:
+        return yaml.load(text, Loader=_OptionsLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        place = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{where}: {shorten(str(error.problem))}{place}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{where}: not valid YAML ({shorten(str(error))})") from None
+    except ValueError as error:  # a constructor's: an int beyond Python's digit limit, a bad date
+        raise ValueError(f"{where}: {shorten(str(error))}") from None
+
+
+def read_options_file(path: str | os.PathLike, *, follow_links: bool = False) -> dict[str, Any]:
+    """A YAML mapping of options (a recipe, or a run's ``config.yaml``): a regular file of at most
+    `OPTIONS_FILE_LIMIT` bytes (``follow_links``: a link the user named; a run folder's own file is never
+    one), read with `load_options_yaml`."""
     path = Path(path)
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    loaded = load_options_yaml(read_text(path, OPTIONS_FILE_LIMIT, follow_links=follow_links), str(path))
     if loaded is not None and not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: a recipe is a mapping of keys to values, got {type(loaded).__name__}")
     return dict(loaded or {})
@@ -134,7 +198,7 @@ def read_options_file(path: str | os.PathLike) -> dict[str, Any]:
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The options of a run (``RUN_DIR/config.yaml``); None when the folder has none."""
     path = Path(run_dir) / CONFIG_FILE
-    return read_options_file(path) if path.is_file() else None
+    return read_options_file(path) if os.path.lexists(path) else None
 
 
 def write_config(run_dir: str | os.PathLike, options: Mapping[str, Any]) -> Path:
@@ -161,9 +225,13 @@ class KTAESettings:
         return json.dumps({**dataclasses.asdict(self), "estimator": self.estimator.to_dict()}, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> KTAESettings:
-        record = json.loads(text)
-        return cls(**{**record, "estimator": KTAEConfig.from_dict(record["estimator"])})
+    def from_json(cls, text: str, where: str = KTAE_SETTINGS_FILE) -> KTAESettings:
+        """Read a record `to_json` wrote; anything else is a ValueError naming ``where``."""
+        record = loads_json(text, where)
+        try:
+            return cls(**{**record, "estimator": KTAEConfig.from_dict(record["estimator"])})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{where}: not a KTAE settings record ({shorten(str(error))})") from None
 
 
 def write_ktae_settings(run_dir: str | os.PathLike, settings: KTAESettings) -> Path:
@@ -174,11 +242,8 @@ def read_ktae_settings(run_dir: str | os.PathLike) -> KTAESettings | None:
     """The KTAE settings of a run; for a run folder written before ``ktae_settings.json`` existed, worked out
     from its ``config.yaml`` (`legacy_ktae_settings`). None when the folder has neither."""
     path = Path(run_dir) / KTAE_SETTINGS_FILE
-    if path.is_file():
-        try:
-            return KTAESettings.from_json(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a KTAE settings record ({error})") from None
+    if os.path.lexists(path):
+        return KTAESettings.from_json(read_text(path, SETTINGS_FILE_LIMIT), str(path))
     config = read_config(run_dir)
     return None if config is None else legacy_ktae_settings(config, Path(run_dir) / CONFIG_FILE)
 

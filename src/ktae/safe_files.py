@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 import reprlib
 import stat
@@ -26,10 +27,12 @@ __all__ = [
     "decompress_gzip",
     "file_kind",
     "format_size",
+    "loads_json",
     "open_regular",
     "read_bytes",
     "read_text",
     "short_repr",
+    "shorten",
 ]
 
 
@@ -123,6 +126,28 @@ def decompress_gzip(path: str | os.PathLike, limit: int, *, follow_links: bool =
     return data
 
 
+def loads_json(text: str | bytes, where: str) -> Any:
+    """``json.loads`` of a whole document, refusing what it would silently accept: a key given twice in one
+    object (``json`` keeps the last), and nesting too deep to parse (a RecursionError). Errors name ``where``."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in record:
+                raise ValueError(f"duplicate key {short_repr(key)}")
+            record[key] = value
+        return record
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to read") from None
+    except ValueError as error:  # a duplicate key, or an int beyond Python's digit limit
+        raise ValueError(f"{where}: {error}") from None
+
+
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel = 2
 _SHORT.maxstring = _SHORT.maxother = 60
@@ -135,7 +160,11 @@ def short_repr(value: Any) -> str:
     """``repr(value)`` cut to a few dozen characters (nested containers to a few items and levels), for
     quoting an input in an error message: its cost is bounded whatever the value's size or depth."""
     try:
-        text = _SHORT.repr(value)
+        return shorten(_SHORT.repr(value))
     except ValueError:  # an int beyond Python's digit limit for str()
         return f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= SHORT_REPR_LENGTH else text[: SHORT_REPR_LENGTH - 3] + "..."
+
+
+def shorten(text: str, limit: int = SHORT_REPR_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters (ending in "..." when cut): another error's message quoted in ours."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -312,3 +312,45 @@ def test_a_lock_that_links_elsewhere_is_refused_and_its_target_kept(tmp_path, ca
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert f"{run_dir / '.lock'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
     assert important.read_text() == "precious\n"
+
+
+def _laughs(levels: int = 6) -> str:
+    """YAML whose aliases expand to 9**levels values (a billion laughs, scaled down to stay cheap if expanded)."""
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nlearning_rate: *a{levels}\n"
+
+
+def test_yaml_aliases_are_refused_before_anything_expands_them(tmp_path, capsys):
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text(_laughs())
+    assert main(["train", "--config", str(recipe), "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: aliases (*name) are refused: write the value out (line 2, column 10)" in err
+    assert len(err) < 300  # one line, not the expansion
+    value = "[" + ", ".join(["[" + ", ".join(["&x lol"] + ["*x"] * 8) + "]"]) + "]"
+    assert main(["train", "--output-dir", str(tmp_path / "b"), f"learning_rate={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "override learning_rate: aliases (*name) are refused" in err and len(err) < 300
+    run_dir = tmp_path / "run"  # a run's config.yaml is read the same way
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(_laughs())
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'config.yaml'}: aliases (*name) are refused" in err and len(err) < 300
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path, capsys):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("max_steps: 10\nlearning_rate: 0.1\nmax_steps: 20\n")
+    assert main(["train", "--config", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    assert f"{recipe}: key 'max_steps' given twice (line 3, column 1)" in capsys.readouterr().err
+
+
+def test_a_bad_value_is_quoted_short_in_the_error(tmp_path, capsys):
+    big = "[" + ", ".join(["12345678"] * 20_000) + "]"
+    assert main(["train", "--output-dir", str(tmp_path / "run"), f"learning_rate={big}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ktae train: error: learning_rate must be a number, got [12345678, 12345678, ")
+    assert len(err) < 300

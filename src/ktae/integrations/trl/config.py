@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ktae.core.config import KTAEConfig
+from ktae.safe_files import short_repr
 
 ALGOS = ("grpo", "dapo")
 DYNAMIC_SAMPLING_METRICS = ("correct", "score")
@@ -132,7 +133,7 @@ class KTAEGRPOConfig(GRPOConfig):
     def __post_init__(self) -> None:
         self._check_trainer_values()
         if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+            raise ValueError(f"unknown algo {short_repr(self.algo)}; choose one of {', '.join(ALGOS)}")
         if self.ktae and self.num_generations is not None and self.num_generations < 2:
             raise ValueError(
                 f"KTAE compares the rollouts of a group: num_generations must be >= 2 with ktae on, "
@@ -190,7 +191,7 @@ class KTAEGRPOConfig(GRPOConfig):
         self.ktae_config(ignore_token_ids=())  # KTAEConfig validates every ktae_* value with a named error
         if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
             raise ValueError(
-                f"unknown dynamic_sampling_metric {self.dynamic_sampling_metric!r}; "
+                f"unknown dynamic_sampling_metric {short_repr(self.dynamic_sampling_metric)}; "
                 f"choose one of {', '.join(DYNAMIC_SAMPLING_METRICS)}"
             )
         minimums = {"max_num_gen_batches": 1, "ktae_log_rollouts_steps": 0, "ktae_log_rollouts_groups": 1}
@@ -219,9 +220,9 @@ class KTAEGRPOConfig(GRPOConfig):
         for name, (default, value) in ignored.items():
             if value != default:
                 raise ValueError(
-                    f"ktae_rollout_advantage={self.ktae_rollout_advantage!r} replaces TRL's rollout-level advantage, "
-                    f"so {name}={value!r} would have no effect: unset ktae_rollout_advantage to add the KTAE bonus "
-                    f"to TRL's own advantage, or leave {name} at {default!r}"
+                    f"ktae_rollout_advantage={short_repr(self.ktae_rollout_advantage)} replaces TRL's rollout-level "
+                    f"advantage, so {name}={short_repr(value)} would have no effect: unset ktae_rollout_advantage to "
+                    f"add the KTAE bonus to TRL's own advantage, or leave {name} at {default!r}"
                 )
 
     def ktae_config(self, ignore_token_ids: Iterable[int]) -> KTAEConfig:

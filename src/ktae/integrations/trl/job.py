@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
@@ -49,11 +47,13 @@ from ktae.run_folder import (
     WARM_START_DIR,
     checkpoint_step,
     list_checkpoints,
+    load_options_yaml,
     read_jsonl,
     read_options_file,
     unpublished_checkpoints,
     write_config,
 )
+from ktae.safe_files import short_repr, shorten
 
 if TYPE_CHECKING:
     from ktae.integrations.trl.model_card import RunDescription
@@ -211,12 +211,12 @@ class JobArguments:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 null = " (or null)" if nullable else ""
-                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {value!r}")
+                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {short_repr(value)}")
         for name in ("dataset_train_split", "template"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a string, got {short_repr(getattr(self, name))}")
         if self.reward is not None and self.reward not in REWARDS:
-            raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+            raise ValueError(f"unknown reward {short_repr(self.reward)}; choose one of {', '.join(REWARDS)}")
         self.task()
         self.tiny_model()
         self.warm_start()
@@ -336,24 +336,23 @@ def default_job(model_name_or_path: Any) -> dict[str, Any]:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`)."""
+    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`;
+    a link the user made to their recipe is followed)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"recipe {path} not found")
-    return read_options_file(path)
+    return read_options_file(path, follow_links=True)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``), by the reader
+    of recipes (`ktae.run_folder.load_options_yaml`: no aliases, size and nesting bounded)."""
     parsed = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        try:
-            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ValueError(f"override {key.strip()}: value {raw!r} is not valid YAML ({error.problem})") from None
+            raise ValueError(f"override {short_repr(item)} is not of the form key=value")
+        parsed[key.strip()] = load_options_yaml(raw, f"override {shorten(key.strip())}") if raw.strip() else None
     return parsed
 
 
@@ -371,17 +370,19 @@ def coerce_value(name: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {short_repr(value)}")
     if target is str:
         return value if isinstance(value, str) else str(value)
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
     try:
         converted = target(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {'an integer' if target is int else 'a number'}, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be {'an integer' if target is int else 'a number'}, got {short_repr(value)}"
+        ) from None
     if target is int and isinstance(value, float) and converted != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
     return converted
 
 
@@ -394,7 +395,7 @@ def config_from_dict(
     unknown = sorted(k for k in options if k not in fields and k not in job_keys)
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {unknown}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
+            f"unknown config key(s) {short_repr(unknown)}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
             f"({', '.join(sorted(job_keys))})"
         )
     hints = typing.get_type_hints(KTAEGRPOConfig)
@@ -403,7 +404,7 @@ def config_from_dict(
     try:
         return KTAEGRPOConfig(**kwargs), job
     except TypeError as error:  # a value of the wrong kind (ktae_ignore_token_ids: [1.5]) is a bad value too
-        raise ValueError(str(error)) from None
+        raise ValueError(shorten(str(error))) from None
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
