@@ -25,10 +25,13 @@ from ktae.run_folder import (
     append_jsonl,
     drop_steps_after,
     is_metric_value,
+    is_run_folder,
     load_options_yaml,
+    open_run_folder,
     read_config,
     read_jsonl,
     read_ktae_settings,
+    start_run_folder,
     write_atomic,
     write_config,
     write_ktae_settings,
@@ -295,3 +298,93 @@ def test_damaged_ktae_settings_are_named_with_their_file(tmp_path):
         path.write_text(text, encoding="latin-1" if text.startswith("\xff") else "utf-8")
         with pytest.raises(ValueError, match=rf"^{path}: {message}"):
             read_ktae_settings(tmp_path)
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+def test_a_run_starts_only_in_a_new_or_empty_folder_or_one_it_started(tmp_path):
+    new = tmp_path / "new"
+    start_run_folder(new).release()
+    assert sorted(p.name for p in new.iterdir()) == [".ktae_run", ".lock"] and is_run_folder(new)
+    start_run_folder(new).release()  # a start that failed before config.yaml: the same folder again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    start_run_folder(empty).release()
+    assert is_run_folder(empty)
+
+    foreign = tmp_path / "hf_output"  # a Hugging Face output folder: none of it is ours
+    (foreign / "checkpoint-500").mkdir(parents=True)
+    (foreign / "checkpoint-500" / "model.safetensors").write_bytes(b"weights")
+    (foreign / "README.md").write_text("my model card")
+    (foreign / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = _tree(foreign)
+    message = (
+        rf"^{foreign} holds files ktae did not write \('README.md', 'checkpoint-500', 'metrics.jsonl'\): "
+        r"pick a new or empty folder for the run \(ktae train deletes and rewrites files only in a folder it started\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        start_run_folder(foreign)
+    assert _tree(foreign) == before and not is_run_folder(foreign)  # not even a .lock was created
+
+    write_config(new, {"max_steps": 1})
+    with pytest.raises(ValueError, match=rf"^{new} already holds a run; continue it with --resume {new}"):
+        start_run_folder(new)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        start_run_folder(tmp_path / "file")
+
+
+def test_a_run_is_resumed_only_from_its_folder_with_regular_files(tmp_path):
+    with pytest.raises(ValueError, match=rf"^{tmp_path} is not a run folder: it has no config.yaml$"):
+        open_run_folder(tmp_path)
+    write_config(tmp_path, {"max_steps": 1})  # a folder written before the marker: its config.yaml makes it ours
+    assert is_run_folder(tmp_path)
+    open_run_folder(tmp_path).release()
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'metrics.jsonl'} is a symbolic link, not a regular file"):
+        open_run_folder(tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    os.mkfifo(tmp_path / "rollouts.jsonl")
+    with pytest.raises(ValueError, match=r"rollouts\.jsonl is a FIFO \(named pipe\), not a regular file: refused"):
+        open_run_folder(tmp_path)
+    (tmp_path / "rollouts.jsonl").unlink()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "checkpoints").symlink_to(elsewhere)  # the run deletes old checkpoints in there
+    with pytest.raises(ValueError, match=r"checkpoints is a symbolic link, not a folder: refused"):
+        open_run_folder(tmp_path)
+    RunFolderLock(tmp_path).acquire().release()  # every refusal released the lock
+
+
+def test_logs_that_are_not_regular_files_are_refused_not_read_or_written_through(tmp_path):
+    target = tmp_path / "important.txt"
+    target.write_text("keep\n")
+    log = tmp_path / "metrics.jsonl"
+    log.symlink_to(target)
+    with pytest.raises(ValueError, match=rf"{log} is a symbolic link, not a regular file: refused"):
+        append_jsonl(log, [{"step": 1}])
+    with pytest.raises(ValueError, match=rf"{log} is a symbolic link"):
+        read_jsonl(log)
+    assert target.read_text() == "keep\n"
+    log.unlink()
+    log.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{log} is a character device, not a regular file: refused"):
+        read_jsonl(log, follow_links=True)
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(ValueError, match=rf"{log} is a FIFO \(named pipe\)"):
+        drop_steps_after(log, 3)
+    log.unlink()
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "text": "\xff"}\n')
+    with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON \(not UTF-8 text: invalid start byte\)"):
+        read_jsonl(log)
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "text": "\xe2\x80')  # torn inside a UTF-8 character
+    assert read_jsonl(log) == [{"step": 1}]
+    log.write_text('{"step": 1}\nnull\n')
+    with pytest.raises(ValueError, match=rf"{log}:2: expected a JSON object, got NoneType"):
+        read_jsonl(log)
+    log.write_text('{"step": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON \(nested too deeply\)"):
+        read_jsonl(log)

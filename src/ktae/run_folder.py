@@ -12,6 +12,12 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
     warm_start/                 WARM_START_DIR   the policy RL started from
     curves.png                  CURVES_FILE      training curves of metrics.jsonl
     .lock                       LOCK_FILE        held (flock) by the one process writing the folder
+    .ktae_run                   RUN_MARKER_FILE  written first: ktae started this folder (`start_run_folder`)
+
+Only a folder ktae started is written to: a new or empty one gets `RUN_MARKER_FILE` before anything
+else, and a folder holding other files is refused, so what ``ktae train`` deletes or rewrites in it (a
+half-written ``checkpoint-N``, the logs after the resumed step) is always its own. A run resumed from a
+folder written before the marker existed is recognised by its ``config.yaml``.
 
 The JSONL logs are appended one whole line per ``write``; a kill during an append can still leave a
 torn last line, which `read_jsonl` (the one reader of these logs) and `drop_steps_after` drop (with a
@@ -38,7 +44,16 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ktae.core.config import KTAEConfig
-from ktae.safe_files import file_kind, format_size, loads_json, read_text, short_repr, shorten
+from ktae.safe_files import (
+    RefusedFile,
+    file_kind,
+    format_size,
+    loads_json,
+    open_regular,
+    read_text,
+    short_repr,
+    shorten,
+)
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+
     from typing_extensions import Self
@@ -55,6 +70,7 @@ CHECKPOINTS_DIR = "checkpoints"
 WARM_START_DIR = "warm_start"
 CURVES_FILE = "curves.png"
 LOCK_FILE = ".lock"
+RUN_MARKER_FILE = ".ktae_run"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -299,14 +315,16 @@ def _umask() -> int:
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any] | RolloutRecord]) -> None:
-    """Append records as JSON lines with one ``write`` (a kill leaves at most one torn line at the end)."""
+    """Append records as JSON lines with one ``write`` (a kill leaves at most one torn line at the end).
+
+    The log must be a regular file of its own: a link (to a file elsewhere, or to a device) is refused."""
     lines = "".join((r.to_json() if isinstance(r, RolloutRecord) else json.dumps(r)) + "\n" for r in records)
     if not lines:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(lines)
+    with open_regular(path, append=True) as handle:
+        handle.write(lines.encode("utf-8"))
 
 
 def is_metric_value(value: Any) -> bool:
@@ -314,36 +332,48 @@ def is_metric_value(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, *, follow_links: bool = False) -> list[dict[str, Any]]:
     """The records of a JSONL log of this folder, dropping a torn last line (with a warning).
 
     Torn: the file's last line, not valid JSON and without its newline. Any other line that is not a
-    JSON object is damage, not a torn append: ValueError naming the file and line.
+    JSON object is damage, not a torn append: ValueError naming the file and line. The log must be a
+    regular file (a FIFO, a device or, unless ``follow_links``, a link is refused by name); it is read
+    line by line, its records held in memory.
     """
-    return [record for _, record in read_jsonl_numbered(path)]
+    return [record for _, record in read_jsonl_numbered(path, follow_links=follow_links)]
 
 
-def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl_numbered(path: str | os.PathLike, *, follow_links: bool = False) -> list[tuple[int, dict[str, Any]]]:
     """`read_jsonl` with the line number of each record, for readers that name the line of a record
     they refuse."""
     path = Path(path)
-    # Split at newlines only: records may hold other line separators (U+2028, form feed) in their text.
-    lines = path.read_text(encoding="utf-8").split("\n")  # ends with "" when the last line is whole
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):  # cut off before its newline, which every append ends with
-                logger.warning("%s: dropped a torn last line (%d characters, cut off mid-write)", path, len(line))
-                break
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append((number, record))
+    with open_regular(path, follow_links=follow_links) as handle:
+        # Binary lines end at b"\n" only: records may hold other line separators (U+2028, form feed) in their text.
+        for number, raw in enumerate(handle, 1):
+            whole = raw.endswith(b"\n")  # every append ends with its newline; only a torn last line lacks it
+            try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+            except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested too deep, an int too long
+                if not whole:
+                    logger.warning("%s: dropped a torn last line (%d bytes, cut off mid-write)", path, len(raw))
+                    break
+                raise ValueError(f"{path}:{number}: not valid JSON ({_json_line_problem(error)})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            records.append((number, record))
     return records
+
+
+def _json_line_problem(error: ValueError | RecursionError) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text: {error.reason}"
+    if isinstance(error, json.JSONDecodeError):
+        return error.msg
+    return "nested too deeply" if isinstance(error, RecursionError) else shorten(str(error))
 
 
 def drop_steps_after(path: str | os.PathLike, step: int) -> None:
@@ -352,9 +382,14 @@ def drop_steps_after(path: str | os.PathLike, step: int) -> None:
     Run on resume: the resumed run writes the later steps again. A torn last line is dropped too.
     """
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return
-    kept = [record for record in read_jsonl(path) if record["step"] <= step]
+    kept = []
+    for number, record in read_jsonl_numbered(path):
+        if not is_metric_value(record.get("step")):
+            raise ValueError(f"{path}:{number}: expected a record with a numeric 'step'")
+        if record["step"] <= step:
+            kept.append(record)
     write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
@@ -376,6 +411,88 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def unpublished_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """``RUN_DIR/checkpoint-N`` folders: the trainer writes there first, so they may be incomplete."""
     return [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) is not None]
+
+
+#: The files of the layout that are read, or appended to in place: each must be a regular file.
+_RUN_FILES = (CONFIG_FILE, KTAE_SETTINGS_FILE, METRICS_FILE, ROLLOUTS_FILE, KEY_TOKENS_FILE, RUN_MARKER_FILE)
+#: The folders of the layout the run deletes in: each must be a folder of this one, not a link to another.
+_RUN_DIRS = (CHECKPOINTS_DIR, WARM_START_DIR, TENSORBOARD_DIR)
+
+
+def is_run_folder(run_dir: str | os.PathLike) -> bool:
+    """Whether ktae started this folder: it holds `RUN_MARKER_FILE` (or, written before the marker, a
+    ``config.yaml``)."""
+    return any(os.path.lexists(Path(run_dir) / name) for name in (RUN_MARKER_FILE, CONFIG_FILE))
+
+
+def check_run_files(run_dir: str | os.PathLike) -> None:
+    """Refuse, by name, a file of the layout that is not a regular file (a link, a FIFO, a device) and a
+    folder of the layout that is a link, before any work starts; the readers check each file again as
+    they open it (`ktae.safe_files.open_regular`)."""
+    run_dir = Path(run_dir)
+    for name in (*_RUN_FILES, *_RUN_DIRS):
+        path = run_dir / name
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        wanted = stat.S_ISDIR if name in _RUN_DIRS else stat.S_ISREG
+        if not wanted(mode):
+            what = "a folder" if name in _RUN_DIRS else "a regular file"
+            raise RefusedFile(f"{path} is {file_kind(mode)}, not {what}: refused")
+
+
+def start_run_folder(run_dir: str | os.PathLike) -> RunFolderLock:
+    """Claim a folder for a new run and return its held lock.
+
+    The folder is new, empty, or one a start that failed left (it has `RUN_MARKER_FILE` and no
+    ``config.yaml``); anything else is refused before a file is created in it: a folder that holds a
+    run (continue it with ``--resume``), and a folder holding files ktae did not write.
+    """
+    run_dir = Path(run_dir)
+    if os.path.lexists(run_dir):
+        if not run_dir.is_dir():
+            raise ValueError(f"{run_dir} is not a folder: pick a new or empty folder for the run")
+        _refuse_started_or_foreign(run_dir)
+    lock = RunFolderLock(run_dir).acquire()
+    try:
+        _refuse_started_or_foreign(run_dir, LOCK_FILE)  # again, now that no other ktae can write it
+        check_run_files(run_dir)
+        if not os.path.lexists(run_dir / RUN_MARKER_FILE):
+            write_atomic(run_dir / RUN_MARKER_FILE, "A run folder of ktae train: it writes and deletes files here.\n")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _refuse_started_or_foreign(run_dir: Path, *ours: str) -> None:
+    if os.path.lexists(run_dir / CONFIG_FILE):
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
+    if os.path.lexists(run_dir / RUN_MARKER_FILE):
+        return  # a start that failed before config.yaml: ours to start again
+    foreign = sorted(name for name in os.listdir(run_dir) if name not in ours)
+    if foreign:
+        shown = ", ".join(short_repr(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(
+            f"{run_dir} holds files ktae did not write ({shown}): pick a new or empty folder for the run "
+            "(ktae train deletes and rewrites files only in a folder it started)"
+        )
+
+
+def open_run_folder(run_dir: str | os.PathLike) -> RunFolderLock:
+    """Claim a run's folder to continue it (``--resume``) and return its held lock: it must hold the run's
+    ``config.yaml``, and its files must be regular files (`check_run_files`)."""
+    run_dir = Path(run_dir)
+    if not os.path.lexists(run_dir / CONFIG_FILE):
+        raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+    lock = RunFolderLock(run_dir).acquire()
+    try:
+        check_run_files(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class RunFolderInUse(RuntimeError):

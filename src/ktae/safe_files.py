@@ -67,16 +67,18 @@ def file_kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
-def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> BinaryIO:
-    """``path`` opened for reading in binary mode, if it is a regular file; else `RefusedFile` naming it.
+def open_regular(path: str | os.PathLike, *, follow_links: bool = False, append: bool = False) -> BinaryIO:
+    """``path`` opened in binary mode if it is a regular file; else `RefusedFile` naming it.
 
-    Opened non-blocking (a FIFO does not wait for a writer) and without following a final symbolic link
-    unless ``follow_links``; the type is checked on the opened descriptor. A missing file raises the usual
+    Opened for reading, or with ``append`` for appending (created when missing, never truncated). Opened
+    non-blocking (a FIFO does not wait for a writer) and without following a final symbolic link unless
+    ``follow_links``; the type is checked on the opened descriptor. A missing file to read raises the usual
     ``FileNotFoundError``.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    flags = os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    flags |= (os.O_WRONLY | os.O_APPEND | os.O_CREAT) if append else os.O_RDONLY
     try:
-        descriptor = os.open(path, flags)
+        descriptor = os.open(path, flags, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP and not follow_links and os.path.islink(path):
             raise RefusedFile(f"{os.fspath(path)} is a symbolic link, not a regular file: refused") from None
@@ -86,7 +88,7 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = False) -> Bina
         if not stat.S_ISREG(mode):
             raise RefusedFile(f"{os.fspath(path)} is {file_kind(mode)}, not a regular file: refused")
         os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb")
+        return os.fdopen(descriptor, "ab" if append else "rb")
     except BaseException:
         os.close(descriptor)
         raise

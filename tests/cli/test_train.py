@@ -221,8 +221,11 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
     run_dir = tmp_path / "run"
     job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
     assert main(["train", "--output-dir", str(run_dir), *job]) == 0
-    # as if killed after step 1 was logged, before its checkpoint
+    # as if killed after step 1 was logged, while its checkpoint was being written
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "checkpoint-1").mkdir()
+    (run_dir / "checkpoint-1" / "model.safetensors").write_bytes(b"half")
+    (run_dir / ".ktae_run").unlink()  # as a folder written before the marker existed: its config.yaml is enough
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert "resuming from the start" in capsys.readouterr().out
     assert _steps(run_dir / "metrics.jsonl") == [1]
@@ -230,6 +233,7 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
     assert _steps(run_dir / "key_tokens.jsonl") == [1]
     assert _tensorboard_steps(run_dir) == [1]
     assert _tensorboard_steps(run_dir, "train/accuracy") == [1]  # TensorBoard sees the short names too
+    assert not (run_dir / "checkpoint-1").exists()  # its own half-written checkpoint, cleaned up
 
 
 @pytest.mark.parametrize(
@@ -354,3 +358,17 @@ def test_a_bad_value_is_quoted_short_in_the_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ktae train: error: learning_rate must be a number, got [12345678, 12345678, ")
     assert len(err) < 300
+
+
+def test_a_folder_holding_files_ktae_did_not_write_is_refused_and_left_as_it_was(tmp_path, capsys):
+    output = tmp_path / "hf_output"  # a Hugging Face trainer's folder: its checkpoint, card and log
+    (output / "checkpoint-500").mkdir(parents=True)
+    (output / "checkpoint-500" / "model.safetensors").write_bytes(b"weights")
+    (output / "README.md").write_text("my model card")
+    (output / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    before = sorted((str(p), p.read_bytes() if p.is_file() else None) for p in output.rglob("*"))
+    assert main(["train", "--output-dir", str(output), *SMALL, "max_steps=1"]) == 2
+    assert f"{output} holds files ktae did not write ('README.md', 'checkpoint-500', 'metrics.jsonl')" in (
+        capsys.readouterr().err
+    )
+    assert sorted((str(p), p.read_bytes() if p.is_file() else None) for p in output.rglob("*")) == before

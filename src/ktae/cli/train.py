@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ktae.run_folder import CONFIG_FILE, RunFolderInUse, RunFolderLock, read_config
+from ktae.run_folder import RunFolderInUse, open_run_folder, read_config, start_run_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
                         "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
                     )
                 run_dir = args.resume
-                if not (run_dir / CONFIG_FILE).is_file():
-                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-                lock = RunFolderLock(run_dir).acquire()
+                lock = open_run_folder(run_dir)
                 options = resolve_options(read_config(run_dir) or {}, args.overrides)
                 finished = finished_step(run_dir, options.get("max_steps", -1))
                 if finished is not None:
@@ -75,11 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
                 run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-                lock = RunFolderLock(run_dir).acquire()
-                if (run_dir / CONFIG_FILE).exists():
-                    raise ValueError(
-                        f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
-                    )
+                lock = start_run_folder(run_dir)
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (
             ValueError,

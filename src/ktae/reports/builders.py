@@ -234,7 +234,7 @@ def build_run_report(
         prefix = f"{label.replace('/', '_')}/" if len(run_dirs) > 1 else ""
         notes: list[str] = []
         summaries: list[StepSummary] = []
-        if (run_dir / ROLLOUTS_FILE).is_file():
+        if os.path.lexists(run_dir / ROLLOUTS_FILE):  # a link or a FIFO there is refused by name, not skipped
             data, run_config, notes = _prepare(run_dir, tokenizer, config, None, ignore_token_ids)
             by_step: dict = {}
             for index, rollout in enumerate(data.rollouts):
@@ -261,7 +261,7 @@ def build_run_report(
         )
 
     body = ["<h1>KTAE run report</h1>", f'<p class="sub">{html.escape(", ".join(labels))}</p>']
-    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / METRICS_FILE).is_file()]
+    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if os.path.lexists(path / METRICS_FILE)]
     if with_metrics:
         curves = plot_runs(
             [p for _, p in with_metrics], out_dir / "curves.png", metrics, [label for label, _ in with_metrics]

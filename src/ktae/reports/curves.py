@@ -40,12 +40,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     a torn last line (a run killed mid-write) is dropped, any other bad line is an error naming it.
     """
     path = Path(run_dir)
-    if path.is_dir():
+    named = not path.is_dir()  # a file named directly may be a link the user made; a run folder's own is not
+    if not named:
         path = path / METRICS_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
     by_step: dict[int, dict] = {}
-    for line_number, record in read_jsonl_numbered(path):
+    for line_number, record in read_jsonl_numbered(path, follow_links=named):
         if "step" not in record:
             raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' key")
         step = record["step"]

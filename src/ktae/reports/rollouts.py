@@ -147,15 +147,15 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
     """The JSONL files behind ``path``: a file, a run folder (its rollouts.jsonl) or a folder of
     ``*.jsonl`` dumps (verl's ``rollout_data_dir``, one file per step, taken in step order)."""
     path = Path(path)
-    if path.is_file():
-        return [path]
     if path.is_dir():
-        if (path / ROLLOUTS_FILE).is_file():
+        if os.path.lexists(path / ROLLOUTS_FILE):
             return [path / ROLLOUTS_FILE]
         files = list(path.glob("*.jsonl"))
         if files:
             return sorted(files, key=lambda f: (0, int(f.stem), "") if f.stem.isdigit() else (1, 0, f.name))
         raise FileNotFoundError(f"no rollouts.jsonl or *.jsonl files in {path}")
+    if os.path.lexists(path):
+        return [path]  # read as a regular file (`load_rollouts`): anything else is refused by name
     raise FileNotFoundError(f"no rollouts file or folder at {path}")
 
 
@@ -163,11 +163,12 @@ def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -
     """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``.
 
     The files are read as the run folder's logs are (`ktae.run_folder.read_jsonl`): a torn last line
-    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line."""
+    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line; a file
+    that is not a regular file is refused by name, and so is a link, unless ``path`` names it directly."""
     wanted = None if steps is None else {int(s) for s in steps}
     rollouts = []
     for file in rollout_files(path):
-        for line_number, record in read_jsonl_numbered(file):
+        for line_number, record in read_jsonl_numbered(file, follow_links=file == Path(path)):
             rollout = parse_rollout(record, f"{file}:{line_number}")
             if wanted is None or rollout.step in wanted:
                 rollouts.append(rollout)

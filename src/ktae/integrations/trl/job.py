@@ -19,8 +19,9 @@ synthetic task, the tiny model, the warm start, the run folder). One job, top to
    ``RUN_DIR/checkpoints``.
 
 ``config.yaml`` is written once everything before the first RL step has worked, so a failed start
-leaves nothing that blocks running the same job again. The caller holds the run folder's lock
-(`ktae.run_folder.RunFolderLock`); ``ktae train`` (`ktae.cli.train`) does.
+leaves nothing that blocks running the same job again. The caller holds the run folder
+(`ktae.run_folder.start_run_folder` or `ktae.run_folder.open_run_folder`, which take its lock);
+``ktae train`` (`ktae.cli.train`) and `run_job` do.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ from ktae.run_folder import (
     TENSORBOARD_DIR,
     WARM_START_DIR,
     checkpoint_step,
+    is_run_folder,
     list_checkpoints,
     load_options_yaml,
+    open_run_folder,
     read_jsonl,
     read_options_file,
+    start_run_folder,
     unpublished_checkpoints,
     write_config,
 )
@@ -574,7 +578,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_run_folder(run_dir):  # it deletes and rewrites files in the folder: only in one ktae started
+        raise ValueError(f"{run_dir} is not a run folder ktae started (ktae.run_folder.start_run_folder claims one)")
     config = build_trainer_config(options, run_dir)
     job = JobArguments.from_options(options)
     train_data, held_out = load_datasets(job)
@@ -655,5 +660,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 
 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
-    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
-    return prepare_job(options, run_dir, resume).train()
+    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``, holding the folder
+    (`ktae.run_folder.start_run_folder`, or `ktae.run_folder.open_run_folder` to resume); returns a summary."""
+    lock = open_run_folder(run_dir) if resume else start_run_folder(run_dir)
+    try:
+        return prepare_job(options, run_dir, resume).train()
+    finally:
+        lock.release()
