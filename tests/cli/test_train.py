@@ -372,3 +372,16 @@ def test_a_folder_holding_files_ktae_did_not_write_is_refused_and_left_as_it_was
         capsys.readouterr().err
     )
     assert sorted((str(p), p.read_bytes() if p.is_file() else None) for p in output.rglob("*")) == before
+
+
+def test_resume_refuses_run_files_that_are_not_regular_files_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / "metrics.jsonl").symlink_to("/dev/zero")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir / 'metrics.jsonl'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
+    (run_dir / "metrics.jsonl").unlink()
+    os.mkfifo(run_dir / "rollouts.jsonl")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "rollouts.jsonl is a FIFO (named pipe), not a regular file: refused" in capsys.readouterr().err
