@@ -23,10 +23,12 @@ from ktae.run_folder import (
     RunFolderInUse,
     RunFolderLock,
     append_jsonl,
+    checkpoint_damage,
     drop_steps_after,
     is_metric_value,
     is_run_folder,
     load_options_yaml,
+    newest_usable_checkpoint,
     open_run_folder,
     read_config,
     read_jsonl,
@@ -388,3 +390,55 @@ def test_logs_that_are_not_regular_files_are_refused_not_read_or_written_through
     log.write_text('{"step": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON \(nested too deeply\)"):
         read_jsonl(log)
+
+
+def _checkpoint(folder, step):
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": np.zeros((4, 4), dtype=np.float32)}, str(folder / "model.safetensors"))
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 10}))
+    return folder
+
+
+def test_a_damaged_checkpoint_is_named_and_the_newest_whole_one_found(tmp_path):
+    root = tmp_path / "checkpoints"
+    first, second = _checkpoint(root / "checkpoint-2", 2), _checkpoint(root / "checkpoint-4", 4)
+    assert checkpoint_damage(first) is None and newest_usable_checkpoint(tmp_path) == (second, [])
+
+    def cut(size):
+        return lambda path: path.write_bytes(path.read_bytes()[:size])
+
+    def replace(make):
+        return lambda path: (path.unlink(missing_ok=True), make(path))
+
+    damages = {
+        "model.safetensors": (cut(-10), "model.safetensors: Error while deserializing header"),
+        "optimizer.pt": (cut(100), "optimizer.pt: File is not a zip file"),
+        "trainer_state.json": (cut(10), "trainer_state.json: not valid JSON"),
+        "config.json": (replace(lambda p: p.symlink_to("/dev/zero")), "config.json is a symbolic link"),
+        "rng_state.pth": (replace(os.mkfifo), "rng_state.pth is a FIFO (named pipe)"),
+    }
+    for name, (damage, message) in damages.items():
+        folder = _checkpoint(tmp_path / name / "checkpoint-4", 4)
+        damage(folder / name)
+        assert message in checkpoint_damage(folder), name
+    (second / "trainer_state.json").unlink()
+    assert newest_usable_checkpoint(tmp_path) == (first, [(second, "trainer_state.json is missing")])
+    (second / "trainer_state.json").write_text(json.dumps({"global_step": "4"}))
+    assert "not a trainer state (no integer global_step)" in checkpoint_damage(second)
+    (second / "model.safetensors").rename(second / "model-00001-of-00002.safetensors")
+    (second / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}})
+    )
+    (second / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert checkpoint_damage(second) == (
+        "model.safetensors.index.json names the shard 'model-00002-of-00002.safetensors', which is missing"
+    )
+    for path in second.iterdir():
+        if path.suffix == ".safetensors":
+            path.unlink()
+    assert checkpoint_damage(second) == "it holds no model weights (model.safetensors)"

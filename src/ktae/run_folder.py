@@ -50,6 +50,7 @@ from ktae.safe_files import (
     format_size,
     loads_json,
     open_regular,
+    read_bytes,
     read_text,
     short_repr,
     shorten,
@@ -406,6 +407,99 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
+
+
+#: Bytes of a checkpoint's JSON file at most (``trainer_state.json`` grows with the run's log history).
+CHECKPOINT_JSON_LIMIT = 256 << 20
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers' name
+
+
+def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state of a checkpoint (``trainer_state.json``), with an integer ``global_step``; errors name
+    the file."""
+    path = Path(checkpoint) / TRAINER_STATE_FILE
+    state = loads_json(read_bytes(path, CHECKPOINT_JSON_LIMIT), str(path))
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise ValueError(f"{path}: not a trainer state (no integer global_step)")
+    return state
+
+
+def checkpoint_damage(checkpoint: str | os.PathLike) -> str | None:
+    """Why a checkpoint cannot be resumed from, in words naming the file; None when it looks whole.
+
+    Checked cheaply, by what loading it reads first, not by loading it: ``trainer_state.json`` and every other
+    JSON file parse; model weights are there (``model.safetensors``, its shards or a PEFT adapter) and each
+    safetensors file's header covers the file exactly (a truncated file fails); each torch file
+    (``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``training_args.bin``) ends with its zip directory.
+    Every file must be a regular file.
+    """
+    folder = Path(checkpoint)
+    try:
+        files = {entry.name: entry for entry in folder.iterdir() if not entry.is_dir() or entry.is_symlink()}
+    except OSError as error:
+        return str(error)
+    if TRAINER_STATE_FILE not in files:
+        return f"{TRAINER_STATE_FILE} is missing"
+    if not any(name.endswith(".safetensors") for name in files):
+        return "it holds no model weights (model.safetensors)"
+    for path in sorted(files.values()):
+        damage = _checkpoint_file_damage(path, files)
+        if damage is not None:
+            return damage
+    return None
+
+
+def _checkpoint_file_damage(path: Path, files: Mapping[str, Path]) -> str | None:
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    name = path.name
+    try:
+        if name == TRAINER_STATE_FILE:
+            read_trainer_state(path.parent)
+        elif name.endswith(".json"):
+            record = loads_json(read_bytes(path, CHECKPOINT_JSON_LIMIT), name)
+            if name.endswith(".safetensors.index.json"):
+                shards = record.get("weight_map", {}).values() if isinstance(record, dict) else ()
+                missing = sorted(set(shards) - set(files))
+                if missing:
+                    return f"{name} names the shard {short_repr(missing[0])}, which is missing"
+        elif name.endswith(".safetensors"):
+            open_regular(path).close()
+            with safe_open(str(path), "numpy"):  # the header only; no tensor is read
+                pass
+        elif name.endswith((".pt", ".pth", ".bin")):
+            with open_regular(path) as handle, zipfile.ZipFile(handle):
+                pass
+    except (zipfile.BadZipFile, SafetensorError) as error:
+        return f"{name}: {shorten(str(error))}"
+    except (OSError, ValueError) as error:  # ours name the file already, and are short
+        return str(error)
+    return None
+
+
+def newest_usable_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint a run can resume from, and the newer ones skipped with why
+    (`checkpoint_damage`). The skipped ones are left as they are."""
+    skipped: list[tuple[Path, str]] = []
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
+            return checkpoint, skipped
+        skipped.append((checkpoint, damage))
+    return None, skipped
+
+
+def move_aside(path: str | os.PathLike, suffix: str) -> Path:
+    """Rename ``path`` to the first free ``path + suffix``, ``path + suffix-2``...: kept, out of the way."""
+    path = Path(path)
+    aside, count = path.with_name(path.name + suffix), 1
+    while os.path.lexists(aside):
+        count += 1
+        aside = path.with_name(f"{path.name}{suffix}-{count}")
+    os.rename(path, aside)
+    return aside
 
 
 def unpublished_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

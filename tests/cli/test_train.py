@@ -385,3 +385,40 @@ def test_resume_refuses_run_files_that_are_not_regular_files_before_any_work(tmp
     os.mkfifo(run_dir / "rollouts.jsonl")
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "rollouts.jsonl is a FIFO (named pipe), not a regular file: refused" in capsys.readouterr().err
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_keeps_them(tmp_path, capsys, caplog):
+    run_dir = tmp_path / "run"
+    job = [*SMALL, "max_steps=3", "save_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
+    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
+    checkpoints = run_dir / "checkpoints"
+    weights = checkpoints / "checkpoint-3" / "model.safetensors"
+    with open(weights, "r+b") as handle:  # as a disk that filled up mid-copy leaves it
+        handle.truncate(weights.stat().st_size // 2)
+    truncated = weights.read_bytes()
+    (checkpoints / "checkpoint-2" / "trainer_state.json").unlink()
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0  # not "finished": its step-3 checkpoint is unusable
+    out = capsys.readouterr().out
+    assert (
+        f"skipped {checkpoints / 'checkpoint-3'}, which cannot be resumed from (model.safetensors: Error while "
+        "deserializing header: incomplete metadata, file not fully covered); it is left as it is"
+    ) in out
+    skipped = f"skipped {checkpoints / 'checkpoint-2'}, which cannot be resumed from (trainer_state.json is missing)"
+    assert skipped in out
+    assert f"resuming from {checkpoints / 'checkpoint-1'}" in out
+    assert _steps(run_dir / "metrics.jsonl") == [1, 2, 3]
+    # the resumed run's checkpoints took their places; the damaged ones were moved aside, not deleted
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-2.damaged",
+        "checkpoint-3",
+        "checkpoint-3.damaged",
+    ]
+    assert (checkpoints / "checkpoint-3.damaged" / "model.safetensors").read_bytes() == truncated
+    aside = f"{checkpoints / 'checkpoint-3'}, skipped as damaged when the run resumed, was moved to {checkpoints}"
+    assert aside in caplog.text
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "is finished: it trained all 3 steps" in capsys.readouterr().out

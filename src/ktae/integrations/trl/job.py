@@ -27,7 +27,6 @@ leaves nothing that blocks running the same job again. The caller holds the run 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -50,9 +49,11 @@ from ktae.run_folder import (
     is_run_folder,
     list_checkpoints,
     load_options_yaml,
+    newest_usable_checkpoint,
     open_run_folder,
     read_jsonl,
     read_options_file,
+    read_trainer_state,
     start_run_folder,
     unpublished_checkpoints,
     write_config,
@@ -436,14 +437,15 @@ def resolve_options(
 
 
 def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
-    """The step of the run's newest checkpoint when it has trained all its steps, else None.
+    """The step of the run's newest usable checkpoint (`ktae.run_folder.newest_usable_checkpoint`) when it
+    has trained all its steps, else None.
 
     ``max_steps=-1`` (train epochs): the step count the run computed, as its checkpoint recorded it.
     """
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
+    checkpoint, _ = newest_usable_checkpoint(run_dir)
+    if checkpoint is None:
         return None
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    state = read_trainer_state(checkpoint)
     target = max_steps if max_steps > 0 else state["max_steps"]
     return state["global_step"] if state["global_step"] >= target else None
 
@@ -640,9 +642,11 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 
     checkpoint = None
     if resume:
-        complete = list_checkpoints(run_dir)
-        checkpoint = complete[-1] if complete else None
-        print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
+        checkpoint, skipped = newest_usable_checkpoint(run_dir)
+        for damaged, why in skipped:  # left as they are: they may be what tells the user what went wrong
+            print(f"[ktae train] skipped {damaged}, which cannot be resumed from ({why}); it is left as it is")
+        none = "no usable checkpoint" if skipped else "no complete checkpoint yet"
+        print(f"[ktae train] resuming from {checkpoint or f'the start ({none})'}")
     if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
         from torch.utils.tensorboard import SummaryWriter
 
