@@ -19,6 +19,9 @@ from ktae.safe_files import short_repr
 
 ALGOS = ("grpo", "dapo")
 DYNAMIC_SAMPLING_METRICS = ("correct", "score")
+#: The lowest sampling temperature accepted: generation and the loss divide the logits by it, and below
+#: this the quotient overflows half precision into inf/NaN (vLLM raises lower temperatures to the same floor).
+MIN_TEMPERATURE = 0.01
 
 # Paper settings that `algo` fills in when the field is left unset (docs/recipes.md).
 GRPO_KL_COEF = 0.001
@@ -182,8 +185,8 @@ class KTAEGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be > 0 (a step count, or a share of the steps below 1), got {value}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ValueError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {self.temperature}")
 
     def _check_own_fields(self) -> None:
         # set from the algo by __post_init__ before it calls this
