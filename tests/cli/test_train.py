@@ -220,7 +220,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
 def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsys):
     run_dir = tmp_path / "run"
     job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
-    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
+    assert main(["train", f"output_dir={run_dir}", *job]) == 0  # TRL's name for the run folder works too
+    assert "output_dir" not in yaml.safe_load((run_dir / "config.yaml").read_text())  # the folder says it
+    assert main(["train", "--resume", str(run_dir), f"output_dir={tmp_path / 'elsewhere'}"]) == 2
+    assert f"output_dir: --resume {run_dir} continues the run in its own folder" in capsys.readouterr().err
     # as if killed after step 1 was logged, while its checkpoint was being written
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "checkpoint-1").mkdir()
@@ -423,3 +426,108 @@ def test_resume_falls_back_past_damaged_checkpoints_and_keeps_them(tmp_path, cap
     assert aside in caplog.text
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert "is finished: it trained all 3 steps" in capsys.readouterr().out
+
+
+def _train_process(run_dir: Path, *options: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    """``ktae train`` in its own process group (as a terminal runs it); ``file_size_limit``: writes beyond it
+    fail as on a full disk (EFBIG instead of ENOSPC)."""
+
+    def limit_file_size() -> None:
+        if file_size_limit is not None:
+            import resource
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    command = [sys.executable, "-m", "ktae", "train", "--output-dir", str(run_dir), *SMALL, *options]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=limit_file_size,
+    )
+
+
+def test_ctrl_c_stops_the_run_with_one_line_saying_how_to_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    process = _train_process(run_dir, "max_steps=500", "save_steps=2", "warm_start_max_steps=0")
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "checkpoint-2").is_dir():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        _out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130
+    stopped = (
+        "ktae train: stopped (Ctrl-C); the run keeps its complete checkpoints; continue it with: "
+        f"ktae train --resume {run_dir}"
+    )
+    assert stopped in err.splitlines(), err  # one line (the progress bar may redraw itself after it)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    from ktae.run_folder import RunFolderLock
+
+    RunFolderLock(run_dir).acquire().release()  # the lock was released (the process is gone anyway)
+    resumed_from = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert main(["train", "--resume", str(run_dir), f"max_steps={resumed_from + 1}"]) == 0
+    assert _steps(run_dir / "metrics.jsonl") == list(range(1, resumed_from + 2))
+
+
+def test_a_full_disk_while_saving_is_one_named_line_and_the_run_stays_resumable(tmp_path):
+    # the warm start's model (41 KB) does not fit: nothing had started, the same command starts again
+    run_dir = tmp_path / "warm"
+    process = _train_process(run_dir, "max_steps=2", file_size_limit=20_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 2, err
+    [last] = [line for line in err.splitlines() if line.startswith("ktae train: error:")]  # among progress bars
+    assert last.startswith(f"ktae train: error: could not save the model to {run_dir / 'warm_start.saving'} (")
+    assert last.endswith("File too large (os error 27))") and "Traceback" not in err, err
+    assert not (run_dir / "warm_start.saving").exists() and not (run_dir / "config.yaml").exists()
+
+    # a checkpoint does not fit (the model does, 41 KB; Adam's state, twice its size, does not)
+    run_dir = tmp_path / "checkpoint"
+    adam = ["optim=adamw_torch", "warm_start_max_steps=0", "save_steps=1"]
+    process = _train_process(run_dir, "max_steps=2", *adam, file_size_limit=60_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 2, err
+    [last] = [line for line in err.splitlines() if line.startswith("ktae train: error:")]  # among progress bars
+    assert last.startswith(f"ktae train: error: could not save the checkpoint {run_dir / 'checkpoint-1'} ("), err
+    assert last.endswith(f"the run keeps its complete checkpoints; continue it with: ktae train --resume {run_dir}")
+    assert "Traceback" not in err
+    assert (run_dir / "checkpoint-1").is_dir()  # half-written: the resume removes it, and trains from the start
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert _steps(run_dir / "metrics.jsonl") == [1, 2] and not (run_dir / "checkpoint-1").exists()
+
+    # curves.png (about 100 KB) does not fit: the run is complete, says so, and prints its summary
+    run_dir = tmp_path / "curves"
+    process = _train_process(run_dir, "max_steps=2", "warm_start_max_steps=0", file_size_limit=60_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert json.loads(out[out.rindex('{\n  "run_dir"') :])["steps"] == 2
+    assert f"could not write {run_dir / 'curves.png'} ([Errno 27] File too large" in err
+    assert f"`ktae viz --run {run_dir}` draws the curves" in err
+
+
+def test_ctrl_c_before_the_run_started_says_to_run_the_command_again(tmp_path, capsys, monkeypatch):
+    import ktae.integrations.trl.job as job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "prepare_job", interrupted)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run_dir), *SMALL]) == 130
+    assert capsys.readouterr().err == (
+        f"ktae train: stopped (Ctrl-C); no run had started yet: run the command again (--output-dir {run_dir} "
+        "starts it in the same folder)\n"
+    )
+    from ktae.run_folder import start_run_folder
+
+    start_run_folder(run_dir).release()  # released, and still a folder the same command may start in

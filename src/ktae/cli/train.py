@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from ktae.run_folder import RunFolderInUse, open_run_folder, read_config, start_run_folder
+from ktae.run_folder import CONFIG_FILE, RunFolderInUse, open_run_folder, read_config, start_run_folder
+from ktae.safe_files import RefusedFile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     lock = None  # held until the job ends; the kernel drops it if the process dies
+    run_dir: Path | None = None
     try:
         try:
             from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(
                         "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
                     )
+                if "output_dir" in parse_overrides(args.overrides):
+                    raise ValueError(f"output_dir: --resume {args.resume} continues the run in its own folder")
                 run_dir = args.resume
                 lock = open_run_folder(run_dir)
                 options = resolve_options(read_config(run_dir) or {}, args.overrides)
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                     recipe = {}
                     defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
-                run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+                # the recipe's output_dir (TRL's name for the run folder) unless --output-dir names one
+                run_dir = args.output_dir or Path(options.get("output_dir") or time.strftime("runs/%Y%m%d-%H%M%S"))
                 lock = start_run_folder(run_dir)
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (
@@ -84,8 +91,25 @@ def run(args: argparse.Namespace) -> int:
         ) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
-        print(json.dumps(job.train(), indent=2))
+        try:
+            summary = job.train()
+        except (OSError, RefusedFile) as error:  # a full disk while saving, a log replaced by a link
+            print(f"ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2))
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the lock is released below, and complete checkpoints are all kept
+        print(f"ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
+        return 130
     finally:
         if lock is not None:
             lock.release()
+
+
+def _how_to_continue(run_dir: Path | None) -> str:
+    """How to go on after the job stopped midway: resume a run that started, else start it again."""
+    if run_dir is not None and os.path.lexists(run_dir / CONFIG_FILE):
+        resume = f"ktae train --resume {shlex.quote(str(run_dir))}"
+        return f"the run keeps its complete checkpoints; continue it with: {resume}"
+    where = "" if run_dir is None else f" (--output-dir {shlex.quote(str(run_dir))} starts it in the same folder)"
+    return f"no run had started yet: run the command again{where}"

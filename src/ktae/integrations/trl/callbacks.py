@@ -172,7 +172,15 @@ class RunLogCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_curves(self.run_dir)
+            try:
+                write_curves(self.run_dir)
+            except OSError as error:  # a full disk: the run itself is complete, its curves can be drawn later
+                logger.warning(
+                    "could not write %s (%s); `ktae viz --run %s` draws the curves",
+                    self.run_dir / CURVES_FILE,
+                    error,
+                    self.run_dir,
+                )
 
 
 def write_curves(run_dir: Path) -> Path | None:
