@@ -446,7 +446,9 @@ def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
     if checkpoint is None:
         return None
     state = read_trainer_state(checkpoint)
-    target = max_steps if max_steps > 0 else state["max_steps"]
+    target = max_steps if max_steps > 0 else state.get("max_steps")
+    if not isinstance(target, int):  # a state without its step count: resume, which works it out again
+        return None
     return state["global_step"] if state["global_step"] >= target else None
 
 
