@@ -412,6 +412,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 #: Bytes of a checkpoint's JSON file at most (``trainer_state.json`` grows with the run's log history).
 CHECKPOINT_JSON_LIMIT = 256 << 20
 TRAINER_STATE_FILE = "trainer_state.json"  # transformers' name
+_SHARDED_WEIGHTS = ("pytorch_model_fsdp", "global_step")  # folders of FSDP's and DeepSpeed's sharded states
 
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
@@ -428,19 +429,21 @@ def checkpoint_damage(checkpoint: str | os.PathLike) -> str | None:
     """Why a checkpoint cannot be resumed from, in words naming the file; None when it looks whole.
 
     Checked cheaply, by what loading it reads first, not by loading it: ``trainer_state.json`` and every other
-    JSON file parse; model weights are there (``model.safetensors``, its shards or a PEFT adapter) and each
+    JSON file parse; model weights are there (``model.safetensors``, its shards, a PEFT adapter, or the
+    folders FSDP and DeepSpeed shard them into) and each
     safetensors file's header covers the file exactly (a truncated file fails); each torch file
     (``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``training_args.bin``) ends with its zip directory.
     Every file must be a regular file.
     """
     folder = Path(checkpoint)
     try:
-        files = {entry.name: entry for entry in folder.iterdir() if not entry.is_dir() or entry.is_symlink()}
+        entries = list(folder.iterdir())
     except OSError as error:
         return str(error)
+    files = {entry.name: entry for entry in entries if not entry.is_dir() or entry.is_symlink()}
     if TRAINER_STATE_FILE not in files:
         return f"{TRAINER_STATE_FILE} is missing"
-    if not any(name.endswith(".safetensors") for name in files):
+    if not any(entry.name.endswith(".safetensors") or entry.name.startswith(_SHARDED_WEIGHTS) for entry in entries):
         return "it holds no model weights (model.safetensors)"
     for path in sorted(files.values()):
         damage = _checkpoint_file_damage(path, files)
