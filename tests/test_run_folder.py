@@ -442,5 +442,6 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_whole_one_found(tmp_path):
         if path.suffix == ".safetensors":
             path.unlink()
     assert checkpoint_damage(second) == "it holds no model weights (model.safetensors)"
+    (second / "model.safetensors.index.json").unlink()
     (second / "pytorch_model_fsdp_0").mkdir()  # FSDP's sharded state: weights in a folder of their own
     assert checkpoint_damage(second) is None
