@@ -352,3 +352,11 @@ def test_viz_refuses_inputs_that_are_not_regular_files_by_name(tmp_path, tokeniz
     os.mkfifo(run / "rollouts.jsonl")
     assert main(["viz", "--run", str(run)]) == 2
     _one_line_error(capsys, f"{run / 'rollouts.jsonl'} is a FIFO (named pipe), not a regular file: refused")
+
+
+def test_viz_quotes_a_bad_value_short(tmp_path, capsys):
+    rollouts = _text_rollouts(tmp_path / "r.jsonl", score="9" * 1_000_000)
+    assert main(["viz", "--rollouts", str(rollouts), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ktae viz: error: {rollouts}:1: needs a finite numeric 'score' (or 'reward'), got '9999")
+    assert len(err) < len(str(rollouts)) + 250  # not the megabyte value
