@@ -3,16 +3,18 @@
     python benchmarks/gpu_check.py [--out gpu_check.json]            # on a GPU node, under 5 minutes
     python benchmarks/gpu_check.py --device cpu --quick               # the script's own pieces, on a CPU
 
-Four parts, one JSON file of results (also printed):
+Five parts, one JSON file of results (also printed):
 
 1. estimator: ``compute_ktae_advantages`` at 8, 64, 256 and 1024 groups x 16 rollouts x 3072 tokens
    (the batches of ``ktae bench``): median of 5 timed calls after a warm-up, each between two
    ``torch.cuda.synchronize()``, and the largest difference from the CPU result on the same batch;
-2. parity: random batches of the awkward kinds (uneven and single-rollout groups, string uids, huge
+2. one large group (16,000 rollouts x 4 tokens, a verl batch whose uids collapsed): time, peak
+   GPU memory and the largest difference from the CPU result;
+3. parity: random batches of the awkward kinds (uneven and single-rollout groups, string uids, huge
    and narrow-typed ids, half-precision scores, strided tensors, empty masks) under every rollout
    base: the largest difference of the advantages and key-token values from the CPU's, by field;
-3. training: 10 steps of GRPO+KTAE with the tiny model (`ktae train`'s job, no warm start), on the GPU;
-4. evaluation: ``ktae eval --limit 4`` of the checkpoint just trained, on the GPU (transformers
+4. training: 10 steps of GRPO+KTAE with the tiny model (`ktae train`'s job, no warm start), on the GPU;
+5. evaluation: ``ktae eval --limit 4`` of the checkpoint just trained, on the GPU (transformers
    backend), on a four-problem benchmark file written here (no download).
 
 Nothing is downloaded: the tiny model and its tokenizer are built locally.
@@ -64,6 +66,9 @@ QUICK_TRAIN_OPTIONS = [
     "max_completion_length=12",
     "ktae_log_rollouts_steps=1",
 ]
+# Rollouts of the one large group (a batch whose uids collapsed into one).
+LARGE_GROUP = 16000
+QUICK_LARGE_GROUP = 500
 # Parity batches: this many, with at most this many rollouts and tokens each.
 PARITY_BATCHES = 40
 QUICK_PARITY_BATCHES = 4
@@ -144,6 +149,41 @@ def profile_estimator(device: str, groups: tuple[int, ...], max_len: int, out: P
         )
     out.write_text("\n\n".join(sections) + "\n")
     print(f"[gpu_check] profile: {out}", flush=True)
+
+
+def check_large_group(device: str, rollouts: int) -> dict:
+    """One group of ``rollouts`` rollouts of 4 tokens each: time, peak memory, difference from the CPU."""
+    import numpy as np
+    import torch
+
+    from ktae import compute_ktae_advantages
+
+    rng = np.random.default_rng(0)
+    batch = (
+        torch.from_numpy(rng.integers(0, 1000, size=(rollouts, 4))),
+        torch.ones(rollouts, 4, dtype=torch.bool),
+        torch.from_numpy((np.arange(rollouts) % 2).astype(np.float32)),
+        torch.zeros(rollouts, dtype=torch.int64),
+    )
+    on_cpu = compute_ktae_advantages(*batch)
+    on_device = [x.to(device) for x in batch]
+    compute_ktae_advantages(*on_device)  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = compute_ktae_advantages(*on_device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    row = {
+        "rollouts": rollouts,
+        "ms": round(1000 * (time.perf_counter() - start), 3),
+        "max_abs_diff_vs_cpu": float((result.cpu() - on_cpu).abs().max()),
+    }
+    if device.startswith("cuda"):
+        row["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print(f"[gpu_check] large group {row}", flush=True)
+    return row
 
 
 def parity_batch(seed: int):
@@ -336,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         sizes = QUICK_GROUPS if args.quick else GROUPS
         profile_estimator(args.device, (sizes[0], sizes[-1]), QUICK_MAX_LEN if args.quick else MAX_LEN, args.profile)
+    report["large_group"] = check_large_group(args.device, QUICK_LARGE_GROUP if args.quick else LARGE_GROUP)
     report["parity"] = check_parity(args.device, QUICK_PARITY_BATCHES if args.quick else PARITY_BATCHES)
     with tempfile.TemporaryDirectory(prefix="ktae-gpu-check-") as work:
         work = Path(work)

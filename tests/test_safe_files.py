@@ -118,3 +118,27 @@ def test_json_with_a_key_given_twice_or_nested_too_deep_is_refused_by_name():
         loads_json("[" * 100_000 + "]" * 100_000, "x.json")
     with pytest.raises(ValueError, match=r"^x\.json: not valid JSON \(Expecting value, line 2 column 1\)$"):
         loads_json("[1,\n]", "x.json")
+
+
+def test_text_or_gzip_is_read_within_its_limit(tmp_path):
+    from ktae.safe_files import read_text_or_gzip
+
+    plain, packed = tmp_path / "a.json", tmp_path / "a.json.gz"
+    plain.write_text("[1, 2]")
+    packed.write_bytes(gzip.compress(b"[1, 2]"))
+    assert read_text_or_gzip(plain, 6) == read_text_or_gzip(packed, 6) == "[1, 2]"
+    with pytest.raises(RefusedFile, match=rf"{plain} is larger than 5 bytes: refused"):
+        read_text_or_gzip(plain, 5)
+    with pytest.raises(RefusedFile, match=rf"{packed} decompresses to more than 5 bytes: refused"):
+        read_text_or_gzip(packed, 5)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(RefusedFile, match="is a FIFO"):
+        read_text_or_gzip(fifo, 5)
+
+
+def test_printable_shows_what_a_terminal_would_act_on():
+    from ktae.safe_files import printable
+
+    assert printable("aime24 Ünïcode \uff13 ½ tab-free") == "aime24 Ünïcode \uff13 ½ tab-free"
+    assert printable("x\x1b[2J\x07\n\r\t\x9b\u202e\u2028\u200b") == "x\\x1b[2J\\x07\\n\\r\\t\\x9b\\u202e\\u2028\\u200b"

@@ -7,8 +7,9 @@ the file is opened first and checked on the open descriptor (``fstat``), so a FI
 swap the file between the check and the read. ``follow_links=True`` is for a path the user named
 themselves (a link they made on purpose); entries found inside folders are never followed.
 
-Whole-file readers take a byte limit (`read_bytes`, `read_text`, `decompress_gzip`), so the memory a file
-costs is bounded by the reader, not by the file. `short_repr` bounds a value quoted in an error message.
+Whole-file readers take a byte limit (`read_bytes`, `read_text`, `decompress_gzip`, `read_text_or_gzip`), so
+the memory a file costs is bounded by the reader, not by the file. `short_repr` bounds a value quoted in an error
+message; `printable` escapes what a terminal would act on in text printed from an input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import reprlib
 import stat
 import zlib
@@ -29,8 +31,10 @@ __all__ = [
     "format_size",
     "loads_json",
     "open_regular",
+    "printable",
     "read_bytes",
     "read_text",
+    "read_text_or_gzip",
     "short_repr",
     "shorten",
 ]
@@ -116,7 +120,12 @@ def decompress_gzip(path: str | os.PathLike, limit: int, *, follow_links: bool =
     """The decompressed content of a gzip file of at most ``limit`` bytes (read in a bounded buffer, so a
     small file that expands enormously costs ``limit``, not its expansion); more is refused. A truncated
     or corrupt file is a ValueError naming it."""
-    with open_regular(path, follow_links=follow_links) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+    with open_regular(path, follow_links=follow_links) as raw:
+        return _gunzip(raw, path, limit)
+
+
+def _gunzip(raw: BinaryIO, path: str | os.PathLike, limit: int) -> bytes:
+    with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
         try:
             data = unpacked.read(limit + 1)
         except EOFError:
@@ -126,6 +135,24 @@ def decompress_gzip(path: str | os.PathLike, limit: int, *, follow_links: bool =
     if len(data) > limit:
         raise RefusedFile(f"{os.fspath(path)} decompresses to more than {format_size(limit)}: refused")
     return data
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_text_or_gzip(path: str | os.PathLike, limit: int, *, follow_links: bool = False) -> str:
+    """The UTF-8 text of a regular file (`open_regular`), decompressed first when it starts with gzip's magic
+    bytes; at most ``limit`` bytes of text (as `decompress_gzip` and `read_bytes` bound them), else `RefusedFile`."""
+    with open_regular(path, follow_links=follow_links) as raw:
+        compressed = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        raw.seek(0)
+        data = _gunzip(raw, path, limit) if compressed else raw.read(limit + 1)
+    if len(data) > limit:
+        raise RefusedFile(f"{os.fspath(path)} is larger than {format_size(limit)}: refused")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
 
 
 def loads_json(text: str | bytes, where: str) -> Any:
@@ -170,3 +197,17 @@ def short_repr(value: Any) -> str:
 def shorten(text: str, limit: int = SHORT_REPR_LENGTH) -> str:
     """``text`` cut to ``limit`` characters (ending in "..." when cut): another error's message quoted in ours."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Characters a terminal may act on instead of showing: controls (ESC starts escape sequences), format characters
+# (bidirectional overrides reorder what is shown) and line and paragraph separators.
+_UNPRINTABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on written as its escape (``\\x1b``, ``\\n``,
+    ``\\u202e``), for printing text that comes from input files: ESC sequences, bidirectional overrides
+    and line breaks in a name are shown, never executed."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)

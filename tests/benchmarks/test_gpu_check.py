@@ -32,6 +32,8 @@ def test_quick_cpu_run_writes_every_part(gpu_check, tmp_path):
     report = json.loads(out.read_text())
     assert [row["groups"] for row in report["estimator"]] == list(gpu_check.QUICK_GROUPS)
     assert all(row["max_abs_diff_vs_cpu"] == 0.0 and len(row["times_ms"]) == 5 for row in report["estimator"])
+    assert report["large_group"]["rollouts"] == gpu_check.QUICK_LARGE_GROUP
+    assert report["large_group"]["max_abs_diff_vs_cpu"] == 0.0
     assert report["parity"]["batches"] == gpu_check.QUICK_PARITY_BATCHES and report["parity"]["failures"] == []
     assert report["training"]["steps"] == 1 and report["training"]["policy_device"] == "cpu"
     assert report["evaluation"]["num_examples"] == {"aime24": 1}

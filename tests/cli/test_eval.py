@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import runpy
+import shlex
 import stat
 import string
 import sys
@@ -426,3 +427,244 @@ def test_eval_of_a_folder_without_a_model_is_a_named_error(tmp_path, capsys):
     build_tokenizer().save_pretrained(empty)  # a tokenizer alone is not a model either
     assert main(["eval", "--model", str(empty), "--benchmarks", "aime24", "--data-dir", str(tmp_path)]) == 2
     assert "has no config.json: it holds a tokenizer, not a model" in capsys.readouterr().err
+
+
+RELEASED = Path(__file__).parents[1] / "evaluation" / "data" / "released_outputs.json"
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(results=[1]), "field 'results' must be an object of benchmarks, got list"),
+        (lambda r: r["results"].update(aime24="x"), "field 'results' of aime24 must be a number in [0, 100], got 'x'"),
+        (lambda r: r["results"].update(aime24=3350.0), "field 'results' of aime24 must be a number in [0, 100]"),
+        (lambda r: r.update(avg="x"), "field 'avg' must be a number in [0, 100], got 'x'"),
+        (lambda r: r["per_problem"]["aime24"][0].pop("key"), "field 'per_problem' of aime24[0]: field 'key' must be"),
+        (lambda r: r["per_problem"]["aime24"][0].update(correct=[]), "field 'correct' must be a non-empty list"),
+        (
+            lambda r: r["per_problem"].update(aime24=5),
+            "field 'per_problem' of aime24 must be a list of per-problem records, got int",
+        ),
+        (lambda r: r.pop("per_problem") and r["responses"].update(aime24="../x.jsonl"), "field 'responses' of aime24"),
+    ],
+)
+def test_compare_of_malformed_results_is_one_named_line(tmp_path, capsys, change, message):
+    good = _write_run(tmp_path / "good", {"aime24": _records([[True], [False]])})
+    results = json.loads(good.read_text())
+    change(results)
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / "results.json"
+    bad.write_text(json.dumps(results))
+    assert main(["eval", "--compare", str(good), str(bad)]) == 2
+    error = _one_line_error(capsys)
+    assert error.startswith(f"ktae eval: error: {bad}: ") and message in error
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{nope", "not valid JSON (Expecting property name enclosed in double quotes, line 1 column 2)"),
+        ('{"results": {}, "results": {"aime24": 1.0}}', "duplicate key 'results'"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
+    ],
+    ids=["not JSON", "a key twice", "nested 100,000 deep"],
+)
+def test_compare_of_a_damaged_file_names_it(tmp_path, capsys, content, message):
+    bad = tmp_path / "results.json"
+    bad.write_text(content)
+    assert main(["eval", "--compare", str(bad)]) == 2
+    assert f"ktae eval: error: {bad}: {message}" in _one_line_error(capsys)
+
+
+def test_a_bad_reference_file_is_named(tmp_path, capsys):
+    good = _write_run(tmp_path / "good", {"aime24": _records([[True], [False]])})
+    (tmp_path / "ref.md").write_text("| model | AIME24 | MATH500 |\n| --- | --- | --- |\n| x | 12.5 | n/a |\n")
+    assert main(["eval", "--compare", str(good), "--reference", str(tmp_path / "ref.md")]) == 2
+    assert f"{tmp_path / 'ref.md'}:3: column math500: not a number: 'n/a'" in _one_line_error(capsys)
+    (tmp_path / "ref.json").write_text(json.dumps({"rows": [{"label": "x", "results": {"aime24": 3350}}]}))
+    assert main(["eval", "--compare", str(good), "--reference", str(tmp_path / "ref.json")]) == 2
+    assert "ref.json: row 0: field 'results' of aime24 must be a number in [0, 100]" in _one_line_error(capsys)
+
+
+def test_text_from_input_files_is_printed_escaped(tmp_path, capsys):
+    """A terminal shows escape sequences and direction overrides from a file as text; it never acts on them."""
+    run = _write_run(tmp_path / "evil", {"aime24": _records([[True], [False]])})
+    results = json.loads(run.read_text())
+    results["model"] = "evil\x1b[2J\x1b]0;owned\x07\u202e"
+    run.write_text(json.dumps(results))
+    assert main(["eval", "--compare", str(run), str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\u202e" not in printed and "\x07" not in printed
+    assert "| evil\\x1b[2J\\x1b]0;owned\\x07\\u202e (evil) |" in printed
+
+    released = json.loads(RELEASED.read_text())[:1]
+    released[0]["model_output"] = ["so \\boxed{7\x1b[31m}"]  # the file says right, we say wrong: listed
+    (tmp_path / "r.json").write_text(json.dumps(released))
+    assert main(["eval", "--responses", str(tmp_path / "r.json"), "--output-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "extracted `7\\x1b[31m`" in printed and "\x1b" not in printed
+    assert "\x1b" not in (tmp_path / "out" / "agreement.md").read_text()
+
+
+def test_rescoring_into_a_used_folder_keeps_one_run(tmp_path, capsys):
+    """The earlier run's responses and agreement go; a later re-score of the folder reads this run only."""
+    out = tmp_path / "out"
+    assert main(["eval", "--responses", str(RELEASED), "--output-dir", str(out)]) == 0
+    assert (out / "agreement.json").exists() and len(list((out / "responses").iterdir())) == 5
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"benchmark": "aime24", "answer": "7", "response": "\\boxed{7}"}) + "\n")
+    assert main(["eval", "--responses", str(second), "--output-dir", str(out)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "responses",
+        "responses/aime24.jsonl",
+        "results.json",
+    ]
+    assert main(["eval", "--responses", str(out), "--output-dir", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["results"] == {"aime24": 100.0}
+    capsys.readouterr()
+
+    (out / "mine.txt").write_text("not ktae's")
+    assert main(["eval", "--responses", str(RELEASED), "--output-dir", str(out)]) == 2
+    assert f"{out} holds files that are not an evaluation's ('mine.txt')" in _one_line_error(capsys)
+    assert (out / "mine.txt").read_text() == "not ktae's" and (out / "responses" / "aime24.jsonl").exists()
+
+
+def test_generating_into_a_used_folder_replaces_the_earlier_run(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--limit", "1", "--max-new-tokens", "4", "--output-dir", str(out)]
+    assert main([*argv, "--benchmarks", "aime24,math500"]) == 0
+    assert main([*argv, "--benchmarks", "aime24"]) == 0
+    assert sorted(p.name for p in (out / "responses").iterdir()) == ["aime24.jsonl"]
+    assert list(json.loads((out / "results.json").read_text())["results"]) == ["aime24"]
+    (out / "results.json").unlink()  # as a run stopped before its end leaves it
+    capsys.readouterr()
+    assert main([*argv, "--benchmarks", "aime24"]) == 2
+    assert "holds an evaluation that did not finish" in _one_line_error(capsys)
+    assert main([*argv, "--benchmarks", "aime24", "--resume"]) == 0
+
+
+def test_limits_and_entries_that_are_not_files_are_one_named_line(tmp_path, capsys):
+    import gzip
+
+    bomb = tmp_path / "bomb.json.gz"
+    bomb.write_bytes(gzip.compress(b" " * (3 << 20) + RELEASED.read_bytes()))
+    out = ["--output-dir", str(tmp_path / "out")]
+    assert main(["eval", "--responses", str(bomb), "--max-responses-mb", "2", *out]) == 2
+    assert f"{bomb} decompresses to more than 2 MiB: refused" in _one_line_error(capsys)
+    assert main(["eval", "--responses", str(bomb), "--max-responses-mb", "4", *out]) == 0
+    capsys.readouterr()
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(bomb.read_bytes()[:-100])
+    assert main(["eval", "--responses", str(cut), *out]) == 2
+    assert f"{cut}: truncated gzip data" in _one_line_error(capsys)
+    os.mkfifo(tmp_path / "aime24.jsonl")
+    argv = ["eval", "--model", "smollm2", "--benchmarks", "aime24", "--data-dir", str(tmp_path), *out]
+    assert main(argv) == 2  # at once: a FIFO is not waited on
+    assert f"{tmp_path / 'aime24.jsonl'} is a FIFO (named pipe), not a regular file: refused" in _one_line_error(capsys)
+
+
+def test_ctrl_c_while_generating_says_how_to_resume(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C: one line that says what is kept and the command that resumes, exit 130, no worker left."""
+    from ktae.evaluation.generation import TransformersGenerator
+
+    generate = TransformersGenerator.generate
+
+    def interrupted_on_math500(self, prompts, max_new_tokens, desc="", **kwargs):
+        if desc == "math500":
+            raise KeyboardInterrupt
+        return generate(self, prompts, max_new_tokens, desc, **kwargs)
+
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--benchmarks", "aime24,math500", "--limit", "1"]
+    argv += ["--max-new-tokens", "16", "--output-dir", str(out)]
+    monkeypatch.setattr(TransformersGenerator, "generate", interrupted_on_math500)
+    before = set(_children(os.getpid()))
+    assert main(argv) == 130
+    error = capsys.readouterr().err  # progress bars, then one line
+    assert "Traceback" not in error
+    line = error.splitlines()[-1]
+    assert line.startswith(f"ktae eval: stopped (Ctrl-C); the finished benchmarks (aime24) are kept in {out}; ")
+    resume = shlex.split(line.split("to continue: ", 1)[1])
+    assert resume[:2] == ["ktae", "eval"] and resume[-1] == "--resume"
+    assert sorted(resume[2:-1]) == sorted(argv[1:])  # the same options
+    assert set(_children(os.getpid())) <= before  # the answer checker's workers are gone
+
+    def only_math500(self, prompts, max_new_tokens, desc="", **kwargs):
+        assert desc == "math500", "a resumed run generates the unfinished benchmarks only"
+        return generate(self, prompts, max_new_tokens, desc, **kwargs)
+
+    monkeypatch.setattr(TransformersGenerator, "generate", only_math500)
+    assert main(resume[1:]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_examples"] == {"aime24": 1, "math500": 1} and results["results"]["aime24"] == 100.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat_file.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_while_rescoring_is_one_line_and_leaves_no_worker(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    many = tmp_path / "many.jsonl"  # enough distinct checks to be interrupted in the middle of them
+    lines = [
+        {
+            "benchmark": "math500",
+            "index": i,
+            "answer": f"\\frac{{{i}}}{{7}}",
+            "response": f"\\boxed{{\\sqrt{{{i}}}+x^{i}}}",
+        }
+        for i in range(20_000)
+    ]
+    many.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    command = [sys.executable, "-m", "ktae", "eval", "--responses", str(many), "--output-dir", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        workers: list[int] = []
+        deadline = time.monotonic() + 240
+        while len(workers) < 1 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            workers = _children(process.pid)
+        time.sleep(3)  # the workers have started checking
+        workers = _children(process.pid)
+        assert workers and process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "ktae eval: stopped (Ctrl-C); the re-scored outputs are written once all are graded: nothing was written; "
+        "run the command again"
+    )
+    deadline = time.monotonic() + 10  # the workers were closed before the command returned; allow for a slow /proc
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+    assert not (tmp_path / "out").exists()

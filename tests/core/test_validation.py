@@ -1,10 +1,13 @@
 """Bad input raises a clear error naming the problem."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages
+from ktae import KTAEConfig, compute_key_token_values, compute_ktae_advantages, compute_rollout_advantages
+from tests.core.reference import random_batch
 
 R = torch.tensor([[1, 2, 3], [4, 5, 0]])
 M = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
@@ -122,3 +125,61 @@ def test_config_as_a_mapping():
         compute_ktae_advantages(R, M, S, G, config={"tpo": 0.5})
     with pytest.raises(TypeError, match="config must be a KTAEConfig, a mapping of its options or None, got list"):
         compute_ktae_advantages(R, M, S, G, config=[("top", 0.5)])
+
+
+@pytest.mark.parametrize(
+    "scores, groups, options, shown",
+    [
+        ([1e300, 0.0], G, {}, "[nan, nan]"),  # the variance overflows: the advantages were silently 0
+        ([1e39, 0.0], G, {"rollout_advantage": "dr_grpo"}, "[5e+38, -5e+38]"),  # beyond float32: they were inf
+        ([1e39, 0.0], G, {"rollout_advantage": "rloo"}, "[1e+39, -1e+39]"),
+        # a lone rollout keeps its score, 3e38: a float32, but not once a key-token value of up to 1e38 is added
+        ([3e38, 0.0], [0, 1], {"top": 1e38}, "[2.99999"),
+    ],
+)
+def test_scores_whose_advantage_overflows_are_refused_by_name(backend, scores, groups, options, shown):
+    scores = torch.tensor(scores, dtype=torch.float64)
+    method = options.get("rollout_advantage", "grpo")
+    with pytest.raises(ValueError, match=rf"scores too large for rollout_advantage='{method}'.*{re.escape(shown)}"):
+        compute_ktae_advantages(R, M, scores, groups, config=options, backend=backend)
+
+
+def test_largest_scores_that_fit_are_kept(backend):
+    # A lone rollout keeps its score (GRPO's mean 0 and std 1); 3e38 + a value below 1 fits float32.
+    adv = compute_ktae_advantages(R, M, torch.tensor([3e38, 0.0], dtype=torch.float64), [0, 1], backend=backend)
+    assert torch.isfinite(adv).all() and adv[0, 0] == pytest.approx(3e38, rel=1e-5)
+    # With KTAE off nothing is added to the rollout-level advantage.
+    off = torch.tensor([3e38, 0.0], dtype=torch.float64)
+    assert compute_ktae_advantages(R, M, off, [0, 1], config={"top": 1e38, "alpha": 0, "beta_ig": 0}).isfinite().all()
+
+
+def test_rollout_advantages_that_overflow_are_refused_by_name():
+    with pytest.raises(ValueError, match="scores too large for rollout_advantage='dr_grpo'"):
+        compute_rollout_advantages(torch.tensor([1e39, 0.0], dtype=torch.float64), [0, 0], "dr_grpo")
+    with pytest.raises(ValueError, match="scores too large for rollout_advantage='grpo'"):
+        compute_rollout_advantages(torch.tensor([-1e200, 1e200], dtype=torch.float64), [0, 0], "grpo")
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(gamma_tf=1e308), "gamma_tf must be at most 5.99e"),  # h + gamma TF was NaN
+        (dict(gamma_tf=-1e303), "gamma_tf must be at most 5.99e"),
+        (dict(alpha=1e308, beta_ig=1e308), r"alpha \+ beta_ig must be finite"),  # the values were all 0
+        (dict(ignore_token_ids=[2**70]), r"ignore_token_ids must be int64 token ids \(at most 2\*\*63 - 1\)"),
+        (dict(ignore_token_ids=[2**63]), "ignore_token_ids must be int64 token ids"),
+    ],
+)
+def test_options_whose_result_is_not_finite_are_refused_by_name(options, match):
+    with pytest.raises(ValueError, match=match):
+        KTAEConfig(**options)
+
+
+def test_largest_options_that_fit_give_finite_values(backend):
+    responses, mask, scores, groups = random_batch(2, num_groups=6, max_group=8, max_len=12, vocab=20)
+    for options in (dict(gamma_tf=5.9e302), dict(gamma_tf=-5.9e302), dict(alpha=8e307, beta_ig=8e307)):
+        values = compute_key_token_values(responses, mask, scores, groups, config=options, backend=backend).value
+        adv = compute_ktae_advantages(responses, mask, scores, groups, config=options, backend=backend)
+        assert torch.isfinite(values).all() and torch.isfinite(adv).all(), options
+    largest_id = {"ignore_token_ids": [2**63 - 1]}
+    assert compute_ktae_advantages(R, M, S, G, config=largest_id, backend=backend).isfinite().all()

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -75,3 +76,29 @@ def test_reference_scores_match_the_packaged_readme(math_eval_dir):
     for row in rows:
         assert list(row["results"]) == list(SIZES)
         assert row["avg"] == pytest.approx(sum(row["results"].values()) / 5, abs=0.1)  # means of unrounded columns
+
+
+def test_suite_files_that_are_not_regular_files_are_refused(tmp_path):
+    """A suite in --data-dir is read only from a regular file of its own (found in a folder: no link is
+    followed), within a size limit: a link to /dev/zero, a FIFO or a link elsewhere is refused at once."""
+    (tmp_path / "aime24.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'aime24.jsonl'} is a symbolic link, not a regular file"):
+        load_benchmark("aime24", tmp_path)
+    os.mkfifo(tmp_path / "amc23.jsonl")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'amc23.jsonl'} is a FIFO"):
+        load_benchmark("amc23", tmp_path)  # would wait for a writer forever
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n")
+    (tmp_path / "minerva.jsonl").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        load_benchmark("minerva", tmp_path)
+
+
+def test_a_suite_file_above_the_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmarks, "MAX_SUITE_BYTES", 1000)
+    (tmp_path / "aime24.jsonl").write_text(json.dumps({"problem": "p" * 1000, "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'aime24.jsonl'} is larger than 1000 bytes: refused"):
+        load_benchmark("aime24", tmp_path)
+    (tmp_path / "aime24.jsonl").write_text('{"problem": "p", "answer": "1", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"aime24\.jsonl:1: duplicate key 'answer'"):
+        load_benchmark("aime24", tmp_path)

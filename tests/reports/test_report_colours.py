@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ktae.reports.colours import DivergingScale, contrast_ratio, relative_luminance
+from ktae.reports.colours import DivergingScale, contrast_ratio, rdbu, relative_luminance
 
 
 def _rgb(colour):
@@ -63,3 +63,14 @@ def test_bad_scales_and_values_are_rejected():
         DivergingScale().buckets([float("nan")])
     with pytest.raises(ValueError, match="bucket"):
         DivergingScale(steps=2).background(3)
+
+
+def test_the_scale_is_matplotlibs_rdbu_at_every_level():
+    # The scale is computed here, without matplotlib (only the `reports` extra installs it); it must give
+    # the colours matplotlib's "RdBu" gives, which the released report pages show.
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    colormap = matplotlib.colormaps["RdBu"]
+    for x in [*np.linspace(0, 1, 1025), 0.5 + 0.5 * 3 / 7]:
+        assert rdbu(x) == to_hex(colormap(x)), x

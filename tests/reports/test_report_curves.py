@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +111,13 @@ def test_plot_panels_shades_a_band_in_the_line_colour(tmp_path):
     assert _colour_pixels(plain, light_blue) == 0
     assert _colour_pixels(shaded, light_blue) > 1000
     assert _colour_pixels(shaded, (31, 119, 180)) > 100  # the line itself is drawn over it
+
+
+def test_without_matplotlib_the_curves_name_the_extra(tmp_path, monkeypatch):
+    # matplotlib comes with the `reports` extra only; a core install says so instead of a bare ImportError.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'ktae\[reports\]'"):
+        plot_panels({"reward": {"run": [(1, 0.5), (2, 0.7)]}}, tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()

@@ -2,6 +2,8 @@
 checker and its environment, and workers that die with their parent but not with the thread that
 started them."""
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -145,3 +147,69 @@ def test_a_worker_started_from_a_thread_outlives_that_thread():
         assert worker.process.poll() is None
         assert checker.check(["x+1"], ["1+x"]) == [True]
         assert checker._idle == [worker]
+
+
+def _fork_cases(seed: int) -> tuple[list[str], list[str], list[bool]]:
+    """Distinct checks whose verdicts are known; a reply read by the wrong process shows as a wrong one."""
+    answers, references, expected = [], [], []
+    for i in range(60):
+        n = 1000 * seed + i
+        right = (i + seed) % 3 != 0
+        answers.append(f"\\frac{{{2 * n}}}{{2}}" if i % 2 else str(n))
+        references.append(str(n if right else n + 1))
+        expected.append(right)
+    return answers, references, expected
+
+
+def _check_in_child(checker: AnswerChecker, seed: int) -> str:
+    """Three rounds of checks, the first from a thread (the first workers of the child start from it)."""
+    answers, references, expected = _fork_cases(seed)
+    verdicts: list[list[bool]] = []
+    in_thread = threading.Thread(target=lambda: verdicts.append(checker.check(answers, references)))
+    in_thread.start()
+    in_thread.join()
+    for _ in range(2):
+        verdicts.append(checker.check(answers, references))
+    wrong = sum(v != e for checked in verdicts for v, e in zip(checked, expected))
+    return f"wrong {wrong + 3 - len(verdicts)}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_get_their_own_workers():
+    """A child forked from a process whose checker has workers checks through workers of its own: checks in
+    several children at once and in the busy parent all get their own verdicts, and the parent's workers
+    are left as they were."""
+    with AnswerChecker(num_workers=2, timeout_s=20.0) as checker:
+        answers, references, expected = _fork_cases(0)
+        warm_up = threading.Thread(target=checker.check, args=(answers, references))
+        warm_up.start()  # the parent's two workers start from the launcher thread, which a child lacks
+        warm_up.join()
+        assert checker.check(answers, references) == expected
+        parent_workers = sorted(w.process.pid for w in checker._idle)
+        children = {}
+        for seed in range(1, 5):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: report the wrong verdicts (or the error) and leave at once
+                os.close(read_end)
+                signal.alarm(240)  # a child that hangs dies instead of holding up the test
+                try:
+                    report = _check_in_child(checker, seed)
+                except BaseException as error:
+                    report = f"error {type(error).__name__}: {error}"
+                os.write(write_end, report.encode())
+                os._exit(0)
+            os.close(write_end)
+            children[pid] = read_end
+        wrong_in_parent, running = 0, set(children)
+        while running:  # the parent checks too, all the while
+            wrong_in_parent += sum(v != e for v, e in zip(checker.check(answers, references), expected))
+            running = {pid for pid in running if os.waitpid(pid, os.WNOHANG) == (0, 0)}
+        reports = []
+        for read_end in children.values():
+            with os.fdopen(read_end, "rb") as pipe:
+                reports.append(pipe.read().decode())
+        assert reports == ["wrong 0"] * 4
+        assert wrong_in_parent == 0
+        assert sorted(w.process.pid for w in checker._idle) == parent_workers  # neither used nor killed
+        assert checker.check(answers, references) == expected

@@ -135,14 +135,19 @@ def test_references_as_users_have_them(reference, expected):
 def test_references_from_numpy_and_deep_nesting():
     import numpy as np
 
-    from ktae.rewards.equivalence import normalize_references
+    from ktae.rewards.equivalence import MAX_REFERENCE_DEPTH, normalize_references
 
     assert normalize_references(np.array([1.0, 2.5])) == ["1", "2.5"]
     assert normalize_references(np.float64(3.0)) == ["3"]
-    deep = "7"
-    for _ in range(5000):  # deeper than Python's recursion limit
+    deep: object = "7"
+    for _ in range(MAX_REFERENCE_DEPTH):
         deep = [deep]
     assert normalize_references(deep) == ["7"]
+    for _ in range(100_000):  # far deeper than Python's recursion limit: refused by name, in a short line
+        deep = [deep]
+    with pytest.raises(ValueError, match=f"nests lists more than {MAX_REFERENCE_DEPTH} deep") as refused:
+        normalize_references(deep)
+    assert len(str(refused.value)) < 200
 
 
 @pytest.mark.parametrize(
@@ -156,6 +161,7 @@ def test_references_from_numpy_and_deep_nesting():
         (float("nan"), ValueError, "finite"),
         (float("inf"), ValueError, "finite"),
         (["1", " "], ValueError, "blank"),
+        (["1", "\u200b\ufeff"], ValueError, "blank"),  # invisible characters only
     ],
 )
 def test_bad_references_are_named(reference, error, message):
@@ -230,3 +236,48 @@ def test_a_timeout_during_the_first_check_leaves_the_parser_working():
         for limit in ("0.3", "1.0", "2.0")
     ]
     assert [run.communicate(timeout=300)[0].strip() for run in runs] == ["True"] * 3
+
+
+# Unicode forms of one answer, each against its plain form: (unicode, plain, equal).
+UNICODE_CASES = [
+    ("\uff13", "3", True),  # fullwidth digits
+    ("\uff13.5", "3.5", True),
+    ("\uff13.\uff15", "3.5", True),
+    ("\uff11\uff12", "12", True),
+    ("x^{\uff12}", "x^2", True),
+    ("٣", "3", True),  # Arabic-Indic digits
+    ("٣.5", "3.5", True),
+    ("3\u200b", "3", True),  # zero-width space
+    ("\u200b0.5", "\\frac{1}{2}", True),
+    ("\\frac{1}{2}\u200b", "\\frac{1}{2}", True),
+    ("\ufeff7", "7", True),  # byte-order mark
+    ("\u00ad12", "12", True),  # soft hyphen
+    ("1\u200e2", "12", True),  # left-to-right mark
+    ("x²", "x^2", True),  # superscripts are powers, not digits
+    ("x²", "2x", False),
+    ("x²", "x2", False),
+    ("10⁻³", "0.001", True),
+    ("a₁", "a_1", True),
+    ("½", "\\frac{1}{2}", True),  # vulgar fractions
+    ("3½", "3.5", True),  # a mixed number, not 31/2
+    ("3½", "1.5", False),
+    ("⅔", "\\frac{2}{3}", True),
+    ("1\u20442", "0.5", True),  # fraction slash
+    ("\uff13", "4", False),
+    ("3\u200b", "4", False),
+]
+
+
+@pytest.mark.parametrize("prediction_side", [True, False], ids=["unicode response", "unicode reference"])
+def test_unicode_forms_are_read_alike_on_both_sides(checker, prediction_side):
+    """One normalisation for responses and references: a fullwidth or zero-width-spaced number is read as the
+    number whether it is ``3`` or ``3.5``, and whichever side it is on."""
+    unicode, plain = [c[0] for c in UNICODE_CASES], [c[1] for c in UNICODE_CASES]
+    answers, references = (unicode, plain) if prediction_side else (plain, unicode)
+    verdicts = checker.verdicts(answers, references)
+    wrong = [(c, v) for c, v in zip(UNICODE_CASES, verdicts) if v.equivalent != c[2] or v.status != "ok"]
+    assert not wrong, wrong
+    # the in-process check reads them alike too
+    assert [run_with_deadline(a, [r], 10.0).equivalent for a, r in zip(answers, references)] == [
+        c[2] for c in UNICODE_CASES
+    ]

@@ -12,11 +12,13 @@ from another folder, --hub loads the suites from their Hugging Face hub datasets
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from ktae.data.benchmarks import BENCHMARKS
 from ktae.data.templates import TEMPLATES
+from ktae.safe_files import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --responses: released (a JSON list of task_name/gt/model_output/reward records) or ktae "
         "(the responses/*.jsonl of ktae eval); auto tells them apart",
     )
+    parser.add_argument(
+        "--max-responses-mb",
+        type=int,
+        metavar="MB",
+        help="with --responses: the largest file read, in MiB after decompression (default: 1024); a larger "
+        "one is refused",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,8 +124,45 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--model is required (or --compare RESULTS_JSON ...)")
         return _evaluate(args)
     except (ValueError, OSError) as e:  # OSError: missing files, a model id from_pretrained cannot resolve
-        print(f"ktae eval: error: {e}", file=sys.stderr)
+        print(f"ktae eval: error: {printable(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the answer checker's workers are closed on the way out (its with-blocks)
+        print(f"ktae eval: stopped (Ctrl-C); {printable(_after_interrupt(args))}", file=sys.stderr)
+        return 130
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What a stopped run leaves behind, and how to go on."""
+    from ktae.evaluation.eval_folder import RESPONSES_DIR
+
+    if args.responses:
+        return "the re-scored outputs are written once all are graded: nothing was written; run the command again"
+    if args.compare or not args.model:
+        return "nothing was written"
+    finished = sorted(path.stem for path in (_output_dir(args) / RESPONSES_DIR).glob("*.jsonl"))
+    kept = f"the finished benchmarks ({', '.join(finished)}) are kept" if finished else "no benchmark had finished"
+    return f"{kept} in {_output_dir(args)}; to continue: {_command_line(args, resume=True)}"
+
+
+def _command_line(args: argparse.Namespace, resume: bool) -> str:
+    """The ``ktae eval`` command of ``args`` (the options that differ from their defaults), with --resume."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = ["ktae", "eval"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or value == action.default or action.dest == "resume":
+            continue
+        option = action.option_strings[-1]
+        if isinstance(value, bool):
+            words.append(option)
+        else:
+            words += [option, *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return shlex.join([*words, *(["--resume"] if resume or args.resume else [])])
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    return Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
 
 
 def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> None:
@@ -129,7 +175,7 @@ def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> 
     for run, path in zip(runs, paths):
         records = load_problem_records(run, path)
         if records is None:
-            print(f"\nno paired comparison: {path} has no per-problem records and no responses/ beside it")
+            print(f"\nno paired comparison: {printable(path)} has no per-problem records and no responses/ beside it")
             return
         problems.append(records)
     for run, records in zip(runs[1:], problems[1:]):
@@ -140,16 +186,32 @@ def _rescore(args: argparse.Namespace) -> int:
     """``--responses FILE ...``: grade, write, and print the results and the agreement with the file's verdicts."""
     from ktae.evaluation.eval_folder import AGREEMENT_REPORT
     from ktae.evaluation.report import results_table
-    from ktae.evaluation.rescore import agreement_table, default_label, disagreement_list, rescore_files
+    from ktae.evaluation.rescore import (
+        MAX_RESPONSES_BYTES,
+        agreement_table,
+        default_label,
+        disagreement_list,
+        rescore_files,
+    )
     from ktae.rewards import AnswerChecker
 
     for option in ("model", "compare", "reference"):
         if getattr(args, option, None):
             raise ValueError(f"--responses re-scores outputs that exist: it does not go with --{option}")
+    if args.max_responses_mb is not None and args.max_responses_mb < 1:
+        raise ValueError(f"--max-responses-mb must be >= 1, got {args.max_responses_mb}")
     label = default_label(args.responses)
     output_dir = Path(args.output_dir or Path("eval_results") / f"{label}-rescored")
     with AnswerChecker(timeout_s=args.check_timeout) as checker:
-        results, agreed = rescore_files(args.responses, output_dir, format=args.format, checker=checker, label=label)
+        results, agreed = rescore_files(
+            args.responses,
+            output_dir,
+            format=args.format,
+            checker=checker,
+            label=label,
+            pass_k=_int_list(args.pass_k, "--pass-k") if args.pass_k is not None else None,
+            max_bytes=MAX_RESPONSES_BYTES if args.max_responses_mb is None else args.max_responses_mb << 20,
+        )
     print(results_table(results))
     if agreed is not None:
         print(f"\nagreement with the file's verdicts:\n{agreement_table(agreed)}")
@@ -208,7 +270,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
-    output_dir = Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
+    output_dir = _output_dir(args)
     options = dict(
         batch_size=args.batch_size,
         device=args.device,

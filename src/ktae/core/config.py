@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+INT64_MAX = 2**63 - 1  # the largest int64: token ids and the sort backend's (group, token) keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +52,20 @@ class KTAEConfig:
             raise ValueError("KTAEConfig.epsilon must be > 0: it keeps the GRPO normalisation of uniform groups finite")
         if self.top >= FLOAT32_MAX:
             raise ValueError(f"KTAEConfig.top must be below {FLOAT32_MAX:.3g} (advantages are float32), got {self.top}")
-        # Imported when a config is built, not with this module: the registry's module loads torch.
+        if not math.isfinite(self.alpha + self.beta_ig):
+            raise ValueError(
+                f"KTAEConfig.alpha + beta_ig must be finite (the strength is divided by it), got alpha={self.alpha} "
+                f"and beta_ig={self.beta_ig}"
+            )
+        # Imported when a config is built, not with this module: these modules load torch.
+        from ktae.core.estimator import TF_BOUND
         from ktae.core.rollout import ROLLOUT_ADVANTAGES
+
+        if not math.isfinite(abs(self.gamma_tf) * TF_BOUND + math.pi):
+            raise ValueError(
+                f"KTAEConfig.gamma_tf must be at most {sys.float_info.max / TF_BOUND:.3g} in magnitude, so that "
+                f"h + gamma_tf * TF stays finite (|TF| < {TF_BOUND:.3g}), got {self.gamma_tf}"
+            )
 
         if self.rollout_advantage not in ROLLOUT_ADVANTAGES:
             raise ValueError(
@@ -66,6 +80,10 @@ class KTAEConfig:
                 raise TypeError(f"KTAEConfig.ignore_token_ids must hold ints, got {token_id!r}")
             if int(token_id) < 0:
                 raise ValueError(f"KTAEConfig.ignore_token_ids must be >= 0, got {int(token_id)}")
+            if int(token_id) > INT64_MAX:
+                raise ValueError(
+                    f"KTAEConfig.ignore_token_ids must be int64 token ids (at most 2**63 - 1), got {int(token_id)}"
+                )
         object.__setattr__(self, "ignore_token_ids", tuple(sorted({int(t) for t in ids})))
 
     @property

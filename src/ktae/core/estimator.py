@@ -1,9 +1,11 @@
 """The KTAE estimator: per-(group, token) contingency statistics, key-token values, advantages.
 
 Counting runs over the whole batch at once, by one backend of ``ktae.core.counting`` (numba kernels
-on the CPU, one stable sort of (group, token) keys on any device). The Fisher p-values come from
-per-margin tables (``ktae.core.fisher``) and every other formula is vectorized over the (group,
-token) pairs. Memory is bounded by the batch: nothing is sized groups x vocabulary, nor by an id's value.
+on the CPU, one stable sort of (group, token) keys on any device). The Fisher p-values and the other
+per-table statistics are computed once per distinct (n_T, n_F, a, b) table (``ktae.core.fisher``,
+``_group_terms``) and every other formula is vectorized over the (group, token) pairs. Memory and
+time are bounded by the batch: nothing is sized groups x vocabulary, nor by an id's value, nor by
+n_T x n_F of a large group.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import torch
 
 from ktae.core.config import KTAEConfig
 from ktae.core.counting import Counts, check_backend, count_tokens, fork_safe_threads
-from ktae.core.fisher import fisher_pvalue_tables, table_offsets
+from ktae.core.fisher import fisher_pvalues
 from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_batch
-from ktae.core.rollout import ROLLOUT_ADVANTAGES
+from ktae.core.rollout import finite_rollout_advantages
 
 # BM25-style saturation constants of the term-frequency correction (docs/spec.md, step 5).
 BM25_K1 = 2.0
 BM25_B = 0.5
 TF_EPS = 1e-5
+# |TF| stays below this: each saturated frequency s lies in [0, k1 + 1) (``_term_frequency``).
+TF_BOUND = (BM25_K1 + 1) / TF_EPS
 
 
 @dataclasses.dataclass
@@ -195,17 +199,14 @@ def _entropy_bits(q: torch.Tensor) -> torch.Tensor:
     return -torch.where(terms > 0, terms * torch.log2(terms.clamp(min=1e-300)), 0.0).sum(0)
 
 
-def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor, config: KTAEConfig) -> dict[str, torch.Tensor]:
-    """p-value, F, IG, h and the strength (alpha F + beta IG) / (alpha + beta) of every table (a, b)
-    of each margin pair, flat as in ``fisher_pvalue_tables``, plus one trailing neutral entry
-    (p = 1, everything else 0) for pairs outside any table."""
-    p_value, p_is_one = fisher_pvalue_tables(n_true, n_false)
-    sizes = (n_true + 1) * (n_false + 1)
-    pair = torch.repeat_interleave(torch.arange(len(n_true), device=n_true.device), sizes)
-    local = torch.arange(int(sizes.sum()), device=n_true.device) - table_offsets(n_true, n_false)[pair]
-    nt, nf = n_true[pair].double(), n_false[pair].double()
-    a = (local // (n_false[pair] + 1)).double()
-    b = (local % (n_false[pair] + 1)).double()
+def _table_statistics(
+    n_true: torch.Tensor, n_false: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: KTAEConfig
+) -> dict[str, torch.Tensor]:
+    """p-value, F, IG, h and the strength (alpha F + beta IG) / (alpha + beta) of the tables (a, b) with
+    margins (n_true, n_false), all [C], plus one trailing neutral entry (p = 1, everything else 0) for
+    pairs outside any table."""
+    p_value, p_is_one = fisher_pvalues(n_true, n_false, a, b)
+    nt, nf, a, b = n_true.double(), n_false.double(), a.double(), b.double()
     c, n = nt - a, nt + nf
     fisher = torch.where(p_is_one, 0.0, torch.exp(-2 * p_value))
     present, absent = a + b, n - a - b
@@ -221,13 +222,27 @@ def _table_statistics(n_true: torch.Tensor, n_false: torch.Tensor, config: KTAEC
     return {name: torch.cat([t, t.new_full((1,), neutral.get(name, 0.0))]) for name, t in tables.items()}
 
 
+# Every table of each margin pair is computed up to this many Fisher terms, or the batch's masked tokens
+# when more; beyond, only the tables the batch's pairs hold.
+ALL_TABLES_MIN_TERMS = 2**16
+
+
+def _computes_every_table(terms: float, tokens: int) -> bool:
+    """Whether the tables of every (a, b) of the margin pairs, costing ``terms`` Fisher terms, stay within
+    the size of a batch of ``tokens`` masked tokens."""
+    return terms <= max(ALL_TABLES_MIN_TERMS, tokens)
+
+
 @dataclasses.dataclass
 class _GroupTerms:
     """What a (group, token) pair's value needs from its group. Per group [G] unless said.
 
-    The pair (a, b) of group g reads entry offset + a * width + b * b_step of the flat ``tables``;
-    groups with one outcome point at the tables' neutral last entry (width = b_step = 0).
-    scale_true/scale_false are the K * N of the TF saturation (1 where N = 0, where f = 0 too).
+    ``tables`` holds flat per-table statistics (``_table_statistics``) ending in a neutral entry.
+    ``pair_entry`` [K], when set, is each pair's entry (the layout of the tables the pairs hold);
+    when None the tables are every (a, b) of each margin pair and the pair (a, b) of group g reads
+    entry offset + a * width + b * b_step, groups with one outcome the neutral last entry
+    (width = b_step = 0). scale_true/scale_false are the K * N of the TF saturation (1 where N = 0,
+    where f = 0 too).
     """
 
     tables: dict[str, torch.Tensor]
@@ -236,28 +251,59 @@ class _GroupTerms:
     b_step: torch.Tensor
     scale_true: torch.Tensor
     scale_false: torch.Tensor
+    pair_entry: torch.Tensor | None
 
     def entry(self, stats: TokenStatistics) -> torch.Tensor:
+        if self.pair_entry is not None:
+            return self.pair_entry
         g = stats.group
         return self.offset[g] + stats.a * self.width[g] + stats.b * self.b_step[g]
 
 
 def _group_terms(stats: TokenStatistics, config: KTAEConfig) -> _GroupTerms:
-    """Tables of the distinct (n_T, n_F) margins of groups with both outcomes, and TF scales."""
+    """Fisher tables of the groups with both outcomes, and TF scales.
+
+    A margin pair (n_T, n_F) has (n_T + 1) (n_F + 1) tables: computing them all costs up to that times
+    min(n_T, n_F) + 1 Fisher terms. While that stays within the batch's size (small groups, the usual
+    case) every table is computed and a pair finds its own by arithmetic; otherwise (a group of
+    thousands of rollouts) only the distinct tables of the pairs are, whose cost the pairs' tokens bound.
+    """
     device = stats.token.device
     margins = torch.stack([stats.n_true, stats.n_false], dim=1)
     mixed = (margins > 0).all(dim=1)
     pairs, pair_of_group = torch.unique(margins[mixed], dim=0, return_inverse=True)
-    pairs = pairs.reshape(-1, 2)
-    tables = _table_statistics(pairs[:, 0], pairs[:, 1], config)
-    offset = torch.full((len(stats.group_ids),), tables["h"].shape[0] - 1, dtype=torch.int64, device=device)
-    offset[mixed] = table_offsets(pairs[:, 0], pairs[:, 1])[pair_of_group]
+    n_true, n_false = pairs.reshape(-1, 2).unbind(1)
+    sizes = (n_true + 1) * (n_false + 1)
+    pair_offset = torch.cumsum(sizes, 0) - sizes
+    offset = torch.zeros(len(stats.group_ids), dtype=torch.int64, device=device)
+    offset[mixed] = pair_offset[pair_of_group]
+    width = torch.where(mixed, stats.n_false + 1, 0)
+
+    # >= the sum of their support sizes; in float64, where n_T n_F min(n_T, n_F) of a huge group cannot overflow
+    terms = float((sizes.double() * (torch.minimum(n_true, n_false) + 1)).sum())
+    if _computes_every_table(terms, int((stats.len_true + stats.len_false).sum())):
+        table_pair = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
+        keys = torch.arange(int(sizes.sum()), device=device)
+        pair_entry = None
+    else:
+        counted = mixed[stats.group]
+        g = stats.group[counted]
+        keys, inverse = torch.unique(offset[g] + stats.a[counted] * width[g] + stats.b[counted], return_inverse=True)
+        table_pair = torch.searchsorted(pair_offset, keys, right=True) - 1
+        pair_entry = torch.full_like(stats.group, len(keys))
+        pair_entry[counted] = inverse
+    local = keys - pair_offset[table_pair]
+    table_width = n_false[table_pair] + 1
+    tables = _table_statistics(
+        n_true[table_pair], n_false[table_pair], local // table_width, local % table_width, config
+    )
+    offset[~mixed] = tables["h"].shape[0] - 1
 
     # s = tf (k1 + 1) / (tf + K) with tf = f / N is f (k1 + 1) / (f + K N): K N is per group.
     length = torch.stack([stats.len_true, stats.len_false]).double()
     average = (length.sum(0, keepdim=True) / 2).clamp(min=1)
     scale = torch.where(length > 0, BM25_K1 * (1 - BM25_B + BM25_B * length / average) * length, 1.0)
-    return _GroupTerms(tables, offset, torch.where(mixed, stats.n_false + 1, 0), mixed.long(), scale[0], scale[1])
+    return _GroupTerms(tables, offset, width, mixed.long(), scale[0], scale[1], pair_entry)
 
 
 def _term_frequency(stats: TokenStatistics, terms: _GroupTerms) -> torch.Tensor:
@@ -286,9 +332,10 @@ def _values(
 
 
 def _pair_values(stats: TokenStatistics, config: KTAEConfig, counts: Counts) -> torch.Tensor:
-    """The values alone, [K] float64: the backend's fused kernel when it has one, the formulas above otherwise."""
+    """The values alone, [K] float64: the backend's fused kernel when it has one (and the tables are laid
+    out by margin pair), the formulas above otherwise."""
     terms = _group_terms(stats, config)
-    if counts.fused_values is None or not config.enabled:
+    if counts.fused_values is None or not config.enabled or terms.pair_entry is not None:
         return _values(stats, config, terms, terms.entry(stats), _term_frequency(stats, terms))
     return counts.fused_values(
         stats.group,
@@ -380,7 +427,10 @@ def _advantage_inputs(
     mask, scores = validate_batch(responses, response_mask, scores)
     check_backend(backend, vocab_size, responses.device)
     group, group_ids = dense_groups(group_index, responses.shape[0], responses.device)
-    rollout = ROLLOUT_ADVANTAGES[config.rollout_advantage](scores.double(), group, len(group_ids), config.epsilon)
+    headroom = config.top if config.enabled else 0.0  # |key-token value| < top
+    rollout = finite_rollout_advantages(
+        scores, group, len(group_ids), config.rollout_advantage, config.epsilon, headroom
+    )
     return mask, scores, group, group_ids, rollout
 
 

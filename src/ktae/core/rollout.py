@@ -11,9 +11,11 @@ from collections.abc import Callable
 
 import torch
 
+from ktae.core.config import FLOAT32_MAX
 from ktae.core.groups import GroupIndex, ScoresLike, dense_groups, group_sums, validate_scores
 
-# fn(scores [B] float64, group [B] int64 in [0, num_groups), num_groups, epsilon) -> [B] float64
+# fn(scores [B] float64, group [B] int64 in [0, num_groups), num_groups, epsilon) -> [B] float64,
+# not finite where the scores are too large to give a finite advantage (the callers refuse them).
 RolloutAdvantageFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 ROLLOUT_ADVANTAGES: dict[str, RolloutAdvantageFn] = {}
 
@@ -55,7 +57,8 @@ def get_rollout_advantage(name: str) -> RolloutAdvantageFn:
 def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, epsilon: float) -> torch.Tensor:
     """GRPO: (s - mean_g) / (std_g + epsilon), Bessel-corrected std; a group of one uses mean 0, std 1.
 
-    scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64.
+    scores: [B] float64, group: [B] int64 in [0, num_groups) -> [B] float64; NaN in a group whose
+    variance overflows float64 (|s| beyond about 1e154), where the quotient would silently be 0.
     """
     count = group_sums(torch.ones_like(scores), group, num_groups)
     mean = group_sums(scores, group, num_groups) / count
@@ -63,7 +66,7 @@ def grpo_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: int, e
     var = group_sums(centred * centred, group, num_groups) / (count - 1).clamp(min=1)
     single = count == 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
-    std = torch.where(single, torch.ones_like(var), var.sqrt())
+    std = torch.where(single, torch.ones_like(var), torch.where(torch.isfinite(var), var.sqrt(), torch.nan))
     return (scores - mean[group]) / (std[group] + epsilon)
 
 
@@ -93,6 +96,27 @@ def no_rollout_advantage(scores: torch.Tensor, group: torch.Tensor, num_groups: 
     return torch.zeros_like(scores)
 
 
+def finite_rollout_advantages(
+    scores: torch.Tensor, group: torch.Tensor, num_groups: int, method: str, epsilon: float, headroom: float = 0.0
+) -> torch.Tensor:
+    """The advantages [B] float64 of the base registered as ``method``, checked: a ValueError names the
+    scores when one is not finite, or does not fit float32 once ``headroom`` (the largest key-token
+    value that will be added) is added.
+
+    scores: [B] finite (``validate_scores``); group: [B] int64 in [0, num_groups).
+    """
+    advantage = get_rollout_advantage(method)(scores.double(), group, num_groups, epsilon)
+    bad = ~(advantage.abs() + headroom <= FLOAT32_MAX)  # also NaN
+    if bool(bad.any()):
+        where = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(
+            f"scores too large for rollout_advantage={method!r}: the rollout-level advantage of rollout(s) "
+            f"{where} is {advantage[where].tolist()}, not a finite float32 advantage (largest |score| "
+            f"{float(scores.abs().max()):.3g}); rescale the rewards"
+        )
+    return advantage
+
+
 def compute_rollout_advantages(
     scores: ScoresLike,
     group_index: GroupIndex,
@@ -102,9 +126,8 @@ def compute_rollout_advantages(
     """Rollout-level advantage of each rollout.
 
     scores: [B] float (a rollout's total reward); group_index: [B] ints or hashable ids.
-    Returns float32 [B] on scores.device.
+    Returns float32 [B] on scores.device. Scores whose advantage is not finite in float32 are refused.
     """
-    advantage = get_rollout_advantage(method)
     scores = validate_scores(scores, None)
     group, group_ids = dense_groups(group_index, scores.shape[0], scores.device)
-    return advantage(scores.double(), group, len(group_ids), float(epsilon)).float()
+    return finite_rollout_advantages(scores, group, len(group_ids), method, float(epsilon)).float()

@@ -4,13 +4,14 @@ Each suite is a ``<name>.jsonl`` file of ``{"problem": str, "answer": str | [str
 holds answers that are all accepted). The package carries the five in ``ktae/data/math_eval/``
 (sources and licences in its README.md), with the KTAE paper's scores on them
 (``reference_scores.json``), so evaluation needs no network. ``data_dir`` reads the same layout from
-another folder; ``hub=True`` loads each suite from its hub dataset with that dataset's own field
-names (``HubSource``; needs network access).
+another folder (regular files of at most ``MAX_SUITE_BYTES``, not links); ``hub=True`` loads each suite
+from its hub dataset with that dataset's own field names (``HubSource``; needs network access).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -20,6 +21,8 @@ from ktae.data.loading import read_records, to_example
 #: The package's folder of suites (importlib.resources: works from a wheel and an editable install).
 PACKAGED_SUITES = files("ktae.data") / "math_eval"
 REFERENCE_SCORES_FILE = "reference_scores.json"
+# The largest suite file ``data_dir`` may hold (MATH-500, the largest shipped, is 0.4 MB).
+MAX_SUITE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,10 @@ def load_benchmark(
         fields = (source.problem_field, source.answer_field)
     elif data_dir is not None:
         path = Path(data_dir) / f"{name}.jsonl"
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"benchmark {name!r}: {path} not found")
-        records, fields = read_records(path), ("problem", "answer")
+        # found in a folder: a link is not followed; anything but a regular file is refused
+        records, fields = read_records(path, max_bytes=MAX_SUITE_BYTES, follow_links=False), ("problem", "answer")
     else:
         with as_file(PACKAGED_SUITES / f"{name}.jsonl") as path:
             records, fields = read_records(path), ("problem", "answer")

@@ -8,46 +8,63 @@ names the file and line (or row), never silently dropped.
 
 from __future__ import annotations
 
-import json
+import io
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 from ktae.data.templates import apply_template, get_template
 from ktae.rewards.equivalence import normalize_references
 from ktae.rewards.extraction import extract_boxed
+from ktae.safe_files import RefusedFile, format_size, loads_json, open_regular
 
 MATH_TRAIN_HUB_ID = "DigitalLearningGmbH/MATH-lighteval"
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def read_records(source: str | Path, split: str = "train", name: str | None = None) -> list[tuple[str, dict]]:
+def read_records(
+    source: str | Path,
+    split: str = "train",
+    name: str | None = None,
+    *,
+    max_bytes: int | None = None,
+    follow_links: bool = True,
+) -> list[tuple[str, dict]]:
     """Rows of ``source`` as (location, row) pairs; location is "file:line" or "id[split] row i".
 
     ``source``: a .jsonl/.json/.parquet file, else anything ``datasets.load_dataset`` takes (a hub
-    id, ``name`` its config, or a local dataset folder).
+    id, ``name`` its config, or a local dataset folder). A file must be a regular one
+    (`ktae.safe_files.open_regular`: a FIFO or device is refused, and a link unless ``follow_links``), of at
+    most ``max_bytes`` bytes when given; a key twice in one JSON object is refused.
     """
     path = Path(source)
     if path.suffix in _LOCAL_SUFFIXES:
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"dataset file not found: {path}")
-        if path.suffix == ".jsonl":
-            records = []
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        records.append((f"{path}:{number}", json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            return records
-        if path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list):
-                raise ValueError(f"{path}: expected a JSON list of objects")
-            return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
-        import pyarrow.parquet as pq
+        with open_regular(path, follow_links=follow_links) as opened:
+            handle: BinaryIO = opened
+            if max_bytes is not None:  # read within the limit whatever the file's size says (/proc reports 0)
+                data = opened.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise RefusedFile(f"{path} is larger than {format_size(max_bytes)}: refused")
+                handle = io.BytesIO(data)
+            if path.suffix == ".parquet":
+                import pyarrow.parquet as pq
 
-        return [(f"{path} row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+                return [(f"{path} row {i}", row) for i, row in enumerate(pq.read_table(handle).to_pylist())]
+            try:
+                if path.suffix == ".json":
+                    rows = loads_json(handle.read().decode("utf-8"), str(path))
+                    if not isinstance(rows, list):
+                        raise ValueError(f"{path}: expected a JSON list of objects")
+                    return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+                return [
+                    (f"{path}:{number}", loads_json(line, f"{path}:{number}"))
+                    for number, line in enumerate(io.TextIOWrapper(handle, encoding="utf-8"), 1)
+                    if line.strip()
+                ]
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     import datasets
 
     dataset = datasets.load_dataset(str(source), name, split=split)

@@ -32,7 +32,10 @@ from ktae.data.benchmarks import load_benchmark, parse_benchmark_names
 from ktae.data.templates import apply_template, get_template, render_prompt
 from ktae.evaluation import metrics
 from ktae.evaluation.eval_folder import (
+    earlier_outputs,
+    read_responses,
     read_settings,
+    remove_outputs,
     responses_path,
     responses_reference,
     write_responses,
@@ -41,7 +44,6 @@ from ktae.evaluation.eval_folder import (
 )
 from ktae.evaluation.generation import Generation
 from ktae.rewards import AnswerChecker, extract_answer
-from ktae.run_folder import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -346,12 +348,14 @@ def evaluate(
             where = f" in {settings.data_dir}" if settings.data_dir else ""
             raise ValueError(f"benchmark {name!r} has no problems{where}")
     output_dir = Path(output_dir)
+    earlier = earlier_outputs(output_dir, resume=resume)  # a used folder: an earlier run's, or refused
     done: dict[str, list[dict]] = {}
     if resume and _resumable(output_dir, settings):
         for name in names:
             path = responses_path(output_dir, name)
-            if path.is_file():
+            if os.path.lexists(path):  # anything there is read, or refused by name
                 done[name] = _cached_responses(path, suites[name], settings.samples_for(name))
+    remove_outputs(earlier)
     write_settings(output_dir, asdict(settings))
 
     todo = [name for name in names if name not in done]
@@ -385,7 +389,7 @@ def evaluate(
 
 def _cached_responses(path: Path, examples: list[dict], samples: int) -> list[dict]:
     """A finished benchmark's responses, checked against the problems it must cover."""
-    records = read_jsonl(path)
+    records = read_responses(path)
     expected = [(i, s) for i in range(len(examples)) for s in range(samples)]
     found = sorted((r["index"], r.get("sample", 0)) for r in records)
     keys = {r["index"]: problem_key(r["problem"], r["answer"]) for r in records}

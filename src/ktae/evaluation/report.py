@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from ktae.data.benchmarks import BENCHMARKS
+from ktae.evaluation.eval_folder import MAX_FILE_BYTES, check_results, read_responses, read_results, responses_path
+from ktae.safe_files import loads_json, printable, read_text, short_repr
 
 # Column titles, as the paper's table spells them.
 TITLES = {"aime24": "AIME24", "amc23": "AMC23", "math500": "MATH500", "minerva": "Minerva", "olympiadbench": "Olympiad"}
@@ -18,8 +19,9 @@ def _cell(value, digits: int = 1) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; cells may hold names from input files, so what a terminal would act on is escaped."""
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(printable(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -89,7 +91,7 @@ def load_reference_rows(readme: str | Path) -> list[dict]:
     columns: list[str | None] | None = None
     rows = []
     previous_cells = None
-    for line in Path(readme).read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(read_text(readme, MAX_FILE_BYTES, follow_links=True).splitlines(), 1):
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
         starts_table, previous_cells = cells is not None and previous_cells is None, cells
         if cells is None:
@@ -109,7 +111,12 @@ def load_reference_rows(readme: str | Path) -> list[dict]:
         values = {}
         for name, cell in zip(columns[1:], cells[1:]):
             if name is not None:
-                values[name] = float(cell)
+                try:
+                    values[name] = float(cell)
+                except ValueError:
+                    raise ValueError(f"{readme}:{number}: column {name}: not a number: {short_repr(cell)}") from None
+                if not 0 <= values[name] <= 100:
+                    raise ValueError(f"{readme}:{number}: column {name}: not a percentage in [0, 100]: {cell}")
         rows.append({"label": cells[0], "avg": values.pop("avg", None), "results": values})
     if not rows:
         raise ValueError(f"{readme}: no table with benchmark columns (AIME24, MATH500, ...) found")
@@ -117,24 +124,24 @@ def load_reference_rows(readme: str | Path) -> list[dict]:
 
 
 def _json_reference_rows(path: Path) -> list[dict]:
-    document = json.loads(path.read_text(encoding="utf-8"))
+    document = loads_json(read_text(path, MAX_FILE_BYTES, follow_links=True), str(path))
     rows = document.get("rows") if isinstance(document, dict) else None
     if not isinstance(rows, list) or not rows:
         raise ValueError(f'{path}: expected {{"rows": [{{"label", "results", "avg"}}, ...]}}')
     for number, row in enumerate(rows):
         if not (isinstance(row, dict) and isinstance(row.get("label"), str) and isinstance(row.get("results"), dict)):
-            raise ValueError(f"{path}: row {number} needs a 'label' string and a 'results' mapping, got {row!r:.200}")
+            raise ValueError(
+                f"{path}: row {number} needs a 'label' string and a 'results' mapping, got {short_repr(row)}"
+            )
+        check_results(row, f"{path}: row {number}")
     return rows
 
 
 def load_results(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    results = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(results, dict) or "results" not in results:
-        raise ValueError(f"{path}: not a ktae eval results file (no 'results')")
-    results.setdefault("label", results.get("model", path.stem))
+    """A results file (`ktae.evaluation.eval_folder.read_results`: checked, an error names the file and field),
+    with a ``label``: its model's name."""
+    results = read_results(path)
+    results["label"] = results.get("model") or Path(path).stem
     return results
 
 
@@ -153,15 +160,14 @@ def load_problem_records(results: dict, results_path: str | Path) -> dict[str, l
     """A run's per-problem records: its ``per_problem`` or, for results written before they were,
     rebuilt from the responses files beside ``results_path``; None when neither is there."""
     from ktae.evaluation.harness import problem_records
-    from ktae.run_folder import read_jsonl
 
     if "per_problem" in results:
         return results["per_problem"]
     folder = Path(results_path).parent
-    paths = {name: folder / rel for name, rel in results.get("responses", {}).items()}
+    paths = {name: responses_path(folder, name) for name in results.get("responses", {})}
     if not paths or set(paths) != set(results["results"]) or not all(p.is_file() for p in paths.values()):
         return None
-    return {name: problem_records(name, read_jsonl(path)) for name, path in paths.items()}
+    return {name: problem_records(name, read_responses(path)) for name, path in paths.items()}
 
 
 def _paired_scores(name: str, a: list[dict], b: list[dict]) -> tuple[list[float], list[float]]:
@@ -208,7 +214,7 @@ def paired_comparison_table(
     names = [n for n in BENCHMARKS if n in a_problems and n in b_problems]
     names += sorted((a_problems.keys() & b_problems.keys()) - set(names))
     if not names:
-        raise ValueError(f"{a['label']} and {b['label']} have no benchmark in common")
+        raise ValueError(f"{printable(a['label'])} and {printable(b['label'])} have no benchmark in common")
     pairs = {name: _paired_scores(name, a_problems[name], b_problems[name]) for name in names}
 
     def compared(label: str, selected: list[str]) -> tuple[list[str], PairedComparison]:
@@ -240,7 +246,7 @@ def paired_comparison_table(
         conclusion = f"B does not beat A on {over} at the 0.05 level (p = {average.p_value:.3g})."
     return "\n".join(
         [
-            f"A: {a['label']}\nB: {b['label']}",
+            f"A: {printable(a['label'])}\nB: {printable(b['label'])}",
             "",
             markdown_table(header, rows),
             "",

@@ -20,21 +20,36 @@ and the file's, the share of responses on which both agree, and each disagreemen
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
+import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ktae.data.benchmarks import BENCHMARKS
-from ktae.evaluation.eval_folder import RESPONSES_DIR, write_agreement, write_eval_folder
+from ktae.evaluation import metrics
+from ktae.evaluation.eval_folder import (
+    RESPONSES_DIR,
+    RESULTS_FILE,
+    check_benchmark_name,
+    earlier_outputs,
+    read_results,
+    remove_outputs,
+    responses_path,
+    write_agreement,
+    write_eval_folder,
+)
 from ktae.rewards import AnswerChecker
 from ktae.rewards.equivalence import normalize_references
+from ktae.safe_files import loads_json, printable, read_text_or_gzip
 
 FORMATS = ("auto", "released", "ktae")
+# The largest responses file read, decompressed (``ktae eval --max-responses-mb``).
+MAX_RESPONSES_BYTES = 1 << 30
 # Task names of the released outputs -> the suites' names.
 RELEASED_TASK_NAMES = {
     "aime": "aime24",
@@ -61,16 +76,6 @@ class Output:
     num_tokens: int | None  # unknown in the released format
     finish_reason: str | None
     verdict: bool | None  # the file's own verdict, when it has one
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def _reference(value, where: str) -> str | list[str]:
@@ -108,7 +113,7 @@ def _read_released(path: Path, records) -> list[Output]:
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         task = _field(record, "task_name", str, where)
-        benchmark = RELEASED_TASK_NAMES.get(task, task)
+        benchmark = check_benchmark_name(RELEASED_TASK_NAMES.get(task, task), f"{where}: field 'task_name'")
         prompt = _field(record, "prompt", str, where)
         responses = _field(record, "model_output", list, where)
         if not responses or not all(isinstance(r, str) for r in responses):
@@ -154,13 +159,10 @@ def _read_ktae(path: Path, text: str) -> list[Output]:
         if not line.strip():
             continue
         where = f"{path}:{line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        record = loads_json(line, where)
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        benchmark = _field(record, "benchmark", str, where)
+        benchmark = check_benchmark_name(_field(record, "benchmark", str, where), f"{where}: field 'benchmark'")
         if "answer" not in record:
             raise ValueError(f"{where}: missing field 'answer' (fields: {sorted(record)})")
         position = counts[benchmark] = counts.get(benchmark, -1) + 1
@@ -183,17 +185,24 @@ def _read_ktae(path: Path, text: str) -> list[Output]:
     return outputs
 
 
-def _files(path: Path) -> list[Path]:
-    """A file, or the JSON lines of a ``responses/`` folder (or of a run folder's ``responses/``)."""
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        folder = path / RESPONSES_DIR if (path / RESPONSES_DIR).is_dir() else path
-        files = sorted(folder.glob("*.jsonl"))
-        if not files:
-            raise FileNotFoundError(f"no *.jsonl response files in {folder}")
-        return files
-    raise FileNotFoundError(f"responses file not found: {path}")
+def _files(path: Path) -> list[tuple[Path, bool]]:
+    """(file, whether a link is followed to it): a file the user named (followed), or the JSON lines of a
+    ``responses/`` folder or of a run folder's ``responses/`` (found there: not followed). A run folder
+    with a results.json gives the responses it lists."""
+    if not path.is_dir():
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"responses file not found: {path}")
+        return [(path, True)]  # read, or refused by name if it is not a regular file
+    run = path.parent if path.name == RESPONSES_DIR and not (path / RESPONSES_DIR).is_dir() else path
+    if (run / RESULTS_FILE).is_file():
+        listed = read_results(run / RESULTS_FILE).get("responses")
+        if listed:
+            return [(responses_path(run, name), False) for name in listed]
+    folder = path / RESPONSES_DIR if (path / RESPONSES_DIR).is_dir() else path
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no *.jsonl response files in {folder}")
+    return [(file, False) for file in files]
 
 
 def _looks_released(text: str) -> bool:
@@ -202,8 +211,8 @@ def _looks_released(text: str) -> bool:
     if text.startswith("["):
         return True
     try:
-        first = json.loads(text.split("\n", 1)[0])
-    except json.JSONDecodeError:
+        first = loads_json(text.split("\n", 1)[0], "")
+    except ValueError:
         return False
     return isinstance(first, dict) and "task_name" in first
 
@@ -211,26 +220,18 @@ def _looks_released(text: str) -> bool:
 def _json_records(path: Path, text: str) -> list:
     """The records of a JSON list, or of JSON lines."""
     if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    records = []
-    for line_number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from None
-    return records
+        return loads_json(text, str(path))
+    return [loads_json(line, f"{path}:{number}") for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
-def read_outputs(paths: str | Path | list, format: str = "auto") -> list[Output]:
+def read_outputs(paths: str | Path | list, format: str = "auto", max_bytes: int = MAX_RESPONSES_BYTES) -> list[Output]:
     """Every response of ``paths`` (files, or folders of ``ktae eval`` response files).
 
     ``format``: "released", "ktae", or "auto" (a JSON list, or records with a ``task_name``, are the
     released format; other JSON lines are ktae's). A malformed record is an error naming the file
-    and record; nothing is skipped.
+    and record; nothing is skipped. A file must be a regular one (a link the user names is followed, one
+    found in a folder is not) of at most ``max_bytes`` bytes, decompressed; a benchmark name must be a safe
+    file name (`check_benchmark_name`); a key twice in one JSON object is refused.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown responses format {format!r}; choose from {', '.join(FORMATS)}")
@@ -238,8 +239,8 @@ def read_outputs(paths: str | Path | list, format: str = "auto") -> list[Output]
     if not paths:
         raise ValueError("no responses file given")
     outputs: list[Output] = []
-    for path in [file for p in paths for file in _files(Path(p))]:
-        text = _read_text(path)
+    for path, follow_links in [file for p in paths for file in _files(Path(p))]:
+        text = read_text_or_gzip(path, max_bytes, follow_links=follow_links)
         if format == "released" or (format == "auto" and _looks_released(text)):
             outputs += _read_released(path, _json_records(path, text))
         else:
@@ -262,9 +263,10 @@ def _benchmark_order(names) -> list[str]:
 
 
 def rescore(outputs: list[Output], checker: AnswerChecker) -> tuple[dict[str, list[dict]], dict[str, float]]:
-    """Grade every output as a generating run does; returns the response records by benchmark (in
-    the suites' order, each record with ``file_correct``: the file's verdict or None) and the
-    seconds each benchmark took."""
+    """Grade every output as a generating run does (`score_benchmark`, each problem's samples together, so
+    that its answer groups and majority vote are a generating run's); returns the response records by
+    benchmark (in the suites' order, each record with ``file_correct``: the file's verdict or None) and
+    the seconds each benchmark took."""
     from ktae.evaluation.generation import Generation
     from ktae.evaluation.harness import score_benchmark
 
@@ -274,13 +276,24 @@ def rescore(outputs: list[Output], checker: AnswerChecker) -> tuple[dict[str, li
     records, seconds = {}, {}
     for name in _benchmark_order(by_benchmark):
         rows = sorted(by_benchmark[name], key=lambda o: (o.index, o.sample))
+        problems: dict[int, list[Output]] = {}
+        for output in rows:
+            problems.setdefault(output.index, []).append(output)
+        sizes = sorted({len(samples) for samples in problems.values()})
+        if len(sizes) > 1:
+            raise ValueError(f"{name}: problems have different numbers of samples ({sizes})")
+        for index, samples in problems.items():
+            if len({json.dumps([o.problem, o.answer]) for o in samples}) > 1:
+                raise ValueError(f"{name}: problem {index}: its samples differ in the problem or the reference")
+        firsts = [samples[0] for samples in problems.values()]
         start = time.perf_counter()
         scored = score_benchmark(
             name,
-            [{"problem": o.problem, "answer": o.answer} for o in rows],
-            [o.prompt for o in rows],
+            [{"problem": o.problem, "answer": o.answer} for o in firsts],
+            [o.prompt for o in firsts],
             [Generation(o.response, o.num_tokens, o.finish_reason) for o in rows],
             checker,
+            samples=sizes[0],
         )
         seconds[name] = time.perf_counter() - start
         for record, output in zip(scored, rows):
@@ -368,7 +381,7 @@ def agreement_table(agreement: dict) -> str:
 
 
 def _short(text, width: int) -> str:
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))  # model output: escapes shown, not acted on by a terminal
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -392,27 +405,42 @@ def disagreement_list(agreement: dict, limit: int | None = None, width: int = 10
 
 
 def rescore_files(
-    paths, output_dir: str | Path, *, format: str = "auto", checker: AnswerChecker, label: str | None = None
+    paths,
+    output_dir: str | Path,
+    *,
+    format: str = "auto",
+    checker: AnswerChecker,
+    label: str | None = None,
+    pass_k: list[int] | None = None,
+    max_bytes: int = MAX_RESPONSES_BYTES,
 ) -> tuple[dict, dict | None]:
     """Read, grade and write the outputs of a re-scoring run in ``output_dir``; returns the results
-    dict and the agreement (None when the file has no verdicts)."""
+    dict and the agreement (None when the file has no verdicts). ``pass_k``: as `summarize` takes it;
+    ``max_bytes``: as `read_outputs` takes it. A used ``output_dir`` holds one run afterwards, this one
+    (`ktae.evaluation.eval_folder.earlier_outputs`)."""
     from ktae.evaluation.harness import EvalSettings, summarize
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     output_dir = Path(output_dir)
-    inputs = [file.resolve() for p in paths for file in _files(Path(p))]
+    inputs = [file.resolve() for p in paths for file, _ in _files(Path(p))]
     if any(file.is_relative_to(output_dir.resolve()) for file in inputs):
         raise ValueError(f"--output-dir {output_dir} holds the responses being re-scored; choose another folder")
-    outputs = read_outputs(paths, format)
+    earlier = earlier_outputs(output_dir)  # a used folder: an earlier run's, replaced, or refused before any work
+    outputs = read_outputs(paths, format, max_bytes)
+    if pass_k is not None:
+        metrics.check_ks(pass_k, max(Counter((o.benchmark, o.index) for o in outputs).values()))
     records, seconds = rescore(outputs, checker)
     label = label or default_label(paths)
     rescored = {"responses": [str(p) for p in inputs], "format": format}
-    results = summarize(records, EvalSettings(model=label), check_timeout_s=checker.timeout_s, rescored=rescored)
+    results = summarize(
+        records, EvalSettings(model=label), pass_k, check_timeout_s=checker.timeout_s, rescored=rescored
+    )
+    remove_outputs(earlier)
     write_eval_folder(output_dir, results, records)
     agreed = agreement(records, seconds)
     if agreed is not None:
         report = (
-            f"# {label}: our verdicts against the file's\n\n{agreement_table(agreed)}\n\n"
+            f"# {printable(label)}: our verdicts against the file's\n\n{agreement_table(agreed)}\n\n"
             f"## Disagreements\n\n{disagreement_list(agreed)}\n"
         )
         write_agreement(output_dir, agreed, report)

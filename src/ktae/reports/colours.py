@@ -2,20 +2,35 @@
 
 Values in (-top, top) fall into ``2 * steps + 1`` buckets; bucket 0 (|v| < top / (2 * steps))
 is left uncoloured so that weakly weighted text reads as plain text. Colours come from
-matplotlib's "RdBu" colormap (ColorBrewer's RdBu, readable by most colour-blind readers), its
-red half for negative values and its blue half for positive ones; each bucket's text colour is
-the one of black or white with the higher contrast.
+ColorBrewer's RdBu scale (readable by most colour-blind readers), interpolated as matplotlib's
+"RdBu" colormap does it, its red half for negative values and its blue half for positive ones;
+each bucket's text colour is the one of black or white with the higher contrast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import matplotlib
 import numpy as np
-from matplotlib.colors import to_hex
 
-_COLORMAP = matplotlib.colormaps["RdBu"]  # red at 0, neutral at 0.5, blue at 1
+# ColorBrewer's 11-class RdBu, red to blue: the anchors of matplotlib's "RdBu".
+_RDBU = (
+    *("#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7"),  # reds
+    "#f7f7f7",
+    *("#d1e5f0", "#92c5de", "#4393c3", "#2166ac", "#053061"),  # blues
+)
+_LEVELS = 256  # matplotlib's colormaps are tables of 256 colours
+
+
+def rdbu(x: float) -> str:
+    """The colour ("#rrggbb") at x in [0, 1] of the RdBu scale (red at 0, neutral at 0.5, blue at 1),
+    the one matplotlib's ``to_hex(colormaps["RdBu"](x))`` gives."""
+    level = min(max(int(x * _LEVELS), 0), _LEVELS - 1)
+    position = level / (_LEVELS - 1) * (len(_RDBU) - 1)
+    low = min(int(position), len(_RDBU) - 2)
+    start, end = _rgb(_RDBU[low]) / 255, _rgb(_RDBU[low + 1]) / 255
+    colour = start + (position - low) * (end - start)
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in colour)
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
@@ -64,7 +79,7 @@ class DivergingScale:
             raise ValueError(f"bucket {bucket} outside [-{self.steps}, {self.steps}]")
         if bucket == 0:
             return None
-        return to_hex(_COLORMAP(0.5 + 0.5 * bucket / self.steps))
+        return rdbu(0.5 + 0.5 * bucket / self.steps)
 
     def foreground(self, bucket: int) -> str:
         """Text colour on a bucket's background: black or white, whichever contrasts more."""

@@ -142,9 +142,17 @@ def plot_panels(
     if not panels:
         raise ValueError("nothing to plot")
     # The object-oriented Agg API: no pyplot global state, safe in threads and without a display.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] != "matplotlib":
+            raise
+        raise ModuleNotFoundError(
+            "PNG curves need matplotlib, which comes with ktae's 'reports' extra: pip install 'ktae[reports]'",
+            name=error.name,
+        ) from error
 
     line_labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
     colours = {label: f"C{index % 10}" for index, label in enumerate(line_labels)}

@@ -6,6 +6,11 @@ process and no re-import of the user's script), and the parent kills any worker 
 task's hard deadline, which also stops a long call inside C (a huge integer power) that the worker's
 own timer cannot interrupt. Callers may then be any thread (verl scores in a thread pool, where
 math-verify's own signal timeouts refuse to run). ``num_workers=0`` checks in the calling process.
+
+A forked child (multiprocessing's "fork", DataLoader workers) inherits the checkers but not their
+workers: the pipes to those belong to the parent, and two processes reading one pipe take each
+other's replies. At the fork, each checker of the child lets go of its copies of them, untouched,
+and starts workers of its own when it next checks.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -48,6 +54,10 @@ class _Launcher:
     """
 
     def __init__(self) -> None:
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """A fresh start (in a forked child the thread of the parent does not exist)."""
         self._requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], Future[subprocess.Popen[bytes]]]] = (
             queue.SimpleQueue()
         )
@@ -98,6 +108,11 @@ class _Worker:
         line = self.stdout.readline()
         return json.loads(line) if line else None
 
+    def disown(self) -> None:
+        """In a forked child: close this process's copies of the pipes, leaving the process to its parent."""
+        self.stdin.close()  # unbuffered (bufsize=0): nothing to flush into the parent's worker
+        self.stdout.close()
+
     def close(self, kill: bool = False) -> None:
         try:
             if kill:
@@ -133,9 +148,11 @@ class AnswerChecker:
         self.timeout_s = validate_timeout(timeout_s)
         self.memory_limit_mb = memory_limit_mb
         self._idle: list[_Worker] = []
+        self._running: set[_Worker] = set()  # every live worker, idle or busy
         self._started = 0
         self._available = threading.Condition()
         self._closed = False
+        _checkers.add(self)
 
     def __enter__(self) -> AnswerChecker:
         return self
@@ -260,14 +277,18 @@ class AnswerChecker:
                     return None
                 self._available.wait()
         try:
-            return _Worker(self.memory_limit_mb)
+            worker = _Worker(self.memory_limit_mb)
         except BaseException:
             self._discard(None)
             raise
+        with self._available:
+            self._running.add(worker)
+        return worker
 
     def _release(self, worker: _Worker) -> None:
         with self._available:
             if self._closed:
+                self._running.discard(worker)
                 worker.close()
                 return
             self._idle.append(worker)
@@ -277,14 +298,24 @@ class AnswerChecker:
         if worker is not None:
             worker.close(kill=kill)
         with self._available:
+            if worker is not None:
+                self._running.discard(worker)
             self._started -= 1
             self._available.notify()
+
+    def _after_fork(self) -> None:
+        """In a forked child (the only thread there): no workers yet; the inherited ones stay the parent's."""
+        inherited, self._running, self._idle, self._started = self._running, set(), [], 0
+        self._available = threading.Condition()  # a thread of the parent may have held it at the fork
+        for worker in inherited:
+            worker.disown()
 
     def close(self) -> None:
         """Stops the idle workers; workers busy in another thread stop when their batch ends."""
         with self._available:
             self._closed = True
             idle, self._idle = self._idle, []
+            self._running.difference_update(idle)
             self._available.notify_all()
         for worker in idle:
             worker.close()
@@ -292,6 +323,19 @@ class AnswerChecker:
 
 _default_checker: AnswerChecker | None = None
 _default_lock = threading.Lock()
+# The checkers of this process, for `_after_fork_in_child`.
+_checkers: weakref.WeakSet[AnswerChecker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _launcher.after_fork()
+    _default_lock = threading.Lock()
+    for checker in list(_checkers):
+        checker._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_checker() -> AnswerChecker:

@@ -17,18 +17,21 @@ import math
 import re
 import signal
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
+from ktae.safe_files import short_repr
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-# One reference: an accepted answer (str or number), or a list, tuple or array of them, nested to any
-# depth (see ``normalize_references``).
+# One reference: an accepted answer (str or number), or a list, tuple or array of them, nested up to
+# ``MAX_REFERENCE_DEPTH`` (see ``normalize_references``).
 Reference: TypeAlias = "str | int | float | Sequence[Reference] | npt.NDArray[Any] | np.generic"
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -37,6 +40,8 @@ MAX_TIMEOUT_S = 86_400.0
 # Numbers that math-verify finds equal (it rounds to 6 decimals) must also agree to this relative
 # tolerance, or every answer near 1e-27 (Minerva) would equal every other, and 0.
 NUMERIC_RELATIVE_TOLERANCE = 1e-4
+# Lists nested in a reference, at most: accepted answers are a flat list (Minerva's nest one level more).
+MAX_REFERENCE_DEPTH = 16
 
 
 class _DropNoTimeoutNotice(logging.Filter):
@@ -66,6 +71,14 @@ _NUMBER_WITH_MARK = re.compile(
 # An element "name = value" of a comma-separated answer, where name is one letter (subscripts
 # allowed) or a Greek letter: "a = -2, b = -2" names the variables of the tuple (-2, -2).
 _NAMED_VALUE = re.compile(r"^\s*(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=<>]+?)\s*$")
+# Runs of superscript and subscript characters: x² is x^{2}, where compatibility folding alone gives x2.
+_SCRIPT_RUN = re.compile("([\u2070\u00b9\u00b2\u00b3\u2074-\u207e\u2071\u207f]+)|([\u2080-\u208e]+)")
+_NON_ASCII_DIGIT = re.compile(r"(?![0-9])\d")
+# Vulgar fractions (½, ¾, ...) as \frac{n}{d}: 3½ is the mixed number 3\frac{1}{2}, where folding gives 31/2.
+_VULGAR_FRACTIONS = {
+    code: "\\frac{{{}}}{{{}}}".format(*unicodedata.normalize("NFKC", chr(code)).split("\u2044"))
+    for code in (*range(0xBC, 0xBF), *range(0x2150, 0x215F), 0x2189)
+}
 
 
 @dataclass(frozen=True)
@@ -173,13 +186,34 @@ def _numbers_agree(gold: Any, pred: Any) -> bool:
         return True
 
 
+def normalize_answer(text: str) -> str:
+    """The text an answer (a prediction or a reference) is compared as, the same for both sides:
+
+    - vulgar fractions as ``\\frac{n}{d}`` (3½ is the mixed number 3\\frac{1}{2});
+    - superscript and subscript runs as ``^{...}`` and ``_{...}`` (x² is x^{2}, not x2);
+    - Unicode compatibility forms folded (NFKC: a fullwidth 3, U+FF13, is 3), the fraction slash as ``/``;
+    - invisible format characters removed (zero-width spaces, byte-order marks, soft hyphens, direction marks);
+    - decimal digits of every script as ASCII digits.
+    """
+    if text.isascii():
+        return text
+    text = text.translate(_VULGAR_FRACTIONS)
+    text = _SCRIPT_RUN.sub(lambda run: ("^{%s}" if run.group(1) else "_{%s}") % run.group(), text)
+    text = unicodedata.normalize("NFKC", text).replace("\u2044", "/")
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _NON_ASCII_DIGIT.sub(lambda digit: str(unicodedata.digit(digit.group())), text)
+
+
 def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
-    """Whether ``prediction`` (an extracted answer) equals any of ``references``.
+    """Whether ``prediction`` (an extracted answer) equals any of ``references``, both read through
+    ``normalize_answer``.
 
     No time limit of its own: call it through ``run_with_deadline`` or an ``AnswerChecker``.
     """
     if prediction is None or not prediction.strip():
         return False
+    prediction = normalize_answer(prediction)
+    references = [normalize_answer(reference) for reference in references]
     if any(prediction.strip() == reference.strip() for reference in references):
         return True  # the same text is the same answer, however hard it is to parse or evaluate
     if _INTEGER.match(prediction) and all(_INTEGER.match(r) for r in references):
@@ -240,39 +274,44 @@ def normalize_references(reference: Reference) -> list[str]:
     """The accepted answers of one reference, as a list of distinct stripped str.
 
     A reference is a str, a number (an integral float is the integer: 142.0 -> "142"), or a list or
-    tuple of them nested to any depth (numpy arrays from parquet columns too), flattened; any of its
-    answers is accepted. Anything else, or no answer at all, is a TypeError; a blank answer is a
-    ValueError (it would make every response wrong).
+    tuple of them nested at most ``MAX_REFERENCE_DEPTH`` deep (numpy arrays from parquet columns too),
+    flattened; any of its answers is accepted. Anything else, or no answer at all, is a TypeError; a
+    blank answer (nothing left after ``normalize_answer``) or deeper nesting is a ValueError (a blank
+    one would make every response wrong).
     """
     answers: list[str] = []
-    pending: list[Any] = [reference]
-    while pending:  # depth-first, in order, without recursion (nesting depth is the caller's)
-        item = pending.pop()
+    pending: list[tuple[Any, int]] = [(reference, 0)]  # (item, lists around it)
+    while pending:  # depth-first, in order, without recursion
+        item, depth = pending.pop()
         if hasattr(item, "tolist") and not isinstance(item, str):  # numpy arrays and scalars
             item = item.tolist()
         if isinstance(item, str):
-            if not item.strip():
-                raise ValueError(f"a reference answer is blank in {reference!r:.200}")
+            if not normalize_answer(item).strip():
+                raise ValueError(f"a reference answer is blank in {short_repr(reference)}")
             answers.append(item.strip())
         elif isinstance(item, bool):
             raise TypeError(
-                f"a reference answer must be a str or a number, got the bool {item!r} in {reference!r:.200}"
+                f"a reference answer must be a str or a number, got the bool {item!r} in {short_repr(reference)}"
             )
         elif isinstance(item, int):
             answers.append(str(item))
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise ValueError(f"a reference answer must be a finite number, got {item!r} in {reference!r:.200}")
+                raise ValueError(f"a reference answer must be a finite number, got {item!r} in {short_repr(reference)}")
             answers.append(str(int(item)) if item.is_integer() else repr(item))
         elif isinstance(item, (list, tuple)):
-            pending.extend(reversed(item))
+            if depth == MAX_REFERENCE_DEPTH:
+                raise ValueError(
+                    f"a reference nests lists more than {MAX_REFERENCE_DEPTH} deep: {short_repr(reference)}"
+                )
+            pending.extend((inner, depth + 1) for inner in reversed(item))
         else:
             raise TypeError(
                 f"a reference answer must be a str, a number or a list of them, got {type(item).__name__} "
-                f"in {reference!r:.200}"
+                f"in {short_repr(reference)}"
             )
     if not answers:
-        raise TypeError(f"a reference answer must hold at least one answer, got {reference!r:.200}")
+        raise TypeError(f"a reference answer must hold at least one answer, got {short_repr(reference)}")
     return list(dict.fromkeys(answers))
 
 

@@ -122,7 +122,7 @@ def compute_score(
     Returns {"score", "acc", "pred"} like verl's own math_dapo scorer: ``acc`` is what DAPO's
     dynamic sampling filters on, ``pred`` the extracted answer ("" when none). Set
     ``incorrect_score: -1.0`` in ``custom_reward_function.reward_kwargs`` for DAPO's reward.
-    ``ground_truth`` is a str, a number, or a list/array (nested to any depth) of accepted answers.
+    ``ground_truth`` is a str, a number, or a list/array (nested at most 16 deep) of accepted answers.
     Safe to call from any thread.
     """
     prediction = extract_answer(solution_str)

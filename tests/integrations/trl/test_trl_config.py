@@ -80,6 +80,8 @@ def test_trls_own_rollout_advantage_settings_work_with_ktae(tmp_path, options):
         ({"algo": "ppo"}, "unknown algo 'ppo'"),
         ({"num_generations": None}, "num_generations must be >= 1, got None"),
         ({"ktae_alpha": -1.0}, "alpha must be >= 0"),
+        # refused when the config is built, not at step 1 after config.yaml is written
+        ({"ktae_ignore_token_ids": [2**70]}, "ignore_token_ids must be int64 token ids"),
         ({"ktae_rollout_advantage": "mean"}, "unknown rollout_advantage"),
         ({"dynamic_sampling_metric": "acc"}, "unknown dynamic_sampling_metric"),
         ({"max_num_gen_batches": 0}, "max_num_gen_batches must be >= 1"),

@@ -7,6 +7,9 @@ resets the entries it touched. The table has one entry per id in 0..max id, so i
 first (one sort) when their range is large for the batch (``table_fits``): memory stays bounded by
 the batch, never by the value of an id.
 
+numba is optional (the "fast" extra): without it this module still imports, to keep track of forks
+for ``ktae.core.counting``, and ``unavailable_reason`` says how to install it.
+
 Processes and threads: kernel launches are serialised by a lock (numba's workqueue threading
 layer aborts on concurrent launches); in a forked child, ``unavailable_reason`` says whether
 numba's threading layer survived the fork (``ktae.core.counting``).
@@ -18,17 +21,33 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 
-import numba
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from ktae.core.counting.base import Counts, Pairs
 
-_kernel = numba.njit(parallel=True, cache=True, nogil=True)
-_inline = numba.njit(inline="always")
+try:
+    import numba
+
+    HAS_NUMBA = True
+except ModuleNotFoundError:
+    HAS_NUMBA = False
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _kernel(function: _F) -> _F:
+    """A parallel numba kernel; without numba the plain function, which never runs (``unavailable_reason``)."""
+    return cast(_F, numba.njit(parallel=True, cache=True, nogil=True)(function)) if HAS_NUMBA else function
+
+
+def _inline(function: _F) -> _F:
+    """A numba function inlined into the kernels that call it (the plain function without numba)."""
+    return cast(_F, numba.njit(inline="always")(function)) if HAS_NUMBA else function
+
 
 # numpy views of the tensors the kernels read and write. numba compiles for the arguments' actual
 # dtypes; these annotations are for readers and the type checker.
@@ -295,7 +314,7 @@ def _after_fork_in_child() -> None:
     global _lock, forked, _layer_at_fork
     _lock = threading.Lock()  # a thread of the parent may have held it at the fork
     try:
-        layer = numba.threading_layer()
+        layer = numba.threading_layer() if HAS_NUMBA else None
     except ValueError:  # no parallel kernel has run in this process
         layer = None
     if not forked or layer is not None:
@@ -313,6 +332,8 @@ def unavailable_reason() -> str | None:
     started one: GNU OpenMP (numba's omp layer, which shares its thread pool with torch's intra-op
     threads) does not survive a fork.
     """
+    if not HAS_NUMBA:
+        return "numba is not installed; install ktae's 'fast' extra for the CPU kernels: pip install 'ktae[fast]'"
     if forked and _layer_at_fork not in ("workqueue", "tbb"):
         return (
             f"this process was forked (numba threading layer at the fork: {_layer_at_fork or 'not started'}), "

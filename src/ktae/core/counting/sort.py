@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ktae.core.config import INT64_MAX
 from ktae.core.counting.base import Counts, Pairs
-
-_INT64_MAX = 2**63 - 1
 
 
 def scan(responses: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, torch.Tensor]:
@@ -37,7 +36,7 @@ def _count_sorted(
     rows = torch.repeat_interleave(torch.arange(responses.shape[0], device=responses.device), mask.sum(dim=1))
     tokens = responses[mask].to(torch.int64)
     ids = None
-    if num_groups * vocab > _INT64_MAX:
+    if num_groups * vocab > INT64_MAX:
         # group * vocab + token would overflow int64: key the compacted ids instead.
         ids, tokens = torch.unique(tokens, return_inverse=True)
         vocab = len(ids)
