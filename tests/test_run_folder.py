@@ -445,3 +445,10 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_whole_one_found(tmp_path):
     (second / "model.safetensors.index.json").unlink()
     (second / "pytorch_model_fsdp_0").mkdir()  # FSDP's sharded state: weights in a folder of their own
     assert checkpoint_damage(second) is None
+
+
+def test_a_second_start_in_the_same_new_folder_is_told_the_folder_is_in_use(tmp_path):
+    run_dir = tmp_path / "run"
+    # another ktae took the lock and has not marked the folder yet
+    with RunFolderLock(run_dir), pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
+        start_run_folder(run_dir)

@@ -550,10 +550,10 @@ def start_run_folder(run_dir: str | os.PathLike) -> RunFolderLock:
     if os.path.lexists(run_dir):
         if not run_dir.is_dir():
             raise ValueError(f"{run_dir} is not a folder: pick a new or empty folder for the run")
-        _refuse_started_or_foreign(run_dir)
+        _refuse_started_or_foreign(run_dir)  # a lone .lock: another ktae starting here, which the lock tells
     lock = RunFolderLock(run_dir).acquire()
     try:
-        _refuse_started_or_foreign(run_dir, LOCK_FILE)  # again, now that no other ktae can write it
+        _refuse_started_or_foreign(run_dir)  # again, now that no other ktae can write it
         check_run_files(run_dir)
         if not os.path.lexists(run_dir / RUN_MARKER_FILE):
             write_atomic(run_dir / RUN_MARKER_FILE, "A run folder of ktae train: it writes and deletes files here.\n")
@@ -563,12 +563,12 @@ def start_run_folder(run_dir: str | os.PathLike) -> RunFolderLock:
     return lock
 
 
-def _refuse_started_or_foreign(run_dir: Path, *ours: str) -> None:
+def _refuse_started_or_foreign(run_dir: Path) -> None:
     if os.path.lexists(run_dir / CONFIG_FILE):
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder")
     if os.path.lexists(run_dir / RUN_MARKER_FILE):
         return  # a start that failed before config.yaml: ours to start again
-    foreign = sorted(name for name in os.listdir(run_dir) if name not in ours)
+    foreign = sorted(name for name in os.listdir(run_dir) if name != LOCK_FILE)
     if foreign:
         shown = ", ".join(short_repr(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ValueError(
