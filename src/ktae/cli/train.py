@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     lock = None  # held until the job ends; the kernel drops it if the process dies
     run_dir: Path | None = None
+    after_bar = ""  # while training, the progress bar's line is unfinished: messages start on a line of their own
     try:
         try:
             from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
@@ -91,15 +92,16 @@ def run(args: argparse.Namespace) -> int:
         ) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
+        after_bar = "\n"
         try:
             summary = job.train()
         except (OSError, RefusedFile) as error:  # a full disk while saving, a log replaced by a link
-            print(f"ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
+            print(f"{after_bar}ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
             return 2
         print(json.dumps(summary, indent=2))
         return 0
     except KeyboardInterrupt:  # Ctrl-C: the lock is released below, and complete checkpoints are all kept
-        print(f"ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
+        print(f"{after_bar}ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
         return 130
     finally:
         if lock is not None:
