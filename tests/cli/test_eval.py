@@ -401,6 +401,26 @@ def test_rescore_outputs_without_generating(tmp_path, capsys):
     assert "disagreements (0):" in capsys.readouterr().out
 
 
+def test_compare_names_the_graders_of_runs_graded_differently(tmp_path, capsys):
+    """The same outputs graded by ours and by stock math-verify: compared, each run's label naming its grader."""
+    released = Path(__file__).parents[1] / "evaluation" / "data" / "released_outputs.json"
+    runs = []
+    for grader in ("ktae", "math-verify"):
+        out = tmp_path / grader
+        assert main(["eval", "--responses", str(released), "--grader", grader, "--output-dir", str(out)]) == 0
+        assert f"(ours: --grader {grader})" in capsys.readouterr().out
+        runs.append(str(out / "results.json"))
+    assert main(["eval", "--compare", *runs]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("note: these runs were graded differently (ktae, math-verify)")
+    assert (
+        "| released_outputs (ktae) [ktae] |" in printed
+        and "| released_outputs (math-verify) [math-verify] |" in printed
+    )
+    assert main(["eval", "--compare", runs[0], runs[0]]) == 0  # one grader: no note, labels as they were
+    assert "graded differently" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

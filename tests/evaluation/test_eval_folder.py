@@ -48,9 +48,18 @@ def _records(correct: list[bool]) -> list[dict]:
 def test_generated_and_rescored_settings_have_one_layout():
     settings = EvalSettings(model="m", temperature=0.6, samples=4)
     generated = results_settings(settings, check_timeout_s=5.0)
-    rescored = results_settings(EvalSettings(model="file"), 10.0, {"responses": ["/x/out.json"], "format": "released"})
+    rescored = results_settings(
+        EvalSettings(model="file"), 10.0, {"responses": ["/x/out.json"], "format": "released"}, "math-verify"
+    )
     assert generated.keys() == rescored.keys()
-    assert generated == {**asdict(settings), "check_timeout_s": 5.0, "responses": None, "format": None}
+    assert generated == {
+        **asdict(settings),
+        "check_timeout_s": 5.0,
+        "grader": "ktae",
+        "responses": None,
+        "format": None,
+    }
+    assert rescored["grader"] == "math-verify"
     # a re-scored file names its model only: the generation settings it does not say are null, not defaults
     assert rescored["model"] == "file" and all(rescored[f.name] is None for f in fields(EvalSettings)[1:])
     assert (rescored["responses"], rescored["format"], rescored["check_timeout_s"]) == (

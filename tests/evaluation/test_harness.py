@@ -78,3 +78,44 @@ def test_samples_are_grouped_by_the_grading_checker():
     assert results["avg_pass_at_k"] == results["pass_at_k"]["demo"]
     with pytest.raises(ValueError, match="need 8 responses"):
         score_benchmark("demo", examples, ["a", "b"], generations[:7], checker, samples=4)
+
+
+def test_stock_grader_grades_whole_responses_and_groups_boxed_answers():
+    """--grader math-verify: math-verify reads each response itself (an unboxed "final answer is" counts);
+    wrong answers are grouped by it too; the grader is in the results' settings."""
+    examples = [{"problem": "p0", "answer": "\\frac{1}{2}"}]
+    texts = [
+        "The final answer is $\\frac{1}{2}$.",
+        "\\boxed{\\frac{1}{3}}",
+        "\\boxed{\\frac{2}{6}}",
+        "\\boxed{62.5\\%}",
+    ]
+    generations = [Generation(t, num_tokens=4, finish_reason="stop") for t in texts]
+    settings = EvalSettings(model="m", samples=4, temperature=1.0)
+    graded = {}
+    for grader in ("ktae", "math-verify"):
+        with AnswerChecker(num_workers=0, timeout_s=60, grader=grader) as checker:
+            records = score_benchmark("demo", examples, ["a"], generations, checker, samples=4)
+        graded[grader] = records
+        results = summarize({"demo": records}, settings, grader=grader)
+        assert results["settings"]["grader"] == grader
+    # ours finds no answer in the first response (no box); math-verify does, and it is right
+    assert [r["correct"] for r in graded["ktae"]] == [False, False, False, False]
+    assert [r["correct"] for r in graded["math-verify"]] == [True, False, False, False]
+    assert [r["extracted"] for r in graded["math-verify"]] == [None, "\\frac{1}{3}", "\\frac{2}{6}", "62.5\\%"]
+    assert [r["answer_group"] for r in graded["math-verify"]] == [0, 1, 1, 2]  # 1/3 and 2/6: one group
+
+
+def test_resuming_under_another_grader_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    from ktae.evaluation.eval_folder import write_settings
+    from ktae.evaluation.harness import _resumable
+
+    settings = EvalSettings(model="m")
+    write_settings(tmp_path, asdict(settings))  # a run from before graders had names: ktae's
+    assert _resumable(tmp_path, settings, "ktae")
+    with pytest.raises(ValueError, match="its settings differ in grader"):
+        _resumable(tmp_path, settings, "math-verify")
+    write_settings(tmp_path, {**asdict(settings), "grader": "math-verify"})
+    assert _resumable(tmp_path, settings, "math-verify")

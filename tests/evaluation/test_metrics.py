@@ -75,6 +75,8 @@ def test_answer_groups_and_majority_vote():
     assert majority_correct([1, 0], [True, False]) is True  # ties go to the group seen first here
     assert majority_correct(groups[1:3], correct[1:3]) is True
     assert majority_correct([None, None], [False, False]) is False
+    # a response graded correct where extraction found no answer (--grader math-verify) joins the right group
+    assert group_answers([None, "0.5", "3"], [True, True, False], equivalent) == [0, 0, 1]
     # maj@k: the mean over disjoint runs of k samples; maj@1 is the accuracy, maj@n the full vote
     assert maj_at_k(groups, correct, 1) == sum(correct) / len(correct)
     assert maj_at_k(groups, correct, 7) == 0.0

@@ -86,6 +86,19 @@ def test_every_response_is_graded_and_compared(rescored):
     assert no_answer["extracted"] is None and no_answer["check"] == "no_answer"
 
 
+def test_stock_grader_rescores_and_is_recorded(rescored, tmp_path):
+    """--grader math-verify on the same file: TRL's verdicts (tests/rewards/test_math_verify_grader.py), recorded."""
+    _, results, _ = rescored
+    assert results["settings"]["grader"] == "ktae"
+    with AnswerChecker(num_workers=1, timeout_s=10.0, grader="math-verify") as stock:
+        stock_results, _ = rescore_files(RELEASED, tmp_path / "stock", checker=stock)
+    assert stock_results["settings"]["grader"] == "math-verify"
+    # math500: 12^{\text{th}} is not 12 to it; minerva: 2.61e-19 is 2.45e-19 after rounding to 6 decimals;
+    # olympiadbench: 5\% is not $5 \%$ (ours: both right, both wrong, one of two right)
+    assert stock_results["results"] == {**EXPECTED, "math500": 0.0, "minerva": 100.0, "olympiadbench": 50.0}
+    assert json.loads((tmp_path / "stock" / "results.json").read_text())["settings"]["grader"] == "math-verify"
+
+
 def test_ktae_response_files_are_rescored_too(rescored, checker, tmp_path):
     """A run's own responses/ folder: the same results, and full agreement with its verdicts."""
     out, results, _ = rescored

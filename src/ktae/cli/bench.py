@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=3072, help="response length T (default: 3072)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, median reported")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the token ids (default: 1.1)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device the batches live on"
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,

@@ -3,7 +3,7 @@
 ktae eval --model PATH_OR_ID [--benchmarks aime24,math500] [--limit N] [--data-dir DIR | --hub]
 ktae eval --model PATH --samples 1 --samples-per-benchmark aime24=32,amc23=32 --temperature 0.6 --pass-k 1,8,32
 ktae eval --compare A/results.json B/results.json [--reference [paper | FILE]]
-ktae eval --responses OUTPUTS.json[.gz] [--format released|ktae] [--output-dir DIR]
+ktae eval --responses OUTPUTS.json[.gz] [--format released|ktae] [--grader ktae|math-verify] [--output-dir DIR]
 
 The five suites ship with the package (ktae/data/math_eval); --data-dir reads <benchmark>.jsonl files
 from another folder, --hub loads the suites from their Hugging Face hub datasets.
@@ -18,85 +18,167 @@ from pathlib import Path
 
 from ktae.data.benchmarks import BENCHMARKS
 from ktae.data.templates import TEMPLATES
+from ktae.rewards.equivalence import DEFAULT_GRADER, GRADERS
 from ktae.safe_files import printable
+
+USAGE = """%(prog)s --model PATH_OR_ID [--benchmarks NAMES] [--limit N] [generation, sampling, grading options]
+       %(prog)s --responses FILE [FILE ...] [--format {auto,released,ktae}] [--grader {ktae,math-verify}]
+       %(prog)s --compare RESULTS_JSON [RESULTS_JSON ...] [--reference [paper | FILE]] [--seed N]"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model folder or Hugging Face hub id")
-    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated (default: all five)")
-    parser.add_argument("--data-dir", help="folder of <benchmark>.jsonl files (default: the copies shipped with ktae)")
-    parser.add_argument("--hub", action="store_true", help="load the benchmarks from their Hugging Face hub datasets")
-    parser.add_argument(
-        "--output-dir", help="where results.json and responses/ go (default: eval_results/<model name>)"
+    parser.usage = USAGE
+    modes = parser.add_argument_group("modes (give one)")
+    modes.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="generate and grade: the model to evaluate, a model folder (a ktae train checkpoint), a Hugging Face "
+        "hub id, a .gguf file or smollm2",
     )
-    parser.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
-    parser.add_argument("--max-new-tokens", type=int, default=3000)
-    parser.add_argument("--max-model-len", type=int, default=4096, help="context length, prompt included")
-    parser.add_argument("--template", default="qwen_math", choices=sorted(TEMPLATES))
-    parser.add_argument(
+    modes.add_argument(
+        "--responses",
+        nargs="+",
+        metavar="FILE",
+        help="grade model outputs that exist instead of generating (files, or folders of ktae response files)",
+    )
+    modes.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="print these runs side by side, then each later run against the first (paired)",
+    )
+
+    data = parser.add_argument_group("benchmarks (--model)")
+    data.add_argument(
+        "--benchmarks", default=",".join(BENCHMARKS), metavar="NAMES", help="comma-separated names (default: all five)"
+    )
+    data.add_argument(
+        "--data-dir", metavar="DIR", help="folder of <benchmark>.jsonl files (default: the copies shipped with ktae)"
+    )
+    data.add_argument("--hub", action="store_true", help="load the benchmarks from their Hugging Face hub datasets")
+    data.add_argument(
+        "--limit", type=int, metavar="N", help="only the first N problems of each benchmark (default: all)"
+    )
+
+    generation = parser.add_argument_group("generation (--model)")
+    generation.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=3000,
+        metavar="N",
+        help="most tokens generated per response (the paper's protocol)",
+    )
+    generation.add_argument(
+        "--max-model-len", type=int, default=4096, metavar="N", help="context length, prompt included"
+    )
+    generation.add_argument(
+        "--template", default="qwen_math", choices=sorted(TEMPLATES), help="prompt template (ktae.data.TEMPLATES)"
+    )
+    generation.add_argument(
         "--backend",
         default="auto",
         choices=["auto", "vllm", "transformers"],
         help="auto: vLLM when installed and a GPU is present, else transformers",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="transformers backend: prompts per batch")
-    parser.add_argument("--device", help="transformers backend: torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM backend")
-    parser.add_argument(
-        "--samples", type=int, default=1, help="responses per problem (default 1: the paper's greedy protocol)"
+    generation.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="transformers backend: prompts per batch"
     )
-    parser.add_argument(
+    generation.add_argument(
+        "--device", metavar="DEVICE", help="transformers backend: torch device (default: cuda if available, else cpu)"
+    )
+    generation.add_argument("--dtype", default="auto", metavar="DTYPE", help="auto, bfloat16, float16 or float32")
+    generation.add_argument(
+        "--tensor-parallel-size", type=int, default=1, metavar="N", help="vLLM backend: GPUs per model"
+    )
+    generation.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        metavar="SHARE",
+        help="vLLM backend: share of GPU memory it may take",
+    )
+    generation.add_argument(
+        "--trust-remote-code", action="store_true", help="let the model folder or hub repo run its own Python code"
+    )
+
+    sampling = parser.add_argument_group("sampling (--model; --seed also seeds --compare's paired test)")
+    sampling.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="responses per problem (default 1: the paper's greedy protocol)",
+    )
+    sampling.add_argument(
         "--samples-per-benchmark",
         metavar="NAME=N,...",
         help="per-benchmark --samples, for example aime24=32,amc23=32 (the others get --samples)",
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, with --temperature > 0")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seeds sampling (per benchmark), the bootstrap and the paired test"
+    sampling.add_argument(
+        "--temperature", type=float, default=0.0, metavar="T", help="0: greedy (default); > 0: sampling"
     )
-    parser.add_argument(
+    sampling.add_argument(
+        "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass, with --temperature > 0"
+    )
+    sampling.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seeds sampling (per benchmark), the bootstrap and the paired test",
+    )
+
+    grading = parser.add_argument_group("grading (--model, --responses)")
+    grading.add_argument(
         "--pass-k",
         metavar="K,...",
         help="k of pass@k and maj@k, for example 1,8,32 (default: each benchmark's number of samples, when > 1)",
     )
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--check-timeout", type=float, default=5.0, help="seconds per answer check")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse the finished benchmarks of an earlier run in --output-dir with the same settings",
+    grading.add_argument(
+        "--grader",
+        default=DEFAULT_GRADER,
+        choices=list(GRADERS),
+        help="ktae: our answer rules on the last \\boxed{} (docs/rewards-and-eval.md); math-verify: stock "
+        "math-verify's parse and verify as TRL's accuracy reward calls them, on the whole response",
     )
-    parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="print these runs side by side instead")
-    parser.add_argument(
-        "--reference",
-        nargs="?",
-        const="paper",
-        metavar="FILE",
-        help="with --compare: add reference rows; alone or 'paper': the KTAE paper's scores (shipped with ktae), "
-        "else a .json file of that layout or a Markdown file with a table of benchmark columns",
-    )
-    parser.add_argument(
-        "--responses",
-        nargs="+",
-        metavar="FILE",
-        help="grade these model outputs instead of generating (files, or folders of ktae response files)",
-    )
-    parser.add_argument(
+    grading.add_argument("--check-timeout", type=float, default=5.0, metavar="SECONDS", help="seconds per answer check")
+    grading.add_argument(
         "--format",
         default="auto",
         choices=["auto", "released", "ktae"],
-        help="with --responses: released (a JSON list of task_name/gt/model_output/reward records) or ktae "
+        help="--responses only: released (a JSON list of task_name/gt/model_output/reward records) or ktae "
         "(the responses/*.jsonl of ktae eval); auto tells them apart",
     )
-    parser.add_argument(
+    grading.add_argument(
         "--max-responses-mb",
         type=int,
         metavar="MB",
-        help="with --responses: the largest file read, in MiB after decompression (default: 1024); a larger "
+        help="--responses only: the largest file read, in MiB after decompression (default: 1024); a larger "
         "one is refused",
+    )
+
+    output = parser.add_argument_group("output (--model, --responses)")
+    output.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where results.json and responses/ go (default: eval_results/<model name>, or "
+        "eval_results/<file name>-rescored for --responses)",
+    )
+    output.add_argument(
+        "--resume",
+        action="store_true",
+        help="--model only: reuse the finished benchmarks of an earlier run in --output-dir with the same settings",
+    )
+
+    comparison = parser.add_argument_group("comparison (--compare)")
+    comparison.add_argument(
+        "--reference",
+        nargs="?",
+        const="paper",
+        metavar="paper | FILE",
+        help="--compare only: add rows of published scores to the table; without a value or 'paper', the KTAE "
+        "paper's (shipped with ktae), else a .json file of that layout or a Markdown file with a table of "
+        "benchmark columns",
     )
 
 
@@ -107,11 +189,14 @@ def run(args: argparse.Namespace) -> int:
         if args.responses:
             return _rescore(args)
         if args.compare:
+            if args.model:
+                raise ValueError("--compare prints runs that exist: it does not go with --model")
             runs = [load_results(path) for path in args.compare]
             labels = [run["label"] for run in runs]
             for run, path in zip(runs, args.compare):
                 if labels.count(run["label"]) > 1:  # the same model evaluated twice: tell the runs apart
                     run["label"] = f"{run['label']} ({Path(path).resolve().parent.name})"
+            _mark_graders(runs)
             reference = load_reference_rows(args.reference) if args.reference else []
             print(comparison_table(runs, reference))
             _print_paired_comparisons(runs, args.compare, args.seed)
@@ -121,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         if args.hub and args.data_dir:
             raise ValueError("--data-dir and --hub are two sources of the benchmarks: give one")
         if not args.model:
-            raise ValueError("--model is required (or --compare RESULTS_JSON ...)")
+            raise ValueError("--model is required (or --responses FILE ..., or --compare RESULTS_JSON ...)")
         return _evaluate(args)
     except (ValueError, OSError) as e:  # OSError: missing files, a model id from_pretrained cannot resolve
         print(f"ktae eval: error: {printable(str(e))}", file=sys.stderr)
@@ -165,6 +250,22 @@ def _output_dir(args: argparse.Namespace) -> Path:
     return Path(args.output_dir or Path("eval_results") / Path(args.model.rstrip("/")).name)
 
 
+def _mark_graders(runs: list[dict]) -> None:
+    """Runs graded by different graders are compared as they are, each label naming its grader, after a note."""
+    from ktae.evaluation.harness import run_grader
+
+    graders = [run_grader(run) for run in runs]
+    if len(set(graders)) < 2:
+        return
+    for run, grader in zip(runs, graders):
+        run["label"] = f"{run['label']} [{grader}]"
+    names = printable(", ".join(dict.fromkeys(graders)))
+    print(
+        f"note: these runs were graded differently ({names}), so their differences include the graders'; "
+        "to compare like with like, re-grade one: ktae eval --responses RUN_DIR --grader NAME\n"
+    )
+
+
 def _print_paired_comparisons(runs: list[dict], paths: list[str], seed: int) -> None:
     """Each run after the first against the first, paired over the same problems."""
     from ktae.evaluation.report import load_problem_records, paired_comparison_table
@@ -202,7 +303,7 @@ def _rescore(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-responses-mb must be >= 1, got {args.max_responses_mb}")
     label = default_label(args.responses)
     output_dir = Path(args.output_dir or Path("eval_results") / f"{label}-rescored")
-    with AnswerChecker(timeout_s=args.check_timeout) as checker:
+    with AnswerChecker(timeout_s=args.check_timeout, grader=args.grader) as checker:
         results, agreed = rescore_files(
             args.responses,
             output_dir,
@@ -214,7 +315,7 @@ def _rescore(args: argparse.Namespace) -> int:
         )
     print(results_table(results))
     if agreed is not None:
-        print(f"\nagreement with the file's verdicts:\n{agreement_table(agreed)}")
+        print(f"\nagreement with the file's verdicts (ours: --grader {args.grader}):\n{agreement_table(agreed)}")
         print(f"\ndisagreements ({len(agreed['disagreements'])}):\n{disagreement_list(agreed, limit=30)}")
     _print_outputs(output_dir)
     if agreed is not None:
@@ -280,7 +381,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         trust_remote_code=args.trust_remote_code,
     )
-    with AnswerChecker(timeout_s=args.check_timeout) as checker:
+    with AnswerChecker(timeout_s=args.check_timeout, grader=args.grader) as checker:
         results = evaluate(
             settings,
             args.benchmarks,

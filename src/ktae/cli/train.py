@@ -22,16 +22,21 @@ from pathlib import Path
 
 import yaml
 
+from ktae.cli.train_help import add_key_help
 from ktae.run_folder import CONFIG_FILE, RunFolderInUse, open_run_folder, read_config, start_run_folder
 from ktae.safe_files import RefusedFile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_key_help(parser)  # --help lists the keys with their defaults, --help-all every TRL key too
     parser.add_argument("--config", type=Path, metavar="FILE", help="recipe YAML (default: the built-in tiny CPU job)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, values read as YAML (max_steps=20)"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="set a key (listed below), its value read as YAML: max_steps=20 ktae_top=0.5 bf16=true",
     )
-    parser.add_argument("--output-dir", type=Path, help="run folder (default: runs/<timestamp>)")
+    parser.add_argument("--output-dir", type=Path, metavar="RUN_DIR", help="run folder (default: runs/<timestamp>)")
     parser.add_argument(
         "--resume",
         type=Path,

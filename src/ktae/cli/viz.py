@@ -14,8 +14,17 @@ from pathlib import Path
 
 from ktae import KTAEConfig
 
-# KTAEConfig fields settable from the command line (ignore_token_ids has its own option).
+# KTAEConfig fields settable from the command line (ignore_token_ids has its own option), and what they mean.
 _KTAE_OPTIONS = [f for f in dataclasses.fields(KTAEConfig) if f.name != "ignore_token_ids"]
+_KTAE_MEANINGS = {
+    "alpha": "weight of the Fisher term",
+    "beta_ig": "weight of the information gain term",
+    "gamma_tf": "weight of the term-frequency correction",
+    "top": "bound of the key-token value, |v| < top (0: off)",
+    "correct_threshold": "a rollout is correct when its score is above this",
+    "rollout_advantage": "the rollout-level base: grpo, dr_grpo, rloo or none",
+    "epsilon": "added to the group's std in the grpo base",
+}
 
 
 def _int_list(text: str) -> list[int]:
@@ -84,10 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ktae = parser.add_argument_group("KTAE options (default: the settings the run trained with, else the paper's)")
     for field in _KTAE_OPTIONS:
         flag = "--" + field.name.replace("_", "-")
+        meaning = f"{_KTAE_MEANINGS[field.name]} (paper: {field.default})"
         if field.name == "rollout_advantage":
-            ktae.add_argument(flag, default=None, metavar="NAME", help="grpo, dr_grpo, rloo or none")
+            ktae.add_argument(flag, default=None, metavar="NAME", help=meaning)
         else:
-            ktae.add_argument(flag, type=float, default=None, metavar="X")
+            ktae.add_argument(flag, type=float, default=None, metavar="X", help=meaning)
 
 
 def run(args: argparse.Namespace) -> int:

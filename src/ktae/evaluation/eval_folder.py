@@ -6,7 +6,7 @@ Layout of ``OUTPUT_DIR``::
                                                  `ktae.evaluation.harness`); one layout for both
     responses/<benchmark>.jsonl   RESPONSES_DIR  one scored response per line (`score_benchmark`); a re-scored
                                                  one adds ``file_correct``, the file's own verdict
-    settings.json                 SETTINGS_FILE  generating: the `EvalSettings` a ``--resume`` must match
+    settings.json                 SETTINGS_FILE  generating: the `EvalSettings` and grader a ``--resume`` must match
     agreement.json, agreement.md  AGREEMENT_*    re-scoring a file with verdicts: ours against the file's
 
 Every file is written whole, through `ktae.run_folder.write_atomic`: a reader never sees half of one. A

@@ -43,7 +43,7 @@ from ktae.evaluation.eval_folder import (
     write_settings,
 )
 from ktae.evaluation.generation import Generation
-from ktae.rewards import AnswerChecker, extract_answer
+from ktae.rewards import DEFAULT_GRADER, AnswerChecker, extract_answer
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ def score_benchmark(
         )
     references = [e["answer"] for e in examples for _ in range(samples)]
     extracted = [extract_answer(g.text) for g in generations]
-    verdicts = checker.verdicts(extracted, references, progress=f"{name}: checking")
+    predictions = [checker.rule.prediction(g.text, answer) for g, answer in zip(generations, extracted)]
+    verdicts = checker.verdicts(predictions, references, progress=f"{name}: checking")
     groups = _answer_groups(name, extracted, verdicts, samples, checker)
     return [
         {
@@ -155,7 +156,8 @@ def _answer_groups(name: str, extracted: list, verdicts: list, samples: int, che
     """``metrics.group_answers`` per problem, its equivalence checks batched over the benchmark.
 
     Only wrong answers whose check finished are compared (a timed-out answer would time out again):
-    each later distinct one with each earlier one, the earlier one as the reference.
+    each later distinct one with each earlier one, the earlier one as the reference (a grader that reads
+    whole responses reads the later one boxed).
     """
     per_problem = [range(start, start + samples) for start in range(0, len(extracted), samples)]
     pairs: dict[tuple[str, str], bool] = {}
@@ -166,7 +168,9 @@ def _answer_groups(name: str, extracted: list, verdicts: list, samples: int, che
             pairs.update({(later, earlier): False for j, later in enumerate(distinct) for earlier in distinct[:j]})
         if pairs:
             checked = checker.verdicts(
-                [a for a, _ in pairs], [b for _, b in pairs], progress=f"{name}: grouping answers"
+                [checker.rule.prediction(f"\\boxed{{{a}}}", a) for a, _ in pairs],
+                [b for _, b in pairs],
+                progress=f"{name}: grouping answers",
             )
             pairs = {pair: verdict.equivalent for pair, verdict in zip(pairs, checked)}
     groups = []
@@ -242,14 +246,27 @@ def _benchmark_summary(problems: list[dict], pass_k: list[int] | None, resamples
 
 
 def results_settings(
-    settings: EvalSettings, check_timeout_s: float | None = None, rescored: dict[str, Any] | None = None
+    settings: EvalSettings,
+    check_timeout_s: float | None = None,
+    rescored: dict[str, Any] | None = None,
+    grader: str = DEFAULT_GRADER,
 ) -> dict[str, Any]:
     """results.json's ``settings``, one layout for generated and re-scored outputs: the `EvalSettings` fields
     (re-scored outputs name their model only: the others are null), ``check_timeout_s`` (the time limit of
-    an answer check), ``responses`` (the files re-scored) and ``format`` (theirs); null when generated."""
+    an answer check), ``grader`` (the answer check's rule, `ktae.rewards.GRADERS`), ``responses`` (the files
+    re-scored) and ``format`` (theirs); null when generated."""
     generation = asdict(settings) if rescored is None else {**dict.fromkeys(asdict(settings)), "model": settings.model}
     source = {"responses": None, "format": None, **(rescored or {})}
-    return {**generation, "check_timeout_s": check_timeout_s, **source}
+    return {**generation, "check_timeout_s": check_timeout_s, "grader": grader, **source}
+
+
+def run_grader(results: dict) -> str:
+    """The grader of a results dict; results written before graders had names were graded by ktae's."""
+    settings = results.get("settings")
+    grader = settings.get("grader") if isinstance(settings, dict) else None
+    if grader is not None and not isinstance(grader, str):
+        raise ValueError(f"results of {results.get('model')!r}: settings.grader must be a string, got {grader!r:.100}")
+    return grader or DEFAULT_GRADER
 
 
 def summarize(
@@ -260,12 +277,13 @@ def summarize(
     *,
     check_timeout_s: float | None = None,
     rescored: dict[str, Any] | None = None,
+    grader: str = DEFAULT_GRADER,
 ) -> dict:
     """The results dict (see the module docstring) of scored response records.
 
     pass_k: the k of pass@k and maj@k, each reported where a benchmark has at least k samples
     (and averaged where every benchmark has it); None reports k = each benchmark's number of
-    samples when it is above one. check_timeout_s, rescored: see `results_settings`.
+    samples when it is above one. check_timeout_s, rescored, grader: see `results_settings`.
     """
     per_problem = {name: problem_records(name, records) for name, records in records_by_benchmark.items()}
     names = list(per_problem)
@@ -287,7 +305,7 @@ def summarize(
         "max_lens": by_benchmark("max_lens"),
         "formatted": by_benchmark("formatted"),
         "num_examples": by_benchmark("num_examples"),
-        "settings": results_settings(settings, check_timeout_s, rescored),
+        "settings": results_settings(settings, check_timeout_s, rescored, grader),
         "responses": {name: responses_reference(name) for name in names},
         "samples": by_benchmark("samples"),
         "ci95": by_benchmark("ci95"),
@@ -302,14 +320,15 @@ def summarize(
     }
 
 
-def _resumable(output_dir: Path, settings: EvalSettings) -> bool:
-    """Whether ``output_dir`` holds a run with these settings (settings a run saved before a field
-    existed count as that field's default); raises if it holds one with other settings."""
+def _resumable(output_dir: Path, settings: EvalSettings, grader: str = DEFAULT_GRADER) -> bool:
+    """Whether ``output_dir`` holds a run with these settings and grader (settings a run saved before a
+    field existed count as that field's default); raises if it holds one with other settings."""
     saved = read_settings(output_dir)
     if saved is None:
         return False
     defaults = {f.name: f.default for f in fields(EvalSettings)} | {"samples_per_benchmark": {}}
-    current = asdict(settings)
+    defaults["grader"] = DEFAULT_GRADER
+    current = {**asdict(settings), "grader": grader}
     differing = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])
     if differing:
         raise ValueError(f"cannot resume {output_dir}: its settings differ in {', '.join(differing)}")
@@ -350,13 +369,14 @@ def evaluate(
     output_dir = Path(output_dir)
     earlier = earlier_outputs(output_dir, resume=resume)  # a used folder: an earlier run's, or refused
     done: dict[str, list[dict]] = {}
-    if resume and _resumable(output_dir, settings):
+    grader = DEFAULT_GRADER if checker is None else checker.grader
+    if resume and _resumable(output_dir, settings, grader):
         for name in names:
             path = responses_path(output_dir, name)
             if os.path.lexists(path):  # anything there is read, or refused by name
                 done[name] = _cached_responses(path, suites[name], settings.samples_for(name))
     remove_outputs(earlier)
-    write_settings(output_dir, asdict(settings))
+    write_settings(output_dir, {**asdict(settings), "grader": grader})
 
     todo = [name for name in names if name not in done]
     own_checker = checker is None
@@ -382,7 +402,13 @@ def evaluate(
     finally:
         if own_checker:
             checker.close()
-    results = summarize({name: done[name] for name in names}, settings, pass_k, check_timeout_s=checker.timeout_s)
+    results = summarize(
+        {name: done[name] for name in names},
+        settings,
+        pass_k,
+        check_timeout_s=checker.timeout_s,
+        grader=grader,
+    )
     write_results(output_dir, results)
     return results
 

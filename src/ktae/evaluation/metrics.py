@@ -63,8 +63,9 @@ def group_answers(
 
     Correct answers all equal the reference, so they form one group; a wrong answer joins the group
     of the first earlier wrong answer that is identical or ``equivalent(answer, earlier)``, else
-    starts its own. ``None`` (no answer) belongs to no group. ``equivalent`` is only asked about
-    pairs of distinct wrong answers, later answer first.
+    starts its own. ``None`` (no answer) belongs to no group, unless it was graded correct (a grader
+    that reads whole responses can find an answer where extraction found none). ``equivalent`` is only
+    asked about pairs of distinct wrong answers, later answer first.
     """
     if len(answers) != len(correct):
         raise ValueError(f"got {len(answers)} answers but {len(correct)} verdicts")
@@ -73,13 +74,13 @@ def group_answers(
     correct_group = None
     count = 0
     for answer, right in zip(answers, correct):
-        if answer is None:
-            groups.append(None)
-            continue
         if right:
             if correct_group is None:
                 correct_group, count = count, count + 1
             groups.append(correct_group)
+            continue
+        if answer is None:
+            groups.append(None)
             continue
         found = next((g for leader, g in leaders if leader == answer or equivalent(answer, leader)), None)
         if found is None:

@@ -433,7 +433,12 @@ def rescore_files(
     label = label or default_label(paths)
     rescored = {"responses": [str(p) for p in inputs], "format": format}
     results = summarize(
-        records, EvalSettings(model=label), pass_k, check_timeout_s=checker.timeout_s, rescored=rescored
+        records,
+        EvalSettings(model=label),
+        pass_k,
+        check_timeout_s=checker.timeout_s,
+        rescored=rescored,
+        grader=checker.grader,
     )
     remove_outputs(earlier)
     write_eval_folder(output_dir, results, records)

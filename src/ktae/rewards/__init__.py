@@ -1,12 +1,14 @@
 """Verifiable math rewards: answer extraction, time-limited equivalence, reward functions."""
 
 from ktae.rewards.checker_pool import AnswerChecker, default_checker, is_equivalent
-from ktae.rewards.equivalence import DEFAULT_TIMEOUT_S, Verdict, check_answer
+from ktae.rewards.equivalence import DEFAULT_GRADER, DEFAULT_TIMEOUT_S, GRADERS, Verdict, check_answer
 from ktae.rewards.extraction import extract_answer, extract_boxed
 from ktae.rewards.functions import accuracy_reward, compute_score, dapo_reward, make_overlong_penalty, score_responses
 
 __all__ = [
+    "DEFAULT_GRADER",
     "DEFAULT_TIMEOUT_S",
+    "GRADERS",
     "AnswerChecker",
     "Verdict",
     "accuracy_reward",

@@ -2,7 +2,7 @@
 
 The worker end of `ktae.rewards.checker_pool` (which starts these processes and holds the parent end).
 
-Reads one JSON task per line on stdin ({"answer", "references", "timeout_s"}), writes one JSON
+Reads one JSON task per line on stdin ({"answer", "references", "timeout_s", "grader"}), writes one JSON
 verdict per line ({"equivalent", "status"}) on the original stdout, after a {"ready": true} line
 once its imports are done. Anything else printed goes to stderr, so it cannot corrupt the protocol.
 The parent kills the process if a task overruns its hard deadline; with ``--parent-pid`` the
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         task = json.loads(line)
-        verdict = run_with_deadline(task["answer"], task["references"], task["timeout_s"])
+        verdict = run_with_deadline(task["answer"], task["references"], task["timeout_s"], task["grader"])
         protocol.write(json.dumps({"equivalent": verdict.equivalent, "status": verdict.status}) + "\n")
     return 0
 

@@ -33,9 +33,11 @@ from typing import IO, Any, cast
 from tqdm.auto import tqdm
 
 from ktae.rewards.equivalence import (
+    DEFAULT_GRADER,
     DEFAULT_TIMEOUT_S,
     Reference,
     Verdict,
+    get_grader,
     normalize_references,
     run_with_deadline,
     validate_timeout,
@@ -134,11 +136,18 @@ class AnswerChecker:
     timeout_s: time limit of one check (all reference answers of one prediction).
     memory_limit_mb: address space each worker may add to what it maps at start-up (Linux), so a
         huge power fails fast instead of swapping; None for no limit.
+    grader: the rule of every check, a name in `ktae.rewards.equivalence.GRADERS`: "ktae" (ours) or
+        "math-verify" (stock, as TRL calls it), whose predictions are whole responses
+        (``self.rule.prediction`` picks what to pass).
     Thread-safe: several threads may call ``verdicts`` at once and share the workers.
     """
 
     def __init__(
-        self, num_workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, memory_limit_mb: int | None = 4096
+        self,
+        num_workers: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_limit_mb: int | None = 4096,
+        grader: str = DEFAULT_GRADER,
     ):
         if num_workers is None:
             num_workers = min(8, os.cpu_count() or 1)
@@ -147,6 +156,8 @@ class AnswerChecker:
         self.num_workers = num_workers
         self.timeout_s = validate_timeout(timeout_s)
         self.memory_limit_mb = memory_limit_mb
+        self.rule = get_grader(grader)
+        self.grader = grader
         self._idle: list[_Worker] = []
         self._running: set[_Worker] = set()  # every live worker, idle or busy
         self._started = 0
@@ -195,7 +206,7 @@ class AnswerChecker:
         with tqdm(total=len(pairs), desc=progress, unit="check", disable=progress is None) as bar:
             if self.num_workers == 0:
                 for i, (answer, refs) in enumerate(pairs):
-                    checked[i] = run_with_deadline(answer, refs, timeout_s)
+                    checked[i] = run_with_deadline(answer, refs, timeout_s, self.grader)
                     bar.update()
             elif pairs:
                 self._run_in_workers(pairs, timeout_s, checked, bar)
@@ -224,7 +235,8 @@ class AnswerChecker:
                         break
                     i = pending.popleft()
                     try:
-                        worker.send({"answer": pairs[i][0], "references": pairs[i][1], "timeout_s": timeout_s})
+                        task = {"answer": pairs[i][0], "references": pairs[i][1], "timeout_s": timeout_s}
+                        worker.send({**task, "grader": self.grader})
                     except OSError:  # died while idle: replace it and retry the task
                         self._discard(worker)
                         pending.appendleft(i)

@@ -8,6 +8,10 @@ any worker that overruns its task's hard deadline.
 
 Only math-verify's LaTeX parser (ANTLR) reads model output: its plain-expression extractor goes
 through ``sympy.parse_expr``, which ``eval``s, so it is not used.
+
+``GRADERS`` names the rules a check can follow: ``"ktae"`` (``check_answer``, the default) and
+``"math-verify"`` (stock math-verify as TRL calls it, `ktae.rewards.math_verify_grader`), which reads the
+whole response instead of the extracted answer.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import re
 import signal
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
+from ktae.rewards import math_verify_grader
 from ktae.safe_files import short_repr
 
 if TYPE_CHECKING:
@@ -79,6 +84,23 @@ _VULGAR_FRACTIONS = {
     code: "\\frac{{{}}}{{{}}}".format(*unicodedata.normalize("NFKC", chr(code)).split("\u2044"))
     for code in (*range(0xBC, 0xBF), *range(0x2150, 0x215F), 0x2189)
 }
+
+
+@dataclass(frozen=True)
+class Grader:
+    """A rule that decides whether a prediction answers a problem: ``check(prediction, references)``.
+
+    ``reads_response``: the prediction is the whole response (the grader extracts the answer itself),
+    else the answer `ktae.rewards.extract_answer` took from it.
+    """
+
+    check: Callable[[str, Sequence[str]], bool]
+    reads_response: bool
+    load: Callable[[], None]  # imports and caches, built before a check's timer starts
+
+    def prediction(self, response: str, answer: str | None) -> str | None:
+        """What this grader checks of one response, given the answer extracted from it."""
+        return response if self.reads_response else answer
 
 
 @dataclass(frozen=True)
@@ -237,9 +259,29 @@ def check_answer(prediction: str | None, references: Sequence[str]) -> bool:
     return False
 
 
-def run_with_deadline(prediction: str | None, references: Sequence[str], timeout_s: float) -> Verdict:
-    """``check_answer`` under a SIGALRM timer of ``timeout_s`` seconds; main thread only."""
+DEFAULT_GRADER = "ktae"
+#: The answer checks by name (``ktae eval --grader``): ours, and stock math-verify as TRL calls it.
+GRADERS: dict[str, Grader] = {
+    "ktae": Grader(check=check_answer, reads_response=False, load=load_parser),
+    "math-verify": Grader(
+        check=math_verify_grader.check_response, reads_response=True, load=math_verify_grader.load_parser
+    ),
+}
+
+
+def get_grader(name: str) -> Grader:
+    """The grader called ``name``, or a ValueError listing the names."""
+    if name not in GRADERS:
+        raise ValueError(f"unknown grader {name!r}; choose one of {', '.join(GRADERS)}")
+    return GRADERS[name]
+
+
+def run_with_deadline(
+    prediction: str | None, references: Sequence[str], timeout_s: float, grader: str = DEFAULT_GRADER
+) -> Verdict:
+    """The ``grader``'s check under a SIGALRM timer of ``timeout_s`` seconds; main thread only."""
     timeout_s = validate_timeout(timeout_s)
+    rule = get_grader(grader)
     if threading.current_thread() is not threading.main_thread():
         raise ValueError(
             "in-process answer checking needs the main thread (it uses a SIGALRM timer); "
@@ -247,7 +289,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
         )
     if prediction is None or not prediction.strip():
         return Verdict(False, "no_answer")
-    load_parser()
+    rule.load()
 
     def on_alarm(signum: int, frame: FrameType | None) -> NoReturn:
         raise CheckTimeout
@@ -258,7 +300,7 @@ def run_with_deadline(prediction: str | None, references: Sequence[str], timeout
             # Re-fire every 50 ms: an alarm raised inside a weakref callback or __del__ is swallowed
             # by the interpreter, and the next one must still stop the check.
             signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
-            return Verdict(check_answer(prediction, references))
+            return Verdict(rule.check(prediction, references))
         finally:  # an alarm that fires just before this line is still caught below
             signal.setitimer(signal.ITIMER_REAL, 0)
     except CheckTimeout:
