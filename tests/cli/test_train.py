@@ -220,10 +220,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
 def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsys):
     run_dir = tmp_path / "run"
     job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
-    assert main(["train", f"output_dir={run_dir}", *job]) == 0  # TRL's name for the run folder works too
-    assert "output_dir" not in yaml.safe_load((run_dir / "config.yaml").read_text())  # the folder says it
+    # the run folder is --output-dir, never a key (TRL's output_dir): refused, not silently ignored
+    assert main(["train", f"output_dir={run_dir}", *job]) == 2
+    assert "output_dir: the run folder is --output-dir RUN_DIR, not a key" in capsys.readouterr().err
+    assert not run_dir.exists()
+    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "output_dir" not in config
     assert main(["train", "--resume", str(run_dir), f"output_dir={tmp_path / 'elsewhere'}"]) == 2
     assert f"output_dir: --resume {run_dir} continues the run in its own folder" in capsys.readouterr().err
+    # a config.yaml of an older ktae that kept the output_dir it ignored: still ignored, and dropped on resume
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "output_dir": "/somewhere/else"}))
     # as if killed after step 1 was logged, while its checkpoint was being written
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "checkpoint-1").mkdir()
@@ -237,6 +244,7 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
     assert _tensorboard_steps(run_dir) == [1]
     assert _tensorboard_steps(run_dir, "train/accuracy") == [1]  # TensorBoard sees the short names too
     assert not (run_dir / "checkpoint-1").exists()  # its own half-written checkpoint, cleaned up
+    assert "output_dir" not in yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 @pytest.mark.parametrize(

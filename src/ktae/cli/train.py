@@ -36,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="set a key (listed below), its value read as YAML: max_steps=20 ktae_top=0.5 bf16=true",
     )
-    parser.add_argument("--output-dir", type=Path, metavar="RUN_DIR", help="run folder (default: runs/<timestamp>)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder, new or empty (default: runs/<timestamp>)",
+    )
     parser.add_argument(
         "--resume",
         type=Path,
@@ -84,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
                     recipe = {}
                     defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
-                # the recipe's output_dir (TRL's name for the run folder) unless --output-dir names one
-                run_dir = args.output_dir or Path(options.get("output_dir") or time.strftime("runs/%Y%m%d-%H%M%S"))
+                if "output_dir" in options:  # TRL's name for the run folder, which --output-dir names here
+                    raise ValueError("output_dir: the run folder is --output-dir RUN_DIR, not a key")
+                run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
                 lock = start_run_folder(run_dir)
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (

@@ -661,7 +661,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         trainer.add_callback(TensorBoardCallback(writer))
     for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
         shutil.rmtree(partial)
-    # output_dir is the folder config.yaml sits in, whatever the options said: not kept, so a moved run stays whole
+    # output_dir is the folder config.yaml sits in (a config.yaml of an older ktae may name it): not kept
     kept = {key: value for key, value in options.items() if key != "output_dir"}
     write_config(run_dir, {**kept, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
     return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
