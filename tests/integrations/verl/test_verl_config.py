@@ -164,6 +164,12 @@ def test_prepare_config_points_the_run_at_the_ktae_trainer(compose):
     prepare_config(baseline)
     assert baseline.trainer.v1.trainer_mode == "sync"
     assert f"mine,{PLUGIN_MODULE}" == baseline.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
+    # a baseline that logs its rollouts runs the KTAE trainer, whose advantage step for it is verl's
+    logged = compose(
+        ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4", *RUNNABLE, "trainer.ktae_rollouts_dir=/r"]
+    )
+    prepare_config(logged)
+    assert logged.trainer.v1.trainer_mode == "ktae_sync"
 
 
 def test_launcher_refuses_verls_legacy_trainer(compose):

@@ -185,12 +185,13 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(make_trainer, queu
     trainer = make_trainer(
         ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "algorithm.ktae.base=rloo"]
     )
-    wandb, trackio, writer = FakeTracker(), FakeTracker(), FakeWriter()
+    wandb, trackio, writer, file_log = FakeTracker(), FakeTracker(), FakeWriter(), FakeTracker()
     trainer.logger = SimpleNamespace(
         logger={
             "wandb": wandb,
             "trackio": SimpleNamespace(trackio=trackio),
             "tensorboard": SimpleNamespace(writer=writer),
+            "file": file_log,  # verl's FileLogger: log(data, step) of one JSON line
             "console": object(),
         }
     )
@@ -264,6 +265,11 @@ def test_ktae_metrics_and_key_token_table_reach_verls_loggers(make_trainer, queu
     assert credited.token.iloc[0] == trainer.tokenizer.decode([best])
     [(tag, text, step)] = writer.texts
     assert tag == "ktae/key_tokens" and step == 3 and f"| credited | 1 | `{credited.token.iloc[0]}` |" in text
+    [(data, step)] = file_log.logged
+    assert step == 3 and list(data) == ["ktae/key_tokens"]
+    table = data["ktae/key_tokens"]
+    assert [e["token_id"] for e in table["credited"]] == list(credited.token_id)
+    assert [e["bonus"] for e in table["blamed"]] == pytest.approx(list(blamed.bonus))
 
 
 def test_other_estimators_run_verls_step_unchanged(make_trainer, queue):
@@ -278,6 +284,22 @@ def test_other_estimators_run_verls_step_unchanged(make_trainer, queue):
         config=KTAEConfig(top=0.0),
     )
     torch.testing.assert_close(padded([queue.rows[k]["advantages"] for k in keys]), ktae_off, rtol=0, atol=1e-6)
+
+
+def test_a_baselines_rollouts_are_logged_as_ktaes(make_trainer, queue, tmp_path):
+    trainer = make_trainer(
+        ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4", f"trainer.ktae_rollouts_dir={tmp_path}"]
+    )
+    trainer.global_steps = 2
+    keys, rows = put_rollouts(queue, 6)
+    for key in keys:
+        queue.rows[key]["prompts"] = torch.tensor([2, 3])
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics={})
+    records = load_rollouts(tmp_path / "rollouts.jsonl")
+    assert len(records) == len(keys) == 8  # both groups (the default logs up to 4)
+    for record, key, row in zip(records, keys, rows):
+        assert record.token_ids == row["responses"].tolist() and record.score == row["score"]
+        assert list(record.advantages) == queue.rows[key]["advantages"].tolist()  # verl's grpo, unchanged
 
 
 def test_ktae_trainers_are_registered_over_verls_modes():

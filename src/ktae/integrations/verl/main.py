@@ -3,12 +3,16 @@
 The same Hydra config and overrides as ``python -m verl.trainer.main_ppo`` (verl's ppo_trainer config,
 plus ``algorithm.ktae.*``). With ``algorithm.adv_estimator=ktae`` the KTAE settings are checked here,
 before Ray starts, and the run uses the ``ktae_<mode>`` trainer of the chosen
-``trainer.v1.trainer_mode``; any other estimator runs verl's trainer unchanged (the baselines).
+``trainer.v1.trainer_mode``; any other estimator runs verl's trainer unchanged (the baselines), or,
+with ``trainer.ktae_rollouts_dir``, the KTAE trainer, whose advantage step for it is verl's.
 DAPO is the same trainer with ``algorithm.filter_groups``, clip-higher and the dapo reward manager
-(recipes/verl/dapo.sh): verl 0.9.1 runs DAPO in its main trainer.
+(recipes/verl/dapo.sh): verl 0.9.1 runs DAPO in its main trainer. ``trainer.device=cpu`` runs the
+whole loop on CPU processes (:mod:`ktae.integrations.verl.cpu`).
 """
 
 from __future__ import annotations
+
+import os
 
 import hydra
 from omegaconf import DictConfig, open_dict
@@ -18,39 +22,59 @@ from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
 from ktae.integrations.verl.config import KTAE_TRAINER_MODES, validate_ktae_run
+from ktae.integrations.verl.cpu import WORKER_MODULE, is_cpu_run, prepare_cpu_config
 
 # Imported by every Ray process that imports verl (belt and braces beside the verl.plugins entry
 # point and KTAETaskRunner): registers the ktae estimator.
 PLUGIN_MODULE = "ktae.integrations.verl"
+EXTERNAL_MODULES = "VERL_USE_EXTERNAL_MODULES"
+
+
+def _modules(value) -> list[str]:
+    return [module.strip() for module in str(value or "").split(",") if module.strip()]
 
 
 def prepare_config(config: DictConfig) -> None:
     """Check the config (KTAE's settings and verl's own) and point it at the KTAE trainer; raises ValueError.
 
-    Runs in the launching process, before Ray: a bad setting fails at start-up, not mid-run.
+    Runs in the launching process, before Ray: a bad setting fails at start-up, not mid-run. The Ray
+    processes import the modules of ``VERL_USE_EXTERNAL_MODULES`` from the launching shell and from
+    ``ray_kwargs.ray_init.runtime_env.env_vars``, then this plugin (the runtime env's value replaces
+    the shell's in Ray's processes, so both are merged into it); with ``trainer.device=cpu``, the CPU
+    mode's module first and its environment (:func:`ktae.integrations.verl.cpu.prepare_cpu_config`).
     """
     if not config.trainer.get("use_v1", True):
         raise ValueError(
             "python -m ktae.integrations.verl runs verl's v1 trainer; remove trainer.use_v1=False "
             "(verl's legacy trainer is deprecated)"
         )
-    ktae_config = validate_ktae_run(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     with open_dict(config):
         runtime_env = config.ray_kwargs.ray_init.runtime_env
         if runtime_env.get("env_vars") is None:
             runtime_env.env_vars = {}
-        env_vars = runtime_env.env_vars
-        modules = [m for m in env_vars.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys([*modules, PLUGIN_MODULE]))
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    cpu_env = prepare_cpu_config(config, env_vars) if is_cpu_run(config) else {}
+    ktae_config = validate_ktae_run(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    with open_dict(config):
+        modules = [
+            *([WORKER_MODULE] if cpu_env else []),
+            *_modules(os.environ.get(EXTERNAL_MODULES)),
+            *_modules(env_vars.get(EXTERNAL_MODULES)),
+            PLUGIN_MODULE,
+        ]
+        env_vars[EXTERNAL_MODULES] = ",".join(dict.fromkeys(modules))
+        env_vars.update(cpu_env)
         mode = config.trainer.v1.trainer_mode
-        if ktae_config is not None and mode in KTAE_TRAINER_MODES:
+        # A baseline runs verl's trainer itself, unless it logs rollouts as KTAE runs do.
+        if mode in KTAE_TRAINER_MODES and (ktae_config is not None or config.trainer.get("ktae_rollouts_dir")):
             config.trainer.v1.trainer_mode = KTAE_TRAINER_MODES[mode]
 
 
 @hydra.main(config_path="conf", config_name="ktae_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    auto_set_device(config)
+    if not is_cpu_run(config):  # verl's detection knows no CPU platform and would switch to cuda
+        auto_set_device(config)
     prepare_config(config)
     # Imported here: the trainer module pulls in verl's whole v1 trainer stack.
     from ktae.integrations.verl.trainer import KTAETaskRunner

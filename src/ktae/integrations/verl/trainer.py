@@ -9,11 +9,13 @@ imports this module in the Ray process where the trainer lives.
 
 The ``ktae/*`` metrics of each advantage step (ktae.integrations.signals) go into verl's metrics dict,
 so they reach every logger in ``trainer.logger``; ``ktae/time_share`` is added once the step's time is
-known, and the most credited and blamed tokens go to the W&B / trackio / TensorBoard loggers as a table.
+known, and the most credited and blamed tokens go to the W&B / trackio / TensorBoard loggers as a table
+(and to verl's ``file`` logger as a JSON line).
 
 With ``trainer.ktae_rollouts_dir`` set, the trainer also appends the first
 ``trainer.ktae_rollout_groups_per_step`` prompt groups of every step to ``<dir>/rollouts.jsonl``, the
-format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used).
+format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used); the
+launcher runs baselines through these trainers too when it is set, so their rollouts are logged alike.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from verl.trainer.main_ppo import TaskRunnerV1
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 from verl.utils.config import omega_conf_to_dataclass
 
-from ktae.integrations.signals import log_key_token_table, top_key_tokens
+from ktae.integrations.signals import KEY_TOKENS_TABLE, log_key_token_table, top_key_tokens
 from ktae.integrations.verl.config import (
     KTAE_ESTIMATOR,
     KTAE_TRAINER_MODES,
@@ -77,7 +79,10 @@ class KTAETrainerMixin(_VerlTrainer):
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
-            return super()._compute_advantage(batch, metrics)
+            result = super()._compute_advantage(batch, metrics)
+            if self.config.trainer.get("ktae_rollouts_dir"):  # a baseline's rollouts, to compare with KTAE's
+                self._log_rollouts(batch)
+            return result
         fields = ["uid", "responses", "response_mask"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         data = data.to_padded_tensor()  # padding is masked out: its value is never read
@@ -110,13 +115,20 @@ class KTAETrainerMixin(_VerlTrainer):
         metrics["ktae/time_share"] = self._ktae_seconds / timing_raw["step"] if timing_raw.get("step") else 0.0
         self._ktae_seconds = 0.0
         if self._ktae_key_tokens is not None:
-            log_key_token_table(self._ktae_key_tokens, global_steps, **self._key_token_backends())
+            backends = self._key_token_backends()
+            file_logger = backends.pop("file", None)
+            log_key_token_table(self._ktae_key_tokens, global_steps, **backends)
+            if file_logger is not None:  # verl's JSON-lines log: the table as a line of its own
+                file_logger.log({KEY_TOKENS_TABLE: self._ktae_key_tokens}, step=global_steps)
             self._ktae_key_tokens = None
 
     def _key_token_backends(self) -> dict:
-        """The loggers of verl's Tracking that show a table: W&B and trackio modules, TensorBoard's writer."""
+        """The loggers of verl's Tracking that take the table: W&B and trackio modules, TensorBoard's
+        writer, verl's file logger."""
         loggers = getattr(getattr(self, "logger", None), "logger", {})
         backends = {}
+        if "file" in loggers:
+            backends["file"] = loggers["file"]
         if loggers.get("wandb") is not None and loggers["wandb"].run is not None:
             backends["wandb"] = loggers["wandb"]
         if "trackio" in loggers:
