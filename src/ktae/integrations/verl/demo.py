@@ -285,7 +285,7 @@ def summarize(output_dir: Path, steps: int) -> dict:
     reported = []
     for step in sorted(metrics):
         values = metrics[step]
-        advantages = [abs(a) for r in rollouts if r.step == step for a in r.advantages]
+        advantages = [abs(a) for r in rollouts if r.step == step for a in r.advantages or ()]
         entry: dict[str, Any] = {"step": step}
         for key in (
             "actor/pg_loss",
