@@ -14,6 +14,8 @@ from ktae import KTAEConfig
 from ktae.reports.rollouts import load_rollouts
 from ktae.run_folder import (
     KTAE_SETTINGS_FILE,
+    OPTIONS_DEPTH_LIMIT,
+    OPTIONS_FILE_LIMIT,
     ROLLOUTS_FILE,
     TRL_STD_EPSILON,
     KTAESettings,
@@ -21,11 +23,17 @@ from ktae.run_folder import (
     RunFolderInUse,
     RunFolderLock,
     append_jsonl,
+    checkpoint_damage,
     drop_steps_after,
     is_metric_value,
+    is_run_folder,
+    load_options_yaml,
+    newest_usable_checkpoint,
+    open_run_folder,
     read_config,
     read_jsonl,
     read_ktae_settings,
+    start_run_folder,
     write_atomic,
     write_config,
     write_ktae_settings,
@@ -210,3 +218,237 @@ def test_both_trainers_build_their_records_with_one_function():
     assert (record.score, record.correct) == (1.0, True)
     unscored = RolloutRecord.from_tokens(tokenizer, score=float("nan"), advantages=[0.0] * len(ids), **common)
     assert (unscored.score, unscored.correct) == (None, False)  # no reward function scored it
+
+
+def test_a_lock_that_is_a_link_or_another_files_name_is_refused_and_left_alone(tmp_path):
+    important = tmp_path / "important.txt"
+    important.write_text("keep me\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / ".lock"
+    lock.symlink_to(important)
+    with pytest.raises(ValueError, match=rf"{lock} is a symbolic link, not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    lock.symlink_to(tmp_path / "nothing-yet")  # a dangling link is not created through either
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        RunFolderLock(run_dir).acquire()
+    assert not (tmp_path / "nothing-yet").exists()
+    lock.unlink()
+    os.link(important, lock)
+    with pytest.raises(ValueError, match=rf"{lock} has 2 names \(a hard link to another file\): refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    assert important.read_text() == "keep me\n"
+    os.mkfifo(lock)
+    with pytest.raises(ValueError, match=rf"{lock} is a FIFO \(named pipe\), not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(ValueError, match=rf"{lock} is a folder, not a regular file: refused"):
+        RunFolderLock(run_dir).acquire()
+
+
+def test_a_lock_held_by_another_process_is_not_truncated(tmp_path):
+    with RunFolderLock(tmp_path):
+        with pytest.raises(RunFolderInUse):
+            RunFolderLock(tmp_path).acquire()
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_options_are_read_without_aliases_keys_twice_deep_nesting_or_oversize(tmp_path):
+    assert load_options_yaml("a: 1\nb: [1, {c: 2}]\n", "r.yaml") == {"a": 1, "b": [1, {"c": 2}]}
+    refusals = {
+        "a: &x [1, 2]\nb: *x\n": r"^r\.yaml: aliases \(\*name\) are refused: write the value out \(line 2, column 4\)$",
+        "base: &b {lr: 1}\nrun:\n  <<: *b\n": r"aliases \(\*name\) are refused",
+        "a:\n  b: 1\n  b: 2\n": r"^r\.yaml: key 'b' given twice \(line 3, column 3\)$",
+        "[" * 40 + "]" * 40: rf"^r\.yaml: nested deeper than {OPTIONS_DEPTH_LIMIT} levels: refused",
+        "a: [1, 2\n": r"^r\.yaml: expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)$",
+        "a: 1" + "0" * 5000 + "\n": r"^r\.yaml: Exceeds the limit \(4300 digits\) for integer .*\.\.\.$",
+        "x: " + "y" * OPTIONS_FILE_LIMIT: r"^r\.yaml: larger than 1 MiB: refused$",
+    }
+    for text, message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            load_options_yaml(text, "r.yaml")
+
+
+def test_a_run_file_that_is_not_a_regular_file_is_refused_by_name(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{config} is a symbolic link, not a regular file: refused"):
+        read_config(tmp_path)
+    config.unlink()
+    os.mkfifo(config)  # read at once, not waited on
+    with pytest.raises(ValueError, match=rf"{config} is a FIFO \(named pipe\), not a regular file: refused"):
+        read_config(tmp_path)
+    settings = tmp_path / KTAE_SETTINGS_FILE
+    settings.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{settings} is a symbolic link"):
+        read_ktae_settings(tmp_path)
+
+
+def test_damaged_ktae_settings_are_named_with_their_file(tmp_path):
+    path = tmp_path / KTAE_SETTINGS_FILE
+    write_ktae_settings(tmp_path, KTAESettings(True, KTAEConfig(), "KTAE's grpo", True))
+    record = json.loads(path.read_text())
+    for text, message in [
+        ("{not json", r"not valid JSON \(Expecting property name"),
+        (json.dumps({**record, "estimator": {**record["estimator"], "top": -1}}), "not a KTAE settings record"),
+        (json.dumps(record)[:-1] + ', "ktae": false}', "duplicate key 'ktae'"),
+        (b"\xff\xfe".decode("latin-1"), "not UTF-8 text"),
+    ]:
+        path.write_text(text, encoding="latin-1" if text.startswith("\xff") else "utf-8")
+        with pytest.raises(ValueError, match=rf"^{path}: {message}"):
+            read_ktae_settings(tmp_path)
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+def test_a_run_starts_only_in_a_new_or_empty_folder_or_one_it_started(tmp_path):
+    new = tmp_path / "new"
+    start_run_folder(new).release()
+    assert sorted(p.name for p in new.iterdir()) == [".ktae_run", ".lock"] and is_run_folder(new)
+    start_run_folder(new).release()  # a start that failed before config.yaml: the same folder again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    start_run_folder(empty).release()
+    assert is_run_folder(empty)
+
+    foreign = tmp_path / "hf_output"  # a Hugging Face output folder: none of it is ours
+    (foreign / "checkpoint-500").mkdir(parents=True)
+    (foreign / "checkpoint-500" / "model.safetensors").write_bytes(b"weights")
+    (foreign / "README.md").write_text("my model card")
+    (foreign / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = _tree(foreign)
+    message = (
+        rf"^{foreign} holds files ktae did not write \('README.md', 'checkpoint-500', 'metrics.jsonl'\): "
+        r"pick a new or empty folder for the run \(ktae train deletes and rewrites files only in a folder it started\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        start_run_folder(foreign)
+    assert _tree(foreign) == before and not is_run_folder(foreign)  # not even a .lock was created
+
+    write_config(new, {"max_steps": 1})
+    with pytest.raises(ValueError, match=rf"^{new} already holds a run; continue it with --resume {new}"):
+        start_run_folder(new)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        start_run_folder(tmp_path / "file")
+
+
+def test_a_run_is_resumed_only_from_its_folder_with_regular_files(tmp_path):
+    with pytest.raises(ValueError, match=rf"^{tmp_path} is not a run folder: it has no config.yaml$"):
+        open_run_folder(tmp_path)
+    write_config(tmp_path, {"max_steps": 1})  # a folder written before the marker: its config.yaml makes it ours
+    assert is_run_folder(tmp_path)
+    open_run_folder(tmp_path).release()
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'metrics.jsonl'} is a symbolic link, not a regular file"):
+        open_run_folder(tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    os.mkfifo(tmp_path / "rollouts.jsonl")
+    with pytest.raises(ValueError, match=r"rollouts\.jsonl is a FIFO \(named pipe\), not a regular file: refused"):
+        open_run_folder(tmp_path)
+    (tmp_path / "rollouts.jsonl").unlink()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "checkpoints").symlink_to(elsewhere)  # the run deletes old checkpoints in there
+    with pytest.raises(ValueError, match=r"checkpoints is a symbolic link, not a folder: refused"):
+        open_run_folder(tmp_path)
+    RunFolderLock(tmp_path).acquire().release()  # every refusal released the lock
+
+
+def test_logs_that_are_not_regular_files_are_refused_not_read_or_written_through(tmp_path):
+    target = tmp_path / "important.txt"
+    target.write_text("keep\n")
+    log = tmp_path / "metrics.jsonl"
+    log.symlink_to(target)
+    with pytest.raises(ValueError, match=rf"{log} is a symbolic link, not a regular file: refused"):
+        append_jsonl(log, [{"step": 1}])
+    with pytest.raises(ValueError, match=rf"{log} is a symbolic link"):
+        read_jsonl(log)
+    assert target.read_text() == "keep\n"
+    log.unlink()
+    log.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=rf"{log} is a character device, not a regular file: refused"):
+        read_jsonl(log, follow_links=True)
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(ValueError, match=rf"{log} is a FIFO \(named pipe\)"):
+        drop_steps_after(log, 3)
+    log.unlink()
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "text": "\xff"}\n')
+    with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON \(not UTF-8 text: invalid start byte\)"):
+        read_jsonl(log)
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "text": "\xe2\x80')  # torn inside a UTF-8 character
+    assert read_jsonl(log) == [{"step": 1}]
+    log.write_text('{"step": 1}\nnull\n')
+    with pytest.raises(ValueError, match=rf"{log}:2: expected a JSON object, got NoneType"):
+        read_jsonl(log)
+    log.write_text('{"step": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=rf"{log}:2: not valid JSON \(nested too deeply\)"):
+        read_jsonl(log)
+
+
+def _checkpoint(folder, step):
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": np.zeros((4, 4), dtype=np.float32)}, str(folder / "model.safetensors"))
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 10}))
+    return folder
+
+
+def test_a_damaged_checkpoint_is_named_and_the_newest_whole_one_found(tmp_path):
+    root = tmp_path / "checkpoints"
+    first, second = _checkpoint(root / "checkpoint-2", 2), _checkpoint(root / "checkpoint-4", 4)
+    assert checkpoint_damage(first) is None and newest_usable_checkpoint(tmp_path) == (second, [])
+
+    def cut(size):
+        return lambda path: path.write_bytes(path.read_bytes()[:size])
+
+    def replace(make):
+        return lambda path: (path.unlink(missing_ok=True), make(path))
+
+    damages = {
+        "model.safetensors": (cut(-10), "model.safetensors: Error while deserializing header"),
+        "optimizer.pt": (cut(100), "optimizer.pt: File is not a zip file"),
+        "trainer_state.json": (cut(10), "trainer_state.json: not valid JSON"),
+        "config.json": (replace(lambda p: p.symlink_to("/dev/zero")), "config.json is a symbolic link"),
+        "rng_state.pth": (replace(os.mkfifo), "rng_state.pth is a FIFO (named pipe)"),
+    }
+    for name, (damage, message) in damages.items():
+        folder = _checkpoint(tmp_path / name / "checkpoint-4", 4)
+        damage(folder / name)
+        assert message in checkpoint_damage(folder), name
+    (second / "trainer_state.json").unlink()
+    assert newest_usable_checkpoint(tmp_path) == (first, [(second, "trainer_state.json is missing")])
+    (second / "trainer_state.json").write_text(json.dumps({"global_step": "4"}))
+    assert "not a trainer state (no integer global_step)" in checkpoint_damage(second)
+    (second / "model.safetensors").rename(second / "model-00001-of-00002.safetensors")
+    (second / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}})
+    )
+    (second / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert checkpoint_damage(second) == (
+        "model.safetensors.index.json names the shard 'model-00002-of-00002.safetensors', which is missing"
+    )
+    for path in second.iterdir():
+        if path.suffix == ".safetensors":
+            path.unlink()
+    assert checkpoint_damage(second) == "it holds no model weights (model.safetensors)"
+    (second / "model.safetensors.index.json").unlink()
+    (second / "pytorch_model_fsdp_0").mkdir()  # FSDP's sharded state: weights in a folder of their own
+    assert checkpoint_damage(second) is None
+
+
+def test_a_second_start_in_the_same_new_folder_is_told_the_folder_is_in_use(tmp_path):
+    run_dir = tmp_path / "run"
+    # another ktae took the lock and has not marked the folder yet
+    with RunFolderLock(run_dir), pytest.raises(RunFolderInUse, match=f"pid {os.getpid()}"):
+        start_run_folder(run_dir)

@@ -220,9 +220,22 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, caplog):
 def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsys):
     run_dir = tmp_path / "run"
     job = [*SMALL, "max_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
+    # the run folder is --output-dir, never a key (TRL's output_dir): refused, not silently ignored
+    assert main(["train", f"output_dir={run_dir}", *job]) == 2
+    assert "output_dir: the run folder is --output-dir RUN_DIR, not a key" in capsys.readouterr().err
+    assert not run_dir.exists()
     assert main(["train", "--output-dir", str(run_dir), *job]) == 0
-    # as if killed after step 1 was logged, before its checkpoint
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "output_dir" not in config
+    assert main(["train", "--resume", str(run_dir), f"output_dir={tmp_path / 'elsewhere'}"]) == 2
+    assert f"output_dir: --resume {run_dir} continues the run in its own folder" in capsys.readouterr().err
+    # a config.yaml of an older ktae that kept the output_dir it ignored: still ignored, and dropped on resume
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "output_dir": "/somewhere/else"}))
+    # as if killed after step 1 was logged, while its checkpoint was being written
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "checkpoint-1").mkdir()
+    (run_dir / "checkpoint-1" / "model.safetensors").write_bytes(b"half")
+    (run_dir / ".ktae_run").unlink()  # as a folder written before the marker existed: its config.yaml is enough
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert "resuming from the start" in capsys.readouterr().out
     assert _steps(run_dir / "metrics.jsonl") == [1]
@@ -230,6 +243,8 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
     assert _steps(run_dir / "key_tokens.jsonl") == [1]
     assert _tensorboard_steps(run_dir) == [1]
     assert _tensorboard_steps(run_dir, "train/accuracy") == [1]  # TensorBoard sees the short names too
+    assert not (run_dir / "checkpoint-1").exists()  # its own half-written checkpoint, cleaned up
+    assert "output_dir" not in yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 @pytest.mark.parametrize(
@@ -251,7 +266,8 @@ def test_resume_before_the_first_checkpoint_logs_every_step_once(tmp_path, capsy
         ("per_device_train_batch_size=0", "per_device_train_batch_size must be >= 1"),
         ("max_completion_length=-1", "max_completion_length must be >= 1"),
         ("learning_rate=-0.1", "learning_rate must be a finite number >= 0"),
-        ("temperature=.nan", "temperature must be a finite number > 0"),
+        ("temperature=.nan", "temperature must be a finite number >= 0.01"),
+        ("temperature=1e-320", "temperature must be a finite number >= 0.01, got 1e-320"),
         ("task_train_size=0", "task_train_size must be an integer >= 1"),
         ("keep_checkpoints=0", "keep_checkpoints must be an integer >= 1 (or null)"),
         ("tiny_hidden_size=-8", "tiny model hidden_size must be an integer >= 1"),
@@ -300,3 +316,226 @@ def test_unreachable_hub_dataset_is_a_one_line_error(tmp_path, capsys, monkeypat
     code = main(["train", "--output-dir", str(tmp_path / "run"), "dataset_name=nobody/no-such-dataset-ktae"])
     assert code == 2
     assert "nobody/no-such-dataset-ktae" in capsys.readouterr().err
+
+
+def test_a_lock_that_links_elsewhere_is_refused_and_its_target_kept(tmp_path, capsys):
+    important = tmp_path / "important"
+    important.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / ".lock").symlink_to(important)
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir / '.lock'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
+    assert important.read_text() == "precious\n"
+
+
+def _laughs(levels: int = 6) -> str:
+    """YAML whose aliases expand to 9**levels values (a billion laughs, scaled down to stay cheap if expanded)."""
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nlearning_rate: *a{levels}\n"
+
+
+def test_yaml_aliases_are_refused_before_anything_expands_them(tmp_path, capsys):
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text(_laughs())
+    assert main(["train", "--config", str(recipe), "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: aliases (*name) are refused: write the value out (line 2, column 10)" in err
+    assert len(err) < 300  # one line, not the expansion
+    value = "[" + ", ".join(["[" + ", ".join(["&x lol"] + ["*x"] * 8) + "]"]) + "]"
+    assert main(["train", "--output-dir", str(tmp_path / "b"), f"learning_rate={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "override learning_rate: aliases (*name) are refused" in err and len(err) < 300
+    run_dir = tmp_path / "run"  # a run's config.yaml is read the same way
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(_laughs())
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'config.yaml'}: aliases (*name) are refused" in err and len(err) < 300
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path, capsys):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("max_steps: 10\nlearning_rate: 0.1\nmax_steps: 20\n")
+    assert main(["train", "--config", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    assert f"{recipe}: key 'max_steps' given twice (line 3, column 1)" in capsys.readouterr().err
+
+
+def test_a_bad_value_is_quoted_short_in_the_error(tmp_path, capsys):
+    big = "[" + ", ".join(["12345678"] * 20_000) + "]"
+    assert main(["train", "--output-dir", str(tmp_path / "run"), f"learning_rate={big}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ktae train: error: learning_rate must be a number, got [12345678, 12345678, ")
+    assert len(err) < 300
+
+
+def test_a_folder_holding_files_ktae_did_not_write_is_refused_and_left_as_it_was(tmp_path, capsys):
+    output = tmp_path / "hf_output"  # a Hugging Face trainer's folder: its checkpoint, card and log
+    (output / "checkpoint-500").mkdir(parents=True)
+    (output / "checkpoint-500" / "model.safetensors").write_bytes(b"weights")
+    (output / "README.md").write_text("my model card")
+    (output / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    before = sorted((str(p), p.read_bytes() if p.is_file() else None) for p in output.rglob("*"))
+    assert main(["train", "--output-dir", str(output), *SMALL, "max_steps=1"]) == 2
+    assert f"{output} holds files ktae did not write ('README.md', 'checkpoint-500', 'metrics.jsonl')" in (
+        capsys.readouterr().err
+    )
+    assert sorted((str(p), p.read_bytes() if p.is_file() else None) for p in output.rglob("*")) == before
+
+
+def test_resume_refuses_run_files_that_are_not_regular_files_before_any_work(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / "metrics.jsonl").symlink_to("/dev/zero")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir / 'metrics.jsonl'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
+    (run_dir / "metrics.jsonl").unlink()
+    os.mkfifo(run_dir / "rollouts.jsonl")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "rollouts.jsonl is a FIFO (named pipe), not a regular file: refused" in capsys.readouterr().err
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_keeps_them(tmp_path, capsys, caplog):
+    run_dir = tmp_path / "run"
+    job = [*SMALL, "max_steps=3", "save_steps=1", "eval_accuracy_steps=0", "warm_start_max_steps=0"]
+    assert main(["train", "--output-dir", str(run_dir), *job]) == 0
+    checkpoints = run_dir / "checkpoints"
+    weights = checkpoints / "checkpoint-3" / "model.safetensors"
+    with open(weights, "r+b") as handle:  # as a disk that filled up mid-copy leaves it
+        handle.truncate(weights.stat().st_size // 2)
+    truncated = weights.read_bytes()
+    (checkpoints / "checkpoint-2" / "trainer_state.json").unlink()
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0  # not "finished": its step-3 checkpoint is unusable
+    out = capsys.readouterr().out
+    assert (
+        f"skipped {checkpoints / 'checkpoint-3'}, which cannot be resumed from (model.safetensors: Error while "
+        "deserializing header: incomplete metadata, file not fully covered); it is left as it is"
+    ) in out
+    skipped = f"skipped {checkpoints / 'checkpoint-2'}, which cannot be resumed from (trainer_state.json is missing)"
+    assert skipped in out
+    assert f"resuming from {checkpoints / 'checkpoint-1'}" in out
+    assert _steps(run_dir / "metrics.jsonl") == [1, 2, 3]
+    # the resumed run's checkpoints took their places; the damaged ones were moved aside, not deleted
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-2.damaged",
+        "checkpoint-3",
+        "checkpoint-3.damaged",
+    ]
+    assert (checkpoints / "checkpoint-3.damaged" / "model.safetensors").read_bytes() == truncated
+    aside = f"{checkpoints / 'checkpoint-3'}, skipped as damaged when the run resumed, was moved to {checkpoints}"
+    assert aside in caplog.text
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "is finished: it trained all 3 steps" in capsys.readouterr().out
+
+
+def _train_process(run_dir: Path, *options: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    """``ktae train`` in its own process group (as a terminal runs it); ``file_size_limit``: writes beyond it
+    fail as on a full disk (EFBIG instead of ENOSPC)."""
+
+    def limit_file_size() -> None:
+        if file_size_limit is not None:
+            import resource
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    command = [sys.executable, "-m", "ktae", "train", "--output-dir", str(run_dir), *SMALL, *options]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=limit_file_size,
+    )
+
+
+def test_ctrl_c_stops_the_run_with_one_line_saying_how_to_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    process = _train_process(run_dir, "max_steps=500", "save_steps=2", "warm_start_max_steps=0")
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "checkpoint-2").is_dir():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        _out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130
+    stopped = (
+        "ktae train: stopped (Ctrl-C); the run keeps its complete checkpoints; continue it with: "
+        f"ktae train --resume {run_dir}"
+    )
+    assert stopped in err.splitlines(), err  # one line (the progress bar may redraw itself after it)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    from ktae.run_folder import RunFolderLock
+
+    RunFolderLock(run_dir).acquire().release()  # the lock was released (the process is gone anyway)
+    resumed_from = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert main(["train", "--resume", str(run_dir), f"max_steps={resumed_from + 1}"]) == 0
+    assert _steps(run_dir / "metrics.jsonl") == list(range(1, resumed_from + 2))
+
+
+def test_a_full_disk_while_saving_is_one_named_line_and_the_run_stays_resumable(tmp_path):
+    # the warm start's model (41 KB) does not fit: nothing had started, the same command starts again
+    run_dir = tmp_path / "warm"
+    process = _train_process(run_dir, "max_steps=2", file_size_limit=20_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 2, err
+    [last] = [line for line in err.splitlines() if line.startswith("ktae train: error:")]  # among progress bars
+    assert last.startswith(f"ktae train: error: could not save the model to {run_dir / 'warm_start.saving'} (")
+    assert last.endswith("File too large (os error 27))") and "Traceback" not in err, err
+    assert not (run_dir / "warm_start.saving").exists() and not (run_dir / "config.yaml").exists()
+
+    # a checkpoint does not fit (the model does, 41 KB; Adam's state, twice its size, does not)
+    run_dir = tmp_path / "checkpoint"
+    adam = ["optim=adamw_torch", "warm_start_max_steps=0", "save_steps=1"]
+    process = _train_process(run_dir, "max_steps=2", *adam, file_size_limit=60_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 2, err
+    [last] = [line for line in err.splitlines() if line.startswith("ktae train: error:")]  # among progress bars
+    assert last.startswith(f"ktae train: error: could not save the checkpoint {run_dir / 'checkpoint-1'} ("), err
+    assert last.endswith(f"the run keeps its complete checkpoints; continue it with: ktae train --resume {run_dir}")
+    assert "Traceback" not in err
+    assert (run_dir / "checkpoint-1").is_dir()  # half-written: the resume removes it, and trains from the start
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert _steps(run_dir / "metrics.jsonl") == [1, 2] and not (run_dir / "checkpoint-1").exists()
+
+    # curves.png (about 100 KB) does not fit: the run is complete, says so, and prints its summary
+    run_dir = tmp_path / "curves"
+    process = _train_process(run_dir, "max_steps=2", "warm_start_max_steps=0", file_size_limit=60_000)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert json.loads(out[out.rindex('{\n  "run_dir"') :])["steps"] == 2
+    assert f"could not write {run_dir / 'curves.png'} ([Errno 27] File too large" in err
+    assert f"`ktae viz --run {run_dir}` draws the curves" in err
+
+
+def test_ctrl_c_before_the_run_started_says_to_run_the_command_again(tmp_path, capsys, monkeypatch):
+    import ktae.integrations.trl.job as job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "prepare_job", interrupted)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run_dir), *SMALL]) == 130
+    assert capsys.readouterr().err == (
+        f"ktae train: stopped (Ctrl-C); no run had started yet: run the command again (--output-dir {run_dir} "
+        "starts it in the same folder)\n"
+    )
+    from ktae.run_folder import start_run_folder
+
+    start_run_folder(run_dir).release()  # released, and still a folder the same command may start in

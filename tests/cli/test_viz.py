@@ -307,3 +307,56 @@ def test_viz_decodes_a_ktae_train_run_with_the_tokenizer_the_run_used(tmp_path, 
         for rollout in group["rollouts"]
     ]
     assert sorted(shown) == sorted(responses)
+
+
+def test_viz_labels_never_lead_outside_the_report_folder(tmp_path, tokenizer, capsys):
+    first, second = make_run(tmp_path / "a", tokenizer), make_run(tmp_path / "b", tokenizer)
+    out = tmp_path / "deep" / "compare"
+    command = ["viz", "--run", str(first), "--run", str(second), "--out", str(out), "--step", "4"]
+    assert main([*command, "--label", "..", "--label", "../../escaped"]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.html"))
+    assert written == [
+        "deep/compare/_.._escaped/step-4.html",
+        "deep/compare/index.html",
+        "deep/compare/run/step-4.html",
+    ]
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="run/step-4.html"' in index and "<h2>..</h2>" in index  # the label itself is still shown
+    assert main([*command, "--label", "x/y", "--label", "x_y"]) == 0  # distinct labels, distinct folders
+    assert (out / "x_y" / "step-4.html").is_file() and (out / "x_y-2" / "step-4.html").is_file()
+
+
+def test_viz_refuses_inputs_that_are_not_regular_files_by_name(tmp_path, tokenizer, capsys):
+    dumps = tmp_path / "dumps"  # verl's rollout_data_dir: a dump that is a link to a device, one a FIFO
+    _text_rollouts(dumps / "1.jsonl")
+    (dumps / "2.jsonl").symlink_to("/dev/zero")
+    assert main(["viz", "--rollouts", str(dumps)]) == 2
+    _one_line_error(capsys, f"{dumps / '2.jsonl'} is a symbolic link, not a regular file: refused")
+    (dumps / "2.jsonl").unlink()
+    os.mkfifo(dumps / "2.jsonl")
+    assert main(["viz", "--rollouts", str(dumps)]) == 2  # refused at once, not waited on
+    _one_line_error(capsys, f"{dumps / '2.jsonl'} is a FIFO (named pipe), not a regular file: refused")
+    assert main(["viz", "--rollouts", str(dumps / "2.jsonl")]) == 2
+    _one_line_error(capsys, "is a FIFO (named pipe)")
+    link = tmp_path / "zero.jsonl"  # a link named on the command line is followed, to a regular file only
+    link.symlink_to("/dev/zero")
+    assert main(["viz", "--rollouts", str(link), "--out", str(tmp_path / "r.html")]) == 2
+    _one_line_error(capsys, f"{link} is a character device, not a regular file: refused")
+    run = make_run(tmp_path / "run", tokenizer)
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to("/dev/zero")
+    assert main(["viz", "--run", str(run)]) == 2
+    _one_line_error(capsys, f"{run / 'metrics.jsonl'} is a symbolic link, not a regular file: refused")
+    (run / "metrics.jsonl").unlink()
+    (run / "rollouts.jsonl").unlink()
+    os.mkfifo(run / "rollouts.jsonl")
+    assert main(["viz", "--run", str(run)]) == 2
+    _one_line_error(capsys, f"{run / 'rollouts.jsonl'} is a FIFO (named pipe), not a regular file: refused")
+
+
+def test_viz_quotes_a_bad_value_short(tmp_path, capsys):
+    rollouts = _text_rollouts(tmp_path / "r.jsonl", score="9" * 1_000_000)
+    assert main(["viz", "--rollouts", str(rollouts), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ktae viz: error: {rollouts}:1: needs a finite numeric 'score' (or 'reward'), got '9999")
+    assert len(err) < len(str(rollouts)) + 250  # not the megabyte value

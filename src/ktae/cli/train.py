@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,8 @@ from pathlib import Path
 import yaml
 
 from ktae.cli.train_help import add_key_help
-from ktae.run_folder import CONFIG_FILE, RunFolderInUse, RunFolderLock, read_config
+from ktae.run_folder import CONFIG_FILE, RunFolderInUse, open_run_folder, read_config, start_run_folder
+from ktae.safe_files import RefusedFile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="set a key (listed below), its value read as YAML: max_steps=20 ktae_top=0.5 bf16=true",
     )
-    parser.add_argument("--output-dir", type=Path, metavar="RUN_DIR", help="run folder (default: runs/<timestamp>)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder, new or empty (default: runs/<timestamp>)",
+    )
     parser.add_argument(
         "--resume",
         type=Path,
@@ -44,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     lock = None  # held until the job ends; the kernel drops it if the process dies
+    run_dir: Path | None = None
+    after_bar = ""  # while training, the progress bar's line is unfinished: messages start on a line of their own
     try:
         try:
             from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
@@ -60,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(
                         "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
                     )
+                if "output_dir" in parse_overrides(args.overrides):
+                    raise ValueError(f"output_dir: --resume {args.resume} continues the run in its own folder")
                 run_dir = args.resume
-                if not (run_dir / CONFIG_FILE).is_file():
-                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-                lock = RunFolderLock(run_dir).acquire()
+                lock = open_run_folder(run_dir)
                 options = resolve_options(read_config(run_dir) or {}, args.overrides)
                 finished = finished_step(run_dir, options.get("max_steps", -1))
                 if finished is not None:
@@ -79,12 +89,10 @@ def run(args: argparse.Namespace) -> int:
                     recipe = {}
                     defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
+                if "output_dir" in options:  # TRL's name for the run folder, which --output-dir names here
+                    raise ValueError("output_dir: the run folder is --output-dir RUN_DIR, not a key")
                 run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-                lock = RunFolderLock(run_dir).acquire()
-                if (run_dir / CONFIG_FILE).exists():
-                    raise ValueError(
-                        f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
-                    )
+                lock = start_run_folder(run_dir)
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (
             ValueError,
@@ -95,8 +103,26 @@ def run(args: argparse.Namespace) -> int:
         ) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
-        print(json.dumps(job.train(), indent=2))
+        after_bar = "\n"
+        try:
+            summary = job.train()
+        except (OSError, RefusedFile) as error:  # a full disk while saving, a log replaced by a link
+            print(f"{after_bar}ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2))
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the lock is released below, and complete checkpoints are all kept
+        print(f"{after_bar}ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
+        return 130
     finally:
         if lock is not None:
             lock.release()
+
+
+def _how_to_continue(run_dir: Path | None) -> str:
+    """How to go on after the job stopped midway: resume a run that started, else start it again."""
+    if run_dir is not None and os.path.lexists(run_dir / CONFIG_FILE):
+        resume = f"ktae train --resume {shlex.quote(str(run_dir))}"
+        return f"the run keeps its complete checkpoints; continue it with: {resume}"
+    where = "" if run_dir is None else f" (--output-dir {shlex.quote(str(run_dir))} starts it in the same folder)"
+    return f"no run had started yet: run the command again{where}"

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import html
 import os
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -194,6 +195,24 @@ def _steps_table(summaries: list[StepSummary], prefix: str, strong: float) -> st
     )
 
 
+_UNSAFE_IN_NAMES = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def page_folders(labels: Sequence[str]) -> list[str]:
+    """One folder name per run label, for its step pages: the label with anything but letters, digits and
+    ``._+-`` replaced by ``_`` and no leading dot, so that a label never leads outside the report folder
+    (``..``, ``/``) or hides its folder; a name taken already gets ``-2``, ``-3``..."""
+    names: list[str] = []
+    for label in labels:
+        base = _UNSAFE_IN_NAMES.sub("_", label).lstrip(".")[:100] or "run"
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.append(name)
+    return names
+
+
 def build_run_report(
     run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -230,11 +249,12 @@ def build_run_report(
         f"% with v < \u2212{strong:g} (blamed)": {},
     }
     sections = []
-    for label, run_dir in zip(labels, run_dirs):
-        prefix = f"{label.replace('/', '_')}/" if len(run_dirs) > 1 else ""
+    folders = page_folders(labels) if len(run_dirs) > 1 else [""] * len(run_dirs)
+    for label, run_dir, folder in zip(labels, run_dirs, folders):
+        prefix = f"{folder}/" if folder else ""
         notes: list[str] = []
         summaries: list[StepSummary] = []
-        if (run_dir / ROLLOUTS_FILE).is_file():
+        if os.path.lexists(run_dir / ROLLOUTS_FILE):  # a link or a FIFO there is refused by name, not skipped
             data, run_config, notes = _prepare(run_dir, tokenizer, config, None, ignore_token_ids)
             by_step: dict = {}
             for index, rollout in enumerate(data.rollouts):
@@ -261,7 +281,7 @@ def build_run_report(
         )
 
     body = ["<h1>KTAE run report</h1>", f'<p class="sub">{html.escape(", ".join(labels))}</p>']
-    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if (path / METRICS_FILE).is_file()]
+    with_metrics = [(label, path) for label, path in zip(labels, run_dirs) if os.path.lexists(path / METRICS_FILE)]
     if with_metrics:
         curves = plot_runs(
             [p for _, p in with_metrics], out_dir / "curves.png", metrics, [label for label, _ in with_metrics]

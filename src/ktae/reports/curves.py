@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ktae.reports.files import run_folders
 from ktae.run_folder import METRICS_FILE, is_metric_value, read_jsonl_numbered, write_atomic
+from ktae.safe_files import short_repr
 
 # Plotted by default, those a run logged, in this order (`ktae train`'s names); a run that logged
 # none of them gets every numeric metric. metrics="all" asks for every numeric metric.
@@ -40,17 +41,18 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     a torn last line (a run killed mid-write) is dropped, any other bad line is an error naming it.
     """
     path = Path(run_dir)
-    if path.is_dir():
+    named = not path.is_dir()  # a file named directly may be a link the user made; a run folder's own is not
+    if not named:
         path = path / METRICS_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
     by_step: dict[int, dict] = {}
-    for line_number, record in read_jsonl_numbered(path):
+    for line_number, record in read_jsonl_numbered(path, follow_links=named):
         if "step" not in record:
             raise ValueError(f"{path}:{line_number}: expected a JSON object with a 'step' key")
         step = record["step"]
         if isinstance(step, bool) or not isinstance(step, (int, float)):
-            raise ValueError(f"{path}:{line_number}: 'step' must be a number, got {step!r}")
+            raise ValueError(f"{path}:{line_number}: 'step' must be a number, got {short_repr(step)}")
         by_step.setdefault(int(step), {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
@@ -98,7 +100,7 @@ def plot_runs(
     if labels is None:
         labels = default_labels(run_dirs)
     elif isinstance(labels, str) or len(labels) != len(run_dirs):
-        raise ValueError(f"labels must be a list of {len(run_dirs)} names, one per run, got {labels!r}")
+        raise ValueError(f"labels must be a list of {len(run_dirs)} names, one per run, got {short_repr(labels)}")
     records_per_run = [read_metrics(path) for path in run_dirs]
     known = available_metrics(records_per_run)
     if not known:

@@ -25,6 +25,7 @@ import numpy as np
 from ktae.models import ignored_token_ids, token_pieces
 from ktae.reports.text import TEXT, detect_piece_style, merge_pieces, piece_label
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, list_checkpoints, read_jsonl_numbered
+from ktae.safe_files import short_repr
 
 # Accepted names of each field, in order of preference: the `RolloutRecord` field first, then other tools' names.
 PROMPT_KEYS = ("prompt", "input")
@@ -84,7 +85,7 @@ def parse_rollout(record: dict, where: str) -> RolloutRecord:
     if not (any(key in record for key in SCORE_KEYS) and score is None) and (
         isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
     ):
-        raise ValueError(f"{where}: needs a finite numeric 'score' (or 'reward'), got {score!r}")
+        raise ValueError(f"{where}: needs a finite numeric 'score' (or 'reward'), got {short_repr(score)}")
     prompt = _first(record, PROMPT_KEYS)
     prompt = "" if prompt is None else _as_text(prompt, "prompt", where)
     response = _first(record, RESPONSE_KEYS)
@@ -122,14 +123,14 @@ def parse_rollout(record: dict, where: str) -> RolloutRecord:
         group = json.dumps(group, sort_keys=True)
     correct = record.get("correct")
     if correct is not None and not isinstance(correct, bool):
-        raise ValueError(f"{where}: 'correct' must be true, false or null, got {correct!r}")
+        raise ValueError(f"{where}: 'correct' must be true, false or null, got {short_repr(correct)}")
     step = record.get("step")
     if step is not None and (
         isinstance(step, bool)
         or not isinstance(step, (int, float))
         or (isinstance(step, float) and not step.is_integer())
     ):
-        raise ValueError(f"{where}: 'step' must be a whole number, got {step!r}")
+        raise ValueError(f"{where}: 'step' must be a whole number, got {short_repr(step)}")
     return RolloutRecord(
         step=None if step is None else int(step),
         group=group,
@@ -147,15 +148,15 @@ def rollout_files(path: str | os.PathLike) -> list[Path]:
     """The JSONL files behind ``path``: a file, a run folder (its rollouts.jsonl) or a folder of
     ``*.jsonl`` dumps (verl's ``rollout_data_dir``, one file per step, taken in step order)."""
     path = Path(path)
-    if path.is_file():
-        return [path]
     if path.is_dir():
-        if (path / ROLLOUTS_FILE).is_file():
+        if os.path.lexists(path / ROLLOUTS_FILE):
             return [path / ROLLOUTS_FILE]
         files = list(path.glob("*.jsonl"))
         if files:
             return sorted(files, key=lambda f: (0, int(f.stem), "") if f.stem.isdigit() else (1, 0, f.name))
         raise FileNotFoundError(f"no rollouts.jsonl or *.jsonl files in {path}")
+    if os.path.lexists(path):
+        return [path]  # read as a regular file (`load_rollouts`): anything else is refused by name
     raise FileNotFoundError(f"no rollouts file or folder at {path}")
 
 
@@ -163,11 +164,12 @@ def load_rollouts(path: str | os.PathLike, steps: Iterable[int] | None = None) -
     """Read rollouts from ``path`` (see ``rollout_files``), optionally only those of ``steps``.
 
     The files are read as the run folder's logs are (`ktae.run_folder.read_jsonl`): a torn last line
-    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line."""
+    (a run killed mid-write) is dropped, any other bad line is an error naming its file and line; a file
+    that is not a regular file is refused by name, and so is a link, unless ``path`` names it directly."""
     wanted = None if steps is None else {int(s) for s in steps}
     rollouts = []
     for file in rollout_files(path):
-        for line_number, record in read_jsonl_numbered(file):
+        for line_number, record in read_jsonl_numbered(file, follow_links=file == Path(path)):
             rollout = parse_rollout(record, f"{file}:{line_number}")
             if wanted is None or rollout.step in wanted:
                 rollouts.append(rollout)
@@ -188,7 +190,9 @@ def find_run_tokenizer(run_dir: str | os.PathLike) -> Path | None:
 
 def _response_text(rollout: RolloutRecord, index: int) -> str:
     if rollout.response is None:
-        raise ValueError(f"rollout {index} (group {rollout.group!r}) has no response: no text, tokens or token_ids")
+        raise ValueError(
+            f"rollout {index} (group {short_repr(rollout.group)}) has no response: no text, tokens or token_ids"
+        )
     return rollout.response
 
 
@@ -228,7 +232,7 @@ def tokenize_rollouts(
             pieces.append(token_pieces(tokenizer, token_ids))  # decoded text, as the trainers log it
         elif token_ids is not None:
             raise ValueError(
-                f"rollout {index} (group {rollout.group!r}) has token_ids but no 'tokens' pieces to show: "
+                f"rollout {index} (group {short_repr(rollout.group)}) has token_ids but no 'tokens' pieces to show: "
                 "pass a tokenizer (--tokenizer) to decode them"
             )
         else:

@@ -1,6 +1,7 @@
 """The `ktae train` job's options: one documented dataclass of job keys, the built-in jobs, recipes and overrides."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -11,6 +12,7 @@ from ktae.integrations.trl.job import (
     JOB_KEYS,
     REAL_MODEL_JOB,
     JobArguments,
+    finished_step,
     load_config,
     read_recipe,
     resolve_options,
@@ -95,3 +97,23 @@ def test_a_recipe_is_a_yaml_mapping(tmp_path):
         read_recipe(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert read_recipe(tmp_path / "empty.yaml") == {}
+
+
+def test_a_run_is_finished_by_its_newest_usable_checkpoint(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    def checkpoint(step, state):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(folder / "model.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+        return folder
+
+    assert finished_step(tmp_path, 3) is None  # no checkpoint yet
+    checkpoint(3, {"global_step": 3, "max_steps": 3})
+    assert finished_step(tmp_path, 3) == 3 and finished_step(tmp_path, -1) == 3 and finished_step(tmp_path, 4) is None
+    newest = checkpoint(4, {"global_step": 4})  # no step count of its own: max_steps=-1 cannot tell
+    assert finished_step(tmp_path, 4) == 4 and finished_step(tmp_path, -1) is None
+    (newest / "model.safetensors").write_bytes(b"\0" * 7)  # damaged: the step-3 checkpoint decides
+    assert finished_step(tmp_path, 4) is None and finished_step(tmp_path, 3) == 3

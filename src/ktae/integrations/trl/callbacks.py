@@ -13,6 +13,7 @@ All file writes happen on the main process only.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,8 +31,11 @@ from ktae.run_folder import (
     drop_steps_after,
     is_metric_value,
     list_checkpoints,
+    move_aside,
     read_jsonl,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def add_short_names(record: dict) -> dict:
@@ -168,7 +172,15 @@ class RunLogCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_curves(self.run_dir)
+            try:
+                write_curves(self.run_dir)
+            except OSError as error:  # a full disk: the run itself is complete, its curves can be drawn later
+                logger.warning(
+                    "could not write %s (%s); `ktae viz --run %s` draws the curves",
+                    self.run_dir / CURVES_FILE,
+                    error,
+                    self.run_dir,
+                )
 
 
 def write_curves(run_dir: Path) -> Path | None:
@@ -205,8 +217,9 @@ class AtomicCheckpointCallback(TrainerCallback):
         target_root = self.run_dir / CHECKPOINTS_DIR
         target_root.mkdir(parents=True, exist_ok=True)
         target = target_root / written.name
-        if target.exists():  # a stale copy of the same step from before a resume
-            shutil.rmtree(target)
+        if os.path.lexists(target):  # resumed from an earlier step: the resume skipped this one as damaged
+            aside = move_aside(target, ".damaged")
+            logger.warning("%s, skipped as damaged when the run resumed, was moved to %s", target, aside)
         os.replace(written, target)
         if self.keep is not None:
             for old in list_checkpoints(self.run_dir)[: -self.keep]:

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ktae.core.config import KTAEConfig
+from ktae.safe_files import short_repr
 
 ALGOS = ("grpo", "dapo")
 DYNAMIC_SAMPLING_METRICS = ("correct", "score")
+#: The lowest sampling temperature accepted: generation and the loss divide the logits by it, and below
+#: this the quotient overflows half precision into inf/NaN (vLLM raises lower temperatures to the same floor).
+MIN_TEMPERATURE = 0.01
 
 # Paper settings that `algo` fills in when the field is left unset (docs/recipes.md).
 GRPO_KL_COEF = 0.001
@@ -132,7 +136,7 @@ class KTAEGRPOConfig(GRPOConfig):
     def __post_init__(self) -> None:
         self._check_trainer_values()
         if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+            raise ValueError(f"unknown algo {short_repr(self.algo)}; choose one of {', '.join(ALGOS)}")
         if self.ktae and self.num_generations is not None and self.num_generations < 2:
             raise ValueError(
                 f"KTAE compares the rollouts of a group: num_generations must be >= 2 with ktae on, "
@@ -181,8 +185,8 @@ class KTAEGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be > 0 (a step count, or a share of the steps below 1), got {value}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ValueError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {self.temperature}")
 
     def _check_own_fields(self) -> None:
         # set from the algo by __post_init__ before it calls this
@@ -190,7 +194,7 @@ class KTAEGRPOConfig(GRPOConfig):
         self.ktae_config(ignore_token_ids=())  # KTAEConfig validates every ktae_* value with a named error
         if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
             raise ValueError(
-                f"unknown dynamic_sampling_metric {self.dynamic_sampling_metric!r}; "
+                f"unknown dynamic_sampling_metric {short_repr(self.dynamic_sampling_metric)}; "
                 f"choose one of {', '.join(DYNAMIC_SAMPLING_METRICS)}"
             )
         minimums = {"max_num_gen_batches": 1, "ktae_log_rollouts_steps": 0, "ktae_log_rollouts_groups": 1}
@@ -219,9 +223,9 @@ class KTAEGRPOConfig(GRPOConfig):
         for name, (default, value) in ignored.items():
             if value != default:
                 raise ValueError(
-                    f"ktae_rollout_advantage={self.ktae_rollout_advantage!r} replaces TRL's rollout-level advantage, "
-                    f"so {name}={value!r} would have no effect: unset ktae_rollout_advantage to add the KTAE bonus "
-                    f"to TRL's own advantage, or leave {name} at {default!r}"
+                    f"ktae_rollout_advantage={short_repr(self.ktae_rollout_advantage)} replaces TRL's rollout-level "
+                    f"advantage, so {name}={short_repr(value)} would have no effect: unset ktae_rollout_advantage to "
+                    f"add the KTAE bonus to TRL's own advantage, or leave {name} at {default!r}"
                 )
 
     def ktae_config(self, ignore_token_ids: Iterable[int]) -> KTAEConfig:

@@ -19,14 +19,14 @@ synthetic task, the tiny model, the warm start, the run folder). One job, top to
    ``RUN_DIR/checkpoints``.
 
 ``config.yaml`` is written once everything before the first RL step has worked, so a failed start
-leaves nothing that blocks running the same job again. The caller holds the run folder's lock
-(`ktae.run_folder.RunFolderLock`); ``ktae train`` (`ktae.cli.train`) does.
+leaves nothing that blocks running the same job again. The caller holds the run folder
+(`ktae.run_folder.start_run_folder` or `ktae.run_folder.open_run_folder`, which take its lock);
+``ktae train`` (`ktae.cli.train`) and `run_job` do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
@@ -48,12 +46,19 @@ from ktae.run_folder import (
     TENSORBOARD_DIR,
     WARM_START_DIR,
     checkpoint_step,
+    is_run_folder,
     list_checkpoints,
+    load_options_yaml,
+    newest_usable_checkpoint,
+    open_run_folder,
     read_jsonl,
     read_options_file,
+    read_trainer_state,
+    start_run_folder,
     unpublished_checkpoints,
     write_config,
 )
+from ktae.safe_files import short_repr, shorten
 
 if TYPE_CHECKING:
     from ktae.integrations.trl.model_card import RunDescription
@@ -211,12 +216,12 @@ class JobArguments:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 null = " (or null)" if nullable else ""
-                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {value!r}")
+                raise ValueError(f"{f.name} must be an integer >= {minimum}{null}, got {short_repr(value)}")
         for name in ("dataset_train_split", "template"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a string, got {short_repr(getattr(self, name))}")
         if self.reward is not None and self.reward not in REWARDS:
-            raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+            raise ValueError(f"unknown reward {short_repr(self.reward)}; choose one of {', '.join(REWARDS)}")
         self.task()
         self.tiny_model()
         self.warm_start()
@@ -336,24 +341,23 @@ def default_job(model_name_or_path: Any) -> dict[str, Any]:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`)."""
+    """A recipe: a YAML mapping of options, read as a run's ``config.yaml`` is (`ktae.run_folder.read_options_file`;
+    a link the user made to their recipe is followed)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"recipe {path} not found")
-    return read_options_file(path)
+    return read_options_file(path, follow_links=True)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``)."""
+    """``["key=value", ...]`` -> dict; values are read as YAML (``0.1``, ``true``, ``[1, 2]``), by the reader
+    of recipes (`ktae.run_folder.load_options_yaml`: no aliases, size and nesting bounded)."""
     parsed = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        try:
-            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ValueError(f"override {key.strip()}: value {raw!r} is not valid YAML ({error.problem})") from None
+            raise ValueError(f"override {short_repr(item)} is not of the form key=value")
+        parsed[key.strip()] = load_options_yaml(raw, f"override {shorten(key.strip())}") if raw.strip() else None
     return parsed
 
 
@@ -371,17 +375,19 @@ def coerce_value(name: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {short_repr(value)}")
     if target is str:
         return value if isinstance(value, str) else str(value)
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
     try:
         converted = target(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {'an integer' if target is int else 'a number'}, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be {'an integer' if target is int else 'a number'}, got {short_repr(value)}"
+        ) from None
     if target is int and isinstance(value, float) and converted != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
     return converted
 
 
@@ -394,7 +400,7 @@ def config_from_dict(
     unknown = sorted(k for k in options if k not in fields and k not in job_keys)
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {unknown}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
+            f"unknown config key(s) {short_repr(unknown)}: not a KTAEGRPOConfig (trl.GRPOConfig) field nor a job key "
             f"({', '.join(sorted(job_keys))})"
         )
     hints = typing.get_type_hints(KTAEGRPOConfig)
@@ -403,7 +409,7 @@ def config_from_dict(
     try:
         return KTAEGRPOConfig(**kwargs), job
     except TypeError as error:  # a value of the wrong kind (ktae_ignore_token_ids: [1.5]) is a bad value too
-        raise ValueError(str(error)) from None
+        raise ValueError(shorten(str(error))) from None
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> tuple[KTAEGRPOConfig, dict[str, Any]]:
@@ -431,15 +437,18 @@ def resolve_options(
 
 
 def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
-    """The step of the run's newest checkpoint when it has trained all its steps, else None.
+    """The step of the run's newest usable checkpoint (`ktae.run_folder.newest_usable_checkpoint`) when it
+    has trained all its steps, else None.
 
     ``max_steps=-1`` (train epochs): the step count the run computed, as its checkpoint recorded it.
     """
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
+    checkpoint, _ = newest_usable_checkpoint(run_dir)
+    if checkpoint is None:
         return None
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-    target = max_steps if max_steps > 0 else state["max_steps"]
+    state = read_trainer_state(checkpoint)
+    target = max_steps if max_steps > 0 else state.get("max_steps")
+    if not isinstance(target, int):  # a state without its step count: resume, which works it out again
+        return None
     return state["global_step"] if state["global_step"] >= target else None
 
 
@@ -573,7 +582,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_run_folder(run_dir):  # it deletes and rewrites files in the folder: only in one ktae started
+        raise ValueError(f"{run_dir} is not a run folder ktae started (ktae.run_folder.start_run_folder claims one)")
     config = build_trainer_config(options, run_dir)
     job = JobArguments.from_options(options)
     train_data, held_out = load_datasets(job)
@@ -634,9 +644,11 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 
     checkpoint = None
     if resume:
-        complete = list_checkpoints(run_dir)
-        checkpoint = complete[-1] if complete else None
-        print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
+        checkpoint, skipped = newest_usable_checkpoint(run_dir)
+        for damaged, why in skipped:  # left as they are: they may be what tells the user what went wrong
+            print(f"[ktae train] skipped {damaged}, which cannot be resumed from ({why}); it is left as it is")
+        none = "no usable checkpoint" if skipped else "no complete checkpoint yet"
+        print(f"[ktae train] resuming from {checkpoint or f'the start ({none})'}")
     if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
         from torch.utils.tensorboard import SummaryWriter
 
@@ -649,10 +661,17 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         trainer.add_callback(TensorBoardCallback(writer))
     for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
         shutil.rmtree(partial)
-    write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
+    # output_dir is the folder config.yaml sits in (a config.yaml of an older ktae may name it): not kept
+    kept = {key: value for key, value in options.items() if key != "output_dir"}
+    write_config(run_dir, {**kept, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
     return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
 
 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
-    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``; returns a summary."""
-    return prepare_job(options, run_dir, resume).train()
+    """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``, holding the folder
+    (`ktae.run_folder.start_run_folder`, or `ktae.run_folder.open_run_folder` to resume); returns a summary."""
+    lock = open_run_folder(run_dir) if resume else start_run_folder(run_dir)
+    try:
+        return prepare_job(options, run_dir, resume).train()
+    finally:
+        lock.release()

@@ -592,9 +592,12 @@ class KTAEGRPOTrainer(GRPOTrainer):
     # Checkpoints: the extra-prompt stream of dynamic sampling resumes where it stopped
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as error:  # a full disk: safetensors and torch raise their own errors for it
+            raise OSError(f"could not save the checkpoint {folder} ({error})") from error
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump({"extra_generation_batches": self._extra_batches_drawn}, f)
 

@@ -109,13 +109,18 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
 def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) -> Path:
     """Save model (safetensors) and tokenizer beside ``output_dir``, then publish them with one rename.
 
-    A folder found at ``output_dir`` is therefore always complete.
+    A folder found at ``output_dir`` is therefore always complete. A save that fails (a full disk: safetensors
+    and torch raise their own errors for it) is an OSError naming the folder; the partial copy is removed.
     """
     output_dir = Path(output_dir)
     staging = output_dir.with_name(output_dir.name + ".saving")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging), safe_serialization=True)
-    tokenizer.save_pretrained(str(staging))
+    try:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"could not save the model to {staging} ({error})") from error
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(staging, output_dir)
     return output_dir
