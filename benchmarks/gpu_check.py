@@ -271,16 +271,18 @@ def check_parity(device: str, batches: int) -> dict:
 def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
     """``steps`` GRPO+KTAE steps of the tiny job; the policy must sit on ``device``."""
     from ktae.integrations.trl.job import default_job, prepare_job, resolve_options
+    from ktae.run_folder import start_run_folder
 
     options = resolve_options({}, [*overrides, f"max_steps={steps}"], defaults=default_job("tiny"))
     if device == "cpu":
         options["use_cpu"] = True
     started = time.perf_counter()
-    job = prepare_job(options, run_dir)
-    model_device = str(next(job.trainer.model.parameters()).device)
-    if not model_device.startswith(device):
-        raise RuntimeError(f"the policy is on {model_device}, not {device}")
-    summary = job.train()
+    with start_run_folder(run_dir):  # the job writes and deletes files only in a folder it claimed
+        job = prepare_job(options, run_dir)
+        model_device = str(next(job.trainer.model.parameters()).device)
+        if not model_device.startswith(device):
+            raise RuntimeError(f"the policy is on {model_device}, not {device}")
+        summary = job.train()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {
         "steps": summary["steps"],

@@ -256,6 +256,15 @@ def test_a_lock_held_by_another_process_is_not_truncated(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
 
 
+def test_a_claimed_folder_is_held_for_the_with_block_and_released_after(tmp_path):
+    run_dir = tmp_path / "run"
+    with start_run_folder(run_dir) as lock:  # start_run_folder holds it already: with must not lock again
+        assert lock._descriptor is not None
+        with pytest.raises(RunFolderInUse):
+            RunFolderLock(run_dir).acquire()
+    RunFolderLock(run_dir).acquire().release()  # released when the block ended
+
+
 def test_options_are_read_without_aliases_keys_twice_deep_nesting_or_oversize(tmp_path):
     assert load_options_yaml("a: 1\nb: [1, {c: 2}]\n", "r.yaml") == {"a": 1, "b": [1, {"c": 2}]}
     refusals = {

@@ -649,7 +649,8 @@ class RunFolderLock:
             self._descriptor = None
 
     def __enter__(self) -> Self:
-        return self.acquire()
+        # A lock `start_run_folder`/`open_run_folder` returned is held already: ``with`` then only releases it.
+        return self if self._descriptor is not None else self.acquire()
 
     def __exit__(self, *exc_info) -> None:
         self.release()

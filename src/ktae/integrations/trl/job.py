@@ -670,8 +670,5 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the job of ``options`` in ``run_dir``, holding the folder
     (`ktae.run_folder.start_run_folder`, or `ktae.run_folder.open_run_folder` to resume); returns a summary."""
-    lock = open_run_folder(run_dir) if resume else start_run_folder(run_dir)
-    try:
+    with open_run_folder(run_dir) if resume else start_run_folder(run_dir):
         return prepare_job(options, run_dir, resume).train()
-    finally:
-        lock.release()
