@@ -10,6 +10,7 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
     tb/                         TENSORBOARD_DIR  TensorBoard events
     checkpoints/checkpoint-N/   CHECKPOINTS_DIR  complete checkpoints only (published with one rename)
     warm_start/                 WARM_START_DIR   the policy RL started from
+    merged/                     MERGED_DIR       a LoRA run's final adapter merged into its base (a full model)
     curves.png                  CURVES_FILE      training curves of metrics.jsonl
     .lock                       LOCK_FILE        held (flock) by the one process writing the folder
 
@@ -51,6 +52,7 @@ KEY_TOKENS_FILE = "key_tokens.jsonl"
 TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
 WARM_START_DIR = "warm_start"
+MERGED_DIR = "merged"
 CURVES_FILE = "curves.png"
 LOCK_FILE = ".lock"
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from trl import ModelConfig
 
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
+    MERGED_DIR,
     METRICS_FILE,
     TENSORBOARD_DIR,
     WARM_START_DIR,
@@ -64,7 +66,7 @@ SYNTHETIC_DATASET = "synthetic"
 WORD_PROBLEMS_DATASET = "word_problems"
 REWARDS = ("accuracy", "dapo")
 
-_TASK, _TINY, _WARM = ArithmeticTask(), TinyModelConfig(), WarmStartConfig()
+_TASK, _TINY, _WARM, _LORA = ArithmeticTask(), TinyModelConfig(), WarmStartConfig(), ModelConfig()
 
 
 @dataclass
@@ -117,6 +119,43 @@ class JobArguments:
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first this-many prompts only (None: all).", "minimum": 1}
+    )
+    # LoRA (TRL's ModelConfig names and defaults; trl.get_peft_config builds the peft.LoraConfig)
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter instead of every weight: checkpoints hold the adapter (adapter_model."
+            "safetensors); the KL reference is the base with the adapter disabled (no second model)."
+        },
+    )
+    lora_r: int = field(default=_LORA.lora_r, metadata={"help": "LoRA rank.", "minimum": 1})
+    lora_alpha: int = field(
+        default=_LORA.lora_alpha,
+        metadata={"help": "LoRA alpha: the update is scaled by lora_alpha / lora_r.", "minimum": 1},
+    )
+    lora_dropout: float = field(default=_LORA.lora_dropout, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names LoRA adapts ([q_proj, v_proj], or 'all-linear'). None: peft's default for the "
+            "model type (the attention's q_proj and v_proj for Llama and Qwen2)."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full beside the adapter and saved with it (None: none)."}
+    )
+    use_rslora: bool = field(
+        default=False, metadata={"help": "Rank-stabilized LoRA: scale by lora_alpha / sqrt(lora_r)."}
+    )
+    use_dora: bool = field(
+        default=False, metadata={"help": "DoRA: LoRA on the direction, a trained magnitude per row."}
+    )
+    save_merged_model: bool = field(
+        default=True,
+        metadata={
+            "help": "With use_peft: at the end of training also write RUN_DIR/merged, the final adapter merged into "
+            "its base, a full model any loader reads (vLLM too)."
+        },
     )
     # The synthetic task (ArithmeticTask), for dataset_name 'synthetic' and 'word_problems'
     task_min_terms: int = field(
@@ -217,6 +256,18 @@ class JobArguments:
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.reward is not None and self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        for name in ("lora_target_modules", "lora_modules_to_save"):  # a list of names, or "a,b" / "all-linear"
+            value = getattr(self, name)
+            value = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"{name} must be a list of module names (or one name), got {getattr(self, name)!r}")
+            setattr(self, name, value)
+        if not self.use_peft:
+            changed = [name for name in _LORA_FIELDS if getattr(self, name) != _JOB_DEFAULTS[name]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} set without use_peft=true: LoRA is off")
         self.task()
         self.tiny_model()
         self.warm_start()
@@ -228,6 +279,14 @@ class JobArguments:
         return cls(
             **{name: coerce_value(name, value, hints[name]) for name, value in options.items() if name in JOB_KEYS}
         )
+
+    def peft_config(self):
+        """The ``peft.LoraConfig`` of the ``lora_*`` fields (`trl.get_peft_config`); None without ``use_peft``."""
+        if not self.use_peft:
+            return None
+        from trl import get_peft_config
+
+        return get_peft_config(ModelConfig(use_peft=True, **{name: getattr(self, name) for name in _LORA_FIELDS}))
 
     def task(self) -> ArithmeticTask:
         return self._section("task_", ArithmeticTask)
@@ -254,6 +313,17 @@ def _allows_none(annotation: Any) -> bool:
 
 #: Every job key of a recipe that is not a `KTAEGRPOConfig` field.
 JOB_KEYS = frozenset(f.name for f in dataclasses.fields(JobArguments))
+_JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobArguments)}
+#: The LoRA fields that mean nothing without ``use_peft``.
+_LORA_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_modules_to_save",
+    "use_rslora",
+    "use_dora",
+)
 
 #: The built-in job: a tiny Qwen2 on the synthetic task, on 2 CPU cores in a few minutes.
 DEFAULT_JOB: dict[str, Any] = {
@@ -534,6 +604,7 @@ class PreparedJob:
     checkpoint: str | None
     warm_history: list | None
     started: float
+    merge_adapter: bool = False  # write the final LoRA adapter merged into its base to RUN_DIR/merged
 
     def train(self) -> dict[str, Any]:
         self.trainer.train(resume_from_checkpoint=self.checkpoint)
@@ -541,13 +612,22 @@ class PreparedJob:
         # threads can abort a finished process. A no-op in a single process.
         self.trainer.accelerator.end_training()
         history = read_jsonl(self.run_dir / METRICS_FILE)
+        checkpoints = list_checkpoints(self.run_dir)
+        merged = None
+        if self.merge_adapter and checkpoints and self.trainer.accelerator.is_main_process:
+            from ktae.models import merge_adapter
+
+            # From the saved adapter, not the live model: its weights may be sharded over the processes.
+            merged = str(merge_adapter(checkpoints[-1], self.run_dir / MERGED_DIR))
+            print(f"[ktae train] {checkpoints[-1].name} merged into its base: {merged}")
         return {
             "run_dir": str(self.run_dir),
             "steps": self.trainer.state.global_step,
             "warm_start_accuracy": self.warm_history,
             "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r],
             "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
-            "checkpoints": [p.name for p in list_checkpoints(self.run_dir)],
+            "checkpoints": [p.name for p in checkpoints],
+            **({"merged_model": merged} if merged else {}),
             "seconds": round(time.perf_counter() - self.started, 1),
         }
 
@@ -568,8 +648,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         RunLogCallback,
     )
     from ktae.integrations.trl.trainer import KTAEGRPOTrainer
-    from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
-    from ktae.models import load_tokenizer, resolve_model_source
+    from ktae.integrations.trl.warmstart import warm_start
+    from ktae.models import load_tokenizer, resolve_model_source, save_pretrained_atomically
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -602,9 +682,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
                 print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
             else:
                 save_pretrained_atomically(model, tokenizer, warm_dir)
-        policy = str(warm_dir)
+        policy = str(warm_dir.resolve())
     else:
-        policy = name
+        # a local folder by its absolute path: a LoRA checkpoint records it as its base (adapter_config.json)
+        policy = str(Path(name).resolve()) if Path(name).is_dir() else name
     tokenizer = load_tokenizer(policy)
 
     callbacks: list[TrainerCallback] = []
@@ -622,6 +703,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         train_dataset=train_data,
         processing_class=tokenizer,
         callbacks=callbacks,
+        peft_config=job.peft_config(),
     )
     trainer.run_description = describe_run(job)
     print(
@@ -650,7 +732,8 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
         shutil.rmtree(partial)
     write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
-    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
+    merge = job.use_peft and job.save_merged_model
+    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started, merge)
 
 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ktae.integrations.trl.callbacks import GreedyAccuracyCallback
+from ktae.models import save_pretrained_atomically
 
 
 @dataclass(frozen=True)
@@ -104,18 +105,3 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
     save_pretrained_atomically(trainer.model, tokenizer, output_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return accuracy.history
-
-
-def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) -> Path:
-    """Save model (safetensors) and tokenizer beside ``output_dir``, then publish them with one rename.
-
-    A folder found at ``output_dir`` is therefore always complete.
-    """
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging), safe_serialization=True)
-    tokenizer.save_pretrained(str(staging))
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(staging, output_dir)
-    return output_dir
