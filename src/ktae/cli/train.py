@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     lock = None  # held until the job ends; the kernel drops it if the process dies
     try:
         try:
+            from accelerate import PartialState
+            from accelerate.utils import broadcast_object_list
+
             from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
+                check_launch,
                 default_job,
                 finished_step,
                 parse_overrides,
@@ -58,11 +62,14 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = args.resume
                 if not (run_dir / CONFIG_FILE).is_file():
                     raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-                lock = RunFolderLock(run_dir).acquire()
                 options = resolve_options(read_config(run_dir) or {}, args.overrides)
+                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
+                check_launch(launch.num_processes)
+                if launch.is_main_process:
+                    lock = RunFolderLock(run_dir).acquire()
                 finished = finished_step(run_dir, options.get("max_steps", -1))
                 if finished is not None:
-                    print(
+                    launch.print(
                         f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
                         f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
                     )
@@ -74,12 +81,17 @@ def run(args: argparse.Namespace) -> int:
                     recipe = {}
                     defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
+                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
+                check_launch(launch.num_processes)
                 run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-                lock = RunFolderLock(run_dir).acquire()
-                if (run_dir / CONFIG_FILE).exists():
-                    raise ValueError(
-                        f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
-                    )
+                if launch.num_processes > 1:  # one folder for every process: the main one's
+                    run_dir = broadcast_object_list([run_dir])[0]
+                if launch.is_main_process:
+                    lock = RunFolderLock(run_dir).acquire()
+                    if (run_dir / CONFIG_FILE).exists():
+                        raise ValueError(
+                            f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another folder"
+                        )
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (
             ValueError,
@@ -90,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         ) as error:  # OSError: files, hubs out of reach
             print(f"ktae train: error: {error}", file=sys.stderr)
             return 2
-        print(json.dumps(job.train(), indent=2))
+        summary = job.train()
+        launch.print(json.dumps(summary, indent=2))
         return 0
     finally:
         if lock is not None:

@@ -197,6 +197,10 @@ class AtomicCheckpointCallback(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        # Every process writes its part (its RNG state; its shard under DeepSpeed or FSDP): wait for all of them.
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"

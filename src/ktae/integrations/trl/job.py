@@ -241,6 +241,15 @@ class JobArguments:
     keep_checkpoints: int | None = field(
         default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all).", "minimum": 1}
     )
+    # The launch
+    intended_num_processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "The process count the recipe's batch sizes are meant for (accelerate launch --num_processes); "
+            "a launch with another count gets a warning naming the batch it trains on instead (None: no check).",
+            "minimum": 1,
+        },
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -500,6 +509,38 @@ def resolve_options(
     return options
 
 
+def check_launch(num_processes: int) -> None:
+    """Training must see every process that was launched (``WORLD_SIZE``, set by accelerate launch and torchrun):
+    on a machine without GPUs transformers sees one unless the job sets ``use_cpu``."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise ValueError(
+            f"{launched} processes were launched (WORLD_SIZE) but training sees {num_processes}: "
+            "on a machine without GPUs, set use_cpu=true"
+        )
+
+
+def batch_report(config: KTAEGRPOConfig, num_processes: int, intended: int | None) -> list[str]:
+    """What one optimizer step trains on with ``num_processes`` processes, and a warning when the recipe was
+    sized for another count (``intended_num_processes``): the batch it gives instead and how to get the intended one."""
+    assert config.num_generations is not None  # KTAEGRPOConfig refuses None
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    total = num_processes * per_step
+    lines = [
+        f"[ktae train] {num_processes} process(es) x per_device_train_batch_size {config.per_device_train_batch_size}"
+        f" x gradient_accumulation_steps {config.gradient_accumulation_steps} = {total} rollouts per optimizer "
+        f"step ({total / config.num_generations:g} prompts x num_generations {config.num_generations})"
+    ]
+    if intended is not None and intended != num_processes:
+        lines.append(
+            f"[ktae train] warning: the recipe is sized for {intended} processes (intended_num_processes), this "
+            f"launch has {num_processes}: an optimizer step takes {total} rollouts instead of {intended * per_step}. "
+            f"Launch {intended} processes (accelerate launch --num_processes {intended}), or keep the batch with "
+            f"gradient_accumulation_steps x processes = {config.gradient_accumulation_steps * intended}."
+        )
+    return lines
+
+
 def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
     """The step of the run's newest checkpoint when it has trained all its steps, else None.
 
@@ -609,7 +650,10 @@ class PreparedJob:
     def train(self) -> dict[str, Any]:
         self.trainer.train(resume_from_checkpoint=self.checkpoint)
         # Under `accelerate launch` / torchrun: leave no process group alive at exit, where gloo's
-        # threads can abort a finished process. A no-op in a single process.
+        # threads can abort a finished process. A no-op in a single process. The barrier first lets gloo's
+        # threads finish the last collectives' work while no thread holds the GIL: one that is still
+        # releasing its tensors when the group is torn down waits for the GIL forever.
+        self.trainer.accelerator.wait_for_everyone()
         self.trainer.accelerator.end_training()
         history = read_jsonl(self.run_dir / METRICS_FILE)
         checkpoints = list_checkpoints(self.run_dir)
@@ -638,6 +682,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
     ``config.yaml`` is written last, once all of that worked.
     """
+    from accelerate import PartialState
     from transformers import ProgressCallback, TrainerCallback
     from transformers.integrations import TensorBoardCallback
 
@@ -655,6 +700,9 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = build_trainer_config(options, run_dir)
+    # The processes of an `accelerate launch` (one without it; building the config set it up): all of them
+    # train, the main one alone writes the run folder's files and prints.
+    launch = PartialState()
     job = JobArguments.from_options(options)
     train_data, held_out = load_datasets(job)
 
@@ -668,20 +716,23 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     if name is None:
         raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
     if warm.max_steps > 0 or name == TINY_MODEL or resolve_model_source(name).gguf_file is not None:
-        if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
+        ready = (warm_dir / "config.json").is_file()  # a resumed run keeps its warm start
+        launch.wait_for_everyone()  # every process has looked before the main one writes the folder
+        if not ready:
             # the tiny model is seeded by the job's training seed, 0 when the options leave it unset
             model, tokenizer = load_model_and_tokenizer(job, seed=options.get("seed", 0))
-            if warm.max_steps > 0:
+            if warm.max_steps > 0:  # every process trains (data parallel), the main one saves
                 if held_out is None:
                     raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
-                print(
+                launch.print(
                     f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
                     f"(at most {warm.max_steps} steps)"
                 )
-                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm)
-                print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
-            else:
+                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm, config.use_cpu)
+                launch.print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
+            elif launch.is_main_process:
                 save_pretrained_atomically(model, tokenizer, warm_dir)
+            launch.wait_for_everyone()
         policy = str(warm_dir.resolve())
     else:
         # a local folder by its absolute path: a LoRA checkpoint records it as its base (adapter_config.json)
@@ -706,7 +757,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         peft_config=job.peft_config(),
     )
     trainer.run_description = describe_run(job)
-    print(
+    launch.print(
         f"[ktae train] policy {policy}: end of sequence {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), "
         f"padding {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}); generation stops at ids "
         f"{trainer.eos_token_ids}; KTAE ignores ids {list(trainer.ktae_config.ignore_token_ids)}"
@@ -718,8 +769,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     if resume:
         complete = list_checkpoints(run_dir)
         checkpoint = complete[-1] if complete else None
-        print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
-    if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
+        launch.print(f"[ktae train] resuming from {checkpoint or 'the start (no complete checkpoint yet)'}")
+    for line in batch_report(config, launch.num_processes, job.intended_num_processes):
+        launch.print(line)
+    if trainer.pop_callback(TensorBoardCallback) is not None and launch.is_main_process:  # report_to: tensorboard
         from torch.utils.tensorboard import SummaryWriter
 
         # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
@@ -729,9 +782,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         assert start is not None  # list_checkpoints returns checkpoint-N folders only
         writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
         trainer.add_callback(TensorBoardCallback(writer))
-    for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
-        shutil.rmtree(partial)
-    write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
+    if launch.is_main_process:
+        for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
+            shutil.rmtree(partial)
+        write_config(run_dir, {**options, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
     merge = job.use_peft and job.save_merged_model
     return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started, merge)
 
