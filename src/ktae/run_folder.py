@@ -11,6 +11,7 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
     checkpoints/checkpoint-N/   CHECKPOINTS_DIR  complete checkpoints only (published with one rename)
     warm_start/                 WARM_START_DIR   the policy RL started from
     merged/                     MERGED_DIR       a LoRA run's final adapter merged into its base (a full model)
+    benchmarks/step-N/          BENCHMARKS_DIR   benchmark results during training (``ktae eval``'s layout)
     curves.png                  CURVES_FILE      training curves of metrics.jsonl
     .lock                       LOCK_FILE        held (flock) by the one process writing the folder
 
@@ -53,6 +54,7 @@ TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
 WARM_START_DIR = "warm_start"
 MERGED_DIR = "merged"
+BENCHMARKS_DIR = "benchmarks"
 CURVES_FILE = "curves.png"
 LOCK_FILE = ".lock"
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -143,6 +143,18 @@ class TransformersGenerator:
         self.model.to(self.device).eval()
         self.eos_ids = set(end_token_ids(self.tokenizer, self.model.generation_config.eos_token_id))
 
+    @classmethod
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8, max_model_len: int = 4096) -> TransformersGenerator:
+        """A generator on a model already loaded, where it is (a model in training, between its steps): the
+        caller puts it in eval mode and back. ``tokenizer``: left padding, pad and end tokens resolved."""
+        from ktae.models import end_token_ids
+
+        generator = cls.__new__(cls)
+        generator.device, generator.batch_size, generator.max_model_len = model.device, batch_size, max_model_len
+        generator.tokenizer, generator.model = tokenizer, model
+        generator.eos_ids = set(end_token_ids(tokenizer, model.generation_config.eos_token_id))
+        return generator
+
     def generate(
         self,
         prompts: list[str],

@@ -99,9 +99,12 @@ def _launch(*arguments: str) -> subprocess.CompletedProcess:
     return completed
 
 
-def test_ddp_config_launches_two_cpu_processes_and_resumes(tmp_path):
+def test_ddp_config_launches_two_cpu_processes_and_resumes(tmp_path, suites):
     run = tmp_path / "run"
     job = [*SMALL, "warm_start_max_steps=2", "use_cpu=true", "save_steps=1", "intended_num_processes=8"]
+    # benchmarks shared out over the processes: 3 problems, one process generates 2 and the other 1 (and 1 again)
+    benchmark = ["benchmark_suites=aime24", f"benchmark_data_dir={suites}", "benchmark_eval_steps=1", "template=plain"]
+    job += [*benchmark, "tiny_max_position_embeddings=96"]
     out = _launch("--output-dir", str(run), *job, "max_steps=1").stdout
     # The start-up lines, printed once (by the main process): the batch of a step and the warning.
     assert (
@@ -126,3 +129,12 @@ def test_ddp_config_launches_two_cpu_processes_and_resumes(tmp_path):
     rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rollouts}) == [1, 2]
     assert not list(run.glob("checkpoint-*"))  # every checkpoint published
+    assert sorted(p.name for p in (run / "benchmarks").iterdir()) == ["step-0", "step-1", "step-2"]
+    assert out.count("benchmarks at step 0") == out.count("benchmarks at step 1") == 1
+    for step in (0, 1, 2):
+        lines = (run / "benchmarks" / f"step-{step}" / "responses" / "aime24.jsonl").read_text().splitlines()
+        responses = [json.loads(line) for line in lines]
+        assert [(r["index"], r["problem"]) for r in responses] == [(0, "1+2="), (1, "2+2="), (2, "3+4=")]
+        assert all(0 < r["num_tokens"] <= 16 for r in responses)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "benchmark/aime24" in r] == [1, 2]

@@ -64,6 +64,11 @@ def test_counts_have_a_minimum_and_only_optional_ones_take_null():
         "task_eval_size": 1,
         "eval_accuracy_steps": 0,
         "keep_checkpoints": 1,
+        "benchmark_eval_steps": 1,
+        "benchmark_limit": 1,
+        "benchmark_samples": 1,
+        "benchmark_batch_size": 1,
+        "intended_num_processes": 1,
     }
     assert JobArguments(keep_checkpoints=None, max_train_samples=None).keep_checkpoints is None
     with pytest.raises(ValueError, match=r"task_train_size must be an integer >= 1, got None"):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ktae.integrations.trl import load_config
-from ktae.integrations.trl.job import batch_report
+from ktae.integrations.trl.job import JobArguments, batch_report
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 NAMES = [
@@ -75,6 +75,19 @@ def test_recipe_has_the_paper_settings(name, tmp_path):
     )
     assert (config.max_completion_length, config.vllm_max_model_length) == (3072, 1024 + 3072)
     assert config.use_vllm and config.num_train_epochs == 20 and config.loss_type == "dapo"
+    # benchmarks during training, as the paper evaluates (greedy, the run's template and response limit)
+    benchmarks = JobArguments.from_options(job).benchmark_settings(config, model=job["model_name_or_path"])
+    assert (benchmarks.template, benchmarks.max_new_tokens, benchmarks.temperature, benchmarks.limit) == (
+        "qwen_math",
+        3072,
+        0.0,
+        100,
+    )
+    assert (job["benchmark_suites"], job["benchmark_eval_steps"], job["keep_best_checkpoint"]) == (
+        "math500,amc23,aime24",
+        20,
+        True,
+    )
     if config.ktae:
         ktae = config.ktae_config(ignore_token_ids=())
         assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from transformers import ProgressCallback, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME as TRAINER_STATE_FILE
 
 from ktae.run_folder import (
     CHECKPOINTS_DIR,
@@ -27,6 +28,7 @@ from ktae.run_folder import (
     KEY_TOKENS_FILE,
     METRICS_FILE,
     append_jsonl,
+    checkpoint_step,
     drop_steps_after,
     is_metric_value,
     list_checkpoints,
@@ -187,7 +189,7 @@ class AtomicCheckpointCallback(TrainerCallback):
     midway leaves a folder that looks like a checkpoint. This callback runs once the trainer
     has written everything (``on_save``) and renames the folder into ``checkpoints/`` in one
     ``os.replace``, so resume only ever sees complete checkpoints. ``keep``: how many of the
-    newest checkpoints to keep (None: all).
+    newest checkpoints to keep (None: all), besides the best one (``state.best_global_step``).
     """
 
     def __init__(self, run_dir: str | os.PathLike, keep: int | None = None):
@@ -211,10 +213,15 @@ class AtomicCheckpointCallback(TrainerCallback):
         target = target_root / written.name
         if target.exists():  # a stale copy of the same step from before a resume
             shutil.rmtree(target)
+        best = state.best_model_checkpoint
+        if best is not None and Path(best) == written:  # the trainer named the best checkpoint where it wrote it
+            state.best_model_checkpoint = str(target)
+            state.save_to_json(str(written / TRAINER_STATE_FILE))
         os.replace(written, target)
-        if self.keep is not None:
+        if self.keep is not None:  # the best checkpoint (benchmark validation) stays too
             for old in list_checkpoints(self.run_dir)[: -self.keep]:
-                shutil.rmtree(old)
+                if checkpoint_step(old) != state.best_global_step:
+                    shutil.rmtree(old)
 
 
 #: What the progress line shows per logged step: (metric, label, format).

@@ -45,6 +45,7 @@ from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
+    BENCHMARKS_DIR,
     MERGED_DIR,
     METRICS_FILE,
     TENSORBOARD_DIR,
@@ -241,6 +242,53 @@ class JobArguments:
     keep_checkpoints: int | None = field(
         default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all).", "minimum": 1}
     )
+    # Benchmark validation during training (ktae.integrations.trl.validation; TRL's own eval_* keys are not used)
+    benchmark_suites: str | None = field(
+        default=None,
+        metadata={
+            "help": "Math suites to evaluate the policy on during training, comma-separated (aime24, amc23, math500, "
+            "minerva, olympiadbench), with ktae eval's harness: before the first step, every benchmark_eval_steps "
+            "and after the last; results in RUN_DIR/benchmarks/step-N (None: no benchmarks)."
+        },
+    )
+    benchmark_eval_steps: int = field(
+        default=50, metadata={"help": "Evaluate the benchmarks every this many steps.", "minimum": 1}
+    )
+    benchmark_limit: int | None = field(
+        default=None, metadata={"help": "Only the first this-many problems of each suite (None: all).", "minimum": 1}
+    )
+    benchmark_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Responses per problem: 1 is greedy (the paper's protocol); more log avg@N, pass@N and maj@N.",
+            "minimum": 1,
+        },
+    )
+    benchmark_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the benchmarks (None: greedy for 1 sample, else the run's)."},
+    )
+    benchmark_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of <suite>.jsonl files (problem, answer) to use instead of the packaged suites."},
+    )
+    benchmark_batch_size: int = field(
+        default=16, metadata={"help": "Prompts generated at once (per process) by the benchmarks.", "minimum": 1}
+    )
+    keep_best_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "Save a checkpoint at the step with the best best_checkpoint_metric so far and keep it beside "
+            "keep_checkpoints (needs benchmark_suites); trainer_state.json records it (best_model_checkpoint)."
+        },
+    )
+    best_checkpoint_metric: str = field(
+        default="benchmark/avg",
+        metadata={
+            "help": "The logged benchmark figure keep_best_checkpoint maximises: benchmark/avg, benchmark/<suite>, "
+            "or with benchmark_samples N > 1 benchmark/pass@N, benchmark/maj@N."
+        },
+    )
     # The launch
     intended_num_processes: int | None = field(
         default=None,
@@ -273,6 +321,18 @@ class JobArguments:
             if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
                 raise ValueError(f"{name} must be a list of module names (or one name), got {getattr(self, name)!r}")
             setattr(self, name, value)
+        if self.benchmark_suites is not None:
+            from ktae.data.benchmarks import parse_benchmark_names
+            from ktae.integrations.trl.validation import metric_names
+
+            names = metric_names(parse_benchmark_names(self.benchmark_suites), self.benchmark_samples)
+            if self.best_checkpoint_metric not in names:
+                raise ValueError(
+                    f"best_checkpoint_metric {self.best_checkpoint_metric!r} is not a benchmark figure of this run; "
+                    f"choose one of {', '.join(names)}"
+                )
+        elif self.keep_best_checkpoint:
+            raise ValueError("keep_best_checkpoint needs benchmark_suites: the best step is the best benchmark result")
         if not self.use_peft:
             changed = [name for name in _LORA_FIELDS if getattr(self, name) != _JOB_DEFAULTS[name]]
             if changed:
@@ -296,6 +356,27 @@ class JobArguments:
         from trl import get_peft_config
 
         return get_peft_config(ModelConfig(use_peft=True, **{name: getattr(self, name) for name in _LORA_FIELDS}))
+
+    def benchmark_settings(self, config: KTAEGRPOConfig, model: str):
+        """The harness's `EvalSettings` of the benchmarks (None without ``benchmark_suites``): the run's template
+        and response limit, ``model`` as its label."""
+        if self.benchmark_suites is None:
+            return None
+        from ktae.evaluation.harness import EvalSettings
+
+        temperature = self.benchmark_temperature
+        if temperature is None:
+            temperature = 0.0 if self.benchmark_samples == 1 else config.temperature
+        return EvalSettings(
+            model=model,
+            template=self.template,
+            max_new_tokens=config.max_completion_length or EvalSettings.max_new_tokens,
+            limit=self.benchmark_limit,
+            data_dir=str(Path(self.benchmark_data_dir).resolve()) if self.benchmark_data_dir else None,
+            samples=self.benchmark_samples,
+            temperature=temperature,
+            seed=config.seed,
+        )
 
     def task(self) -> ArithmeticTask:
         return self._section("task_", ArithmeticTask)
@@ -672,8 +753,28 @@ class PreparedJob:
             "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
             "checkpoints": [p.name for p in checkpoints],
             **({"merged_model": merged} if merged else {}),
+            **self._benchmark_summary(),
             "seconds": round(time.perf_counter() - self.started, 1),
         }
+
+    def _benchmark_summary(self) -> dict[str, Any]:
+        """(step, mean accuracy in %) of the run's benchmark evaluations, and the best checkpoint when one is kept."""
+        from ktae.evaluation.eval_folder import RESULTS_FILE
+
+        folders = (self.run_dir / BENCHMARKS_DIR).glob("step-*")
+        steps = sorted(int(f.name.removeprefix("step-")) for f in folders if (f / RESULTS_FILE).is_file())
+        if not steps:
+            return {}
+        results = [json.loads((self.run_dir / BENCHMARKS_DIR / f"step-{s}" / RESULTS_FILE).read_text()) for s in steps]
+        summary: dict[str, Any] = {"benchmark_avg": [(step, r["avg"]) for step, r in zip(steps, results)]}
+        state = self.trainer.state
+        if state.best_global_step is not None:
+            summary["best_checkpoint"] = {
+                "step": state.best_global_step,
+                "value": state.best_metric,
+                "model": state.best_model_checkpoint,
+            }
+        return summary
 
 
 def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> PreparedJob:
@@ -704,6 +805,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     # train, the main one alone writes the run folder's files and prints.
     launch = PartialState()
     job = JobArguments.from_options(options)
+    benchmarks = job.benchmark_settings(config, model=str(job.model_name_or_path))  # checked before any work
     train_data, held_out = load_datasets(job)
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
@@ -746,6 +848,24 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
                 tokenizer, held_out, job.eval_accuracy_steps, max_new_tokens=config.max_completion_length
             )
         )
+    validation = None
+    if benchmarks is not None:  # before RunLogCallback: its figures join the log record of their step
+        from ktae.data.benchmarks import parse_benchmark_names
+        from ktae.integrations.trl.validation import BenchmarkCallback
+
+        suites = parse_benchmark_names(str(job.benchmark_suites))
+        validation = BenchmarkCallback(
+            benchmarks,
+            suites,
+            tokenizer,
+            job.benchmark_eval_steps,
+            run_dir,
+            batch_size=job.benchmark_batch_size,
+            keep_best=job.keep_best_checkpoint,
+            best_metric=job.best_checkpoint_metric,
+            starting_model=policy,
+        )
+        callbacks.append(validation)
     callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=job.keep_checkpoints)]
     trainer = KTAEGRPOTrainer(
         model=policy,
@@ -757,6 +877,10 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         peft_config=job.peft_config(),
     )
     trainer.run_description = describe_run(job)
+    if validation is not None:  # generation needs the trainer's wrapped model; prompt + response fit the model
+        validation.trainer = trainer
+        context = getattr(trainer.model.config, "max_position_embeddings", None)
+        validation.settings = dataclasses.replace(validation.settings, max_model_len=context or 4096)
     launch.print(
         f"[ktae train] policy {policy}: end of sequence {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), "
         f"padding {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}); generation stops at ids "
