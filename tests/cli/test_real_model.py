@@ -64,6 +64,7 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     train_seconds = time.perf_counter() - started
     out = capsys.readouterr().out
     assert "end of turn '<|im_end|>' (metadata: '<|im_start|>')" in out  # the correction, printed
+    assert "data: the synthetic arithmetic told as English word problems (ktae.data.word_problems)" in out
     assert f"end of sequence '<|im_end|>' (id {IM_END})" in out and f"KTAE ignores ids [{IM_END}]" in out
     summary = json.loads(out[out.rindex("\n{\n") :])
     assert summary["steps"] == 1 and summary["checkpoints"] == ["checkpoint-1"]

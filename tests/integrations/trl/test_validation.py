@@ -33,6 +33,10 @@ def test_benchmarks_run_before_every_few_steps_and_after_training(tmp_path, suit
         f"at 3 steps (0, 2, 3): {run / 'benchmarks'}/step-N" in out
     )
     assert "benchmarks at step 0: avg 0.0% (" in out and "2 more: about" in out
+    assert (  # the data, said up front
+        "[ktae train] data: the synthetic arithmetic task (ktae.data.synthetic), the built-in job's (256 training "
+        "prompts, 16 held-out); dataset_name=... (or --config RECIPE) trains on your data" in out
+    )
     summary = json.loads(out[out.rindex("\n{\n") :])
 
     results = {

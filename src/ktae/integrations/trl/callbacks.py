@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -240,17 +241,58 @@ PROGRESS_FIELDS = (
 )
 
 
+def format_duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"1 h 40 min"``."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+#: After this many steps of a session the time estimate is printed again, from the steps after the first
+#: (the first also pays for one-off work: compiling kernels, filling caches).
+ESTIMATE_AGAIN_AT = 5
+
+
 class MetricsProgressCallback(ProgressCallback):
     """Hugging Face's progress bar, with one compact line of the main metrics per logged step.
 
     When the trainer has written new key tokens (``key_tokens.jsonl`` in ``run_dir``), the line is
-    followed by the most credited and blamed tokens with their total bonus (`rank_key_tokens`).
+    followed by the most credited and blamed tokens with their total bonus (`rank_key_tokens`). The time
+    the run will take is said when it starts (the step count), after its first step and after
+    `ESTIMATE_AGAIN_AT` steps (the time per step and the total), and on every step line (``eta``).
     """
 
     def __init__(self, run_dir: str | os.PathLike | None = None):
         super().__init__()
         self.key_tokens_path = Path(run_dir) / KEY_TOKENS_FILE if run_dir is not None else None
         self._key_tokens_seen = 0
+        self._step_ends: list[float] = []  # this session's start, then the end of each step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self._step_ends = [time.perf_counter()]
+        if state.is_world_process_zero and self.training_bar is not None:
+            left = state.max_steps - state.global_step
+            self.training_bar.write(f"[ktae train] {left} steps to train; the time they take follows the first")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        self._step_ends.append(time.perf_counter())
+        done = len(self._step_ends) - 1
+        if state.is_world_process_zero and self.training_bar is not None and done in (1, ESTIMATE_AGAIN_AT):
+            pace = self._seconds_per_step()
+            left = state.max_steps - state.global_step
+            which = "step 1" if done == 1 else f"steps 2-{done}"
+            self.training_bar.write(
+                f"[ktae train] {state.max_steps} steps at ~{format_duration(pace)}/step ({which} of this session): "
+                f"about {format_duration(pace * state.max_steps)} in all, {format_duration(pace * left)} to go"
+            )
+
+    def _seconds_per_step(self) -> float:
+        """Mean wall time of this session's steps after the first (the first alone until there are others)."""
+        ends = self._step_ends
+        return (ends[-1] - ends[1]) / (len(ends) - 2) if len(ends) > 2 else ends[-1] - ends[0]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
@@ -262,6 +304,8 @@ class MetricsProgressCallback(ProgressCallback):
             if is_metric_value(record.get(key))
         ]
         if shown:
+            if len(self._step_ends) > 1:
+                shown.append(f"eta {format_duration(self._seconds_per_step() * (state.max_steps - state.global_step))}")
             self.training_bar.write(f"step {state.global_step:>4} | " + " | ".join(shown))
         else:  # the end-of-training summary and other non-step logs
             self.training_bar.write(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}))

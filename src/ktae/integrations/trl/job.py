@@ -475,6 +475,10 @@ REAL_MODEL_JOB: dict[str, Any] = {
     "per_device_train_batch_size": 16,
     "max_completion_length": 128,
     "temperature": 0.7,
+    # Minutes on a CPU (docs/training.md has SmolLM2-135M's curve and times); max_steps=150 is the long run.
+    "max_steps": 30,
+    "eval_accuracy_steps": 5,
+    "save_steps": 10,
 }
 
 #: Fields whose value `algo` decides when unset: written explicitly to config.yaml.
@@ -705,12 +709,33 @@ def describe_run(job: JobArguments) -> RunDescription:
             "the result is in `warm_start/`)."
         )
         notes = (note,)
-    name, dataset = job.model_name_or_path, job.dataset_name
+    name = job.model_name_or_path
     return RunDescription(
         base_model="a tiny model built locally" if name == TINY_MODEL else name,
-        dataset="the synthetic arithmetic task (ktae.data.synthetic)" if dataset == SYNTHETIC_DATASET else dataset,
+        dataset=dataset_description(job),
         notes=notes,
     )
+
+
+def dataset_description(job: JobArguments) -> str | None:
+    """What ``dataset_name`` names, in words."""
+    return {
+        SYNTHETIC_DATASET: "the synthetic arithmetic task (ktae.data.synthetic)",
+        WORD_PROBLEMS_DATASET: "the synthetic arithmetic told as English word problems (ktae.data.word_problems)",
+    }.get(str(job.dataset_name), job.dataset_name)
+
+
+def describe_data(job: JobArguments, train, held_out) -> str:
+    """The start-up line on the data: what it is, how many prompts, and for the built-in tasks how to change it."""
+    held = f"{len(held_out)} held-out" if held_out is not None else "none held out"
+    counts = f"{len(train)} training prompts, {held}"
+    if job.dataset_name in (SYNTHETIC_DATASET, WORD_PROBLEMS_DATASET):
+        return (
+            f"[ktae train] data: {dataset_description(job)}, the built-in job's ({counts}); "
+            "dataset_name=... (or --config RECIPE) trains on your data"
+        )
+    split = f"split {job.dataset_train_split}, template {job.template}"
+    return f"[ktae train] data: {job.dataset_name} ({split}; {counts})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -807,6 +832,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     job = JobArguments.from_options(options)
     benchmarks = job.benchmark_settings(config, model=str(job.model_name_or_path))  # checked before any work
     train_data, held_out = load_datasets(job)
+    launch.print(describe_data(job, train_data, held_out))
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
     # the warm-started (or freshly built tiny, or GGUF-converted) model in RUN_DIR/warm_start, else

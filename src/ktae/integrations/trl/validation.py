@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 
 from ktae.evaluation.generation import GREEDY, Generation, Sampling, TransformersGenerator
 from ktae.evaluation.harness import EvalSettings
+from ktae.integrations.trl.callbacks import format_duration
 from ktae.run_folder import BENCHMARKS_DIR, CHECKPOINT_PREFIX, CHECKPOINTS_DIR
 
 PREFIX = "benchmark/"
@@ -57,10 +58,6 @@ def metric_names(suites: Sequence[str], samples: int) -> list[str]:
         for label in ("pass", "maj"):
             names += [f"{PREFIX}{label}@{samples}", *(f"{PREFIX}{suite}/{label}@{samples}" for suite in suites)]
     return names
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 class ShardedGenerator:
@@ -254,10 +251,11 @@ class BenchmarkCallback(TrainerCallback):
         self._remaining -= 1
         seconds = time.perf_counter() - started
         if launch.is_main_process:
-            more = f"; {self._remaining} more: about {_duration(self._remaining * seconds)}" if self._remaining else ""
+            left = self._remaining
+            more = f"; {left} more: about {format_duration(left * seconds)}" if left else ""
             print(
                 f"[ktae train] benchmarks at step {step}: avg {metrics[f'{PREFIX}avg']:.1f}% "
-                f"({_duration(seconds)}{more})"
+                f"({format_duration(seconds)}{more})"
             )
         value = metrics[self.best_metric]
         if self.keep_best and (state.best_metric is None or value > state.best_metric):
