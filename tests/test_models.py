@@ -1,6 +1,7 @@
 """`ktae.models`: model sources, tokenizer loading, resolved special tokens and ignored ids."""
 
 import importlib.util
+import json
 
 import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -9,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from ktae import models as ktae_models
 from ktae.models import (
     SMOLLM2,
+    ModelSource,
     end_token_ids,
     ignored_token_ids,
     load_tokenizer,
@@ -119,3 +121,33 @@ def test_model_vocab_size_is_the_models_rows_not_the_tokenizers():
     assert model_vocab_size(Qwen2VLConfig(text_config={"vocab_size": 300, "bos_token_id": 0, "eos_token_id": 1})) == 300
     with pytest.raises(ValueError, match="no valid vocab_size"):
         model_vocab_size(object())
+
+
+def test_adapter_sources_name_their_base_or_say_why_not(tmp_path, monkeypatch):
+    from ktae.evaluation import generation
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as if vLLM were installed
+        generation.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a),
+    )
+
+    def adapter(folder, base):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        return folder
+
+    hub = adapter(tmp_path / "on-hub", "Qwen/Qwen2.5-Math-1.5B")
+    assert resolve_model_source(hub) == ModelSource("Qwen/Qwen2.5-Math-1.5B", adapter=str(hub))
+    with pytest.raises(ValueError, match="vllm backend does not load a PEFT adapter"):
+        generation.select_backend("vllm", str(hub))
+    assert generation.select_backend("auto", str(hub)) == "transformers"  # merged in memory
+    gone = adapter(tmp_path / "elsewhere", str(tmp_path / "no-such-base"))
+    with pytest.raises(FileNotFoundError, match="is not there, and the adapter is not a checkpoint of a run folder"):
+        resolve_model_source(gone)
+    unnamed = adapter(tmp_path / "unnamed", "")
+    with pytest.raises(FileNotFoundError, match="names no base_model_name_or_path"):
+        resolve_model_source(unnamed)
+    with pytest.raises(ValueError, match="not a PEFT adapter folder"):
+        ktae_models.merge_adapter("Qwen/Qwen2.5-Math-1.5B", tmp_path / "merged")

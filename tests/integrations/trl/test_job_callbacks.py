@@ -78,3 +78,45 @@ def test_progress_line_shows_the_logged_key_tokens_by_total_bonus(tmp_path):
         == " @ step 4 (total bonus): credited '7'+2.00 | blamed 'x'-1.50"
     )
     assert progress._new_key_tokens() is None  # shown once
+
+
+def test_the_best_checkpoint_outlives_rotation_and_is_named_where_it_was_published(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    callback = AtomicCheckpointCallback(tmp_path, keep=1)
+    state = _state(0)
+    for step in (5, 10, 15):
+        state.global_step = step
+        written = tmp_path / f"checkpoint-{step}"
+        written.mkdir()
+        if step == 5:  # the trainer names the best checkpoint where it wrote it, and saves that in its state
+            state.best_global_step, state.best_model_checkpoint = 5, str(written)
+        state.save_to_json(str(written / "trainer_state.json"))
+        callback.on_save(args, state, TrainerControl())
+    published = tmp_path / "checkpoints" / "checkpoint-5"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-15"]
+    assert state.best_model_checkpoint == str(published)
+    saved = json.loads((published / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == str(published)
+
+
+def test_the_progress_says_how_long_the_run_takes(monkeypatch, capsys):
+    from ktae.integrations.trl import callbacks
+
+    assert [callbacks.format_duration(s) for s in (40, 99.4, 720, 6000)] == ["40 s", "99 s", "12 min", "1 h 40 min"]
+    clock = iter([1000.0, 1046.0, 1086.0, 1126.0, 1166.0, 1206.0])  # a 46 s first step, then 40 s steps
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    state = TrainerState(max_steps=150, is_world_process_zero=True)
+    progress, control = MetricsProgressCallback(), TrainerControl()
+    progress.on_train_begin(None, state, control)
+    for step in range(1, 6):
+        state.global_step = step
+        progress.on_step_end(None, state, control)
+    progress.on_log(None, state, control, logs={"reward": 0.5})
+    progress.training_bar.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("[ktae", "step"))]
+    assert lines == [
+        "[ktae train] 150 steps to train; the time they take follows the first",
+        "[ktae train] 150 steps at ~46 s/step (step 1 of this session): about 1 h 55 min in all, 1 h 54 min to go",
+        "[ktae train] 150 steps at ~40 s/step (steps 2-5 of this session): about 1 h 40 min in all, 1 h 37 min to go",
+        "step    5 | reward 0.500 | eta 1 h 37 min",
+    ]

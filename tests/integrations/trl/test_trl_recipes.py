@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ktae.integrations.trl import load_config
+from ktae.integrations.trl.job import JobArguments, batch_report
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 NAMES = [
@@ -57,8 +58,14 @@ def test_recipe_has_the_paper_settings(name, tmp_path):
     assert (job["template"], job["dataset_name"]) == ("qwen_math", "DigitalLearningGmbH/MATH-lighteval")
     assert (config.algo, config.ktae) == (algo, name.endswith("-ktae"))
     assert config.num_generations == 16 and config.generation_batch_size // 16 == 1024  # prompts per step
-    gpus = 8
+    gpus = job["intended_num_processes"]  # the count the job checks a launch against
+    assert gpus == 8
     assert config.per_device_train_batch_size * gpus * config.gradient_accumulation_steps // 16 == 128  # mini-batch
+    assert batch_report(config, gpus, gpus) == [
+        f"[ktae train] 8 process(es) x per_device_train_batch_size {config.per_device_train_batch_size} x "
+        f"gradient_accumulation_steps {config.gradient_accumulation_steps} = 2048 rollouts per optimizer step "
+        "(128 prompts x num_generations 16)"
+    ]
     assert (config.learning_rate, config.max_grad_norm, config.temperature, config.top_p, config.top_k) == (
         1e-6,
         1.0,
@@ -68,6 +75,19 @@ def test_recipe_has_the_paper_settings(name, tmp_path):
     )
     assert (config.max_completion_length, config.vllm_max_model_length) == (3072, 1024 + 3072)
     assert config.use_vllm and config.num_train_epochs == 20 and config.loss_type == "dapo"
+    # benchmarks during training, as the paper evaluates (greedy, the run's template and response limit)
+    benchmarks = JobArguments.from_options(job).benchmark_settings(config, model=job["model_name_or_path"])
+    assert (benchmarks.template, benchmarks.max_new_tokens, benchmarks.temperature, benchmarks.limit) == (
+        "qwen_math",
+        3072,
+        0.0,
+        100,
+    )
+    assert (job["benchmark_suites"], job["benchmark_eval_steps"], job["keep_best_checkpoint"]) == (
+        "math500,amc23,aime24",
+        20,
+        True,
+    )
     if config.ktae:
         ktae = config.ktae_config(ignore_token_ids=())
         assert (ktae.alpha, ktae.beta_ig, ktae.gamma_tf, ktae.top) == (1.0, 1.0, 1.0, 1.0)

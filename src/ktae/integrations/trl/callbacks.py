@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import ProgressCallback, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME as TRAINER_STATE_FILE
 
 from ktae.run_folder import (
     CHECKPOINTS_DIR,
@@ -28,6 +30,7 @@ from ktae.run_folder import (
     KEY_TOKENS_FILE,
     METRICS_FILE,
     append_jsonl,
+    checkpoint_step,
     drop_steps_after,
     is_metric_value,
     list_checkpoints,
@@ -199,7 +202,7 @@ class AtomicCheckpointCallback(TrainerCallback):
     midway leaves a folder that looks like a checkpoint. This callback runs once the trainer
     has written everything (``on_save``) and renames the folder into ``checkpoints/`` in one
     ``os.replace``, so resume only ever sees complete checkpoints. ``keep``: how many of the
-    newest checkpoints to keep (None: all).
+    newest checkpoints to keep (None: all), besides the best one (``state.best_global_step``).
     """
 
     def __init__(self, run_dir: str | os.PathLike, keep: int | None = None):
@@ -209,6 +212,10 @@ class AtomicCheckpointCallback(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        # Every process writes its part (its RNG state; its shard under DeepSpeed or FSDP): wait for all of them.
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -220,10 +227,15 @@ class AtomicCheckpointCallback(TrainerCallback):
         if os.path.lexists(target):  # resumed from an earlier step: the resume skipped this one as damaged
             aside = move_aside(target, ".damaged")
             logger.warning("%s, skipped as damaged when the run resumed, was moved to %s", target, aside)
+        best = state.best_model_checkpoint
+        if best is not None and Path(best) == written:  # the trainer named the best checkpoint where it wrote it
+            state.best_model_checkpoint = str(target)
+            state.save_to_json(str(written / TRAINER_STATE_FILE))
         os.replace(written, target)
-        if self.keep is not None:
+        if self.keep is not None:  # the best checkpoint (benchmark validation) stays too
             for old in list_checkpoints(self.run_dir)[: -self.keep]:
-                shutil.rmtree(old)
+                if checkpoint_step(old) != state.best_global_step:
+                    shutil.rmtree(old)
 
 
 #: What the progress line shows per logged step: (metric, label, format).
@@ -242,17 +254,58 @@ PROGRESS_FIELDS = (
 )
 
 
+def format_duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"1 h 40 min"``."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+#: After this many steps of a session the time estimate is printed again, from the steps after the first
+#: (the first also pays for one-off work: compiling kernels, filling caches).
+ESTIMATE_AGAIN_AT = 5
+
+
 class MetricsProgressCallback(ProgressCallback):
     """Hugging Face's progress bar, with one compact line of the main metrics per logged step.
 
     When the trainer has written new key tokens (``key_tokens.jsonl`` in ``run_dir``), the line is
-    followed by the most credited and blamed tokens with their total bonus (`rank_key_tokens`).
+    followed by the most credited and blamed tokens with their total bonus (`rank_key_tokens`). The time
+    the run will take is said when it starts (the step count), after its first step and after
+    `ESTIMATE_AGAIN_AT` steps (the time per step and the total), and on every step line (``eta``).
     """
 
     def __init__(self, run_dir: str | os.PathLike | None = None):
         super().__init__()
         self.key_tokens_path = Path(run_dir) / KEY_TOKENS_FILE if run_dir is not None else None
         self._key_tokens_seen = 0
+        self._step_ends: list[float] = []  # this session's start, then the end of each step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self._step_ends = [time.perf_counter()]
+        if state.is_world_process_zero and self.training_bar is not None:
+            left = state.max_steps - state.global_step
+            self.training_bar.write(f"[ktae train] {left} steps to train; the time they take follows the first")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        self._step_ends.append(time.perf_counter())
+        done = len(self._step_ends) - 1
+        if state.is_world_process_zero and self.training_bar is not None and done in (1, ESTIMATE_AGAIN_AT):
+            pace = self._seconds_per_step()
+            left = state.max_steps - state.global_step
+            which = "step 1" if done == 1 else f"steps 2-{done}"
+            self.training_bar.write(
+                f"[ktae train] {state.max_steps} steps at ~{format_duration(pace)}/step ({which} of this session): "
+                f"about {format_duration(pace * state.max_steps)} in all, {format_duration(pace * left)} to go"
+            )
+
+    def _seconds_per_step(self) -> float:
+        """Mean wall time of this session's steps after the first (the first alone until there are others)."""
+        ends = self._step_ends
+        return (ends[-1] - ends[1]) / (len(ends) - 2) if len(ends) > 2 else ends[-1] - ends[0]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
@@ -264,6 +317,8 @@ class MetricsProgressCallback(ProgressCallback):
             if is_metric_value(record.get(key))
         ]
         if shown:
+            if len(self._step_ends) > 1:
+                shown.append(f"eta {format_duration(self._seconds_per_step() * (state.max_steps - state.global_step))}")
             self.training_bar.write(f"step {state.global_step:>4} | " + " | ".join(shown))
         else:  # the end-of-training summary and other non-step logs
             self.training_bar.write(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}))

@@ -27,6 +27,7 @@ leaves nothing that blocks running the same job again. The caller holds the run 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -37,11 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trl import ModelConfig
+
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
+    BENCHMARKS_DIR,
+    MERGED_DIR,
     METRICS_FILE,
     TENSORBOARD_DIR,
     WARM_START_DIR,
@@ -69,7 +74,7 @@ SYNTHETIC_DATASET = "synthetic"
 WORD_PROBLEMS_DATASET = "word_problems"
 REWARDS = ("accuracy", "dapo")
 
-_TASK, _TINY, _WARM = ArithmeticTask(), TinyModelConfig(), WarmStartConfig()
+_TASK, _TINY, _WARM, _LORA = ArithmeticTask(), TinyModelConfig(), WarmStartConfig(), ModelConfig()
 
 
 @dataclass
@@ -122,6 +127,43 @@ class JobArguments:
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on the first this-many prompts only (None: all).", "minimum": 1}
+    )
+    # LoRA (TRL's ModelConfig names and defaults; trl.get_peft_config builds the peft.LoraConfig)
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter instead of every weight: checkpoints hold the adapter (adapter_model."
+            "safetensors); the KL reference is the base with the adapter disabled (no second model)."
+        },
+    )
+    lora_r: int = field(default=_LORA.lora_r, metadata={"help": "LoRA rank.", "minimum": 1})
+    lora_alpha: int = field(
+        default=_LORA.lora_alpha,
+        metadata={"help": "LoRA alpha: the update is scaled by lora_alpha / lora_r.", "minimum": 1},
+    )
+    lora_dropout: float = field(default=_LORA.lora_dropout, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names LoRA adapts ([q_proj, v_proj], or 'all-linear'). None: peft's default for the "
+            "model type (the attention's q_proj and v_proj for Llama and Qwen2)."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full beside the adapter and saved with it (None: none)."}
+    )
+    use_rslora: bool = field(
+        default=False, metadata={"help": "Rank-stabilized LoRA: scale by lora_alpha / sqrt(lora_r)."}
+    )
+    use_dora: bool = field(
+        default=False, metadata={"help": "DoRA: LoRA on the direction, a trained magnitude per row."}
+    )
+    save_merged_model: bool = field(
+        default=True,
+        metadata={
+            "help": "With use_peft: at the end of training also write RUN_DIR/merged, the final adapter merged into "
+            "its base, a full model any loader reads (vLLM too)."
+        },
     )
     # The synthetic task (ArithmeticTask), for dataset_name 'synthetic' and 'word_problems'
     task_min_terms: int = field(
@@ -207,6 +249,62 @@ class JobArguments:
     keep_checkpoints: int | None = field(
         default=None, metadata={"help": "How many of the newest checkpoints to keep (None = all).", "minimum": 1}
     )
+    # Benchmark validation during training (ktae.integrations.trl.validation; TRL's own eval_* keys are not used)
+    benchmark_suites: str | None = field(
+        default=None,
+        metadata={
+            "help": "Math suites to evaluate the policy on during training, comma-separated (aime24, amc23, math500, "
+            "minerva, olympiadbench), with ktae eval's harness: before the first step, every benchmark_eval_steps "
+            "and after the last; results in RUN_DIR/benchmarks/step-N (None: no benchmarks)."
+        },
+    )
+    benchmark_eval_steps: int = field(
+        default=50, metadata={"help": "Evaluate the benchmarks every this many steps.", "minimum": 1}
+    )
+    benchmark_limit: int | None = field(
+        default=None, metadata={"help": "Only the first this-many problems of each suite (None: all).", "minimum": 1}
+    )
+    benchmark_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Responses per problem: 1 is greedy (the paper's protocol); more log avg@N, pass@N and maj@N.",
+            "minimum": 1,
+        },
+    )
+    benchmark_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the benchmarks (None: greedy for 1 sample, else the run's)."},
+    )
+    benchmark_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of <suite>.jsonl files (problem, answer) to use instead of the packaged suites."},
+    )
+    benchmark_batch_size: int = field(
+        default=16, metadata={"help": "Prompts generated at once (per process) by the benchmarks.", "minimum": 1}
+    )
+    keep_best_checkpoint: bool = field(
+        default=False,
+        metadata={
+            "help": "Save a checkpoint at the step with the best best_checkpoint_metric so far and keep it beside "
+            "keep_checkpoints (needs benchmark_suites); trainer_state.json records it (best_model_checkpoint)."
+        },
+    )
+    best_checkpoint_metric: str = field(
+        default="benchmark/avg",
+        metadata={
+            "help": "The logged benchmark figure keep_best_checkpoint maximises: benchmark/avg, benchmark/<suite>, "
+            "or with benchmark_samples N > 1 benchmark/pass@N, benchmark/maj@N."
+        },
+    )
+    # The launch
+    intended_num_processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "The process count the recipe's batch sizes are meant for (accelerate launch --num_processes); "
+            "a launch with another count gets a warning naming the batch it trains on instead (None: no check).",
+            "minimum": 1,
+        },
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -222,6 +320,30 @@ class JobArguments:
                 raise ValueError(f"{name} must be a string, got {short_repr(getattr(self, name))}")
         if self.reward is not None and self.reward not in REWARDS:
             raise ValueError(f"unknown reward {short_repr(self.reward)}; choose one of {', '.join(REWARDS)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        for name in ("lora_target_modules", "lora_modules_to_save"):  # a list of names, or "a,b" / "all-linear"
+            value = getattr(self, name)
+            value = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"{name} must be a list of module names (or one name), got {getattr(self, name)!r}")
+            setattr(self, name, value)
+        if self.benchmark_suites is not None:
+            from ktae.data.benchmarks import parse_benchmark_names
+            from ktae.integrations.trl.validation import metric_names
+
+            names = metric_names(parse_benchmark_names(self.benchmark_suites), self.benchmark_samples)
+            if self.best_checkpoint_metric not in names:
+                raise ValueError(
+                    f"best_checkpoint_metric {self.best_checkpoint_metric!r} is not a benchmark figure of this run; "
+                    f"choose one of {', '.join(names)}"
+                )
+        elif self.keep_best_checkpoint:
+            raise ValueError("keep_best_checkpoint needs benchmark_suites: the best step is the best benchmark result")
+        if not self.use_peft:
+            changed = [name for name in _LORA_FIELDS if getattr(self, name) != _JOB_DEFAULTS[name]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} set without use_peft=true: LoRA is off")
         self.task()
         self.tiny_model()
         self.warm_start()
@@ -232,6 +354,35 @@ class JobArguments:
         hints = typing.get_type_hints(cls)
         return cls(
             **{name: coerce_value(name, value, hints[name]) for name, value in options.items() if name in JOB_KEYS}
+        )
+
+    def peft_config(self):
+        """The ``peft.LoraConfig`` of the ``lora_*`` fields (`trl.get_peft_config`); None without ``use_peft``."""
+        if not self.use_peft:
+            return None
+        from trl import get_peft_config
+
+        return get_peft_config(ModelConfig(use_peft=True, **{name: getattr(self, name) for name in _LORA_FIELDS}))
+
+    def benchmark_settings(self, config: KTAEGRPOConfig, model: str):
+        """The harness's `EvalSettings` of the benchmarks (None without ``benchmark_suites``): the run's template
+        and response limit, ``model`` as its label."""
+        if self.benchmark_suites is None:
+            return None
+        from ktae.evaluation.harness import EvalSettings
+
+        temperature = self.benchmark_temperature
+        if temperature is None:
+            temperature = 0.0 if self.benchmark_samples == 1 else config.temperature
+        return EvalSettings(
+            model=model,
+            template=self.template,
+            max_new_tokens=config.max_completion_length or EvalSettings.max_new_tokens,
+            limit=self.benchmark_limit,
+            data_dir=str(Path(self.benchmark_data_dir).resolve()) if self.benchmark_data_dir else None,
+            samples=self.benchmark_samples,
+            temperature=temperature,
+            seed=config.seed,
         )
 
     def task(self) -> ArithmeticTask:
@@ -259,6 +410,17 @@ def _allows_none(annotation: Any) -> bool:
 
 #: Every job key of a recipe that is not a `KTAEGRPOConfig` field.
 JOB_KEYS = frozenset(f.name for f in dataclasses.fields(JobArguments))
+_JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobArguments)}
+#: The LoRA fields that mean nothing without ``use_peft``.
+_LORA_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_modules_to_save",
+    "use_rslora",
+    "use_dora",
+)
 
 #: The built-in job: a tiny Qwen2 on the synthetic task, on 2 CPU cores in a few minutes.
 DEFAULT_JOB: dict[str, Any] = {
@@ -320,6 +482,10 @@ REAL_MODEL_JOB: dict[str, Any] = {
     "per_device_train_batch_size": 16,
     "max_completion_length": 128,
     "temperature": 0.7,
+    # Minutes on a CPU (docs/training.md has SmolLM2-135M's curve and times); max_steps=150 is the long run.
+    "max_steps": 30,
+    "eval_accuracy_steps": 5,
+    "save_steps": 10,
 }
 
 #: Fields whose value `algo` decides when unset: written explicitly to config.yaml.
@@ -436,6 +602,38 @@ def resolve_options(
     return options
 
 
+def check_launch(num_processes: int) -> None:
+    """Training must see every process that was launched (``WORLD_SIZE``, set by accelerate launch and torchrun):
+    on a machine without GPUs transformers sees one unless the job sets ``use_cpu``."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise ValueError(
+            f"{launched} processes were launched (WORLD_SIZE) but training sees {num_processes}: "
+            "on a machine without GPUs, set use_cpu=true"
+        )
+
+
+def batch_report(config: KTAEGRPOConfig, num_processes: int, intended: int | None) -> list[str]:
+    """What one optimizer step trains on with ``num_processes`` processes, and a warning when the recipe was
+    sized for another count (``intended_num_processes``): the batch it gives instead and how to get the intended one."""
+    assert config.num_generations is not None  # KTAEGRPOConfig refuses None
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    total = num_processes * per_step
+    lines = [
+        f"[ktae train] {num_processes} process(es) x per_device_train_batch_size {config.per_device_train_batch_size}"
+        f" x gradient_accumulation_steps {config.gradient_accumulation_steps} = {total} rollouts per optimizer "
+        f"step ({total / config.num_generations:g} prompts x num_generations {config.num_generations})"
+    ]
+    if intended is not None and intended != num_processes:
+        lines.append(
+            f"[ktae train] warning: the recipe is sized for {intended} processes (intended_num_processes), this "
+            f"launch has {num_processes}: an optimizer step takes {total} rollouts instead of {intended * per_step}. "
+            f"Launch {intended} processes (accelerate launch --num_processes {intended}), or keep the batch with "
+            f"gradient_accumulation_steps x processes = {config.gradient_accumulation_steps * intended}."
+        )
+    return lines
+
+
 def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
     """The step of the run's newest usable checkpoint (`ktae.run_folder.newest_usable_checkpoint`) when it
     has trained all its steps, else None.
@@ -522,12 +720,33 @@ def describe_run(job: JobArguments) -> RunDescription:
             "the result is in `warm_start/`)."
         )
         notes = (note,)
-    name, dataset = job.model_name_or_path, job.dataset_name
+    name = job.model_name_or_path
     return RunDescription(
         base_model="a tiny model built locally" if name == TINY_MODEL else name,
-        dataset="the synthetic arithmetic task (ktae.data.synthetic)" if dataset == SYNTHETIC_DATASET else dataset,
+        dataset=dataset_description(job),
         notes=notes,
     )
+
+
+def dataset_description(job: JobArguments) -> str | None:
+    """What ``dataset_name`` names, in words."""
+    return {
+        SYNTHETIC_DATASET: "the synthetic arithmetic task (ktae.data.synthetic)",
+        WORD_PROBLEMS_DATASET: "the synthetic arithmetic told as English word problems (ktae.data.word_problems)",
+    }.get(str(job.dataset_name), job.dataset_name)
+
+
+def describe_data(job: JobArguments, train, held_out) -> str:
+    """The start-up line on the data: what it is, how many prompts, and for the built-in tasks how to change it."""
+    held = f"{len(held_out)} held-out" if held_out is not None else "none held out"
+    counts = f"{len(train)} training prompts, {held}"
+    if job.dataset_name in (SYNTHETIC_DATASET, WORD_PROBLEMS_DATASET):
+        return (
+            f"[ktae train] data: {dataset_description(job)}, the built-in job's ({counts}); "
+            "dataset_name=... (or --config RECIPE) trains on your data"
+        )
+    split = f"split {job.dataset_train_split}, template {job.template}"
+    return f"[ktae train] data: {job.dataset_name} ({split}; {counts})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -543,22 +762,55 @@ class PreparedJob:
     checkpoint: str | None
     warm_history: list | None
     started: float
+    merge_adapter: bool = False  # write the final LoRA adapter merged into its base to RUN_DIR/merged
 
     def train(self) -> dict[str, Any]:
         self.trainer.train(resume_from_checkpoint=self.checkpoint)
         # Under `accelerate launch` / torchrun: leave no process group alive at exit, where gloo's
-        # threads can abort a finished process. A no-op in a single process.
+        # threads can abort a finished process. A no-op in a single process. The barrier first lets gloo's
+        # threads finish the last collectives' work while no thread holds the GIL: one that is still
+        # releasing its tensors when the group is torn down waits for the GIL forever.
+        self.trainer.accelerator.wait_for_everyone()
         self.trainer.accelerator.end_training()
         history = read_jsonl(self.run_dir / METRICS_FILE)
+        checkpoints = list_checkpoints(self.run_dir)
+        merged = None
+        if self.merge_adapter and checkpoints and self.trainer.accelerator.is_main_process:
+            from ktae.models import merge_adapter
+
+            # From the saved adapter, not the live model: its weights may be sharded over the processes.
+            merged = str(merge_adapter(checkpoints[-1], self.run_dir / MERGED_DIR))
+            print(f"[ktae train] {checkpoints[-1].name} merged into its base: {merged}")
         return {
             "run_dir": str(self.run_dir),
             "steps": self.trainer.state.global_step,
             "warm_start_accuracy": self.warm_history,
             "eval_accuracy": [(r["step"], r["eval/accuracy"]) for r in history if "eval/accuracy" in r],
             "final_train_accuracy": next((r["accuracy"] for r in reversed(history) if "accuracy" in r), None),
-            "checkpoints": [p.name for p in list_checkpoints(self.run_dir)],
+            "checkpoints": [p.name for p in checkpoints],
+            **({"merged_model": merged} if merged else {}),
+            **self._benchmark_summary(),
             "seconds": round(time.perf_counter() - self.started, 1),
         }
+
+    def _benchmark_summary(self) -> dict[str, Any]:
+        """(step, mean accuracy in %) of the run's benchmark evaluations, and the best checkpoint when one is kept."""
+        from ktae.evaluation.eval_folder import RESULTS_FILE
+
+        folders = (self.run_dir / BENCHMARKS_DIR).glob("step-*")
+        steps = sorted(int(f.name.removeprefix("step-")) for f in folders if (f / RESULTS_FILE).is_file())
+        if not steps:
+            return {}
+        results = [json.loads((self.run_dir / BENCHMARKS_DIR / f"step-{s}" / RESULTS_FILE).read_text()) for s in steps]
+        summary: dict[str, Any] = {"benchmark_avg": [(step, r["avg"]) for step, r in zip(steps, results)]}
+        state = self.trainer.state
+        if state.best_global_step is not None:
+            summary["best_checkpoint"] = {
+                "step": state.best_global_step,
+                "value": state.best_metric,
+                "model": state.best_model_checkpoint,
+            }
+        return summary
 
 
 def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> PreparedJob:
@@ -567,6 +819,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     User errors (a dataset without the needed fields, a bad model path) raise here, before any RL step.
     ``config.yaml`` is written last, once all of that worked.
     """
+    from accelerate import PartialState
     from transformers import ProgressCallback, TrainerCallback
     from transformers.integrations import TensorBoardCallback
 
@@ -577,16 +830,21 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         RunLogCallback,
     )
     from ktae.integrations.trl.trainer import KTAEGRPOTrainer
-    from ktae.integrations.trl.warmstart import save_pretrained_atomically, warm_start
-    from ktae.models import load_tokenizer, resolve_model_source
+    from ktae.integrations.trl.warmstart import warm_start
+    from ktae.models import load_tokenizer, resolve_model_source, save_pretrained_atomically
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):  # it deletes and rewrites files in the folder: only in one ktae started
         raise ValueError(f"{run_dir} is not a run folder ktae started (ktae.run_folder.start_run_folder claims one)")
     config = build_trainer_config(options, run_dir)
+    # The processes of an `accelerate launch` (one without it; building the config set it up): all of them
+    # train, the main one alone writes the run folder's files and prints.
+    launch = PartialState()
     job = JobArguments.from_options(options)
+    benchmarks = job.benchmark_settings(config, model=str(job.model_name_or_path))  # checked before any work
     train_data, held_out = load_datasets(job)
+    launch.print(describe_data(job, train_data, held_out))
 
     # The policy RL starts from is a model folder (TRL loads its reference model from the same path):
     # the warm-started (or freshly built tiny, or GGUF-converted) model in RUN_DIR/warm_start, else
@@ -598,23 +856,27 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     if name is None:
         raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
     if warm.max_steps > 0 or name == TINY_MODEL or resolve_model_source(name).gguf_file is not None:
-        if not (warm_dir / "config.json").is_file():  # a resumed run keeps its warm start
+        ready = (warm_dir / "config.json").is_file()  # a resumed run keeps its warm start
+        launch.wait_for_everyone()  # every process has looked before the main one writes the folder
+        if not ready:
             # the tiny model is seeded by the job's training seed, 0 when the options leave it unset
             model, tokenizer = load_model_and_tokenizer(job, seed=options.get("seed", 0))
-            if warm.max_steps > 0:
+            if warm.max_steps > 0:  # every process trains (data parallel), the main one saves
                 if held_out is None:
                     raise ValueError("the warm start measures accuracy on held-out prompts: set dataset_test_split")
-                print(
+                launch.print(
                     f"[ktae train] warm start: SFT until greedy accuracy >= {warm.target_accuracy:.0%} "
                     f"(at most {warm.max_steps} steps)"
                 )
-                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm)
-                print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
-            else:
+                warm_history = warm_start(model, tokenizer, train_data, held_out, warm_dir, warm, config.use_cpu)
+                launch.print(f"[ktae train] warm start done: (step, greedy accuracy) {warm_history}")
+            elif launch.is_main_process:
                 save_pretrained_atomically(model, tokenizer, warm_dir)
-        policy = str(warm_dir)
+            launch.wait_for_everyone()
+        policy = str(warm_dir.resolve())
     else:
-        policy = name
+        # a local folder by its absolute path: a LoRA checkpoint records it as its base (adapter_config.json)
+        policy = str(Path(name).resolve()) if Path(name).is_dir() else name
     tokenizer = load_tokenizer(policy)
 
     callbacks: list[TrainerCallback] = []
@@ -624,6 +886,24 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
                 tokenizer, held_out, job.eval_accuracy_steps, max_new_tokens=config.max_completion_length
             )
         )
+    validation = None
+    if benchmarks is not None:  # before RunLogCallback: its figures join the log record of their step
+        from ktae.data.benchmarks import parse_benchmark_names
+        from ktae.integrations.trl.validation import BenchmarkCallback
+
+        suites = parse_benchmark_names(str(job.benchmark_suites))
+        validation = BenchmarkCallback(
+            benchmarks,
+            suites,
+            tokenizer,
+            job.benchmark_eval_steps,
+            run_dir,
+            batch_size=job.benchmark_batch_size,
+            keep_best=job.keep_best_checkpoint,
+            best_metric=job.best_checkpoint_metric,
+            starting_model=policy,
+        )
+        callbacks.append(validation)
     callbacks += [RunLogCallback(run_dir), AtomicCheckpointCallback(run_dir, keep=job.keep_checkpoints)]
     trainer = KTAEGRPOTrainer(
         model=policy,
@@ -632,9 +912,14 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         train_dataset=train_data,
         processing_class=tokenizer,
         callbacks=callbacks,
+        peft_config=job.peft_config(),
     )
     trainer.run_description = describe_run(job)
-    print(
+    if validation is not None:  # generation needs the trainer's wrapped model; prompt + response fit the model
+        validation.trainer = trainer
+        context = getattr(trainer.model.config, "max_position_embeddings", None)
+        validation.settings = dataclasses.replace(validation.settings, max_model_len=context or 4096)
+    launch.print(
         f"[ktae train] policy {policy}: end of sequence {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), "
         f"padding {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}); generation stops at ids "
         f"{trainer.eos_token_ids}; KTAE ignores ids {list(trainer.ktae_config.ignore_token_ids)}"
@@ -646,10 +931,12 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     if resume:
         checkpoint, skipped = newest_usable_checkpoint(run_dir)
         for damaged, why in skipped:  # left as they are: they may be what tells the user what went wrong
-            print(f"[ktae train] skipped {damaged}, which cannot be resumed from ({why}); it is left as it is")
+            launch.print(f"[ktae train] skipped {damaged}, which cannot be resumed from ({why}); it is left as it is")
         none = "no usable checkpoint" if skipped else "no complete checkpoint yet"
-        print(f"[ktae train] resuming from {checkpoint or f'the start ({none})'}")
-    if trainer.pop_callback(TensorBoardCallback) is not None:  # report_to names tensorboard
+        launch.print(f"[ktae train] resuming from {checkpoint or f'the start ({none})'}")
+    for line in batch_report(config, launch.num_processes, job.intended_num_processes):
+        launch.print(line)
+    if trainer.pop_callback(TensorBoardCallback) is not None and launch.is_main_process:  # report_to: tensorboard
         from torch.utils.tensorboard import SummaryWriter
 
         # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
@@ -659,12 +946,14 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         assert start is not None  # list_checkpoints returns checkpoint-N folders only
         writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
         trainer.add_callback(TensorBoardCallback(writer))
-    for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
-        shutil.rmtree(partial)
-    # output_dir is the folder config.yaml sits in (a config.yaml of an older ktae may name it): not kept
-    kept = {key: value for key, value in options.items() if key != "output_dir"}
-    write_config(run_dir, {**kept, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
-    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started)
+    if launch.is_main_process:
+        for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
+            shutil.rmtree(partial)
+        # output_dir is the folder config.yaml sits in (a config.yaml of an older ktae may name it): not kept
+        kept = {key: value for key, value in options.items() if key != "output_dir"}
+        write_config(run_dir, {**kept, **{k: getattr(config, k) for k in RESOLVED_FIELDS}})
+    merge = job.use_peft and job.save_merged_model
+    return PreparedJob(run_dir, trainer, None if checkpoint is None else str(checkpoint), warm_history, started, merge)
 
 
 def run_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ktae.integrations.trl.callbacks import GreedyAccuracyCallback
+from ktae.models import save_pretrained_atomically
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,19 @@ class WarmStartConfig:
         return asdict(self)
 
 
-def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | os.PathLike, config: WarmStartConfig):
+def warm_start(
+    model,
+    tokenizer,
+    train_dataset,
+    eval_dataset,
+    output_dir: str | os.PathLike,
+    config: WarmStartConfig,
+    use_cpu: bool = False,
+):
     """Train ``model`` in place by SFT; save it and the tokenizer to ``output_dir`` atomically.
 
     train_dataset: columns ``prompt`` and ``completion``; eval_dataset: ``prompt`` and ``answer``.
+    ``use_cpu``: the RL job's (building a trainer's config sets up the processes, as that config says).
     Returns the list of (step, greedy accuracy) measured along the way.
     """
     from trl import SFTConfig, SFTTrainer
@@ -69,7 +79,6 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
 
     output_dir = Path(output_dir)
     work_dir = output_dir.with_name(output_dir.name + ".tmp")
-    shutil.rmtree(work_dir, ignore_errors=True)
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=config.max_steps,
@@ -85,6 +94,7 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
         seed=config.seed,
         completion_only_loss=True,
         dataset_num_proc=None,
+        use_cpu=use_cpu,
     )
     accuracy = GreedyAccuracyCallback(
         tokenizer,
@@ -101,26 +111,8 @@ def warm_start(model, tokenizer, train_dataset, eval_dataset, output_dir: str | 
         callbacks=[accuracy],
     )
     trainer.train()
-    save_pretrained_atomically(trainer.model, tokenizer, output_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # Under `accelerate launch` every process trains (data parallel) and measures the same accuracy; one saves.
+    if trainer.accelerator.is_main_process:
+        save_pretrained_atomically(trainer.model, tokenizer, output_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return accuracy.history
-
-
-def save_pretrained_atomically(model, tokenizer, output_dir: str | os.PathLike) -> Path:
-    """Save model (safetensors) and tokenizer beside ``output_dir``, then publish them with one rename.
-
-    A folder found at ``output_dir`` is therefore always complete. A save that fails (a full disk: safetensors
-    and torch raise their own errors for it) is an OSError naming the folder; the partial copy is removed.
-    """
-    output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        model.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-    except Exception as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OSError(f"could not save the model to {staging} ({error})") from error
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(staging, output_dir)
-    return output_dir
