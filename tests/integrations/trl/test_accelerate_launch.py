@@ -88,15 +88,27 @@ def test_a_launch_training_cannot_see_is_refused(monkeypatch):
     check_launch(2)
 
 
-def _launch(*arguments: str) -> subprocess.CompletedProcess:
+def _launch(*arguments: str, returncode: int = 0) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "ddp.yaml")]
     command += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     completed = subprocess.run(
         [*command, "-m", "ktae", "train", *arguments], capture_output=True, text=True, timeout=600, env=environment
     )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert completed.returncode == returncode, completed.stderr[-4000:]
     return completed
+
+
+def test_a_folder_the_main_process_refuses_stops_every_process(tmp_path):
+    # The main process alone claims the run folder; the others must not train on (and wait for it forever).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine\n")
+    # torchrun reports a failed process as exit code 1; each process printed its refusal (and exited with 2)
+    failed = _launch("--output-dir", str(run), *SMALL, "use_cpu=true", "max_steps=1", returncode=1)
+    refusals = [line for line in failed.stderr.splitlines() if line.startswith("ktae train: error:")]
+    assert len(refusals) == 2 and all("holds files ktae did not write ('notes.txt')" in line for line in refusals)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"] and (run / "notes.txt").read_text() == "mine\n"
 
 
 def test_ddp_config_launches_two_cpu_processes_and_resumes(tmp_path, suites):
