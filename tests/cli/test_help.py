@@ -62,7 +62,8 @@ def test_train_help_lists_every_job_key_with_the_built_in_default(capsys):
         assert first_words in " ".join(out.split()), field.name
     # two defaults the built-in job overrides, as a user reads them
     assert "  model_name_or_path = tiny   [recipe: null]" in out
-    assert f"  max_steps = {built_in['max_steps']}   [recipe: -1]" in out
+    real_model = default_job("smollm2")
+    assert f"  max_steps = {built_in['max_steps']}   [real model: {real_model['max_steps']}; recipe: -1]" in out
 
 
 def test_train_help_lists_the_ktae_keys_and_the_common_trl_ones(capsys):

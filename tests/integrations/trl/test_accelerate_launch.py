@@ -107,7 +107,9 @@ def test_a_folder_the_main_process_refuses_stops_every_process(tmp_path):
     # torchrun reports a failed process as exit code 1; each process printed its refusal (and exited with 2)
     failed = _launch("--output-dir", str(run), *SMALL, "use_cpu=true", "max_steps=1", returncode=1)
     refusals = [line for line in failed.stderr.splitlines() if line.startswith("ktae train: error:")]
-    assert len(refusals) == 2 and all("holds files ktae did not write ('notes.txt')" in line for line in refusals)
+    # Every process that got to say something gave the main process's reason (torchrun may stop the other
+    # process once one has exited), none another one of its own.
+    assert refusals and all("holds files ktae did not write ('notes.txt')" in line for line in refusals)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"] and (run / "notes.txt").read_text() == "mine\n"
 
 
