@@ -375,8 +375,8 @@ def rollout_behaviour(run_dir: Path) -> dict:
     answers (the strategy task's guesses) and their accuracy, hedge lines per response and the accuracy
     of responses with and without any, share cut at the response limit (no end-of-sequence token)."""
     from ktae.data.synthetic import BOXED, HEDGE_LINE
-    from ktae.integrations.trl.tiny import EOS
     from ktae.run_folder import ROLLOUTS_FILE, read_jsonl
+    from ktae.tiny import EOS
 
     path = run_dir / ROLLOUTS_FILE
     if not path.is_file():

@@ -80,7 +80,7 @@ def test_a_base_models_end_of_text_stays_an_end_token():
 
 
 def test_a_tokenizer_without_chat_template_keeps_its_tokens():
-    from ktae.integrations.trl.tiny import build_tokenizer
+    from ktae.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     assert resolve_special_tokens(tokenizer).changes == []

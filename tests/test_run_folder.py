@@ -207,7 +207,7 @@ def test_a_run_folder_without_ktae_settings_has_them_worked_out_from_its_options
 
 
 def test_both_trainers_build_their_records_with_one_function():
-    from ktae.integrations.trl.tiny import build_tokenizer
+    from ktae.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     ids = [*tokenizer("1+2=3\n\\boxed{3}").input_ids, tokenizer.eos_token_id]

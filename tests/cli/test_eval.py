@@ -20,7 +20,7 @@ from ktae.data import apply_template, load_benchmark, render_prompt
 from ktae.evaluation import EvalSettings, pass_at_k, summarize, write_results
 from ktae.evaluation.eval_folder import results_json
 from ktae.evaluation.metrics import maj_at_k
-from ktae.integrations.trl.tiny import TinyModelConfig, build_model
+from ktae.tiny import TinyModelConfig, build_model
 
 TARGET = "\\boxed{204}"  # the answer of aime24's first problem
 
@@ -442,7 +442,7 @@ def test_eval_of_a_folder_without_a_model_is_a_named_error(tmp_path, capsys):
     empty.mkdir()
     assert main(["eval", "--model", str(empty), "--benchmarks", "aime24", "--data-dir", str(tmp_path)]) == 2
     assert "holds no model: no config.json and no tokenizer files" in capsys.readouterr().err
-    from ktae.integrations.trl.tiny import build_tokenizer
+    from ktae.tiny import build_tokenizer
 
     build_tokenizer().save_pretrained(empty)  # a tokenizer alone is not a model either
     assert main(["eval", "--model", str(empty), "--benchmarks", "aime24", "--data-dir", str(tmp_path)]) == 2

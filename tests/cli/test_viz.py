@@ -20,7 +20,7 @@ def _jsonl(path, records):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from ktae.integrations.trl.tiny import build_tokenizer
+    from ktae.tiny import build_tokenizer
 
     return build_tokenizer()
 

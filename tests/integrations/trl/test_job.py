@@ -17,8 +17,8 @@ from ktae.integrations.trl.job import (
     read_recipe,
     resolve_options,
 )
-from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
+from ktae.tiny import TinyModelConfig
 
 SECTIONS = {"task_": ArithmeticTask, "tiny_": TinyModelConfig, "warm_start_": WarmStartConfig}
 

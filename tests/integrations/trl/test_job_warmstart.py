@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ktae.data.synthetic import make_arithmetic_dataset
-from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer
 from ktae.integrations.trl.warmstart import WarmStartConfig, warm_start
 from ktae.models import load_tokenizer
+from ktae.tiny import TinyModelConfig, build_model, build_tokenizer
 
 SIZES = TinyModelConfig(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1

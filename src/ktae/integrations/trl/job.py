@@ -42,7 +42,6 @@ from trl import ModelConfig
 
 from ktae.data.synthetic import ArithmeticTask
 from ktae.integrations.trl.config import KTAEGRPOConfig
-from ktae.integrations.trl.tiny import TinyModelConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
     BENCHMARKS_DIR,
@@ -64,6 +63,7 @@ from ktae.run_folder import (
     write_config,
 )
 from ktae.safe_files import short_repr, shorten
+from ktae.tiny import TinyModelConfig
 
 if TYPE_CHECKING:
     from ktae.integrations.trl.model_card import RunDescription
@@ -660,7 +660,7 @@ def load_model_and_tokenizer(job: JobArguments, seed: int = 0):
     if name is None:
         raise ValueError("model_name_or_path is missing: a hub id, a local folder, a .gguf file, 'smollm2' or 'tiny'")
     if name == TINY_MODEL:
-        from ktae.integrations.trl.tiny import build_model, build_tokenizer
+        from ktae.tiny import build_model, build_tokenizer
 
         # A task that adds characters (hedges) gets them in its tokenizer; the default task's stays as it was.
         tokenizer = build_tokenizer(job.task().alphabet)

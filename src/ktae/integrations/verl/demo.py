@@ -38,6 +38,7 @@ from ktae.data.templates import apply_template, render_prompt
 from ktae.integrations.signals import KEY_TOKENS_TABLE
 from ktae.integrations.verl.prepare_data import verl_rows, write_parquet
 from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, read_jsonl
+from ktae.tiny import TinyModelConfig, build_model
 
 ESTIMATORS = ("ktae", "grpo")
 TEMPLATE = "qwen_math"
@@ -51,6 +52,15 @@ TRAIN_PROBLEMS = 64
 #: model's samples are mostly the task's digits and words and sometimes contain the answer.
 TOKENIZER_TEXTS = 2000
 TOKENIZER_VOCAB = 160
+# The policy: an 83k-parameter Qwen2 (its vocabulary is the tokenizer's).
+MODEL_SIZES = TinyModelConfig(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 PAD, CHAT_START, CHAT_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 #: ChatML, as Qwen's tokenizers render chat messages (`ktae.data.templates.render_prompt` writes the same).
 CHAT_TEMPLATE = (
@@ -103,32 +113,12 @@ def build_tokenizer(texts: list[str]):
 
 def build_assets(output_dir: Path, seed: int) -> DemoAssets:
     """Write the tokenizer and model (``model/``) and the problems (``data/``) under ``output_dir``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     rng = random.Random(seed)
     corpus = [sample_problem(rng, TASK) for _ in range(TOKENIZER_TEXTS)]
     tokenizer = build_tokenizer(
         [render_prompt(apply_template(row["prompt"], TEMPLATE)) + row["completion"] + CHAT_END for row in corpus]
     )
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = build_model(tokenizer, MODEL_SIZES, seed)
     model_dir = output_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -1,4 +1,4 @@
-"""A tiny transformer and tokenizer built locally (no downloads), for the default CPU job and tests.
+"""A tiny transformer and tokenizer built locally (no downloads), for the default CPU job, the verl CPU demo and tests.
 
 The tokenizer is character-level over the synthetic arithmetic alphabet (a task's own, when it adds
 characters: `ktae.data.synthetic.ArithmeticTask.alphabet`), with ``\\boxed{`` as a

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ktae.data.synthetic import HEDGE, ArithmeticTask, make_arithmetic_dataset
-from ktae.integrations.trl.tiny import TinyModelConfig, build_model, build_tokenizer
 from ktae.models import load_tokenizer
+from ktae.tiny import TinyModelConfig, build_model, build_tokenizer
 
 
 def test_tokenizer_is_lossless_on_the_task_and_boxed_is_one_token():
