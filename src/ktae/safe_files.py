@@ -22,6 +22,7 @@ import re
 import reprlib
 import stat
 import zlib
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 __all__ = [
@@ -175,6 +176,20 @@ def loads_json(text: str | bytes, where: str) -> Any:
         raise ValueError(f"{where}: nested too deeply to read") from None
     except ValueError as error:  # a duplicate key, or an int beyond Python's digit limit
         raise ValueError(f"{where}: {error}") from None
+
+
+def json_lines(text: str, path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line of the JSON-lines ``text`` (the file ``path``) as an object (`loads_json`), with
+    where it stands, ``path:N``, for the caller's own errors about it."""
+    # JSON lines end at newlines only: a record may hold other line separators (U+2028, form feed).
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        record = loads_json(line, where)
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
 
 
 _SHORT = reprlib.Repr()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ktae.run_folder import write_atomic
-from ktae.safe_files import loads_json, read_text, short_repr
+from ktae.safe_files import json_lines, loads_json, read_text, short_repr
 
 RESULTS_FILE = "results.json"
 RESPONSES_DIR = "responses"
@@ -196,14 +196,7 @@ def read_responses(path: str | os.PathLike) -> list[dict[str, Any]]:
     is refused), each record checked for the fields its readers use."""
     path = Path(path)
     records = []
-    # JSON lines end at newlines only: a response may hold other line separators (U+2028, form feed).
-    for number, line in enumerate(read_text(path, MAX_FILE_BYTES).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        record = loads_json(line, where)
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for where, record in json_lines(read_text(path, MAX_FILE_BYTES), path):
         if "answer" not in record:
             raise ValueError(f"{where}: missing field 'answer'")
         for fields, required in ((_RESPONSE_FIELDS, True), (_OPTIONAL_RESPONSE_FIELDS, False)):

@@ -45,7 +45,7 @@ from ktae.evaluation.eval_folder import (
 )
 from ktae.rewards import AnswerChecker
 from ktae.rewards.equivalence import normalize_references
-from ktae.safe_files import loads_json, printable, read_text_or_gzip
+from ktae.safe_files import json_lines, loads_json, printable, read_text_or_gzip
 
 FORMATS = ("auto", "released", "ktae")
 # The largest responses file read, decompressed (``ktae eval --max-responses-mb``).
@@ -152,16 +152,9 @@ def _optional(record: dict, name: str, kind, where: str):
 
 
 def _read_ktae(path: Path, text: str) -> list[Output]:
-    # JSON lines end at newlines only: a response may hold other line separators (U+2028, form feed).
     outputs: list[Output] = []
     counts: dict[str, int] = {}  # problems read per benchmark
-    for line_number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_number}"
-        record = loads_json(line, where)
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for where, record in json_lines(text, path):
         benchmark = check_benchmark_name(_field(record, "benchmark", str, where), f"{where}: field 'benchmark'")
         if "answer" not in record:
             raise ValueError(f"{where}: missing field 'answer' (fields: {sorted(record)})")
