@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 import verl
+from tests.integrations.verl.children import finish
 from verl.plugin.platform import PlatformRegistry
 
 from ktae.integrations.verl import cpu
@@ -278,7 +279,7 @@ def patched_processes(repo_root):
         )
         for name, env in (("cpu", cpu_env), ("gpu", gpu_env))
     }
-    return {name: (proc.wait(timeout=300), *proc.communicate()) for name, proc in procs.items()}
+    return finish(procs)
 
 
 def test_cpu_runs_ray_processes_get_the_platform_and_the_patches(patched_processes):
@@ -321,7 +322,7 @@ def launched(repo_root):
         )
         for name, (overrides, _) in cases.items()
     }
-    return {name: (proc.wait(timeout=300), *proc.communicate()) for name, proc in procs.items()}
+    return finish(procs)
 
 
 @pytest.mark.parametrize("case", ["vllm rollout", "FSDP1", "flash attention"])

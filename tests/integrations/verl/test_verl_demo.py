@@ -180,12 +180,16 @@ def test_demo_stopped_by_its_timeout_reports_and_leaves_no_process(tmp_path_fact
 
 
 def test_cleanup_ends_the_runs_processes_only(tmp_path):
-    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # Each child says it is running before the search: between fork and exec a child still has
+    # pytest's environment, without the marker.
+    sleep = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     run = str(tmp_path)
-    marked = subprocess.Popen(sleep, env={**os.environ, RUN_MARKER: run})
-    other_run = subprocess.Popen(sleep, env={**os.environ, RUN_MARKER: run + "-other"})
-    unmarked = subprocess.Popen(sleep)
+    marked = subprocess.Popen(sleep, env={**os.environ, RUN_MARKER: run}, stdout=subprocess.PIPE)
+    other_run = subprocess.Popen(sleep, env={**os.environ, RUN_MARKER: run + "-other"}, stdout=subprocess.PIPE)
+    unmarked = subprocess.Popen(sleep, stdout=subprocess.PIPE)
     try:
+        for process in (marked, other_run, unmarked):
+            assert process.stdout is not None and process.stdout.readline() == b"up\n"
         assert [p.pid for p in processes_of(run)] == [marked.pid]
         assert stop_processes_of(run) == 1
         assert marked.wait(timeout=30) is not None
@@ -193,4 +197,4 @@ def test_cleanup_ends_the_runs_processes_only(tmp_path):
     finally:
         for process in (marked, other_run, unmarked):
             process.kill()
-            process.wait()
+            process.communicate()

@@ -10,6 +10,7 @@ import sys
 
 import cloudpickle
 import pytest
+from tests.integrations.verl.children import finish
 
 from ktae.integrations.verl.trainer import KTAETaskRunner
 
@@ -56,7 +57,7 @@ def finished(repo_root, tmp_path_factory):
         )
         for name, (command, env) in commands.items()
     }
-    return {name: (proc.wait(timeout=300), *proc.communicate()) for name, proc in procs.items()}
+    return finish(procs)
 
 
 def test_verl_plugin_entry_point_registers_the_estimator(finished):
