@@ -230,7 +230,8 @@ def write_config(run_dir: str | os.PathLike, options: Mapping[str, Any]) -> Path
 @dataclasses.dataclass(frozen=True)
 class KTAESettings:
     """The KTAE settings a run trained with, resolved: ``RUN_DIR/ktae_settings.json`` (the TRL trainer writes it
-    when training starts; reports recompute the run's key-token values and advantages with it).
+    when training starts, and the verl trainer beside its logged rollouts; reports recompute the run's
+    key-token values and advantages with it).
 
     ``estimator``'s ``rollout_advantage`` and ``epsilon`` name the KTAE base equal to the rollout-level
     advantage the run trained with (TRL's own, when KTAE did not compute it); ``ignore_token_ids`` are the

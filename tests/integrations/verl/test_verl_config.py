@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 
+import numpy as np
 import pytest
+import torch
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-from ktae import KTAEConfig
+from ktae import KTAEConfig, compute_rollout_advantages
 from ktae.integrations.verl import (
     KTAE_TRAINER_MODES,
     ktae_base_from_algorithm,
     ktae_config_from_algorithm,
     validate_ktae_run,
 )
+from ktae.integrations.verl.config import ktae_settings_from_config
 from ktae.integrations.verl.main import PLUGIN_MODULE, prepare_config
 
 # What verl's own validation needs on a CPU box with no recipe: micro-batching and a GPU layout.
@@ -265,3 +269,51 @@ def test_recipe_refuses_an_unknown_model(repo_root):
         timeout=60,
     )
     assert result.returncode == 2 and "MODEL must be 1.5b or 7b" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "verl_name", "norm"),
+    [
+        (["algorithm.adv_estimator=ktae"], "grpo", True),
+        (["algorithm.adv_estimator=ktae", "algorithm.norm_adv_by_std_in_grpo=False"], "grpo", False),
+        (["algorithm.adv_estimator=ktae", "algorithm.ktae.base=grpo_vectorized"], "grpo_vectorized", True),
+        (["algorithm.adv_estimator=ktae", "algorithm.ktae.base=rloo"], "rloo", True),
+        (["algorithm.adv_estimator=grpo"], "grpo", True),
+        (["algorithm.adv_estimator=grpo", "algorithm.norm_adv_by_std_in_grpo=False"], "grpo", False),
+        (["algorithm.adv_estimator=rloo_vectorized"], "rloo_vectorized", True),
+    ],
+)
+def test_a_runs_settings_name_the_ktae_base_equal_to_verls(compose, overrides, verl_name, norm):
+    """The settings a verl run logs beside its rollouts recompute verl's own rollout-level advantage."""
+    config = compose([*overrides, "algorithm.ktae.alpha=0.5"])
+    settings = ktae_settings_from_config(config, ignore_token_ids=(7,))
+    assert settings.ktae == (config.algorithm.adv_estimator == "ktae") and settings.exact_base
+    assert settings.estimator.alpha == 0.5 and settings.estimator.ignore_token_ids == (7,)
+    # groups of 2 to 5 rollouts, shuffled, one of them uniform (verl's batches hold rollout.n >= 2 of each
+    # prompt under KTAE; a group of one is where the two differ, see KTAE_BASE_OF_VERL)
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.tensor([0] * 2 + [1] * 3 + [2] * 4 + [3] * 5 + [4] * 4 + [5] * 6)
+    groups = groups[torch.randperm(24, generator=generator)]
+    scores = torch.randint(0, 3, (24,), generator=generator).float()
+    scores[groups == 2] = 1.0
+    mask = torch.ones(24, 5)
+    verl_advantages, _ = get_adv_estimator_fn(verl_name)(
+        token_level_rewards=torch.nn.functional.pad(scores[:, None], (0, 4)),
+        response_mask=mask,
+        index=np.array([f"uid-{g}" for g in groups.tolist()], dtype=object),
+        norm_adv_by_std_in_grpo=norm,
+        config=None,
+    )
+    ours = compute_rollout_advantages(scores, groups, settings.estimator.rollout_advantage, settings.estimator.epsilon)
+    torch.testing.assert_close(verl_advantages[:, 0], ours, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["reinforce_plus_plus", "gpg", "opo"])
+def test_a_base_with_no_ktae_equal_is_said_so(compose, name):
+    for overrides in (
+        ["algorithm.adv_estimator=ktae", f"algorithm.ktae.base={name}"],
+        [f"algorithm.adv_estimator={name}"],
+    ):
+        settings = ktae_settings_from_config(compose(overrides))
+        assert not settings.exact_base and settings.rollout_advantage == f"verl's {name}"
+        assert settings.estimator.rollout_advantage == "grpo"  # the nearest, which reports say they show

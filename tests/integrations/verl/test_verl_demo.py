@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ktae import compute_ktae_advantages
+from ktae import compute_ktae_advantages, compute_rollout_advantages
 from ktae.data.templates import apply_template, render_prompt
 from ktae.integrations.verl.config import ktae_config_from_algorithm
 from ktae.integrations.verl.demo import (
@@ -28,7 +28,8 @@ from ktae.integrations.verl.demo import (
     stop_processes_of,
 )
 from ktae.models import ignored_token_ids
-from ktae.run_folder import ROLLOUTS_FILE, read_jsonl
+from ktae.reports.builders import run_ktae_config
+from ktae.run_folder import ROLLOUTS_FILE, read_jsonl, read_ktae_settings
 
 RUNS = {
     # two FSDP ranks sharing one rollout replica (its tensor-parallel size), so that both runs sample
@@ -130,6 +131,38 @@ def test_same_seed_same_rollouts_and_ktae_adds_the_bonus_to_grpo(demos, compose)
     bonus = compute_ktae_advantages(responses, mask, scores, groups, config=config)
     assert (bonus * mask).abs().max() > 0.1
     torch.testing.assert_close(difference, bonus * mask, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_settings_a_run_logs_recompute_its_advantages(demos, name):
+    """What `ktae viz` reads beside the rollouts: every logged advantage, at every step, follows from
+    the rollouts and the run's ktae_settings.json alone."""
+    summary(demos, name)
+    settings = read_ktae_settings(demos[name]["dir"])
+    assert settings is not None and settings.ktae == (name == "ktae") and settings.exact_base
+    config, notes = run_ktae_config(demos[name]["dir"])  # a report's reading: the same, noting a baseline
+    assert config == settings.estimator and (notes == []) == (name == "ktae")
+    for step in (1, 2):
+        records = step_rollouts(demos, name, step)
+        length = max(len(r["token_ids"]) for r in records)
+        responses = torch.zeros(len(records), length, dtype=torch.long)
+        mask = torch.zeros(len(records), length)
+        logged = torch.zeros(len(records), length)
+        for i, record in enumerate(records):
+            n = len(record["token_ids"])
+            responses[i, :n], mask[i, :n] = torch.tensor(record["token_ids"]), 1
+            logged[i, :n] = torch.tensor(record["advantages"])
+        groups, scores = [r["group"] for r in records], torch.tensor([r["score"] for r in records])
+        if settings.ktae:
+            recomputed = compute_ktae_advantages(responses, mask, scores, groups, config=settings.estimator)
+        else:
+            base = compute_rollout_advantages(
+                scores, groups, settings.estimator.rollout_advantage, settings.estimator.epsilon
+            )
+            recomputed = base[:, None] * mask
+        assert logged.abs().max() > 0
+        torch.testing.assert_close(logged, recomputed, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

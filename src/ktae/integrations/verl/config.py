@@ -6,6 +6,7 @@ so a bad setting fails in seconds, not after the first rollout.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl.trainer.ppo import core_algos
 
 from ktae import KTAEConfig
+from ktae.run_folder import KTAESettings
 
 KTAE_ESTIMATOR = "ktae"
 DEFAULT_BASE = "grpo"
@@ -87,6 +89,41 @@ def ktae_base_from_algorithm(algorithm) -> str:
     if not isinstance(base, str):
         raise ValueError(f"algorithm.ktae.base must be the name of a verl advantage estimator, got {base!r}")
     return base
+
+
+# verl's rollout-level estimators that equal one of KTAE's bases (tests/integrations/verl/test_verl_config.py
+# checks them against verl's own): its grpo forms with norm_adv_by_std_in_grpo (Dr. GRPO without), and
+# its rloo forms, which scale s - mean_g by n/(n-1): s minus the mean of the other rollouts. Equal on
+# groups of two or more, which is every group of a KTAE run (rollout.n >= 2); a group of one, which
+# KTAE gives mean s, gets mean 0 from verl's Dr. GRPO and advantage 0 from its rloo_vectorized.
+KTAE_BASE_OF_VERL = {"grpo": "grpo", "grpo_vectorized": "grpo", "rloo": "rloo", "rloo_vectorized": "rloo"}
+
+
+def ktae_settings_from_config(config: DictConfig, ignore_token_ids: Iterable[int] = ()) -> KTAESettings:
+    """The KTAE settings a verl run trains with (`ktae.run_folder.KTAESettings`), for reports to recompute
+    its logged rollouts' advantages: the ``algorithm.ktae`` options, and as base the KTAE equal of the
+    rollout-level estimator (``algorithm.ktae.base`` under KTAE, else ``algorithm.adv_estimator``).
+
+    verl's grpo, its Dr. GRPO form and rloo have a KTAE equal; for any other estimator ``exact_base``
+    is False and the estimator names KTAE's grpo, the nearest. ``ignore_token_ids`` as in
+    `ktae_config_from_algorithm`.
+    """
+    algorithm = config.algorithm
+    ktae = algorithm.adv_estimator == KTAE_ESTIMATOR
+    verl_base = ktae_base_from_algorithm(algorithm) if ktae else str(algorithm.adv_estimator)
+    description = f"verl's {verl_base}"
+    exact = verl_base in KTAE_BASE_OF_VERL
+    if not exact:
+        verl_base = DEFAULT_BASE
+    base = KTAE_BASE_OF_VERL[verl_base]
+    if exact and base == "grpo" and not algorithm.get("norm_adv_by_std_in_grpo", True):
+        base, description = "dr_grpo", f"{description} (norm_adv_by_std_in_grpo=False)"
+    # verl's estimator divides by std + its own default epsilon, which no config option sets
+    epsilon = inspect.signature(core_algos.get_adv_estimator_fn(verl_base)).parameters["epsilon"].default
+    estimator = dataclasses.replace(
+        ktae_config_from_algorithm(algorithm, ignore_token_ids), rollout_advantage=base, epsilon=epsilon
+    )
+    return KTAESettings(ktae=ktae, estimator=estimator, rollout_advantage=description, exact_base=exact)
 
 
 def missing_base_inputs(name: str, estimator: Callable, supplied: Iterable[str] = ()) -> list[str]:

@@ -14,8 +14,10 @@ known, and the most credited and blamed tokens go to the W&B / trackio / TensorB
 
 With ``trainer.ktae_rollouts_dir`` set, the trainer also appends the first
 ``trainer.ktae_rollout_groups_per_step`` prompt groups of every step to ``<dir>/rollouts.jsonl``, the
-format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used); the
-launcher runs baselines through these trainers too when it is set, so their rollouts are logged alike.
+format ``ktae viz`` reads (token ids, decoded pieces and the per-token advantages training used), and
+writes the run's KTAE settings to ``<dir>/ktae_settings.json`` when it starts
+(`~ktae.integrations.verl.config.ktae_settings_from_config`); the launcher runs baselines through these
+trainers too when it is set, so their rollouts and settings are logged alike.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from ktae.integrations.verl.config import (
     KTAE_ESTIMATOR,
     KTAE_TRAINER_MODES,
     ktae_config_from_algorithm,
+    ktae_settings_from_config,
     validate_ktae_run,
 )
 from ktae.integrations.verl.estimator import response_tokens
 from ktae.models import decode_token, ignored_token_ids, model_vocab_size
-from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl
+from ktae.run_folder import ROLLOUTS_FILE, RolloutRecord, append_jsonl, write_ktae_settings
 
 if TYPE_CHECKING:  # what the mixin extends: the trainers it is mixed into are verl's PPOTrainer subclasses
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer as _VerlTrainer
@@ -76,6 +79,10 @@ class KTAETrainerMixin(_VerlTrainer):
         self.tokenizer = model_config.tokenizer
         self.processor = model_config.processor
         self.vocab_size = model_vocab_size(model_config.hf_config)
+        rollouts_dir = self.config.trainer.get("ktae_rollouts_dir")
+        if rollouts_dir:  # beside the rollouts, once the tokenizer (its ignored ids) is known
+            settings = ktae_settings_from_config(self.config, ignored_token_ids(self.tokenizer))
+            write_ktae_settings(rollouts_dir, settings)
 
     def _compute_advantage(self, batch, metrics: dict):
         if self.config.algorithm.adv_estimator != KTAE_ESTIMATOR:
