@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 import verl
+from omegaconf import OmegaConf
 from tests.integrations.verl.children import finish
 from verl.plugin.platform import PlatformRegistry
 
@@ -27,14 +28,11 @@ from ktae.integrations.verl.cpu import (
 )
 from ktae.integrations.verl.main import PLUGIN_MODULE, prepare_config
 
-# A config the CPU mode runs, as a user writes it (docs/verl.md).
+# A config the CPU mode runs, as a user writes it (docs/verl.md): the mode's defaults do the rest.
 CPU_RUN = [
     "trainer.device=cpu",
     "algorithm.adv_estimator=ktae",
     "actor_rollout_ref.rollout.n=4",
-    "actor_rollout_ref.rollout.name=hf",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-    "actor_rollout_ref.actor.strategy=fsdp2",
     "actor_rollout_ref.actor.use_kl_loss=True",
     "actor_rollout_ref.actor.use_dynamic_bsz=True",
     "data.train_batch_size=8",
@@ -84,15 +82,26 @@ def no_external_modules_in_the_shell(monkeypatch):
     monkeypatch.delenv("VERL_USE_EXTERNAL_MODULES", raising=False)
 
 
+def prepared(compose, overrides: list[str]):
+    """The config as the launcher runs it: composed from the command line, then prepared."""
+    config = compose(overrides)
+    prepare_config(config, overrides)
+    return config
+
+
 def test_prepare_config_adds_the_cpu_modes_settings(compose):
     config = compose(CPU_RUN)
-    prepare_config(config)
+    assert prepare_config(config, CPU_RUN) == cpu.CPU_DEFAULTS  # the command line names none of them
     assert config.trainer.device == "cpu"
+    for key, value in cpu.CPU_DEFAULTS.items():
+        assert OmegaConf.select(config, key) == value, key
+    assert config.actor_rollout_ref.ref.strategy == "fsdp2"  # verl's: the actor's
+    assert config.actor_rollout_ref.ref.use_torch_compile is False
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     ray_init = config.ray_kwargs.ray_init
-    # verl's defaults: the TransferQueue controller, 8 storage units, 8 ranks of 3
-    assert ray_init.num_cpus == 1 + 8 + 3 * 8
-    assert ray_init.num_gpus == 8
+    # the TransferQueue controller, one storage unit, one rank of 3
+    assert ray_init.num_cpus == 1 + 1 + 3
+    assert ray_init.num_gpus == 1
     env_vars = ray_init.runtime_env.env_vars
     assert env_vars.VERL_PLATFORM == "cpu" and env_vars.VERL_ENGINE_DEVICE == "cuda"
     # the CPU module first: its patches must run before verl imports the modules they change
@@ -101,51 +110,65 @@ def test_prepare_config_adds_the_cpu_modes_settings(compose):
 
 
 def test_prepare_config_keeps_the_users_cpu_settings(compose):
-    config = compose(
-        [
-            *CPU_RUN,
-            "trainer.n_gpus_per_node=2",
-            "ray_kwargs.ray_init.num_cpus=40",
-            "+actor_rollout_ref.model.override_config.attn_implementation=eager",
-            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        ]
-    )
-    prepare_config(config)
+    overrides = [
+        *CPU_RUN,
+        "trainer.n_gpus_per_node=2",
+        "ray_kwargs.ray_init.num_cpus=40",
+        "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=3",
+        "++actor_rollout_ref.actor.use_torch_compile=True",
+    ]
+    config = compose(overrides)
+    settings = prepare_config(config, overrides)
+    assert "trainer.n_gpus_per_node" not in settings and "actor_rollout_ref.actor.use_torch_compile" not in settings
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+    assert config.trainer.n_gpus_per_node == 2
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 3
+    assert config.actor_rollout_ref.actor.use_torch_compile is True
     assert config.ray_kwargs.ray_init.num_cpus == 40
     assert config.ray_kwargs.ray_init.num_gpus == 2
 
 
+def test_cpu_defaults_are_verls_own_keys(compose):
+    """Each default replaces a value verl's config has (a renamed key would add a setting verl ignores)."""
+    config = compose([])
+    for key in cpu.CPU_DEFAULTS:
+        section, _, name = key.rpartition(".")
+        # keys(), not `in`: rollout.name's value is verl's ??? (unset), which `in` reports as absent
+        assert name in list(OmegaConf.select(config, section).keys()), key
+
+
 def test_logical_cpus_count_what_verls_actors_keep(compose):
-    config = compose(
+    config = prepared(
+        compose,
         [
             *CPU_RUN,
             "trainer.n_gpus_per_node=2",
-            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units=2",
             "actor_rollout_ref.rollout.agent.num_workers=3",  # placed, they keep none
             "reward.num_workers=2",
-        ]
+        ],
     )
-    assert cpu.logical_cpus(config) == 1 + 1 + 3 * 2
+    assert cpu.logical_cpus(config) == 1 + 2 + 3 * 2
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CPU_RUNS))
 def test_bad_cpu_run_fails_with_the_setting_to_change(compose, case):
     overrides, message = BAD_CPU_RUNS[case]
-    config = compose([*CPU_RUN, *overrides])
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        prepare_config(config)
+        prepared(compose, [*CPU_RUN, *overrides])
 
 
 def test_cpu_run_refuses_a_runtime_env_that_contradicts_it(compose):
-    config = compose([*CPU_RUN, "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=nvidia"])
     with pytest.raises(ValueError, match="sets VERL_PLATFORM=cpu for the Ray processes"):
-        prepare_config(config)
+        prepared(compose, [*CPU_RUN, "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=nvidia"])
 
 
 def test_gpu_runs_are_untouched_by_the_cpu_mode(compose):
-    config = compose([arg for arg in CPU_RUN if not arg.startswith("trainer.device")])
-    prepare_config(config)
+    overrides = [arg for arg in CPU_RUN if not arg.startswith("trainer.device")]
+    config = compose(overrides)
+    assert prepare_config(config, overrides) == {}
+    assert config.actor_rollout_ref.actor.strategy == "fsdp" and config.trainer.n_gpus_per_node == 8
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
     assert "VERL_PLATFORM" not in env_vars and env_vars.VERL_USE_EXTERNAL_MODULES == PLUGIN_MODULE
     assert "attn_implementation" not in config.actor_rollout_ref.model.override_config
@@ -158,7 +181,7 @@ def test_cpu_mode_refuses_another_verl_version(compose, monkeypatch):
         check_verl_version("0.10.0")
     monkeypatch.setattr(verl, "__version__", "0.9.2")
     with pytest.raises(ValueError, match=r"installed verl is 0\.9\.2"):
-        prepare_config(compose(CPU_RUN))
+        prepared(compose, CPU_RUN)
 
 
 # --- defect 11: the user's own plugin modules reach the Ray processes ----------------------------
@@ -168,14 +191,14 @@ def test_prepare_config_merges_the_shells_external_modules(compose, monkeypatch)
     """Ray's runtime env replaces the shell's VERL_USE_EXTERNAL_MODULES in its processes: the launcher
     must carry the user's modules over, not drop them."""
     monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "my_plugin, other_plugin")
-    config = compose(
+    config = prepared(
+        compose,
         [
             *CPU_RUN,
             "algorithm.adv_estimator=grpo",
             "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=from_config",
-        ]
+        ],
     )
-    prepare_config(config)
     modules = config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
     assert modules == f"{WORKER_MODULE},my_plugin,other_plugin,from_config,{PLUGIN_MODULE}"
 

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from ktae import compute_ktae_advantages, compute_rollout_advantages
 from ktae.data.templates import apply_template, render_prompt
 from ktae.integrations.verl.config import ktae_config_from_algorithm
+from ktae.integrations.verl.cpu import CPU_DEFAULTS
 from ktae.integrations.verl.demo import (
     RUN_MARKER,
     build_tokenizer,
@@ -27,6 +28,7 @@ from ktae.integrations.verl.demo import (
     processes_of,
     stop_processes_of,
 )
+from ktae.integrations.verl.main import override_keys
 from ktae.models import ignored_token_ids
 from ktae.reports.builders import run_ktae_config
 from ktae.run_folder import ROLLOUTS_FILE, read_jsonl, read_ktae_settings
@@ -95,6 +97,18 @@ def test_demo_trains_every_step(demos, name):
             assert credited and blamed and credited[0][1] > 0 > blamed[0][1]
         else:
             assert step["ktae/seconds"] is None and step["key_tokens"] is None
+
+
+@pytest.mark.slow
+def test_the_cpu_mode_sets_what_the_command_line_leaves_out(demos):
+    """The demo names none of the CPU mode's settings but the ranks of its two-rank run: the launcher
+    sets the rest (the transformers rollout, FSDP2, ...) and says so."""
+    summary(demos, "ktae")
+    log = (demos["ktae"]["dir"] / "train.log").read_text()
+    said = next(line for line in log.splitlines() if line.startswith("trainer.device=cpu sets "))
+    expected = {key: value for key, value in CPU_DEFAULTS.items() if key not in override_keys(RUNS["ktae"])}
+    assert said.split()[2:] == [f"{key}={value}" for key, value in expected.items()]
+    assert "actor_rollout_ref.rollout.name=hf" in said and "trainer.n_gpus_per_node" not in said
 
 
 def step_rollouts(demos, name, step: int) -> list[dict]:

@@ -1,10 +1,12 @@
 """CPU mode of the launcher: verl's own training loop on a machine without accelerators.
 
-``python -m ktae.integrations.verl trainer.device=cpu actor_rollout_ref.rollout.name=hf
-actor_rollout_ref.actor.strategy=fsdp2 ...`` runs the whole loop of verl 0.9.1 (Ray driver, agent
-loop, reward, old/ref log-probs, advantage, FSDP2 actor update over gloo, weight sync) on CPU
-processes, to try recipes and debug configs with a small local model. It is not a way to train
-real models fast. What it needs, and where it lives:
+``python -m ktae.integrations.verl trainer.device=cpu actor_rollout_ref.model.path=... ...`` runs the
+whole loop of verl 0.9.1 (Ray driver, agent loop, reward, old/ref log-probs, advantage, FSDP2 actor
+update over gloo, weight sync) on CPU processes, to try recipes and debug configs with a small local
+model. It is not a way to train real models fast. What it needs, and where it lives:
+
+- settings where verl's defaults are a GPU machine's (`CPU_DEFAULTS`: the transformers rollout,
+  FSDP2, one rank, one process where verl starts several), set unless the command line names them;
 
 - a ``cpu`` platform registered with verl's ``PlatformRegistry`` (gloo, the CPU's RNG, no device
   memory) and chosen in every Ray process by verl's ``VERL_PLATFORM=cpu``;
@@ -19,7 +21,7 @@ real models fast. What it needs, and where it lives:
 - Ray settings: logical CPUs for the actors of verl that keep one (a 2-core laptop would otherwise
   leave them waiting forever) and one logical GPU per FSDP rank (verl's resource pools ask for GPUs).
 
-:func:`prepare_cpu_config` checks the config and adds these settings in the launching process,
+:func:`fill_cpu_defaults` and :func:`prepare_cpu_config` complete and check the config in the launching process,
 before Ray starts; this module, named first in the Ray processes' ``VERL_USE_EXTERNAL_MODULES``,
 registers the platform and the rollout and applies the patches in each of them on ``import verl``.
 """
@@ -31,7 +33,7 @@ import importlib
 import os
 import platform
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -57,6 +59,21 @@ CPU_STRATEGY = "fsdp2"
 CPU_ATTENTION = "sdpa"
 #: The rollout's log-prob modes it reproduces (vLLM's names): after or before temperature and top-k/p.
 CPU_LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+#: What ``trainer.device=cpu`` sets unless the command line names the key: what the mode needs where
+#: verl's defaults are a GPU machine's (a rollout name to choose, FSDP1, 8 ranks, tensor-parallel
+#: rollouts of 2), and one process where verl starts several, each of which spends seconds of a
+#: laptop's CPU importing verl; inductor compiles for longer than a small model computes (the
+#: reference model follows the actor's use_torch_compile).
+CPU_DEFAULTS: dict[str, object] = {
+    "actor_rollout_ref.rollout.name": CPU_ROLLOUT,
+    "actor_rollout_ref.actor.strategy": CPU_STRATEGY,
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+    "trainer.n_gpus_per_node": 1,
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
+    "actor_rollout_ref.rollout.agent.num_workers": 1,
+    "reward.num_workers": 1,
+    "actor_rollout_ref.actor.use_torch_compile": False,
+}
 #: Ray CPUs verl's actors keep: the TransferQueue controller and each storage unit one, each FSDP
 #: rank's placement-group bundle three (verl's ResourcePoolManager.max_colocate_count). Its other
 #: actors (TaskRunner, agent-loop and reward workers, load balancer) keep none once placed.
@@ -411,6 +428,19 @@ def _check(config: DictConfig) -> None:
             f"trainer.device=cpu's rollout gives log-probs in modes {', '.join(CPU_LOGPROBS_MODES)}: "
             f"actor_rollout_ref.rollout.logprobs_mode={logprobs_mode!r} is not one of them"
         )
+
+
+def fill_cpu_defaults(config: DictConfig, command_line_keys: Collection[str]) -> dict[str, object]:
+    """Set each of `CPU_DEFAULTS` that ``command_line_keys`` does not name; returns those set.
+
+    A key the command line names keeps its value, and :func:`prepare_cpu_config` refuses it by name
+    if the mode cannot run it (``actor_rollout_ref.actor.strategy=fsdp``, ``rollout.name=vllm``).
+    """
+    filled = {key: value for key, value in CPU_DEFAULTS.items() if key not in command_line_keys}
+    with open_dict(config):
+        for key, value in filled.items():
+            OmegaConf.update(config, key, value, merge=False)
+    return filled
 
 
 def logical_cpus(config: DictConfig) -> int:

@@ -146,7 +146,8 @@ def build_assets(output_dir: Path, seed: int) -> DemoAssets:
 def demo_overrides(
     assets: DemoAssets, output_dir: Path, steps: int, estimator: str, seed: int, ray_temp_dir: Path
 ) -> list[str]:
-    """The launcher's overrides: the CPU mode, the demo's files, a small batch, every rollout logged."""
+    """The launcher's overrides: the CPU mode (with its defaults: one rank), the demo's files, a small
+    batch, every rollout logged."""
     return [
         "trainer.device=cpu",
         f"algorithm.adv_estimator={estimator}",
@@ -158,7 +159,6 @@ def demo_overrides(
         f"data.seed={seed}",
         "data.dataloader_num_workers=0",
         f"actor_rollout_ref.model.path={assets.model_dir}",
-        "actor_rollout_ref.actor.strategy=fsdp2",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS_PER_STEP}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={ROLLOUTS_PER_PROMPT}",
         "actor_rollout_ref.actor.optim.lr=1e-3",
@@ -166,20 +166,11 @@ def demo_overrides(
         "actor_rollout_ref.actor.use_kl_loss=True",
         "actor_rollout_ref.actor.kl_loss_coef=0.001",
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
-        # inductor compiles for longer than a tiny model computes
-        "actor_rollout_ref.actor.use_torch_compile=False",
-        "actor_rollout_ref.ref.use_torch_compile=False",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={ROLLOUTS_PER_PROMPT}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ROLLOUTS_PER_PROMPT}",
-        "actor_rollout_ref.rollout.name=hf",
         f"actor_rollout_ref.rollout.n={ROLLOUTS_PER_PROMPT}",
         f"actor_rollout_ref.rollout.seed={seed}",
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.dtype=float32",
-        # one process each where verl's defaults start several: on a laptop every process costs seconds
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "reward.custom_reward_function.path=pkg://ktae.integrations.verl.demo",
         "reward.custom_reward_function.name=compute_score",
         "trainer.logger=[console,file]",
@@ -188,7 +179,6 @@ def demo_overrides(
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
-        "trainer.n_gpus_per_node=1",
         f"trainer.total_training_steps={steps}",
         f"trainer.ktae_rollouts_dir={output_dir}",
         f"trainer.ktae_rollout_groups_per_step={PROMPTS_PER_STEP}",

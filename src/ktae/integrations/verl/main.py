@@ -13,8 +13,10 @@ whole loop on CPU processes (:mod:`ktae.integrations.verl.cpu`).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -22,7 +24,7 @@ from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
 from ktae.integrations.verl.config import KTAE_TRAINER_MODES, validate_ktae_run
-from ktae.integrations.verl.cpu import WORKER_MODULE, is_cpu_run, prepare_cpu_config
+from ktae.integrations.verl.cpu import WORKER_MODULE, fill_cpu_defaults, is_cpu_run, prepare_cpu_config
 
 # Imported by every Ray process that imports verl (belt and braces beside the verl.plugins entry
 # point and KTAETaskRunner): registers the ktae estimator.
@@ -34,14 +36,20 @@ def _modules(value) -> list[str]:
     return [module.strip() for module in str(value or "").split(",") if module.strip()]
 
 
-def prepare_config(config: DictConfig) -> None:
+def override_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys Hydra overrides name (``key=v``, ``+key=v``, ``++key=v``, ``~key``)."""
+    return {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+
+
+def prepare_config(config: DictConfig, overrides: Sequence[str] = ()) -> dict[str, object]:
     """Check the config (KTAE's settings and verl's own) and point it at the KTAE trainer; raises ValueError.
 
     Runs in the launching process, before Ray: a bad setting fails at start-up, not mid-run. The Ray
     processes import the modules of ``VERL_USE_EXTERNAL_MODULES`` from the launching shell and from
     ``ray_kwargs.ray_init.runtime_env.env_vars``, then this plugin (the runtime env's value replaces
     the shell's in Ray's processes, so both are merged into it); with ``trainer.device=cpu``, the CPU
-    mode's module first and its environment (:func:`ktae.integrations.verl.cpu.prepare_cpu_config`).
+    mode's settings for the keys ``overrides`` (the command line's) leave unnamed, its module first
+    and its environment (:mod:`ktae.integrations.verl.cpu`). Returns the CPU mode's settings it set.
     """
     if not config.trainer.get("use_v1", True):
         raise ValueError(
@@ -53,6 +61,7 @@ def prepare_config(config: DictConfig) -> None:
         if runtime_env.get("env_vars") is None:
             runtime_env.env_vars = {}
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    cpu_settings = fill_cpu_defaults(config, override_keys(overrides)) if is_cpu_run(config) else {}
     cpu_env = prepare_cpu_config(config, env_vars) if is_cpu_run(config) else {}
     ktae_config = validate_ktae_run(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
@@ -69,13 +78,18 @@ def prepare_config(config: DictConfig) -> None:
         # A baseline runs verl's trainer itself, unless it logs rollouts as KTAE runs do.
         if mode in KTAE_TRAINER_MODES and (ktae_config is not None or config.trainer.get("ktae_rollouts_dir")):
             config.trainer.v1.trainer_mode = KTAE_TRAINER_MODES[mode]
+    return cpu_settings
 
 
 @hydra.main(config_path="conf", config_name="ktae_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     if not is_cpu_run(config):  # verl's detection knows no CPU platform and would switch to cuda
         auto_set_device(config)
-    prepare_config(config)
+    cpu_settings = prepare_config(config, HydraConfig.get().overrides.task)
+    if cpu_settings:
+        print(
+            "trainer.device=cpu sets " + " ".join(f"{key}={value}" for key, value in cpu_settings.items()), flush=True
+        )
     # Imported here: the trainer module pulls in verl's whole v1 trainer stack.
     from ktae.integrations.verl.trainer import KTAETaskRunner
 
