@@ -311,7 +311,14 @@ def test_paired_comparison_of_runs(tmp_path, capsys):
         (["--model", "{model}", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
         (["--model", "{model}", "--samples", "0"], "samples must be an integer >= 1, got 0"),
         (["--model", "{model}", "--samples", "4"], "samples = 4 needs temperature > 0"),
-        (["--model", "{model}", "--temperature", "nan"], "temperature must be a finite number >= 0, got nan"),
+        (
+            ["--model", "{model}", "--temperature", "nan"],
+            "temperature must be 0 (greedy) or a finite number >= 0.01, got nan",
+        ),
+        (
+            ["--model", "{model}", "--temperature", "1e-320"],
+            "temperature must be 0 (greedy) or a finite number >= 0.01",
+        ),
         (["--model", "{model}", "--temperature", "1", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
         (["--model", "{model}", "--top-p", "0.9"], "top_p applies to sampling"),
         (["--model", "{model}", "--pass-k", "0"], "pass@k needs integers k >= 1, got 0"),

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from ktae.models import resolve_model_source
 
+#: The lowest sampling temperature accepted (0 is greedy): generation, and training's loss, divide the
+#: logits by it, and below this the quotient overflows half precision into inf/NaN (vLLM raises lower
+#: temperatures to the same floor).
+MIN_TEMPERATURE = 0.01
+
 
 @dataclass(frozen=True)
 class Sampling:

@@ -42,7 +42,7 @@ from ktae.evaluation.eval_folder import (
     write_results,
     write_settings,
 )
-from ktae.evaluation.generation import Generation
+from ktae.evaluation.generation import MIN_TEMPERATURE, Generation
 from ktae.rewards import DEFAULT_GRADER, AnswerChecker, extract_answer
 
 
@@ -76,8 +76,10 @@ class EvalSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"limit must be > 0, got {self.limit}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE)):
+            raise ValueError(
+                f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {self.temperature}"
+            )
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature == 0 and self.top_p != 1:

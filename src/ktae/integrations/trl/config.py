@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ktae.core.config import KTAEConfig
+from ktae.evaluation.generation import MIN_TEMPERATURE
 from ktae.safe_files import short_repr
 
 ALGOS = ("grpo", "dapo")
 DYNAMIC_SAMPLING_METRICS = ("correct", "score")
-#: The lowest sampling temperature accepted: generation and the loss divide the logits by it, and below
-#: this the quotient overflows half precision into inf/NaN (vLLM raises lower temperatures to the same floor).
-MIN_TEMPERATURE = 0.01
 
 # Paper settings that `algo` fills in when the field is left unset (docs/recipes.md).
 GRPO_KL_COEF = 0.001
