@@ -271,7 +271,7 @@ def check_parity(device: str, batches: int) -> dict:
 def check_training(device: str, run_dir: Path, overrides: list[str], steps: int) -> dict:
     """``steps`` GRPO+KTAE steps of the tiny job; the policy must sit on ``device``."""
     from ktae.integrations.trl.job import default_job, prepare_job, resolve_options
-    from ktae.run_folder import start_run_folder
+    from ktae.run_folder import METRICS_FILE, read_jsonl, start_run_folder
 
     options = resolve_options({}, [*overrides, f"max_steps={steps}"], defaults=default_job("tiny"))
     if device == "cpu":
@@ -283,7 +283,7 @@ def check_training(device: str, run_dir: Path, overrides: list[str], steps: int)
         if not model_device.startswith(device):
             raise RuntimeError(f"the policy is on {model_device}, not {device}")
         summary = job.train()
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_jsonl(run_dir / METRICS_FILE)
     return {
         "steps": summary["steps"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -297,6 +297,7 @@ def check_training(device: str, run_dir: Path, overrides: list[str], steps: int)
 def check_evaluation(device: str, model_dir: Path, work: Path, limit: int, max_new_tokens: int) -> dict:
     """``ktae eval --limit`` of ``model_dir`` on ``device``, on a benchmark file written here."""
     from ktae.cli import main
+    from ktae.evaluation.eval_folder import RESULTS_FILE, read_results
 
     data = work / "bench"
     data.mkdir(parents=True, exist_ok=True)
@@ -328,7 +329,7 @@ def check_evaluation(device: str, model_dir: Path, work: Path, limit: int, max_n
     )
     if code != 0:
         raise RuntimeError(f"ktae eval exited with {code}")
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out / RESULTS_FILE)
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "results": results["results"],

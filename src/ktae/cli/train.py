@@ -6,8 +6,9 @@ GRPO+KTAE with `KTAEGRPOTrainer` and logs the accuracy as it rises. ``ktae train
 recipe.yaml [key=value ...]`` runs any recipe; ``ktae train --resume RUN_DIR`` continues a killed
 run from its last checkpoint. The job itself, its options and defaults: `ktae.integrations.trl.job`.
 
-This module reads the command line, picks the run folder, holds its lock for the whole job (a second
-``ktae train`` on it is refused) and turns the job's errors into one line and exit code 2.
+This module reads the command line, holds the run folder's lock for the whole job (a second ``ktae
+train`` on it is refused) and turns the job's errors into one line and exit code 2, Ctrl-C into a line
+saying how to go on and exit code 130.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import json
 import os
 import shlex
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -27,10 +26,6 @@ from ktae.cli.train_help import add_key_help
 from ktae.run_folder import (
     CONFIG_FILE,
     RunFolderInUse,
-    RunFolderLock,
-    open_run_folder,
-    read_config,
-    start_run_folder,
 )
 from ktae.safe_files import RefusedFile
 
@@ -59,61 +54,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lock = None  # held until the job ends; the kernel drops it if the process dies
-    run_dir: Path | None = None
+    claimed = None  # its lock is held until the job ends; the kernel drops it if the process dies
+    run_dir: Path | None = args.resume or args.output_dir
     after_bar = ""  # while training, the progress bar's line is unfinished: messages start on a line of their own
     try:
         try:
             from accelerate import PartialState
-            from accelerate.utils import broadcast_object_list
 
-            from ktae.integrations.trl.job import (  # without the trl extra: an ImportError, reported below
-                check_launch,
-                default_job,
-                finished_step,
-                parse_overrides,
-                prepare_job,
-                read_recipe,
-                resolve_options,
-            )
+            # without the trl extra: an ImportError, reported below
+            from ktae.integrations.trl.job import claim_new_run, claim_resumed_run, prepare_job
 
             if args.resume is not None:
                 if args.config is not None or args.output_dir is not None:
                     raise ValueError(
                         "--resume RUN_DIR takes the run's own config.yaml and folder: drop --config/--output-dir"
                     )
-                if "output_dir" in parse_overrides(args.overrides):
-                    raise ValueError(f"output_dir: --resume {args.resume} continues the run in its own folder")
-                run_dir = args.resume
-                if not (run_dir / CONFIG_FILE).is_file():
-                    raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
-                options = resolve_options(read_config(run_dir) or {}, args.overrides)
-                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
-                check_launch(launch.num_processes)
-                lock = _claim_on_main_process(launch, open_run_folder, args.resume)
-                finished = finished_step(run_dir, options.get("max_steps", -1))
-                if finished is not None:
-                    launch.print(
-                        f"[ktae train] {run_dir} is finished: it trained all {finished} steps. "
-                        f"Nothing to resume; to train on, raise max_steps (--resume {run_dir} max_steps=N)."
+                claimed = claim_resumed_run(args.resume, args.overrides)
+                if claimed.finished_step is not None:
+                    PartialState().print(
+                        f"[ktae train] {args.resume} is finished: it trained all {claimed.finished_step} steps. "
+                        f"Nothing to resume; to train on, raise max_steps (--resume {args.resume} max_steps=N)."
                     )
                     return 0
             else:
-                if args.config is not None:
-                    recipe, defaults = read_recipe(args.config), None
-                else:
-                    recipe = {}
-                    defaults = default_job(parse_overrides(args.overrides).get("model_name_or_path"))
-                options = resolve_options(recipe, args.overrides, defaults=defaults)
-                if "output_dir" in options:  # TRL's name for the run folder, which --output-dir names here
-                    raise ValueError("output_dir: the run folder is --output-dir RUN_DIR, not a key")
-                launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
-                check_launch(launch.num_processes)
-                run_dir = args.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-                if launch.num_processes > 1:  # one folder for every process: the main one's
-                    run_dir = broadcast_object_list([run_dir])[0]
-                lock = _claim_on_main_process(launch, start_run_folder, run_dir)
-            job = prepare_job(options, run_dir, resume=args.resume is not None)
+                claimed = claim_new_run(args.config, args.overrides, args.output_dir)
+            run_dir = claimed.run_dir
+            job = prepare_job(claimed.options, run_dir, resume=args.resume is not None)
         except (
             ValueError,
             OSError,
@@ -129,34 +95,14 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, RefusedFile) as error:  # a full disk while saving, a log replaced by a link
             print(f"{after_bar}ktae train: error: {error}; {_how_to_continue(run_dir)}", file=sys.stderr)
             return 2
-        launch.print(json.dumps(summary, indent=2))
+        PartialState().print(json.dumps(summary, indent=2))  # the main process of a launch
         return 0
     except KeyboardInterrupt:  # Ctrl-C: the lock is released below, and complete checkpoints are all kept
         print(f"{after_bar}ktae train: stopped (Ctrl-C); {_how_to_continue(run_dir)}", file=sys.stderr)
         return 130
     finally:
-        if lock is not None:
-            lock.release()
-
-
-def _claim_on_main_process(launch, claim: Callable[[Path], RunFolderLock], run_dir: Path) -> RunFolderLock | None:
-    """Lock the run folder in the main process alone (it alone writes the folder) and return its lock; the
-    other processes of a launch get None, or the main process's refusal as their own, so none trains on."""
-    lock, refusal = None, None
-    if launch.is_main_process:
-        try:
-            lock = claim(run_dir)
-        except (ValueError, OSError, RunFolderInUse) as error:
-            if launch.num_processes == 1:
-                raise
-            refusal = str(error)
-    if launch.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-        if refusal is not None:
-            raise ValueError(refusal) if launch.is_main_process else ValueError(f"(main process) {refusal}")
-    return lock
+        if claimed is not None and claimed.lock is not None:
+            claimed.lock.release()
 
 
 def _how_to_continue(run_dir: Path | None) -> str:

@@ -115,3 +115,37 @@ def test_the_figures_name_what_the_harness_reports():
     with pytest.raises(ValueError, match="best_checkpoint_metric 'benchmark/pass@8' is not logged"):
         BenchmarkCallback(settings, ["math500"], None, 10, "run", best_metric="benchmark/pass@8")
     assert JobArguments.from_options(yaml.safe_load("benchmark_suites: math500, amc23")).benchmark_suites
+
+
+def test_the_trackers_log_the_benchmark_figures_and_the_short_names(tmp_path, suites, monkeypatch):
+    """The trackers of report_to log each step's record after the callbacks that add to it have run:
+    the benchmark figures and the short names reach W&B and TensorBoard as they reach metrics.jsonl."""
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers.integrations import WandbCallback
+
+    seen: dict[int, dict] = {}
+    wandb_on_log = WandbCallback.on_log
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if logs and "train_runtime" not in logs:  # each step's record, not the end-of-training summary
+            seen[state.global_step] = dict(logs)
+        return wandb_on_log(self, args, state, control, model=model, logs=logs, **kwargs)
+
+    monkeypatch.setattr(WandbCallback, "on_log", on_log)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run = tmp_path / "run"
+    benchmark = ["benchmark_suites=aime24", f"benchmark_data_dir={suites}", "benchmark_limit=2"]
+    job = [*JOB, *benchmark, "benchmark_eval_steps=2", "max_steps=2", "report_to=[wandb,tensorboard]"]
+    assert main(["train", "--output-dir", str(run), *job]) == 0
+
+    records = {r["step"]: r for r in _records(run)}
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    for step in (1, 2):
+        for name in ("benchmark/avg", "benchmark/aime24", "accuracy", "completion_length"):
+            assert seen[step][name] == records[step][name], (step, name)
+            # transformers' TensorBoard logger files a step's figures under train/
+            (logged,) = [e.value for e in events.Scalars(f"train/{name}") if e.step == step]
+            assert logged == pytest.approx(records[step][name]), (step, name)

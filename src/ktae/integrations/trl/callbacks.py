@@ -146,9 +146,10 @@ class GreedyAccuracyCallback(TrainerCallback):
 class RunLogCallback(TrainerCallback):
     """Writes ``metrics.jsonl`` per logged step and ``curves.png`` at the end.
 
-    Adds the short names to the step's logs in place, so that callbacks after it (TensorBoard) log
-    them too. On resume, records past the resumed step are dropped first, so a step killed after
-    its log line but before its checkpoint is logged once, by the resumed run.
+    Adds the short names to the step's logs in place, so that callbacks after it (the trackers of
+    ``report_to``, placed last by `move_trackers_last`) log them too. On resume, records past the
+    resumed step are dropped first, so a step killed after its log line but before its checkpoint is
+    logged once, by the resumed run.
     """
 
     def __init__(self, run_dir: str | os.PathLike, curve_labels: Sequence[str] | None = None):
@@ -184,6 +185,20 @@ class RunLogCallback(TrainerCallback):
                     error,
                     self.run_dir,
                 )
+
+
+def move_trackers_last(trainer) -> None:
+    """Place the callbacks of the ``report_to`` trackers (W&B, TensorBoard, MLflow, ...) after all others.
+
+    transformers puts them first, so they would log a step's record before the callbacks that add to it
+    in place (`RunLogCallback`'s short names, the benchmark figures) have run; their own order is kept.
+    """
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    trackers = tuple(INTEGRATION_TO_CALLBACK.values())
+    for callback in [c for c in trainer.callback_handler.callbacks if isinstance(c, trackers)]:
+        trainer.remove_callback(callback)
+        trainer.add_callback(callback)
 
 
 def write_curves(run_dir: Path) -> Path | None:

@@ -19,21 +19,19 @@ synthetic task, the tiny model, the warm start, the run folder). One job, top to
    ``RUN_DIR/checkpoints``.
 
 ``config.yaml`` is written once everything before the first RL step has worked, so a failed start
-leaves nothing that blocks running the same job again. The caller holds the run folder
-(`ktae.run_folder.start_run_folder` or `ktae.run_folder.open_run_folder`, which take its lock);
-``ktae train`` (`ktae.cli.train`) and `run_job` do.
+leaves nothing that blocks running the same job again. The caller holds the run folder: `claim_new_run`
+and `claim_resumed_run` (``ktae train``, also under ``accelerate launch``) or `run_job` take its lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,16 +43,20 @@ from ktae.integrations.trl.config import KTAEGRPOConfig
 from ktae.integrations.trl.warmstart import WarmStartConfig
 from ktae.run_folder import (
     BENCHMARKS_DIR,
+    CONFIG_FILE,
     MERGED_DIR,
     METRICS_FILE,
     TENSORBOARD_DIR,
     WARM_START_DIR,
+    RunFolderInUse,
+    RunFolderLock,
     checkpoint_step,
     is_run_folder,
     list_checkpoints,
     load_options_yaml,
     newest_usable_checkpoint,
     open_run_folder,
+    read_config,
     read_jsonl,
     read_options_file,
     read_trainer_state,
@@ -651,6 +653,81 @@ def finished_step(run_dir: str | os.PathLike, max_steps: int) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------
+# The run folder
+
+
+@dataclass
+class ClaimedRun:
+    """A run folder this process trains in, with the job's options, claimed by `claim_new_run` or
+    `claim_resumed_run`. ``lock``: the main process's (it alone writes the folder), held until released;
+    None in the other processes of a launch."""
+
+    options: dict[str, Any]
+    run_dir: Path
+    lock: RunFolderLock | None
+    #: A resumed run that already trained all its steps: the step it stopped at (nothing to train).
+    finished_step: int | None = None
+
+
+def claim_new_run(recipe: str | os.PathLike | None, overrides: Sequence[str], run_dir: Path | None) -> ClaimedRun:
+    """The options of a recipe (None: the built-in job for the overrides' model) and ``key=value``
+    overrides, checked; then the run folder (None: ``runs/<timestamp>``, the main process's under
+    ``accelerate launch``) claimed as new or empty (`ktae.run_folder.start_run_folder`)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if recipe is not None:
+        options = resolve_options(read_recipe(recipe), overrides)
+    else:
+        defaults = default_job(parse_overrides(overrides).get("model_name_or_path"))
+        options = resolve_options({}, overrides, defaults=defaults)
+    if "output_dir" in options:  # TRL's name for the run folder, which the caller names here
+        raise ValueError("output_dir: the run folder is --output-dir RUN_DIR, not a key")
+    launch = PartialState()  # the processes of `accelerate launch` (resolve_options set them up)
+    check_launch(launch.num_processes)
+    run_dir = run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if launch.num_processes > 1:  # one folder for every process: the main one's
+        run_dir = broadcast_object_list([run_dir])[0]
+    return ClaimedRun(options, run_dir, _claim_on_main_process(launch, start_run_folder, run_dir))
+
+
+def claim_resumed_run(run_dir: Path, overrides: Sequence[str]) -> ClaimedRun:
+    """A run's own options (its ``config.yaml``) with ``key=value`` overrides, checked, and its folder
+    claimed again (`ktae.run_folder.open_run_folder`); ``finished_step`` says whether it has steps left."""
+    from accelerate import PartialState
+
+    if "output_dir" in parse_overrides(overrides):
+        raise ValueError(f"output_dir: --resume {run_dir} continues the run in its own folder")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+    options = resolve_options(read_config(run_dir) or {}, overrides)
+    launch = PartialState()
+    check_launch(launch.num_processes)
+    lock = _claim_on_main_process(launch, open_run_folder, run_dir)
+    return ClaimedRun(options, run_dir, lock, finished_step(run_dir, options.get("max_steps", -1)))
+
+
+def _claim_on_main_process(launch, claim: Callable[[Path], RunFolderLock], run_dir: Path) -> RunFolderLock | None:
+    """Lock the run folder in the main process alone (it alone writes the folder) and return its lock; the
+    other processes of a launch get None, or the main process's refusal as their own, so none trains on."""
+    lock, refusal = None, None
+    if launch.is_main_process:
+        try:
+            lock = claim(run_dir)
+        except (ValueError, OSError, RunFolderInUse) as error:
+            if launch.num_processes == 1:
+                raise
+            refusal = str(error)
+    if launch.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+        if refusal is not None:
+            raise ValueError(refusal) if launch.is_main_process else ValueError(f"(main process) {refusal}")
+    return lock
+
+
+# ------------------------------------------------------------------------------------------------
 # Model, data, rewards
 
 
@@ -795,13 +872,13 @@ class PreparedJob:
 
     def _benchmark_summary(self) -> dict[str, Any]:
         """(step, mean accuracy in %) of the run's benchmark evaluations, and the best checkpoint when one is kept."""
-        from ktae.evaluation.eval_folder import RESULTS_FILE
+        from ktae.evaluation.eval_folder import RESULTS_FILE, read_results
 
         folders = (self.run_dir / BENCHMARKS_DIR).glob("step-*")
         steps = sorted(int(f.name.removeprefix("step-")) for f in folders if (f / RESULTS_FILE).is_file())
         if not steps:
             return {}
-        results = [json.loads((self.run_dir / BENCHMARKS_DIR / f"step-{s}" / RESULTS_FILE).read_text()) for s in steps]
+        results = [read_results(self.run_dir / BENCHMARKS_DIR / f"step-{s}" / RESULTS_FILE) for s in steps]
         summary: dict[str, Any] = {"benchmark_avg": [(step, r["avg"]) for step, r in zip(steps, results)]}
         state = self.trainer.state
         if state.best_global_step is not None:
@@ -828,6 +905,7 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
         GreedyAccuracyCallback,
         MetricsProgressCallback,
         RunLogCallback,
+        move_trackers_last,
     )
     from ktae.integrations.trl.trainer import KTAEGRPOTrainer
     from ktae.integrations.trl.warmstart import warm_start
@@ -939,13 +1017,14 @@ def prepare_job(options: Mapping[str, Any], run_dir: str | os.PathLike, resume: 
     if trainer.pop_callback(TensorBoardCallback) is not None and launch.is_main_process:  # report_to: tensorboard
         from torch.utils.tensorboard import SummaryWriter
 
-        # transformers' TensorBoard logger, writing to RUN_DIR/tb, placed last so that it sees the short names
-        # RunLogCallback adds. On resume, purge_step hides the events of the steps after the checkpoint (the
-        # run logs them again): TensorBoard drops events at or after it that were written before.
+        # transformers' TensorBoard logger, writing to RUN_DIR/tb. On resume, purge_step hides the events of
+        # the steps after the checkpoint (the run logs them again): TensorBoard drops events at or after it
+        # that were written before.
         start = checkpoint_step(checkpoint) if checkpoint is not None else 0
         assert start is not None  # list_checkpoints returns checkpoint-N folders only
         writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start + 1 if resume else None)
         trainer.add_callback(TensorBoardCallback(writer))
+    move_trackers_last(trainer)
     if launch.is_main_process:
         for partial in unpublished_checkpoints(run_dir):  # left by a run killed while saving
             shutil.rmtree(partial)
