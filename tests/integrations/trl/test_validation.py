@@ -64,8 +64,8 @@ def test_benchmarks_run_before_every_few_steps_and_after_training(tmp_path, suit
 
 def test_the_best_step_is_saved_and_kept(tmp_path, suites, capsys, monkeypatch):
     # The tiny model scores 0 on any suite, so the figure the best step is chosen by is scripted (the harness
-    # still runs): steps 0..4 score 10, 30, 20, 40, 5.
-    scores = iter([10.0, 30.0, 20.0, 40.0, 5.0])
+    # still runs): steps 0..4 score 10, 30, 20, 40, 5; resumed, steps 5 and 6 score 35 and 20.
+    scores = iter([10.0, 30.0, 20.0, 40.0, 5.0, 35.0, 20.0])
     real = validation.benchmark_metrics
     monkeypatch.setattr(
         validation, "benchmark_metrics", lambda results: {**real(results), "benchmark/avg": next(scores)}
@@ -85,6 +85,12 @@ def test_the_best_step_is_saved_and_kept(tmp_path, suites, capsys, monkeypatch):
         40.0,
         best_checkpoint,
     )
+    # Resumed, the run compares against the best it stored: step 5's 35 is no new best (it would be the
+    # first figure of a run that forgot), and the best checkpoint stays kept beside the last.
+    assert main(["train", "--resume", str(run), "max_steps=6"]) == 0
+    summary = json.loads(capsys.readouterr().out.rsplit("\n{\n", 1)[1].join(["{\n", ""]))
+    assert summary["best_checkpoint"] == {"step": 3, "value": 40.0, "model": best_checkpoint}
+    assert summary["checkpoints"] == ["checkpoint-3", "checkpoint-6"]
 
 
 @pytest.mark.parametrize(
