@@ -46,6 +46,7 @@ def demos(tmp_path_factory, repo_root):
     """Both demo runs, started together (their Ray clusters, temp dirs included, under tmp_path)."""
     root = tmp_path_factory.mktemp("v")
     env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # the demo builds everything it needs
     procs = {
         name: subprocess.Popen(
             [
