@@ -117,6 +117,19 @@ def step_rollouts(demos, name, step: int) -> list[dict]:
     return [r for r in read_jsonl(demos[name]["dir"] / ROLLOUTS_FILE) if r["step"] == step]
 
 
+def padded(records: list[dict], per_token) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The records' response token ids, their mask and ``per_token(record)`` (a value per token), padded
+    on the right to the longest response."""
+    length = max(len(r["token_ids"]) for r in records)
+    responses = torch.zeros(len(records), length, dtype=torch.long)
+    mask = torch.zeros(len(records), length)
+    values = torch.zeros(len(records), length)
+    for i, record in enumerate(records):
+        n = len(record["token_ids"])
+        responses[i, :n], mask[i, :n], values[i, :n] = torch.tensor(record["token_ids"]), 1, per_token(record)
+    return responses, mask, values
+
+
 @pytest.mark.slow
 def test_same_seed_same_rollouts_and_ktae_adds_the_bonus_to_grpo(demos, compose):
     ktae, grpo = step_rollouts(demos, "ktae", 1), step_rollouts(demos, "grpo", 1)
@@ -129,15 +142,7 @@ def test_same_seed_same_rollouts_and_ktae_adds_the_bonus_to_grpo(demos, compose)
     grpo_advantages = {rollout(r): torch.tensor(r["advantages"]) for r in grpo}
     assert any(a.abs().max() > 0 for a in grpo_advantages.values())  # the reward has spread
 
-    length = max(len(r["token_ids"]) for r in ktae)
-    responses = torch.zeros(len(ktae), length, dtype=torch.long)
-    mask = torch.zeros(len(ktae), length)
-    difference = torch.zeros(len(ktae), length)
-    for i, record in enumerate(ktae):
-        n = len(record["token_ids"])
-        responses[i, :n] = torch.tensor(record["token_ids"])
-        mask[i, :n] = 1
-        difference[i, :n] = torch.tensor(record["advantages"]) - grpo_advantages[rollout(record)]
+    responses, mask, difference = padded(ktae, lambda r: torch.tensor(r["advantages"]) - grpo_advantages[rollout(r)])
     prompts = list(dict.fromkeys(r["prompt"] for r in ktae))
     groups = torch.tensor([prompts.index(r["prompt"]) for r in ktae])
     scores = torch.tensor([r["score"] for r in ktae])
@@ -160,14 +165,7 @@ def test_the_settings_a_run_logs_recompute_its_advantages(demos, name):
     assert config == settings.estimator and (notes == []) == (name == "ktae")
     for step in (1, 2):
         records = step_rollouts(demos, name, step)
-        length = max(len(r["token_ids"]) for r in records)
-        responses = torch.zeros(len(records), length, dtype=torch.long)
-        mask = torch.zeros(len(records), length)
-        logged = torch.zeros(len(records), length)
-        for i, record in enumerate(records):
-            n = len(record["token_ids"])
-            responses[i, :n], mask[i, :n] = torch.tensor(record["token_ids"]), 1
-            logged[i, :n] = torch.tensor(record["advantages"])
+        responses, mask, logged = padded(records, lambda r: torch.tensor(r["advantages"]))
         groups, scores = [r["group"] for r in records], torch.tensor([r["score"] for r in records])
         if settings.ktae:
             recomputed = compute_ktae_advantages(responses, mask, scores, groups, config=settings.estimator)
